@@ -1,0 +1,1 @@
+"""registry-sync core: mirror images between OCI registries."""
