@@ -1,0 +1,103 @@
+"""Names, references, digests and media types of the OCI distribution spec."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from .errors import DigestMismatch, InvalidContent
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+DIGEST_RE = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
+MAX_REPOSITORY_LENGTH = 255
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES
+MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
+
+
+def is_repository(name: str) -> bool:
+    return len(name) <= MAX_REPOSITORY_LENGTH and REPOSITORY_RE.fullmatch(name) is not None
+
+
+def is_tag(tag: str) -> bool:
+    return TAG_RE.fullmatch(tag) is not None
+
+
+def is_digest(value: str) -> bool:
+    return DIGEST_RE.fullmatch(value) is not None
+
+
+def check_repository(name: object, what: str = "repository") -> str:
+    if not isinstance(name, str) or not is_repository(name):
+        raise InvalidContent(f"invalid {what} name {name!r}")
+    return name
+
+
+def check_reference(ref: object) -> str:
+    """A tag or a digest."""
+    if not isinstance(ref, str) or not (is_tag(ref) or is_digest(ref)):
+        raise InvalidContent(f"invalid tag or digest {ref!r}")
+    return ref
+
+
+def check_digest(value: object) -> str:
+    if not isinstance(value, str) or not is_digest(value):
+        raise InvalidContent(f"invalid digest {value!r}")
+    return value
+
+
+def new_hasher(digest: str):
+    """A hashlib object for the algorithm of ``digest``."""
+    algorithm = check_digest(digest).split(":", 1)[0]
+    return hashlib.new(algorithm)
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def verify_digest(data: bytes, digest: str, what: str) -> None:
+    actual = digest_of(data, check_digest(digest).split(":", 1)[0])
+    if actual != digest:
+        raise DigestMismatch(f"{what}: expected {digest}, content hashes to {actual}")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """``repository:tag`` or ``repository@digest`` (no registry host)."""
+
+    repository: str
+    reference: str
+
+    @property
+    def is_digest(self) -> bool:
+        return is_digest(self.reference)
+
+    def __str__(self) -> str:
+        sep = "@" if self.is_digest else ":"
+        return f"{self.repository}{sep}{self.reference}"
+
+    @classmethod
+    def parse(cls, text: str) -> ImageRef:
+        if "@" in text:
+            repo, ref = text.split("@", 1)
+            check_digest(ref)
+        else:
+            slash = text.rfind("/")
+            colon = text.rfind(":")
+            if colon <= slash:
+                raise InvalidContent(f"{text!r} names no tag or digest (expected REPOSITORY:TAG)")
+            repo, ref = text[:colon], text[colon + 1 :]
+            if not is_tag(ref):
+                raise InvalidContent(f"invalid tag {ref!r} in {text!r}")
+        check_repository(repo)
+        return cls(repo, ref)

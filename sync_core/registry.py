@@ -1,0 +1,360 @@
+"""A client for one registry, speaking the OCI Distribution API with ``requests``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from .auth import ANONYMOUS, Authenticator, CredentialSource
+from .errors import AuthError, InvalidContent, NotFound, RegistryError
+from .manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from .names import MANIFEST_ACCEPT, check_digest, check_reference, check_repository, is_digest
+from .transport import Transport, redact_url, resolve_on_host
+
+log = logging.getLogger(__name__)
+
+CATALOG_SCOPE = "registry:catalog:*"
+MAX_PAGES = 100_000
+
+
+def normalize_registry_url(value: str) -> str:
+    """``host[:port]`` means https; a URL keeps its scheme. Returns ``scheme://host[:port]``."""
+    value = value.strip().rstrip("/")
+    if "://" not in value:
+        value = f"https://{value}"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not a registry host or http(s) URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r}: give only scheme, host and port (no path, query or credentials)")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def repository_scope(repository: str, actions: str) -> str:
+    return f"repository:{repository}:{actions}"
+
+
+def error_detail(response: requests.Response) -> tuple[str | None, str]:
+    """(code, short message) from an OCI error body, if there is one."""
+    try:
+        body = response.json()
+        error = body["errors"][0]
+        code = str(error.get("code", ""))[:64] or None
+        message = str(error.get("message", ""))[:200]
+        return code, f"{code}: {message}" if code else message
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None, ""
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: str | None
+    media_type: str | None
+    size: int | None
+
+
+class RegistryClient:
+    """One registry. Thread-safe; share one per registry across a run.
+
+    ``push=True`` makes every repository token carry ``pull,push``, so reads and writes at a
+    destination share one token per repository instead of two.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        credentials: CredentialSource = ANONYMOUS,
+        *,
+        push: bool = False,
+        transport: Transport | None = None,
+        pool_size: int = 16,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.base_url = normalize_registry_url(url)
+        self.host = urlsplit(self.base_url).netloc
+        self.push = push
+        self.transport = transport or Transport(pool_size=pool_size)
+        self.auth = Authenticator(self.base_url, self.transport, credentials, clock=clock)
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.base_url!r})"
+
+    # -- scopes ---------------------------------------------------------------------------
+    def scopes(self, repository: str, *extra: str) -> tuple[str, ...]:
+        actions = "pull,push" if self.push else "pull"
+        return (repository_scope(repository, actions), *extra)
+
+    # -- the request loop -------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scopes: tuple[str, ...],
+        headers: dict[str, str] | None = None,
+        data: bytes | IO[bytes] | None = None,
+        stream: bool = False,
+        follow_redirects: bool = False,
+    ) -> requests.Response:
+        """Send an authenticated request; handles 401 challenges (learn, refresh, re-read)."""
+        url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
+        replayable = data is None or isinstance(data, bytes)
+        for attempt in range(4):
+            sent = dict(headers or {})
+            authorization = self.auth.header(scopes)
+            if authorization:
+                sent["Authorization"] = authorization
+            response = self.transport.send(
+                method,
+                url,
+                headers=sent,
+                data=data,
+                stream=stream,
+                retry=replayable,
+                follow_redirects=follow_redirects,
+            )
+            if response.status_code != 401:
+                return response
+            challenge = response.headers.get("WWW-Authenticate", "")
+            response.close()
+            retry_scopes = self.auth.unauthorized(challenge, scopes, attempt)
+            if retry_scopes is None or not replayable:
+                raise AuthError(
+                    f"{self.host} refused {method} {redact_url(url)} (HTTP 401)"
+                    + ("" if replayable else "; the upload will be restarted"),
+                    status=401,
+                )
+            scopes = retry_scopes
+        raise AuthError(f"{self.host} kept answering 401 to {method} {redact_url(url)}", status=401)
+
+    def fail(self, response: requests.Response, what: str) -> RegistryError:
+        """The error to raise for an unexpected answer (closes the response)."""
+        code, detail = error_detail(response)
+        response.close()
+        status = response.status_code
+        message = f"{self.host}: {what}: HTTP {status}" + (f" ({detail})" if detail else "")
+        if status == 404:
+            return NotFound(message, status=status, code=code)
+        if status in (401, 403):
+            return AuthError(message, status=status, code=code)
+        return RegistryError(message, status=status, code=code)
+
+    # -- manifests ------------------------------------------------------------------------
+    def get_manifest(self, repository: str, reference: str) -> Manifest:
+        check_repository(repository)
+        check_reference(reference)
+        where = (
+            f"{self.host}/{repository}:{reference}"
+            if not is_digest(reference)
+            else f"{self.host}/{repository}@{reference}"
+        )
+        response = self.request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            scopes=self.scopes(repository),
+            headers={"Accept": MANIFEST_ACCEPT},
+            stream=True,
+        )
+        with response:
+            if response.status_code != 200:
+                raise self.fail(response, f"GET manifest {repository}:{reference}")
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > MAX_MANIFEST_BYTES:
+                raise InvalidContent(
+                    f"{where}: manifest is {length} bytes, over the {MAX_MANIFEST_BYTES} byte limit"
+                )
+            raw = bytearray()
+            for chunk in response.iter_content(65536):
+                raw.extend(chunk)
+                if len(raw) > MAX_MANIFEST_BYTES:
+                    raise InvalidContent(f"{where}: manifest is over the {MAX_MANIFEST_BYTES} byte limit")
+            content_type = response.headers.get("Content-Type")
+            header_digest = response.headers.get("Docker-Content-Digest")
+        expected = reference if is_digest(reference) else None
+        if expected is None and header_digest and header_digest.startswith("sha256:"):
+            expected = check_digest(header_digest)
+        return parse_manifest(bytes(raw), content_type, where, expected)
+
+    def head_manifest(self, repository: str, reference: str) -> ManifestInfo | None:
+        """Digest, media type and size of a manifest, or None if it does not exist."""
+        check_repository(repository)
+        check_reference(reference)
+        response = self.request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            scopes=self.scopes(repository),
+            headers={"Accept": MANIFEST_ACCEPT},
+        )
+        with response:
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise self.fail(response, f"HEAD manifest {repository}:{reference}")
+            digest = response.headers.get("Docker-Content-Digest")
+            length = response.headers.get("Content-Length", "")
+            return ManifestInfo(
+                digest if digest and is_digest(digest) else None,
+                (response.headers.get("Content-Type") or "").split(";")[0].strip() or None,
+                int(length) if length.isdigit() else None,
+            )
+
+    def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> None:
+        check_repository(repository)
+        check_reference(reference)
+        response = self.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            scopes=self.scopes(repository),
+            headers={"Content-Type": manifest.media_type},
+            data=manifest.raw,
+        )
+        with response:
+            if response.status_code not in (200, 201, 202):
+                raise self.fail(response, f"PUT manifest {repository}:{reference}")
+            stored = response.headers.get("Docker-Content-Digest")
+        if stored and is_digest(stored) and stored != manifest.digest:
+            raise RegistryError(
+                f"{self.host}: stored {repository}:{reference} as {stored}, expected {manifest.digest}"
+            )
+
+    # -- blobs ----------------------------------------------------------------------------
+    def blob_size(self, repository: str, digest: str) -> int | None:
+        """Size of a blob in ``repository``, or None if it is not there."""
+        response = self.request(
+            "HEAD",
+            f"/v2/{repository}/blobs/{check_digest(digest)}",
+            scopes=self.scopes(repository),
+            follow_redirects=True,
+        )
+        with response:
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise self.fail(response, f"HEAD blob {repository}@{digest}")
+            length = response.headers.get("Content-Length", "")
+            return int(length) if length.isdigit() else -1
+
+    def open_blob(self, repository: str, digest: str) -> requests.Response:
+        """A streaming response for a blob (redirects followed without credentials). Close it."""
+        response = self.request(
+            "GET",
+            f"/v2/{repository}/blobs/{check_digest(digest)}",
+            scopes=self.scopes(repository),
+            stream=True,
+            follow_redirects=True,
+        )
+        if response.status_code != 200:
+            raise self.fail(response, f"GET blob {repository}@{digest}")
+        return response
+
+    def start_upload(
+        self, repository: str, *, mount: str | None = None, mount_from: str | None = None
+    ) -> tuple[bool, str | None]:
+        """Open an upload session, or mount ``mount`` from ``mount_from``.
+
+        Returns ``(True, None)`` when the blob was mounted, else ``(False, location)``.
+        """
+        path = f"/v2/{repository}/blobs/uploads/"
+        scopes = self.scopes(repository)
+        if mount and mount_from:
+            path += f"?mount={quote(check_digest(mount))}&from={quote(check_repository(mount_from))}"
+            scopes = (*scopes, repository_scope(mount_from, "pull"))
+        response = self.request("POST", path, scopes=scopes, headers={"Content-Length": "0"}, data=b"")
+        with response:
+            if response.status_code == 201 and mount:
+                return True, None
+            if response.status_code != 202:
+                raise self.fail(response, f"start blob upload to {repository}")
+            location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(f"{self.host}: upload to {repository} started without a Location")
+        return False, resolve_on_host(self.base_url + path, location, "upload Location")
+
+    def put_blob(
+        self, repository: str, location: str, digest: str, body: IO[bytes] | None, size: int
+    ) -> None:
+        """Finish an upload: PUT the whole body (or none after PATCHes) with ``?digest=``."""
+        url = location + ("&" if "?" in location else "?") + "digest=" + quote(check_digest(digest))
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size if body else 0)}
+        response = self.request(
+            "PUT", url, scopes=self.scopes(repository), headers=headers, data=body if body else b""
+        )
+        with response:
+            if response.status_code not in (201, 204):
+                raise self.fail(response, f"upload blob {digest} to {repository}")
+
+    def patch_blob(self, repository: str, location: str, body: IO[bytes], start: int, length: int) -> str:
+        """Send one chunk of a chunked upload; returns the next Location."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(length),
+            "Content-Range": f"{start}-{start + length - 1}",
+        }
+        response = self.request("PATCH", location, scopes=self.scopes(repository), headers=headers, data=body)
+        with response:
+            if response.status_code not in (202, 204):
+                raise self.fail(response, f"upload chunk to {repository}")
+            next_location = response.headers.get("Location") or location
+        return resolve_on_host(location, next_location, "upload Location")
+
+    # -- listing --------------------------------------------------------------------------
+    def paginate(self, path: str, key: str, scopes: tuple[str, ...], what: str) -> Iterator[dict]:
+        """Yield every JSON page of a listing, following ``Link: <...>; rel="next"`` on this host."""
+        url = self.base_url + path
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            seen.add(url)
+            response = self.request("GET", url, scopes=scopes, headers={"Accept": "application/json"})
+            with response:
+                if response.status_code != 200:
+                    raise self.fail(response, what)
+                try:
+                    page = response.json()
+                except ValueError:
+                    raise InvalidContent(f"{self.host}: {what}: answer is not JSON") from None
+                if not isinstance(page, dict):
+                    raise InvalidContent(f"{self.host}: {what}: answer is not a JSON object")
+                next_link = response.links.get("next", {}).get("url")
+            yield page
+            if not next_link:
+                return
+            url = resolve_on_host(url, next_link, f"{what} Link header")
+            if url in seen:
+                raise RegistryError(f"{self.host}: {what}: Link header loops back to a page already read")
+        raise RegistryError(f"{self.host}: {what}: more than {MAX_PAGES} pages; giving up")
+
+    def list_repositories(self, page_size: int = 100) -> list[str]:
+        names: list[str] = []
+        for page in self.paginate(
+            f"/v2/_catalog?n={page_size}", "repositories", (CATALOG_SCOPE,), "list catalog"
+        ):
+            names.extend(_string_list(page, "repositories", f"{self.host} catalog"))
+        return names
+
+    def list_tags(self, repository: str) -> list[str]:
+        """Every tag of a repository ([] if the repository does not exist)."""
+        check_repository(repository)
+        tags: list[str] = []
+        try:
+            for page in self.paginate(
+                f"/v2/{repository}/tags/list", "tags", self.scopes(repository), f"list tags of {repository}"
+            ):
+                tags.extend(_string_list(page, "tags", f"{self.host}/{repository} tags"))
+        except NotFound:
+            return []
+        return tags
+
+
+def _string_list(page: dict, key: str, what: str) -> list[str]:
+    values = page.get(key)
+    if values is None:
+        return []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidContent(f"{what}: {key!r} is not a list of strings")
+    return values
