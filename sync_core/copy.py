@@ -70,6 +70,24 @@ class BlobLedger:
         self._lock = threading.Lock()
         self._present: set[tuple[str, str]] = set()
         self._holders: dict[str, str] = {}
+        self._uploading: dict[str, threading.Event] = {}
+
+    def begin_upload(self, digest: str) -> threading.Event | None:
+        """Claim the upload of ``digest``: None if ours, else an event set when the owner ends.
+
+        Concurrent copies of images sharing a layer upload it once; the others then mount it.
+        """
+        with self._lock:
+            event = self._uploading.get(digest)
+            if event is None:
+                self._uploading[digest] = threading.Event()
+            return event
+
+    def end_upload(self, digest: str) -> None:
+        with self._lock:
+            event = self._uploading.pop(digest, None)
+        if event is not None:
+            event.set()
 
     def record(self, repository: str, digest: str) -> None:
         with self._lock:
@@ -312,8 +330,20 @@ class Copier:
                 result.blobs_skipped += 1
 
     def _copy_blob(self, src_repo: str, dst_repo: str, blob: Descriptor) -> tuple[str, int]:
-        if self.ledger.known(dst_repo, blob.digest):
-            return "skipped", 0
+        while True:
+            if self.ledger.known(dst_repo, blob.digest):
+                return "skipped", 0
+            if self.ledger.holder(blob.digest, exclude=dst_repo):
+                return self._place_blob(src_repo, dst_repo, blob)
+            other = self.ledger.begin_upload(blob.digest)
+            if other is None:
+                try:
+                    return self._place_blob(src_repo, dst_repo, blob)
+                finally:
+                    self.ledger.end_upload(blob.digest)
+            other.wait(timeout=3600)  # then mount from where it went (or claim it if that failed)
+
+    def _place_blob(self, src_repo: str, dst_repo: str, blob: Descriptor) -> tuple[str, int]:
         location = None
         holder = self.ledger.holder(blob.digest, exclude=dst_repo)
         if holder:

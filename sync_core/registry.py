@@ -62,8 +62,9 @@ class ManifestInfo:
 class RegistryClient:
     """One registry. Thread-safe; share one per registry across a run.
 
-    ``push=True`` makes every repository token carry ``pull,push``, so reads and writes at a
-    destination share one token per repository instead of two.
+    ``actions`` are asked for on every repository scope: ``pull,push`` at a destination, so reads
+    and writes share one token per repository; ``pull,metadata_read`` at an ACR source, so one
+    token serves both the tag listing and the pulls.
     """
 
     def __init__(
@@ -71,14 +72,14 @@ class RegistryClient:
         url: str,
         credentials: CredentialSource = ANONYMOUS,
         *,
-        push: bool = False,
+        actions: str = "pull",
         transport: Transport | None = None,
         pool_size: int = 16,
         clock: Callable[[], float] = time.time,
     ):
         self.base_url = normalize_registry_url(url)
         self.host = urlsplit(self.base_url).netloc
-        self.push = push
+        self.actions = actions
         self.transport = transport or Transport(pool_size=pool_size)
         self.auth = Authenticator(self.base_url, self.transport, credentials, clock=clock)
 
@@ -87,8 +88,7 @@ class RegistryClient:
 
     # -- scopes ---------------------------------------------------------------------------
     def scopes(self, repository: str, *extra: str) -> tuple[str, ...]:
-        actions = "pull,push" if self.push else "pull"
-        return (repository_scope(repository, actions), *extra)
+        return (repository_scope(repository, self.actions), *extra)
 
     # -- the request loop -------------------------------------------------------------------
     def request(

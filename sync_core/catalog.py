@@ -1,0 +1,124 @@
+"""Reading the source catalog: repositories and their tags (with digests and times on ACR)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from .config import SourceConfig
+from .errors import AuthError, ConfigError, InvalidContent, NotFound
+from .names import check_repository, is_digest, is_repository, is_tag
+from .registry import CATALOG_SCOPE, RegistryClient, repository_scope
+
+_ISO_RE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})?")
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    name: str
+    digest: str | None = None  # known from an ACR listing; None from a plain OCI listing
+    updated: dt.datetime | None = None  # last time the tag was pushed (ACR lastUpdateTime)
+
+
+class CatalogForbidden(ConfigError):
+    """The source credentials may not list the catalog."""
+
+
+def parse_time(value: object) -> dt.datetime | None:
+    """ISO 8601 as ACR writes it (up to 7 fractional digits, ``Z``), as an aware datetime."""
+    if not isinstance(value, str):
+        return None
+    match = _ISO_RE.fullmatch(value.strip())
+    if not match:
+        return None
+    base, fraction, zone = match.groups()
+    micro = (fraction or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if zone in (None, "Z") else zone
+    try:
+        return dt.datetime.fromisoformat(f"{base}.{micro}{zone}")
+    except ValueError:
+        return None
+
+
+class Source:
+    """The source registry's listing API. ``client`` does the pulls as well."""
+
+    def __init__(self, config: SourceConfig, client: RegistryClient):
+        self.config = config
+        self.client = client
+
+    @property
+    def has_timestamps(self) -> bool:
+        return False
+
+    def repositories(self) -> list[str]:
+        """Every repository under the source namespace (or the configured list)."""
+        if self.config.repositories:
+            names = list(self.config.repositories)
+        else:
+            try:
+                names = self._catalog()
+            except AuthError as exc:
+                raise CatalogForbidden(
+                    f"SOURCE_REPOSITORIES: the source credentials may not list the catalog of {self.client.host} "
+                    f"({exc}). On ACR only a token whose scope map is the root wildcard '*' gets "
+                    f"{CATALOG_SCOPE}; list the repositories to sync in SOURCE_REPOSITORIES instead."
+                ) from None
+        prefix = f"{self.config.namespace}/" if self.config.namespace else ""
+        return sorted({n for n in names if is_repository(n) and n.startswith(prefix)})
+
+    def _catalog(self) -> list[str]:
+        return self.client.list_repositories()
+
+    def tags(self, repository: str) -> list[TagInfo]:
+        return [TagInfo(t) for t in self.client.list_tags(repository) if is_tag(t)]
+
+
+class AcrSource(Source):
+    """ACR: tags with digest and timestamps from ``/acr/v1/<repo>/_tags`` (no manifest requests)."""
+
+    @property
+    def has_timestamps(self) -> bool:
+        return True
+
+    def tags(self, repository: str) -> list[TagInfo]:
+        check_repository(repository)
+        found: list[TagInfo] = []
+        path = f"/acr/v1/{quote(repository, safe='/')}/_tags?n=100&orderby=timedesc"
+        scopes = (repository_scope(repository, self.client.actions),)
+        try:
+            for page in self.client.paginate(path, "tags", scopes, f"list tags of {repository}"):
+                entries = page.get("tags") or []
+                if not isinstance(entries, list):
+                    raise InvalidContent(f"{self.client.host}: tags of {repository}: 'tags' is not a list")
+                for entry in entries:
+                    info = _acr_tag(entry)
+                    if info is not None:
+                        found.append(info)
+        except NotFound:
+            return []
+        return found
+
+
+def _acr_tag(entry: object) -> TagInfo | None:
+    if not isinstance(entry, dict):
+        return None
+    name, digest = entry.get("name"), entry.get("digest")
+    if not isinstance(name, str) or not is_tag(name):
+        return None
+    return TagInfo(
+        name,
+        digest if isinstance(digest, str) and is_digest(digest) else None,
+        parse_time(entry.get("lastUpdateTime")) or parse_time(entry.get("createdTime")),
+    )
+
+
+def make_source(config: SourceConfig, client: RegistryClient) -> Source:
+    return AcrSource(config, client) if config.kind == "acr" else Source(config, client)
+
+
+def source_actions(config: SourceConfig) -> str:
+    """What the source token must allow on each repository."""
+    return "pull,metadata_read" if config.kind == "acr" else "pull"

@@ -1,0 +1,235 @@
+"""Command line: ``python -m sync_core {sync,plan,copy,event} ...``.
+
+Exit codes: 0 all succeeded, 1 something failed (the summary says what), 2 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+
+from .config import load_config
+from .errors import ConfigError, SyncError
+from .names import ImageRef
+from .sync import Summary, Syncer
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+CONFIG_HELP = """\
+configuration comes from environment variables (app settings) or a YAML/JSON file:
+  SOURCE_REGISTRY       source host (https) or URL, e.g. gsoci.azurecr.io or http://127.0.0.1:5000
+  SOURCE_KIND           acr (default for *.azurecr.io) or oci
+  SOURCE_NAMESPACE      only repositories below this path; removed when mapping to targets
+  SOURCE_REPOSITORIES   explicit comma-separated repositories (for tokens without catalog rights)
+  TARGET_REGISTRY       target host or URL;  TARGET_NAMESPACE  path prefix at the target
+  REPOSITORY_INCLUDE/REPOSITORY_EXCLUDE, TAG_INCLUDE/TAG_EXCLUDE   regular expressions (full match)
+  TAG_MIN_AGE_DAYS, TAG_MAX_AGE_DAYS, TAG_KEEP_LATEST               ACR sources only
+  SYNC_COMPARE          name (default) or digest;  SYNC_CONCURRENCY  parallel copies (default 8)
+  KEY_VAULT_URL + SOURCE_USERNAME_SECRET/SOURCE_PASSWORD_SECRET (and TARGET_...): credentials from Key Vault
+  SOURCE_USERNAME/SOURCE_PASSWORD, TARGET_USERNAME/TARGET_PASSWORD: credentials from the environment
+  SYNC_CONFIG           YAML/JSON file with the same settings and a list of targets (see README)
+"""
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+class Progress:
+    """A one-line live status on a terminal (stderr); silent when stderr is not a terminal."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.enabled = hasattr(stream, "isatty") and stream.isatty()
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, summary: Summary) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < 0.2:
+                return
+            self._last = now
+            done = summary.tags_copied + summary.tags_unchanged + summary.tags_failed
+            self.stream.write(
+                f"\r\033[K{summary.repositories} repos | {summary.tags_missing} missing | {done} done "
+                f"({summary.tags_failed} failed) | {_human_bytes(summary.bytes_uploaded)} uploaded"
+            )
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def render_summary(summary: Summary) -> str:
+    d = summary.to_dict()
+    t = d["tags"]
+    lines = [
+        f"{'dry run' if summary.dry_run else 'sync'} {'succeeded' if summary.ok else 'FAILED'} "
+        f"in {d['duration_seconds']:.1f}s",
+        f"  repositories seen  {d['repositories']}",
+        f"  tags considered    {t['considered']}",
+        f"  tags missing       {t['missing']}",
+        f"  tags copied        {t['copied']} (already present: {t['unchanged']})",
+        f"  tags skipped       {t['skipped']}",
+        f"  tags failed        {t['failed']}",
+        f"  bytes uploaded     {d['bytes_uploaded']} ({_human_bytes(d['bytes_uploaded'])})",
+        f"  blobs              {d['blobs']['uploaded']} uploaded, {d['blobs']['mounted']} mounted, "
+        f"{d['blobs']['skipped']} already present",
+    ]
+    for name, counts in d["targets"].items():
+        lines.append(
+            f"  target {name}: {counts['missing']} missing, {counts['copied']} copied, "
+            f"{counts['skipped']} skipped, {counts['failed']} failed"
+        )
+    for entry in d["skipped"]:
+        lines.append(f"  skipped [{entry['target']}] {entry['item']}: {entry['reason']}")
+    for entry in d["failures"]:
+        lines.append(f"  FAILED [{entry['target']}] {entry['item']}: {entry['reason']}")
+    return "\n".join(lines)
+
+
+def render_plan(summary: Summary) -> str:
+    lines = []
+    by_target: dict[str, list] = {}
+    for work in summary.planned:
+        by_target.setdefault(work.target, []).append(work)
+    for target, items in sorted(by_target.items()):
+        lines.append(f"target {target}: {len(items)} tag(s) to copy")
+        width = max(len(f"{w.source_repository}:{w.tag}") for w in items)
+        lines.append(f"  {'SOURCE'.ljust(width)}  {'DESTINATION'}  REASON")
+        for w in sorted(items, key=lambda w: (w.source_repository, w.tag)):
+            lines.append(
+                f"  {(w.source_repository + ':' + w.tag).ljust(width)}  {w.target_repository}:{w.tag}  {w.reason}"
+            )
+    if not by_target:
+        lines.append("nothing to copy: every target is up to date")
+    lines.append("")
+    lines.append(render_summary(summary))
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sync_core",
+        description="Mirror images and OCI artifacts from a source registry (ACR) to target registries.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=CONFIG_HELP,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)"
+        )
+        p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+        p.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable)")
+
+    p = sub.add_parser("sync", help="copy every missing tag of every repository to every target",
+                       description="Full sync: list the source catalog, diff each target, copy what is missing.",
+                       epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    common(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="plan only: list what would be copied, copy nothing"
+    )
+    p.add_argument(
+        "--repository", action="append", metavar="REPO", help="only this source repository (repeatable)"
+    )
+
+    p = sub.add_parser("plan", help="show what sync would copy, per target",
+                       description="Show, per target, the tags that sync would copy and why.",
+                       epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    common(p)
+    p.add_argument(
+        "--repository", action="append", metavar="REPO", help="only this source repository (repeatable)"
+    )
+
+    p = sub.add_parser("copy", help="copy one image (REPOSITORY:TAG or REPOSITORY@DIGEST) to every target",
+                       description="Copy one image, all platforms, to every target (tag filters do not apply).",
+                       epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    common(p)
+    p.add_argument("image", metavar="REPOSITORY:TAG", help="source repository and tag (or @digest)")
+
+    p = sub.add_parser("event", help="handle an Event Grid event file (EventGridSchema or CloudEvents) inline",
+                       description="Validate Event Grid events from FILE (one event or an array) exactly as the "
+                       "function does, and copy the pushed tags to every target inline.",
+                       epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    common(p)
+    p.add_argument(
+        "file", metavar="FILE", help="JSON file with one event or an array of events ('-' for stdin)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None, *, environ=None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level if not args.json else max(level, logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    if args.verbose == 0 and not args.json:
+        logging.getLogger("sync_core.sync").setLevel(logging.INFO)
+    try:
+        config = load_config(environ, args.config)
+        if args.target:
+            for name in args.target:
+                config.target(name)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with Syncer(config) as syncer:
+            summary = _run(args, syncer)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2, sort_keys=False))
+    elif args.command == "plan":
+        print(render_plan(summary))
+    else:
+        print(render_summary(summary))
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, syncer: Syncer) -> Summary:
+    progress = Progress()
+    targets = args.target
+    try:
+        if args.command in ("sync", "plan"):
+            dry_run = args.command == "plan" or args.dry_run
+            return syncer.run(
+                dry_run=dry_run, repositories=args.repository, targets=targets, progress=progress
+            )
+        started = time.monotonic()
+        summary = Summary()
+        if args.command == "copy":
+            try:
+                ref = ImageRef.parse(args.image)
+            except SyncError as exc:
+                raise ConfigError(f"REPOSITORY:TAG: {exc}") from None
+            summary.repositories = 1
+            syncer.copy_image(ref, summary, targets)
+        else:
+            from .events import handle_event_file
+
+            handle_event_file(args.file, syncer, summary, targets)
+        summary.duration_seconds = time.monotonic() - started
+        return summary
+    finally:
+        progress.finish()
