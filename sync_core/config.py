@@ -425,13 +425,13 @@ def _file_target(item: Any, index: int, problems: _Problems, env: Mapping[str, s
         problems.add(where, "must be a mapping")
         return None
     item = _lower_keys(item)
-    for key in sorted(set(item) - _TARGET_KEYS):
-        problems.add(f"{where}.{key}", "unknown setting")
     name = _get(item, "name") or f"target{index + 1}"
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
         problems.add(f"{where}.name", f"{name!r} must be letters, digits, '.', '_' or '-'")
         name = f"target{index + 1}"
     where = f"targets[{name}]"
+    for key in sorted(set(item) - _TARGET_KEYS):
+        problems.add(f"{where}.{key}", "unknown setting")
     registry = _registry(item, "registry", f"{where}.registry", problems)
     depth = _number(item, "max_path_depth", f"{where}.max_path_depth", problems, integer=True, minimum=1)
     return TargetConfig(

@@ -1,0 +1,132 @@
+"""Configuration: environment and file, every problem listed by setting name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sync_core.config import DOCKER_HUB, load_config
+from sync_core.errors import ConfigError
+
+BASE = {
+    "SOURCE_REGISTRY": "gsoci.azurecr.io",
+    "TARGET_REGISTRY": "docker.io",
+    "TARGET_NAMESPACE": "giantswarm",
+}
+
+
+def test_minimal_environment():
+    config = load_config(BASE)
+    assert config.source.registry == "https://gsoci.azurecr.io"
+    assert config.source.kind == "acr"  # default for *.azurecr.io
+    (target,) = config.targets
+    assert target.registry == DOCKER_HUB
+    assert target.max_path_depth == 2  # Docker Hub holds namespace/repo only
+    assert config.compare == "name" and config.concurrency == 8
+
+
+def test_url_registry_and_oci_kind():
+    config = load_config(
+        {"SOURCE_REGISTRY": "http://127.0.0.1:5000", "TARGET_REGISTRY": "registry.cn-shanghai.aliyuncs.com"}
+    )
+    assert config.source.registry == "http://127.0.0.1:5000"
+    assert config.source.kind == "oci"
+    assert config.targets[0].max_path_depth == 2
+
+
+def test_every_problem_is_listed_by_setting_name():
+    env = {
+        "SOURCE_REGISTRY": "ftp://x",
+        "SOURCE_KIND": "gcr",
+        "TAG_INCLUDE": "([",
+        "TAG_MIN_AGE_DAYS": "soon",
+        "TAG_KEEP_LATEST": "0",
+        "SYNC_COMPARE": "size",
+        "SYNC_CONCURRENCY": "-1",
+        "TARGET_USERNAME": "bob",
+        "SOURCE_REPOSITORIES": "Bad Name",
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(env)
+    text = str(info.value)
+    for setting in ("SOURCE_REGISTRY", "SOURCE_KIND", "TAG_INCLUDE", "TAG_MIN_AGE_DAYS", "TAG_KEEP_LATEST",
+                    "SYNC_COMPARE", "SYNC_CONCURRENCY", "TARGET_REGISTRY", "SOURCE_REPOSITORIES"):  # fmt: skip
+        assert any(p.startswith(setting) for p in info.value.problems), (setting, text)
+
+
+def test_age_filters_refused_for_oci_source():
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            {
+                "SOURCE_REGISTRY": "http://127.0.0.1:5000",
+                "TARGET_REGISTRY": "x.example",
+                "TAG_MAX_AGE_DAYS": "3",
+            }
+        )
+    assert "ACR" in str(info.value) and "TAG_MIN_AGE_DAYS" in str(info.value)
+
+
+def test_key_vault_secret_names_need_vault_url():
+    env = dict(BASE, SOURCE_USERNAME_SECRET="u", SOURCE_PASSWORD_SECRET="p")
+    with pytest.raises(ConfigError, match="KEY_VAULT_URL"):
+        load_config(env)
+    config = load_config(dict(env, KEY_VAULT_URL="https://v.vault.azure.net"))
+    assert config.source.credentials.from_key_vault
+
+
+def test_yaml_file_with_several_targets(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text(
+        """
+source_registry: gsoci.azurecr.io
+source_namespace: giantswarm
+tag_exclude: ".*-dev"
+sync_compare: digest
+key_vault_url: https://v.vault.azure.net
+targets:
+  - name: dockerhub
+    registry: docker.io
+    namespace: giantswarm
+    username_secret: hub-user
+    password_secret: hub-pass
+    skip_artifact_types: [application/vnd.cncf.helm.config.v1+json]
+  - name: aliyun
+    registry: giantswarm-registry.cn-shanghai.cr.aliyuncs.com
+    namespace: giantswarm
+    max_path_depth: 3
+    tag_include: "v?[0-9.]+"
+"""
+    )
+    config = load_config({}, str(path))
+    assert [t.name for t in config.targets] == ["dockerhub", "aliyun"]
+    hub, ali = config.targets
+    assert hub.max_path_depth == 2 and "application/vnd.cncf.helm.config.v1+json" in hub.skip_artifact_types
+    assert ali.max_path_depth == 3 and ali.filters.tag_include.pattern == "v?[0-9.]+"
+    assert config.compare == "digest" and config.source.namespace == "giantswarm"
+
+
+def test_file_problems_name_the_target_field_and_refuse_passwords(tmp_path):
+    path = tmp_path / "sync.json"
+    path.write_text(json.dumps({
+        "source_registry": "gsoci.azurecr.io",
+        "targets": [{"name": "hub", "registry": "docker.io", "password": "hunter2", "username": "x", "colour": 1},
+                    {"registry": "", "tag_include": "("}],
+    }))  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_config({}, str(path))
+    problems = info.value.problems
+    assert any(p.startswith("targets[hub].password") for p in problems)
+    assert any(p.startswith("targets[hub].colour") for p in problems)
+    assert any(p.startswith("targets[target2].registry") for p in problems)
+    assert any(p.startswith("targets[target2].tag_include") for p in problems)
+    assert "hunter2" not in str(info.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="SYNC_CONFIG: cannot read"):
+        load_config({"SYNC_CONFIG": str(tmp_path / "missing.yaml")})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets: [unclosed")
+    with pytest.raises(ConfigError, match="SYNC_CONFIG: .*not valid YAML"):
+        load_config({"SYNC_CONFIG": str(bad)})
