@@ -1,0 +1,612 @@
+// registry-sync: Azure Functions app (Flex Consumption, Python 3.11) that mirrors images from an
+// Azure Container Registry to Docker Hub / Alibaba Cloud ACR.
+//
+// Deploy at resource-group scope (the app's resource group). The source registry may live in
+// another resource group: its Event Grid system topic is created there by modules/acr-events.bicep.
+// See infra/README.md for the full procedure (secrets, ACR token, event subscription).
+targetScope = 'resourceGroup'
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------------
+
+@description('Region of the app resources. The system topic always follows the registry region.')
+param location string = resourceGroup().location
+
+@description('Short prefix for resource names (letters and digits, 3-9 characters).')
+@minLength(3)
+@maxLength(9)
+param namePrefix string = 'regsync'
+
+@description('Tags applied to every resource.')
+param tags object = {}
+
+@description('Name of the existing source Azure Container Registry.')
+param acrName string
+
+@description('Resource group of the source registry (defaults to this resource group).')
+param acrResourceGroupName string = resourceGroup().name
+
+@description('Name of the Event Grid system topic on the registry. If the registry already has a system topic, give its name here (a registry can have only one).')
+param systemTopicName string = '${acrName}-events'
+
+@description('Also create the Event Grid subscription to on_image_pushed. Only once the code is deployed (second deployment); the default flow uses scripts/create-event-subscription.sh instead.')
+param deployEventSubscription bool = false
+
+@description('Flex Consumption: upper bound of instances.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 10
+
+@description('Flex Consumption: memory per instance in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Log Analytics retention in days.')
+@minValue(30)
+@maxValue(730)
+param logRetentionInDays int = 30
+
+// ---- app settings (see README: every one is an app setting of the same name) ----
+
+@description('SYNC_SCHEDULE: six-field NCRONTAB of the timer that lists the catalog and enqueues work.')
+param syncSchedule string = '0 */15 * * * *'
+
+@description('SYNC_QUEUE: name of the Storage queue for work items (its poison queue is <name>-poison).')
+@minLength(3)
+@maxLength(56)
+param syncQueueName string = 'sync-work'
+
+@description('SOURCE_REGISTRY: registry host; empty means the login server of acrName.')
+param sourceRegistry string = ''
+
+@description('SOURCE_KIND: acr or oci.')
+@allowed([
+  'acr'
+  'oci'
+])
+param sourceKind string = 'acr'
+
+@description('SOURCE_NAMESPACE: repository prefix in the source (e.g. giantswarm). Also filters Event Grid subjects.')
+param sourceNamespace string = ''
+
+@description('SOURCE_REPOSITORIES: optional comma-separated repository list (needed when the ACR token cannot list the catalog).')
+param sourceRepositories string = ''
+
+@description('TARGET_REGISTRY: target registry host, e.g. registry-1.docker.io or registry.cn-shanghai.aliyuncs.com.')
+param targetRegistry string = ''
+
+@description('TARGET_NAMESPACE: namespace in the target registry.')
+param targetNamespace string = ''
+
+@description('REPOSITORY_INCLUDE: regular expression of repositories to sync (empty: all).')
+param repositoryInclude string = ''
+
+@description('REPOSITORY_EXCLUDE: regular expression of repositories to skip.')
+param repositoryExclude string = ''
+
+@description('TAG_INCLUDE: regular expression of tags to sync (empty: all).')
+param tagInclude string = ''
+
+@description('TAG_EXCLUDE: regular expression of tags to skip.')
+param tagExclude string = ''
+
+@description('TAG_MIN_AGE_DAYS: only tags at least this old (0: no limit).')
+@minValue(0)
+param tagMinAgeDays int = 0
+
+@description('TAG_MAX_AGE_DAYS: only tags at most this old (0: no limit).')
+@minValue(0)
+param tagMaxAgeDays int = 0
+
+@description('TAG_KEEP_LATEST: only the newest N tags per repository (0: no limit).')
+@minValue(0)
+param tagKeepLatest int = 0
+
+@description('SYNC_COMPARE: name (tag present in target) or digest (tag present with the same digest).')
+@allowed([
+  'name'
+  'digest'
+])
+param syncCompare string = 'digest'
+
+@description('SYNC_CONCURRENCY: parallel copies inside one worker invocation.')
+@minValue(1)
+@maxValue(32)
+param syncConcurrency int = 4
+
+@description('SYNC_CONFIG: optional path (relative to the app root) of a YAML/JSON file with several targets.')
+param syncConfig string = ''
+
+@description('SYNC_TIME_BUDGET_SECONDS: the worker starts no new copy after this; keep it below host.json functionTimeout (30 min).')
+@minValue(60)
+param syncTimeBudgetSeconds int = 1500
+
+@description('Key Vault secret holding the ACR token name (SOURCE_USERNAME_SECRET).')
+param sourceUsernameSecretName string = 'source-username'
+
+@description('Key Vault secret holding the ACR token password (SOURCE_PASSWORD_SECRET).')
+param sourcePasswordSecretName string = 'source-password'
+
+@description('Key Vault secret holding the target user name (TARGET_USERNAME_SECRET).')
+param targetUsernameSecretName string = 'target-username'
+
+@description('Key Vault secret holding the target password / access token (TARGET_PASSWORD_SECRET).')
+param targetPasswordSecretName string = 'target-password'
+
+// ---------------------------------------------------------------------------------------------
+// Names and constants
+// ---------------------------------------------------------------------------------------------
+
+var suffix = uniqueString(subscription().id, resourceGroup().id, namePrefix)
+var compactPrefix = toLower(replace(namePrefix, '-', ''))
+var functionAppName = '${namePrefix}-func-${suffix}'
+var planName = '${namePrefix}-plan-${suffix}'
+var storageAccountName = take('st${compactPrefix}${suffix}', 24)
+var keyVaultName = take('kv${compactPrefix}${suffix}', 24)
+var logAnalyticsName = '${namePrefix}-log-${suffix}'
+var appInsightsName = '${namePrefix}-appi-${suffix}'
+var deploymentContainerName = 'app-package-${take(suffix, 7)}'
+var poisonQueueName = '${syncQueueName}-poison'
+
+// Built-in role definition ids.
+var roleStorageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+var roleStorageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+var roleStorageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+var roleKeyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
+var roleMonitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
+
+// ---------------------------------------------------------------------------------------------
+// Source registry (existing)
+// ---------------------------------------------------------------------------------------------
+
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
+  name: acrName
+  scope: resourceGroup(acrResourceGroupName)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring
+// ---------------------------------------------------------------------------------------------
+
+resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
+  name: logAnalyticsName
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: logRetentionInDays
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: appInsightsName
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logAnalytics.id
+    // Ingestion only with Entra ID: the app authenticates with its managed identity
+    // (APPLICATIONINSIGHTS_AUTHENTICATION_STRING below + Monitoring Metrics Publisher).
+    DisableLocalAuth: true
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage: host storage (identity-based), work queue + poison queue, deployment container
+// ---------------------------------------------------------------------------------------------
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: storageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    //checkov:skip=CKV_AZURE_43:The name is take('st<prefix><uniqueString>', 24): lower-case letters and digits, 3-24 characters; checkov cannot evaluate the expression.
+    //checkov:skip=CKV_AZURE_35:Flex Consumption app without VNet integration reaches its host storage over the public endpoint; access is Entra ID only (allowSharedKeyAccess false), so a deny-by-default firewall would only lock the app out.
+    //checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the app needs the public endpoint unless the plan gets VNet integration and private endpoints.
+    //checkov:skip=CKV_AZURE_206:Standard_LRS is enough: the account holds only transient queue messages, timer leases and the deployment package, all rebuilt by redeploying or the next scheduled sync.
+    accessTier: 'Hot'
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    allowCrossTenantReplication: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      services: {
+        blob: {
+          enabled: true
+        }
+        file: {
+          enabled: true
+        }
+        queue: {
+          enabled: true
+          keyType: 'Account'
+        }
+        table: {
+          enabled: true
+          keyType: 'Account'
+        }
+      }
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+  }
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource workQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: syncQueueName
+}
+
+// The Functions host creates it on first poison message too; declaring it lets alerts and
+// the re-enqueue procedure (README) rely on it from day one.
+resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: poisonQueueName
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key Vault (RBAC mode). Secrets are set out of band (az keyvault secret set), never here.
+// ---------------------------------------------------------------------------------------------
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: keyVaultName
+  location: location
+  tags: tags
+  properties: {
+    //checkov:skip=CKV_AZURE_109:The Flex Consumption app has no VNet integration and is not a trusted Azure service for Key Vault; a deny-by-default firewall would block it. Access is RBAC-only (Key Vault Secrets User for the app identity).
+    //checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the app reads secrets over the public endpoint with its managed identity.
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    enablePurgeProtection: true
+    enabledForDeployment: false
+    enabledForDiskEncryption: false
+    enabledForTemplateDeployment: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flex Consumption plan and function app
+// ---------------------------------------------------------------------------------------------
+
+resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    //checkov:skip=CKV_AZURE_225:Zone redundancy for Flex Consumption is limited to some regions; a missed run is caught by the next scheduled sync.
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
+  name: functionAppName
+  location: location
+  // azd deploys the service "sync" (azure.yaml) to the resource with this tag.
+  tags: union(tags, {
+    'azd-service-name': 'sync'
+  })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    //checkov:skip=CKV_AZURE_222:Event Grid delivers ImagePushed events to the public endpoint of the app; the only HTTP entry point is the Event Grid webhook (/runtime/webhooks/eventgrid), authorised by the function system key that Event Grid fetches through ARM. There are no HTTP-triggered functions.
+    //checkov:skip=CKV_AZURE_17:Event Grid does not present client certificates; requiring them would reject every delivery.
+    //checkov:skip=CKV_AZURE_212:Flex Consumption scales to zero by design and work waits in a queue, so no always-ready instances are paid for; a missed timer run is repeated by the next one.
+    //checkov:skip=CKV_AZURE_213:No HTTP endpoint to probe (timer, queue and Event Grid triggers only); the Flex Consumption platform manages instance health.
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientCertEnabled: false
+    publicNetworkAccess: 'Enabled'
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'SystemAssignedIdentity'
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      // Flex Consumption: FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION are not app
+      // settings (functionAppConfig.runtime replaces them) and must not be set.
+      appSettings: [
+        // Host storage through the managed identity: no connection string, no account key.
+        {
+          name: 'AzureWebJobsStorage__accountName'
+          value: storage.name
+        }
+        {
+          name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+          value: appInsights.properties.ConnectionString
+        }
+        {
+          name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+          value: 'Authorization=AAD'
+        }
+        {
+          name: 'SYNC_SCHEDULE'
+          value: syncSchedule
+        }
+        {
+          name: 'SYNC_QUEUE'
+          value: syncQueueName
+        }
+        {
+          name: 'SOURCE_REGISTRY'
+          value: empty(sourceRegistry) ? registry.properties.loginServer : sourceRegistry
+        }
+        {
+          name: 'SOURCE_KIND'
+          value: sourceKind
+        }
+        {
+          name: 'SOURCE_NAMESPACE'
+          value: sourceNamespace
+        }
+        {
+          name: 'SOURCE_REPOSITORIES'
+          value: sourceRepositories
+        }
+        {
+          name: 'TARGET_REGISTRY'
+          value: targetRegistry
+        }
+        {
+          name: 'TARGET_NAMESPACE'
+          value: targetNamespace
+        }
+        {
+          name: 'REPOSITORY_INCLUDE'
+          value: repositoryInclude
+        }
+        {
+          name: 'REPOSITORY_EXCLUDE'
+          value: repositoryExclude
+        }
+        {
+          name: 'TAG_INCLUDE'
+          value: tagInclude
+        }
+        {
+          name: 'TAG_EXCLUDE'
+          value: tagExclude
+        }
+        {
+          name: 'TAG_MIN_AGE_DAYS'
+          value: string(tagMinAgeDays)
+        }
+        {
+          name: 'TAG_MAX_AGE_DAYS'
+          value: string(tagMaxAgeDays)
+        }
+        {
+          name: 'TAG_KEEP_LATEST'
+          value: string(tagKeepLatest)
+        }
+        {
+          name: 'SYNC_COMPARE'
+          value: syncCompare
+        }
+        {
+          name: 'SYNC_CONCURRENCY'
+          value: string(syncConcurrency)
+        }
+        {
+          name: 'SYNC_CONFIG'
+          value: syncConfig
+        }
+        {
+          name: 'SYNC_TIME_BUDGET_SECONDS'
+          value: string(syncTimeBudgetSeconds)
+        }
+        {
+          name: 'KEY_VAULT_URL'
+          value: keyVault.properties.vaultUri
+        }
+        {
+          name: 'SOURCE_USERNAME_SECRET'
+          value: sourceUsernameSecretName
+        }
+        {
+          name: 'SOURCE_PASSWORD_SECRET'
+          value: sourcePasswordSecretName
+        }
+        {
+          name: 'TARGET_USERNAME_SECRET'
+          value: targetUsernameSecretName
+        }
+        {
+          name: 'TARGET_PASSWORD_SECRET'
+          value: targetPasswordSecretName
+        }
+      ]
+    }
+  }
+}
+
+// No basic-auth publishing: deployments go through Entra ID (azd / func publish / az).
+resource ftpPublishingPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishingPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Role assignments for the app's system-assigned identity
+// ---------------------------------------------------------------------------------------------
+
+// Deployment package container, timer leases and host locks (blob).
+resource storageBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, functionApp.id, roleStorageBlobDataOwner)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageBlobDataOwner)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Queue trigger (read, update, delete, move to poison) and queue output (send): the
+// contributor role covers Data Message Processor and Data Message Sender.
+resource storageQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, functionApp.id, roleStorageQueueDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageQueueDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The Functions host keeps some diagnostic state in tables (not strictly needed by this app).
+resource storageTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, functionApp.id, roleStorageTableDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageTableDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource keyVaultSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, functionApp.id, roleKeyVaultSecretsUser)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleKeyVaultSecretsUser)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource appInsightsMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(appInsights.id, functionApp.id, roleMonitoringMetricsPublisher)
+  scope: appInsights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleMonitoringMetricsPublisher)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event Grid system topic on the registry (in the registry's resource group)
+// ---------------------------------------------------------------------------------------------
+
+module acrEvents 'modules/acr-events.bicep' = {
+  name: 'registry-sync-acr-events'
+  scope: resourceGroup(acrResourceGroupName)
+  params: {
+    acrName: acrName
+    systemTopicName: systemTopicName
+    tags: tags
+    deployEventSubscription: deployEventSubscription
+    functionAppId: functionApp.id
+    sourceNamespace: sourceNamespace
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs (azd stores them in the environment; scripts/create-event-subscription.sh reads them)
+// ---------------------------------------------------------------------------------------------
+
+output FUNCTION_APP_NAME string = functionApp.name
+output FUNCTION_APP_ID string = functionApp.id
+output FUNCTION_APP_PRINCIPAL_ID string = functionApp.identity.principalId
+output KEY_VAULT_NAME string = keyVault.name
+output KEY_VAULT_URI string = keyVault.properties.vaultUri
+output STORAGE_ACCOUNT_NAME string = storage.name
+output SYNC_QUEUE string = syncQueueName
+output SYNC_POISON_QUEUE string = poisonQueueName
+output SYSTEM_TOPIC_NAME string = acrEvents.outputs.systemTopicName
+output SYSTEM_TOPIC_RESOURCE_GROUP string = acrResourceGroupName
+output SOURCE_NAMESPACE string = sourceNamespace
+output APPLICATIONINSIGHTS_NAME string = appInsights.name
+output LOG_ANALYTICS_WORKSPACE_NAME string = logAnalytics.name

@@ -1,0 +1,38 @@
+# Infrastructure checks for registry-sync (included from the Makefile).
+#
+#   make tools-venv    installs checkov into its own venv (.venv-tools): checkov pins versions
+#                      that clash with the app's dependencies, so it never goes into .venv
+#   make infra-check   checkov on infra/ + the infra/host config tests (pycep parse, settings)
+#
+# Expects PYTHON / VENV / PY from the Makefile; falls back to defaults when used alone
+# (make -f mk/infra.mk infra-check).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+
+TOOLS_VENV ?= .venv-tools
+# Pinned: the skipped check ids in infra/*.bicep are reviewed against this version.
+CHECKOV_SPEC ?= checkov==3.3.30
+TOOLS_STAMP := $(TOOLS_VENV)/.installed-checkov
+CHECKOV := $(TOOLS_VENV)/bin/checkov
+# --skip-download: no calls to the Prisma Cloud API (there is no network but the package registries).
+CHECKOV_FLAGS ?= --framework bicep --compact --quiet --skip-download
+
+.PHONY: tools-venv infra-checkov infra-check
+
+$(TOOLS_STAMP): mk/infra.mk
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install --quiet "$(CHECKOV_SPEC)"
+	touch $@
+
+tools-venv: $(TOOLS_STAMP)
+
+infra-checkov: tools-venv
+	$(CHECKOV) -d infra $(CHECKOV_FLAGS)
+
+# $(STAMP) is the Makefile's app-venv stamp (empty when this file is used alone).
+infra-check: tools-venv infra-checkov $(STAMP)
+	test -x $(PY) || { echo "$(PY) missing: run 'make venv' first" >&2; exit 1; }
+	$(PY) -m pytest -q tests/test_infra.py tests/test_host_config.py

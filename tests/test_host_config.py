@@ -1,0 +1,170 @@
+"""host.json, local.settings.json.example and .funcignore: the Functions host configuration."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every app setting the app reads (the same list is checked against infra/main.bicep in
+# tests/test_infra.py).
+APP_SETTINGS = [
+    "SYNC_SCHEDULE",
+    "SYNC_QUEUE",
+    "SOURCE_REGISTRY",
+    "SOURCE_KIND",
+    "SOURCE_NAMESPACE",
+    "SOURCE_REPOSITORIES",
+    "TARGET_REGISTRY",
+    "TARGET_NAMESPACE",
+    "REPOSITORY_INCLUDE",
+    "REPOSITORY_EXCLUDE",
+    "TAG_INCLUDE",
+    "TAG_EXCLUDE",
+    "TAG_MIN_AGE_DAYS",
+    "TAG_MAX_AGE_DAYS",
+    "TAG_KEEP_LATEST",
+    "SYNC_COMPARE",
+    "SYNC_CONCURRENCY",
+    "SYNC_CONFIG",
+    "KEY_VAULT_URL",
+    "SOURCE_USERNAME_SECRET",
+    "SOURCE_PASSWORD_SECRET",
+    "TARGET_USERNAME_SECRET",
+    "TARGET_PASSWORD_SECRET",
+    "SYNC_TIME_BUDGET_SECONDS",
+]
+# Local-only direct credentials (in Azure they come from Key Vault).
+LOCAL_ONLY_SETTINGS = ["SOURCE_USERNAME", "SOURCE_PASSWORD", "TARGET_USERNAME", "TARGET_PASSWORD"]
+
+SECRET_PATTERNS = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"AccountKey=",
+        r"SharedAccessSignature",
+        r"[?&]sig=",
+        r"InstrumentationKey=[0-9a-f-]{8,}",
+        r"dckr_pat_",  # Docker Hub personal access token
+        r"\beyJ[A-Za-z0-9_-]{10,}",  # JWT
+        r"-----BEGIN",
+        r"^[A-Za-z0-9+/=_-]{32,}$",  # long opaque token / key
+    )
+]
+
+
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def looks_like_secret(value: str) -> bool:
+    if GUID.fullmatch(value):
+        return False  # ids (built-in role definitions, tenants) are public
+    return any(p.search(value) for p in SECRET_PATTERNS)
+
+
+def parse_timespan(text: str) -> int:
+    """hh:mm:ss (optionally d.hh:mm:ss) -> seconds."""
+    m = re.fullmatch(r"(?:(\d+)\.)?(\d{2}):(\d{2}):(\d{2})", text)
+    assert m, f"not a timespan: {text!r}"
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+@pytest.fixture(scope="module")
+def host() -> dict:
+    return json.loads((ROOT / "host.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def local_values() -> dict[str, str]:
+    data = json.loads((ROOT / "local.settings.json.example").read_text())
+    assert data["IsEncrypted"] is False
+    values = data["Values"]
+    assert all(isinstance(v, str) for v in values.values()), "app settings are strings"
+    return values
+
+
+def test_host_json_version_and_bundle(host: dict) -> None:
+    assert host["version"] == "2.0"
+    bundle = host["extensionBundle"]
+    assert bundle["id"] == "Microsoft.Azure.Functions.ExtensionBundle"
+    assert bundle["version"] == "[4.*, 5.0.0)"
+
+
+def test_host_json_timeout_fits_flex_and_time_budget(host: dict, local_values: dict[str, str]) -> None:
+    timeout = parse_timespan(host["functionTimeout"])
+    assert 5 * 60 <= timeout <= 2 * 60 * 60
+    # The worker stops starting copies after SYNC_TIME_BUDGET_SECONDS: it must leave headroom.
+    budget = int(local_values["SYNC_TIME_BUDGET_SECONDS"])
+    assert budget <= timeout - 120
+
+
+def test_host_json_queue_settings(host: dict) -> None:
+    queues = host["extensions"]["queues"]
+    assert queues["maxDequeueCount"] == 5
+    assert 1 <= queues["batchSize"] <= 8, "modest batch: each message may copy large images"
+    assert 0 <= queues["newBatchThreshold"] < queues["batchSize"] + 1
+    parse_timespan(queues["visibilityTimeout"])
+    assert parse_timespan(queues["maxPollingInterval"]) <= 60
+    assert queues.get("messageEncoding", "base64") == "base64"
+
+
+def test_host_json_logging(host: dict) -> None:
+    logging = host["logging"]
+    sampling = logging["applicationInsights"]["samplingSettings"]
+    assert sampling["isEnabled"] is True
+    assert "Request" in sampling["excludedTypes"].split(";")
+    levels = logging["logLevel"]
+    assert "default" in levels
+    assert levels.get("Function") in {"Information", "Debug", "Trace"}, "sync decisions are logged at INFO"
+
+
+def test_local_settings_have_every_setting(local_values: dict[str, str]) -> None:
+    missing = [s for s in APP_SETTINGS + LOCAL_ONLY_SETTINGS if s not in local_values]
+    assert not missing, f"local.settings.json.example lacks {missing}"
+    assert local_values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    assert local_values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
+    assert local_values["SYNC_QUEUE"] == "sync-work"
+    assert local_values["SOURCE_KIND"] in {"acr", "oci"}
+    assert local_values["SYNC_COMPARE"] in {"name", "digest"}
+    assert len(local_values["SYNC_SCHEDULE"].split()) == 6, "NCRONTAB has six fields (seconds first)"
+    for name in ("TAG_MIN_AGE_DAYS", "TAG_MAX_AGE_DAYS", "TAG_KEEP_LATEST", "SYNC_CONCURRENCY"):
+        assert local_values[name].isdigit(), name
+
+
+def test_local_settings_hold_no_secrets(local_values: dict[str, str]) -> None:
+    for name, value in local_values.items():
+        assert not looks_like_secret(value), f"{name} looks like a real secret"
+    for name in LOCAL_ONLY_SETTINGS:
+        assert local_values[name] == "", f"{name} must be an empty placeholder in the example"
+
+
+def test_secret_detector_catches_real_looking_values() -> None:
+    assert looks_like_secret("DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc==")
+    assert looks_like_secret("dckr_pat_0123456789abcdef")
+    assert looks_like_secret("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.sig")
+    assert looks_like_secret("q8Zr2uYt6Vb9Xw3Lk1Mn0Pq7Rs5Tu4Vw")
+    assert not looks_like_secret("source-password")
+    assert not looks_like_secret("UseDevelopmentStorage=true")
+    assert not looks_like_secret("0 */15 * * * *")
+    assert not looks_like_secret("4633458b-17de-408a-b874-0445c86b69e6")
+
+
+def test_local_settings_is_not_committed() -> None:
+    gitignore = (ROOT / ".gitignore").read_text().split()
+    assert "local.settings.json" in gitignore
+
+
+def test_funcignore_keeps_app_code_and_drops_dev_files() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".funcignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    for dropped in (".venv/", ".venv-tools/", "tests/", "infra/", "local.settings.json"):
+        assert dropped in patterns
+    for kept in ("function_app.py", "host.json", "requirements.txt", "sync_core/", "sync_core"):
+        assert kept not in patterns
