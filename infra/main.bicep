@@ -83,6 +83,9 @@ param targetRegistry string = ''
 @description('TARGET_NAMESPACE: namespace in the target registry.')
 param targetNamespace string = ''
 
+@description('TARGET_SKIP_ARTIFACT_TYPES: comma-separated artifact/config media types the target rejects (e.g. for Alibaba Cloud: application/vnd.oci.empty.v1+json).')
+param targetSkipArtifactTypes string = ''
+
 @description('REPOSITORY_INCLUDE: regular expression of repositories to sync (empty: all).')
 param repositoryInclude string = ''
 
@@ -95,17 +98,15 @@ param tagInclude string = ''
 @description('TAG_EXCLUDE: regular expression of tags to skip.')
 param tagExclude string = ''
 
-@description('TAG_MIN_AGE_DAYS: only tags at least this old (0: no limit).')
-@minValue(0)
-param tagMinAgeDays int = 0
+// The app reads an empty setting as "not set": these are strings so that "no limit" is ''.
+@description('TAG_MIN_AGE_DAYS: only tags at least this many days old, a number such as 1 or 0.5 (empty: no limit; ACR source only).')
+param tagMinAgeDays string = ''
 
-@description('TAG_MAX_AGE_DAYS: only tags at most this old (0: no limit).')
-@minValue(0)
-param tagMaxAgeDays int = 0
+@description('TAG_MAX_AGE_DAYS: only tags at most this many days old (empty: no limit; ACR source only).')
+param tagMaxAgeDays string = ''
 
-@description('TAG_KEEP_LATEST: only the newest N tags per repository (0: no limit).')
-@minValue(0)
-param tagKeepLatest int = 0
+@description('TAG_KEEP_LATEST: only the newest N tags per repository, N >= 1 (empty: no limit; ACR source only).')
+param tagKeepLatest string = ''
 
 @description('SYNC_COMPARE: name (tag present in target) or digest (tag present with the same digest).')
 @allowed([
@@ -433,6 +434,10 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
           value: targetNamespace
         }
         {
+          name: 'TARGET_SKIP_ARTIFACT_TYPES'
+          value: targetSkipArtifactTypes
+        }
+        {
           name: 'REPOSITORY_INCLUDE'
           value: repositoryInclude
         }
@@ -450,15 +455,15 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         }
         {
           name: 'TAG_MIN_AGE_DAYS'
-          value: string(tagMinAgeDays)
+          value: tagMinAgeDays
         }
         {
           name: 'TAG_MAX_AGE_DAYS'
-          value: string(tagMaxAgeDays)
+          value: tagMaxAgeDays
         }
         {
           name: 'TAG_KEEP_LATEST'
-          value: string(tagKeepLatest)
+          value: tagKeepLatest
         }
         {
           name: 'SYNC_COMPARE'

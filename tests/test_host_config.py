@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sync_core.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every app setting the app reads (the same list is checked against infra/main.bicep in
@@ -21,6 +23,7 @@ APP_SETTINGS = [
     "SOURCE_REPOSITORIES",
     "TARGET_REGISTRY",
     "TARGET_NAMESPACE",
+    "TARGET_SKIP_ARTIFACT_TYPES",
     "REPOSITORY_INCLUDE",
     "REPOSITORY_EXCLUDE",
     "TAG_INCLUDE",
@@ -131,8 +134,23 @@ def test_local_settings_have_every_setting(local_values: dict[str, str]) -> None
     assert local_values["SOURCE_KIND"] in {"acr", "oci"}
     assert local_values["SYNC_COMPARE"] in {"name", "digest"}
     assert len(local_values["SYNC_SCHEDULE"].split()) == 6, "NCRONTAB has six fields (seconds first)"
-    for name in ("TAG_MIN_AGE_DAYS", "TAG_MAX_AGE_DAYS", "TAG_KEEP_LATEST", "SYNC_CONCURRENCY"):
-        assert local_values[name].isdigit(), name
+    assert local_values["SYNC_CONCURRENCY"].isdigit()
+    # Empty means "not set" to the app (no limit); TAG_KEEP_LATEST=0 would be rejected.
+    for name in ("TAG_MIN_AGE_DAYS", "TAG_MAX_AGE_DAYS", "TAG_KEEP_LATEST"):
+        assert local_values[name] == "" or float(local_values[name]) > 0, name
+
+
+def test_local_settings_load_with_the_app_config(local_values: dict[str, str]) -> None:
+    """The example is a working local configuration (direct credentials, no Key Vault)."""
+    config = load_config(local_values)
+    assert config.queue == local_values["SYNC_QUEUE"]
+    assert config.source.registry.endswith(local_values["SOURCE_REGISTRY"])
+    assert len(config.targets) == 1
+    # Either Key Vault (URL + secret names) or direct values: the example uses direct values.
+    secret_names = [
+        local_values[f"{s}_{p}_SECRET"] for s in ("SOURCE", "TARGET") for p in ("USERNAME", "PASSWORD")
+    ]
+    assert (local_values["KEY_VAULT_URL"] == "") == all(n == "" for n in secret_names)
 
 
 def test_local_settings_hold_no_secrets(local_values: dict[str, str]) -> None:

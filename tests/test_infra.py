@@ -17,6 +17,8 @@ import pytest
 import yaml
 from pycep import BicepParser
 
+from sync_core.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
@@ -35,6 +37,7 @@ APP_SETTINGS = [
     "SOURCE_REPOSITORIES",
     "TARGET_REGISTRY",
     "TARGET_NAMESPACE",
+    "TARGET_SKIP_ARTIFACT_TYPES",
     "REPOSITORY_INCLUDE",
     "REPOSITORY_EXCLUDE",
     "TAG_INCLUDE",
@@ -295,6 +298,64 @@ def test_app_settings_defaults(main: dict[str, Any], app_settings: dict[str, Any
         if name.endswith("_SECRET"):
             secret_name = resolve(main, app_settings[name])
             assert re.fullmatch(r"[0-9a-zA-Z-]{1,127}", secret_name), f"{name}: {secret_name!r}"
+
+
+# Properties that exist only once deployed, for evaluating the app settings of a deployment.
+RUNTIME_VALUES = {
+    "registry.properties.loginServer": "gsoci.azurecr.io",
+    "keyVault.properties.vaultUri": "https://kvregsyncexample.vault.azure.net/",
+    "storage.name": "stregsyncexample",
+    "appInsights.properties.ConnectionString": "IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/",
+}
+
+
+def evaluate(node: Any, params: dict[str, Any]) -> Any:
+    """Evaluate the small subset of Bicep expressions used in the app settings."""
+    if isinstance(node, (bool, int, float)):
+        return node
+    if isinstance(node, str):
+        return params.get(node, node)
+    path = accessor(node)
+    if path is not None:
+        assert path in RUNTIME_VALUES, f"no runtime value for {path}"
+        return RUNTIME_VALUES[path]
+    if "function" in node and node["function"]["type"] == "string":
+        value = evaluate(node["function"]["parameters"]["value_to_convert"], params)
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    operator = node.get("operator", {})
+    if operator.get("type") == "conditional":
+        ops = operator["operands"]
+        condition = ops["condition"]["function"]
+        assert condition["type"] == "empty", condition
+        chosen = evaluate(condition["parameters"]["item_to_test"], params) in ("", None, [], {})
+        return evaluate(ops["true_value" if chosen else "false_value"], params)
+    raise AssertionError(f"unsupported expression in app settings: {node}")
+
+
+def deployed_settings(main: dict[str, Any], app_settings: dict[str, Any], overrides: dict[str, Any]) -> dict:
+    params = {name: p.get("default") for name, p in main["parameters"].items()}
+    params.update(overrides)
+    return {name: evaluate(value, params) for name, value in app_settings.items()}
+
+
+@pytest.mark.parametrize("source", ["defaults", "example"])
+def test_deployed_settings_are_a_valid_app_configuration(
+    main: dict[str, Any], app_settings: dict[str, Any], source: str
+) -> None:
+    """The app settings a deployment produces load with the app's own configuration loader."""
+    overrides: dict[str, Any] = {"acrName": "gsoci", "targetRegistry": "registry-1.docker.io"}
+    if source == "example":
+        example = json.loads((INFRA / "main.parameters.example.json").read_text())["parameters"]
+        overrides = {name: entry["value"] for name, entry in example.items()}
+    env = deployed_settings(main, app_settings, overrides)
+    assert all(isinstance(v, str) for v in env.values()), env
+    config = load_config(env)
+    assert config.queue == "sync-work"
+    assert config.key_vault_url == RUNTIME_VALUES["keyVault.properties.vaultUri"]
+    assert config.source.credentials.from_key_vault
+    assert all(t.credentials.from_key_vault for t in config.targets)
+    assert config.time_budget_seconds < 30 * 60, "below host.json functionTimeout"
+    assert config.filters.keep_latest is None and config.filters.max_age_days is None, "no limit by default"
 
 
 def test_no_forbidden_settings(app_settings: dict[str, Any]) -> None:
