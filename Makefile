@@ -27,3 +27,6 @@ unit: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+demo: system-deps venv
+	$(PY) scripts/demo.py

@@ -108,12 +108,11 @@ def render_plan(summary: Summary) -> str:
         by_target.setdefault(work.target, []).append(work)
     for target, items in sorted(by_target.items()):
         lines.append(f"target {target}: {len(items)} tag(s) to copy")
-        width = max(len(f"{w.source_repository}:{w.tag}") for w in items)
-        lines.append(f"  {'SOURCE'.ljust(width)}  {'DESTINATION'}  REASON")
-        for w in sorted(items, key=lambda w: (w.source_repository, w.tag)):
-            lines.append(
-                f"  {(w.source_repository + ':' + w.tag).ljust(width)}  {w.target_repository}:{w.tag}  {w.reason}"
-            )
+        rows = [(f"{w.source_repository}:{w.tag}", f"{w.target_repository}:{w.tag}", w.reason)
+                for w in sorted(items, key=lambda w: (w.source_repository, w.tag))]  # fmt: skip
+        widths = [max(len(r[i]) for r in [("SOURCE", "DESTINATION", ""), *rows]) for i in (0, 1)]
+        for src, dst, reason in [("SOURCE", "DESTINATION", "REASON"), *rows]:
+            lines.append(f"  {src.ljust(widths[0])}  {dst.ljust(widths[1])}  {reason}")
     if not by_target:
         lines.append("nothing to copy: every target is up to date")
     lines.append("")
