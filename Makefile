@@ -4,9 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+include mk/infra.mk
+
 .PHONY: test lint unit demo bench system-deps venv clean
 
-test: system-deps venv lint unit
+test: system-deps venv tools-venv lint unit
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -26,7 +28,7 @@ unit: venv
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools .pytest_cache .ruff_cache
 
 demo: system-deps venv
 	$(PY) scripts/demo.py
