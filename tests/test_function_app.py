@@ -1,0 +1,201 @@
+"""The Functions app: binding metadata, and each function called with azure.functions objects."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+from azure.functions.timer import TimerRequest
+
+import function_app
+from sync_core import work
+from tests.harness.acr import AcrStandIn
+from tests.harness.images import oci_image, oci_index
+
+EVENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "events"
+ROOT_USER = ("sync-token", "sync-token-password")
+MIRROR = ("pusher", "pusher-pass")
+
+
+class Collect(func.Out):
+    """A queue output binding that keeps what the function set."""
+
+    def __init__(self) -> None:
+        self.value = None
+
+    def set(self, val) -> None:
+        self.value = val
+
+    def get(self):
+        return self.value
+
+
+_FUNCTIONS = {
+    f.get_function_name(): f for f in function_app.app.get_functions()
+}  # indexes once, as the host does
+
+
+def functions() -> dict:
+    return _FUNCTIONS
+
+
+def call(name: str, *args):
+    return functions()[name].get_user_function()(*args)
+
+
+def test_three_functions_with_expected_bindings():
+    found = functions()
+    assert set(found) == {"sync_schedule", "on_image_pushed", "sync_worker"}
+    bindings = {
+        name: {b["name"]: b for b in json.loads(f.get_function_json())["bindings"]}
+        for name, f in found.items()
+    }
+    timer = bindings["sync_schedule"]["timer"]
+    assert timer["type"] == "timerTrigger" and timer["schedule"] == "%SYNC_SCHEDULE%"
+    assert bindings["on_image_pushed"]["event"]["type"] == "eventGridTrigger"
+    worker = bindings["sync_worker"]["msg"]
+    assert worker["type"] == "queueTrigger" and worker["queueName"] == "%SYNC_QUEUE%"
+    assert worker["connection"] == "AzureWebJobsStorage"
+    for name in found:
+        out = bindings[name]["out"]
+        assert (out["type"], out["direction"], out["queueName"], out["connection"]) == (
+            "queue", "OUT", "%SYNC_QUEUE%", "AzureWebJobsStorage"
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def acr(token_issuer):
+    users = {ROOT_USER[0]: (ROOT_USER[1], {"*": ["pull", "push", "metadata_read", "delete"]})}
+    with AcrStandIn(users=users, issuer=token_issuer) as stand_in:
+        pusher = stand_in.pusher()
+        for repo in ("giantswarm/app", "giantswarm/tools/deep", "other/thing"):
+            pusher.push(repo, oci_image(f"fa-{repo}", [4096]), "1.0")
+        pusher.push(
+            "giantswarm/example-app", oci_index("fa-example", ["linux/amd64", "linux/arm64"], [2048]), "1.4.2"
+        )
+        yield stand_in
+
+
+@pytest.fixture
+def app_env(acr, token_registry_dst, monkeypatch):
+    settings = {
+        "SOURCE_REGISTRY": acr.url,
+        "SOURCE_KIND": "acr",
+        "SOURCE_NAMESPACE": "giantswarm",
+        "SOURCE_USERNAME": ROOT_USER[0],
+        "SOURCE_PASSWORD": ROOT_USER[1],
+        "TARGET_REGISTRY": token_registry_dst.url,
+        "TARGET_NAMESPACE": "fa-mirror",
+        "TARGET_USERNAME": MIRROR[0],
+        "TARGET_PASSWORD": MIRROR[1],
+        "SYNC_QUEUE": "sync-work",
+    }
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    work.reset_shared_syncer()
+    yield settings
+    work.reset_shared_syncer()
+
+
+def test_timer_enqueues_one_message_per_repository_and_copies_nothing(app_env, acr):
+    acr.reset_log()
+    out = Collect()
+    call("sync_schedule", TimerRequest(past_due=False), out)
+    config = work.shared_syncer().config
+    messages = [work.parse_message(m, config) for m in out.value]
+    assert sorted((m.kind, m.repository, m.target) for m in messages) == [
+        ("repository", "giantswarm/app", "target"),
+        ("repository", "giantswarm/example-app", "target"),
+        ("repository", "giantswarm/tools/deep", "target"),
+    ]
+    assert acr.count(kind={"manifest", "blob", "acr_tags"}) == 0  # lists the catalog only
+
+
+def _event(name: str, **target) -> func.EventGridEvent:
+    raw = json.loads((EVENTS / name).read_text())
+    raw["data"]["target"].update(target)
+    return func.EventGridEvent(
+        id=raw["id"], data=raw["data"], topic=raw["topic"], subject=raw["subject"], event_type=raw["eventType"],
+        event_time=None, data_version=raw["dataVersion"],
+    )  # fmt: skip
+
+
+def test_sample_events_give_the_documented_decisions(app_env, acr, caplog):
+    caplog.set_level(logging.INFO)
+    host = acr.host
+    pushed = _event("image-pushed.eventgrid.json")
+    pushed.get_json()["request"]["host"] = host
+    out = Collect()
+    call("on_image_pushed", pushed, out)
+    (message,) = [work.parse_message(m, work.shared_syncer().config) for m in out.value]
+    assert (message.kind, message.repository, message.tag) == ("tag", "giantswarm/example-app", "1.4.2")
+
+    for name, reason in [
+        ("image-pushed-child.eventgrid.json", "untagged"),
+        ("image-deleted.eventgrid.json", "not propagated"),
+        ("image-pushed.eventgrid.json", "not the source"),  # host gsoci.azurecr.io is not our source here
+    ]:
+        out = Collect()
+        caplog.clear()
+        call("on_image_pushed", _event(name), out)
+        assert out.value is None
+        assert any(reason in r.getMessage() for r in caplog.records), name
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"target": "x"},
+        {"target": {"repository": "giantswarm/../../etc", "tag": "1"}, "request": {"host": "h"}},
+        {"target": {"repository": "giantswarm/app", "tag": "a" * 500}, "request": {"host": "h"}},
+        {"target": {"repository": ["giantswarm/app"], "tag": {"x": 1}}},
+        {"target": {"repository": "giantswarm/app", "tag": "1.0", "digest": "sha256:zz"}},
+    ],
+)
+def test_malformed_events_enqueue_nothing_and_raise_nothing(app_env, acr, data):
+    if "request" in data:
+        data["request"]["host"] = acr.host
+    event = func.EventGridEvent(id="x", data=data, topic="t", subject="s",
+                                event_type="Microsoft.ContainerRegistry.ImagePushed", event_time=None,
+                                data_version="1.0")  # fmt: skip
+    out = Collect()
+    call("on_image_pushed", event, out)
+    assert out.value is None
+
+
+def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_registry_dst):
+    out = Collect()
+    body = work.WorkMessage("repository", "giantswarm/example-app", "target").dumps()
+    call("sync_worker", func.QueueMessage(id="m1", body=body.encode()), out)
+    assert out.value is None
+    pusher = token_registry_dst.pusher()
+    source = acr.pusher()
+    assert (
+        pusher.fetch_manifest("fa-mirror/example-app", "1.4.2")[0]
+        == source.fetch_manifest("giantswarm/example-app", "1.4.2")[0]
+    )
+    # a tag message for a tag already there is a no-op
+    tag_body = work.WorkMessage("tag", "giantswarm/example-app", "target", "1.4.2").dumps()
+    call("sync_worker", func.QueueMessage(id="m2", body=tag_body), Collect())
+
+
+def test_worker_re_enqueues_what_the_time_budget_leaves(app_env, acr, token_registry_dst):
+    syncer = work.shared_syncer()
+    message = work.WorkMessage("repository", "giantswarm/app", "target").dumps()
+    summary, leftover = work.process_message(message, syncer, budget_seconds=0)
+    assert summary.tags_copied == 0
+    assert [json.loads(m)["tag"] for m in leftover] == ["1.0"]
+    summary, leftover = work.process_message(leftover[0], syncer)
+    assert summary.tags_copied == 1 and leftover == []
+
+
+def test_worker_raises_on_failure_and_on_invalid_messages(app_env, acr):
+    with pytest.raises(Exception, match="version"):
+        call("sync_worker", func.QueueMessage(id="bad", body=b'{"v": 9}'), Collect())
+    missing = work.WorkMessage("tag", "giantswarm/app", "target", "does-not-exist").dumps()
+    with pytest.raises(Exception, match="failure"):
+        call("sync_worker", func.QueueMessage(id="m3", body=missing), Collect())
