@@ -1,0 +1,1 @@
+"""Benchmark tooling for registry-sync (latency simulation, load drivers)."""
