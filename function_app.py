@@ -13,7 +13,7 @@ import logging
 
 import azure.functions as func
 
-from sync_core import work
+from sync_core import logs, work
 
 app = func.FunctionApp()
 log = logging.getLogger("sync_core.functions")
@@ -58,8 +58,9 @@ def sync_worker(msg: func.QueueMessage, out: func.Out[list[str]]) -> None:
     summary, leftover = work.process_message(msg.get_body(), work.shared_syncer())
     if leftover:
         out.set(leftover)
-    log.info(
-        "worker done: %d copied, %d unchanged, %d skipped, %d bytes uploaded",
-        summary.tags_copied, summary.tags_unchanged, summary.tags_skipped, summary.bytes_uploaded,
-        extra={"decision": "done", "message_id": msg.id, "dequeue_count": msg.dequeue_count},
+    logs.decision(
+        log, "done",
+        f"worker done: {summary.tags_copied} copied, {summary.tags_unchanged} unchanged, "
+        f"{summary.tags_skipped} skipped, {summary.bytes_uploaded} bytes uploaded",
+        message_id=msg.id, dequeue_count=msg.dequeue_count,
     )  # fmt: skip

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import logs
 from .catalog import TagInfo, parse_time
 from .config import SyncConfig
 from .errors import ConfigError, InvalidContent
+from .logs import clean
 from .names import is_digest, is_repository, is_tag
 from .plan import NameRejected, TagWork, target_repository, wanted_tags
 
@@ -62,23 +64,17 @@ def load_events(payload: object) -> list[dict]:
     return events
 
 
-def _text(value: object, limit: int = 200) -> str:
-    """A value made safe to put in a log line."""
-    text = value if isinstance(value, str) else repr(value)
-    return text[:limit].encode("unicode_escape").decode("ascii")
-
-
 def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) -> Decision:
     """Validate one event (either schema) and decide. Never raises for bad input."""
     now = now or dt.datetime.now(dt.timezone.utc)
     if not isinstance(event, dict):
         return Decision("?", "error", "event is not a JSON object")
-    event_id = _text(event.get("id", "?"), 100)
+    event_id = clean(event.get("id", "?"), 100)
     event_type = event.get("eventType", event.get("type"))
     if not isinstance(event_type, str):
         return Decision(event_id, "error", "event has no eventType/type string")
     if event_type != IMAGE_PUSHED:
-        return Decision(event_id, "ignore", f"event type {_text(event_type)} is not propagated")
+        return Decision(event_id, "ignore", f"event type {clean(event_type)} is not propagated")
     data = event.get("data")
     if not isinstance(data, dict):
         return Decision(event_id, "error", "event has no data object")
@@ -88,18 +84,18 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
         return Decision(event_id, "error", "event data has no target object")
     repository, tag, digest = target.get("repository"), target.get("tag"), target.get("digest")
     if not isinstance(repository, str) or not is_repository(repository):
-        return Decision(event_id, "error", f"invalid repository {_text(repository)}")
+        return Decision(event_id, "error", f"invalid repository {clean(repository)}")
     if tag is None or tag == "":
         return Decision(event_id, "ignore", "untagged push (a child manifest); the tagged index event carries it",
                         repository)  # fmt: skip
     if not isinstance(tag, str) or not is_tag(tag):
-        return Decision(event_id, "error", f"invalid tag {_text(tag)}", repository)
+        return Decision(event_id, "error", f"invalid tag {clean(tag)}", repository)
     if digest is not None and (not isinstance(digest, str) or not is_digest(digest)):
-        return Decision(event_id, "error", f"invalid digest {_text(digest)}", repository, tag)
+        return Decision(event_id, "error", f"invalid digest {clean(digest)}", repository, tag)
     host = request.get("host") if isinstance(request, dict) else None
     source_host = urlsplit(config.source.registry).netloc
     if not isinstance(host, str) or host.lower() != source_host:
-        return Decision(event_id, "ignore", f"event names registry {_text(host)}, not the source {source_host}",
+        return Decision(event_id, "ignore", f"event names registry {clean(host)}, not the source {source_host}",
                         repository, tag, digest)  # fmt: skip
     namespace = config.source.namespace
     if namespace and not repository.startswith(namespace + "/"):
@@ -129,15 +125,13 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
 
 
 def log_decision(decision: Decision) -> None:
-    fields = {
-        "decision": decision.action, "event_id": decision.event_id, "repository": decision.repository,
-        "tag": decision.tag, "digest": decision.digest, "reason": decision.reason,
-    }  # fmt: skip
-    level = logging.ERROR if decision.action == "error" else logging.INFO
     what = f"{decision.repository}:{decision.tag}" if decision.repository else "-"
-    log.log(
-        level, "event %s %s: %s (%s)", decision.event_id, decision.action, what, decision.reason, extra=fields
-    )
+    logs.decision(
+        log, decision.action, f"event {decision.event_id} {decision.action}: {what} ({decision.reason})",
+        level=logging.ERROR if decision.action == "error" else logging.INFO,
+        event_id=decision.event_id, repository=decision.repository, tag=decision.tag, digest=decision.digest,
+        reason=decision.reason,
+    )  # fmt: skip
 
 
 def handle_event_file(path: str, syncer, summary, targets=None) -> list[Decision]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import logs
 from .catalog import TagInfo, make_source, source_actions
 from .config import SyncConfig, TargetConfig
 from .copy import BlobLedger, Copier, CopyResult
@@ -83,8 +84,8 @@ class Summary:
             if target:
                 self.target(target).failed += tags
             self.tags_failed += tags
-        log.error(
-            "failed %s: %s", where, reason, extra={"decision": "failed", "item": where, "target": target}
+        logs.decision(
+            log, "failed", f"failed {where}: {reason}", level=logging.ERROR, item=where, target=target
         )
 
     def skip(self, where: str, reason: str, target: str, tags: int = 1) -> None:
@@ -92,9 +93,7 @@ class Summary:
             self.skipped.append({"target": target, "item": where, "reason": reason})
             self.target(target).skipped += tags
             self.tags_skipped += tags
-        log.info(
-            "skipped %s: %s", where, reason, extra={"decision": "skipped", "item": where, "target": target}
-        )
+        logs.decision(log, "skipped", f"skipped {where}: {reason}", item=where, target=target)
 
     def add_copy(self, work: TagWork, result: CopyResult) -> None:
         with self._lock:
@@ -113,15 +112,12 @@ class Summary:
         if result.status == "skipped":
             self.skip(f"{work.source_repository}:{work.tag}", result.reason or "skipped", work.target)
             return
-        log.info(
-            "%s %s:%s -> %s %s:%s %s (%d bytes uploaded, %d blobs mounted, %.2fs)",
-            result.status, work.source_repository, work.tag, work.target, work.target_repository, work.tag,
-            result.digest, result.bytes_uploaded, result.blobs_mounted, result.seconds,
-            extra={
-                "decision": result.status, "repository": work.source_repository, "tag": work.tag,
-                "digest": result.digest, "target": work.target, "target_repository": work.target_repository,
-                "bytes_uploaded": result.bytes_uploaded,
-            },
+        logs.decision(
+            log, result.status,
+            f"{result.status} {work.source_repository}:{work.tag} -> {work.target} {work.target_repository}:{work.tag} "
+            f"({result.bytes_uploaded} bytes uploaded, {result.blobs_mounted} blobs mounted, {result.seconds:.2f}s)",
+            repository=work.source_repository, tag=work.tag, digest=result.digest, target=work.target,
+            target_repository=work.target_repository, bytes_uploaded=result.bytes_uploaded,
         )  # fmt: skip
 
     def to_dict(self) -> dict:

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from . import logs
 from .config import SyncConfig, load_config
 from .errors import InvalidContent, SyncError
 from .events import decide, load_events, log_decision
@@ -94,15 +95,11 @@ def schedule_messages(syncer: Syncer) -> list[str]:
             try:
                 target_repository(repository, config.source.namespace, target)
             except NameRejected as exc:
-                log.info("not enqueued %s for %s: %s", repository, target.name, exc,
-                         extra={"decision": "ignored", "repository": repository, "target": target.name})  # fmt: skip
+                logs.decision(log, "ignored", f"not enqueued {repository} for {target.name}: {exc}",
+                              repository=repository, target=target.name)  # fmt: skip
                 continue
             messages.append(WorkMessage("repository", repository, target.name).dumps())
-    log.info(
-        "enqueued %d repository messages",
-        len(messages),
-        extra={"decision": "enqueued", "count": len(messages)},
-    )
+    logs.decision(log, "enqueued", f"enqueued {len(messages)} repository messages", count=len(messages))
     return messages
 
 
@@ -114,9 +111,8 @@ def event_messages(event: dict, config: SyncConfig) -> list[str]:
         WorkMessage("tag", w.source_repository, w.target, w.tag, w.digest).dumps() for w in decision.work
     ]
     for work in decision.work:
-        log.info("enqueued %s:%s for %s", work.source_repository, work.tag, work.target,
-                 extra={"decision": "enqueued", "repository": work.source_repository, "tag": work.tag,
-                        "digest": work.digest, "target": work.target})  # fmt: skip
+        logs.decision(log, "enqueued", f"enqueued {work.source_repository}:{work.tag} for {work.target}",
+                      repository=work.source_repository, tag=work.tag, digest=work.digest, target=work.target)  # fmt: skip
     return messages
 
 
@@ -125,7 +121,7 @@ def events_messages(payload: object, config: SyncConfig) -> list[str]:
     try:
         events = load_events(payload)
     except InvalidContent as exc:
-        log.error("dropped event payload: %s", exc, extra={"decision": "error"})
+        logs.decision(log, "error", f"dropped event payload: {exc}", level=logging.ERROR)
         return []
     return [m for event in events for m in event_messages(event, config)]
 
@@ -158,8 +154,8 @@ def process_message(
     summary.duration_seconds = time.monotonic() - started
     leftover = [WorkMessage("tag", w.source_repository, w.target, w.tag, w.digest).dumps() for w in left]
     if leftover:
-        log.info("time budget reached: re-enqueued %d tags of %s", len(leftover), message.repository,
-                 extra={"decision": "enqueued", "repository": message.repository, "target": target.name})  # fmt: skip
+        logs.decision(log, "enqueued", f"time budget reached: re-enqueued {len(leftover)} tags of {message.repository}",
+                      repository=message.repository, target=target.name, count=len(leftover))  # fmt: skip
     if not summary.ok:
         reasons = "; ".join(f"{f['item']}: {f['reason']}" for f in summary.failures[:5])
         raise SyncError(
