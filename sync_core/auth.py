@@ -81,11 +81,33 @@ def parse_challenge(header: str) -> Challenge | None:
         return None
     scheme, _, rest = header.partition(" ")
     params = {}
-    for key, value in _PARAM_RE.findall(rest):
+    end = 0
+    for match in _PARAM_RE.finditer(rest):
+        if rest[end : match.start()].strip(" \t,"):
+            break  # the next challenge ("..., Basic realm=...") starts here: not ours
+        end = match.end()
+        key, value = match.groups()
         if value.startswith('"'):
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
         params[key.lower()] = value
     return Challenge(scheme.lower(), params)
+
+
+def merge_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Scopes with one entry per resource and its actions united, in a stable order.
+
+    ``repository:a:pull,push`` and ``repository:a:push,pull`` (registries list actions in any
+    order) are the same scope. Names may contain ``host:port``, so split on the last colon.
+    """
+    merged: dict[str, list[str]] = {}
+    for scope in scopes:
+        resource, sep, actions = scope.rpartition(":")
+        if not sep or not resource:
+            merged.setdefault(scope, [])
+            continue
+        known = merged.setdefault(resource, [])
+        known.extend(a for a in actions.split(",") if a and a not in known)
+    return tuple(f"{r}:{','.join(a)}" if a else r for r, a in merged.items())
 
 
 @dataclass
@@ -173,7 +195,7 @@ class Authenticator:
         )
         if challenge is not None:
             self.challenge = challenge
-        wanted = tuple(dict.fromkeys([*scopes, *(challenge.scopes if challenge else ())]))
+        wanted = merge_scopes([*scopes, *(challenge.scopes if challenge else ())])
         if first_time:
             return wanted
         with self._lock:
