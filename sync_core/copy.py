@@ -123,9 +123,14 @@ class VerifyingReader:
         return self.descriptor.size
 
     def read(self, n: int = -1) -> bytes:
-        if self.remaining == 0:
+        """Read on (at least ``READ_SIZE`` at a time: http.client asks for small blocks)."""
+        return self.read_at_most(self.remaining if n is None or n < 0 else max(n, READ_SIZE))
+
+    def read_at_most(self, limit: int) -> bytes:
+        """Read at most ``limit`` bytes (a chunk of a chunked upload must not overrun its length)."""
+        if self.remaining == 0 or limit <= 0:
             return b""
-        want = self.remaining if n is None or n < 0 else min(max(n, READ_SIZE), self.remaining)
+        want = min(limit, self.remaining)
         try:
             data = self.raw.read(want, decode_content=False)
         except (urllib3.exceptions.HTTPError, OSError, requests.RequestException) as exc:
@@ -164,7 +169,9 @@ class _Slice:
     def read(self, n: int = -1) -> bytes:
         if self.left <= 0:
             return b""
-        data = self.reader.read(min(self.left, READ_SIZE if n is None or n < 0 else max(n, 1)))
+        data = self.reader.read_at_most(
+            min(self.left, READ_SIZE if n is None or n < 0 else max(n, READ_SIZE))
+        )
         self.left -= len(data)
         return data
 
