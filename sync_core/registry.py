@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from .auth import ANONYMOUS, Authenticator, CredentialSource
-from .errors import AuthError, InvalidContent, NotFound, RegistryError
+from .errors import AuthError, DigestMismatch, InvalidContent, NotFound, RegistryError
 from .manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from .names import MANIFEST_ACCEPT, check_digest, check_reference, check_repository, is_digest
 from .transport import Transport, redact_url, resolve_on_host
@@ -147,6 +147,12 @@ class RegistryClient:
 
     # -- manifests ------------------------------------------------------------------------
     def get_manifest(self, repository: str, reference: str) -> Manifest:
+        """Fetch and verify a manifest (at most ``MAX_MANIFEST_BYTES``).
+
+        The body is streamed, so the transport cannot retry a connection that breaks in the
+        middle of it; that, and bytes that do not hash to the digest asked for or announced
+        (damaged on the way), are retried here with the transport's policy.
+        """
         check_repository(repository)
         check_reference(reference)
         where = (
@@ -154,6 +160,25 @@ class RegistryClient:
             if not is_digest(reference)
             else f"{self.host}/{repository}@{reference}"
         )
+        policy = self.transport.retry
+        attempts = max(1, policy.attempts)
+        for attempt in range(attempts):
+            try:
+                return self._get_manifest_once(repository, reference, where)
+            except (requests.RequestException, OSError, DigestMismatch) as exc:
+                if attempt + 1 >= attempts:
+                    if isinstance(exc, DigestMismatch):
+                        raise
+                    raise RegistryError(
+                        f"{where}: the manifest could not be read in {attempts} attempt(s) "
+                        f"(connection broke mid-body: {type(exc).__name__})"
+                    ) from None
+                delay = policy.delay(attempt)
+                log.debug("refetching manifest %s after %s (%.2fs)", where, type(exc).__name__, delay)
+                self.transport.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _get_manifest_once(self, repository: str, reference: str, where: str) -> Manifest:
         response = self.request(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
