@@ -71,6 +71,7 @@ class BlobLedger:
         self._present: set[tuple[str, str]] = set()
         self._holders: dict[str, str] = {}
         self._uploading: dict[str, threading.Event] = {}
+        self._manifest_locks: dict[str, threading.Lock] = {}
 
     def begin_upload(self, digest: str) -> threading.Event | None:
         """Claim the upload of ``digest``: None if ours, else an event set when the owner ends.
@@ -102,6 +103,17 @@ class BlobLedger:
         with self._lock:
             repo = self._holders.get(digest)
         return repo if repo and repo != exclude else None
+
+    def manifest_writes(self, repository: str) -> threading.Lock:
+        """Held around every manifest PUT to ``repository``.
+
+        distribution rewrites a manifest's link file in place on every PUT of it (by digest or by
+        tag); an index PUT that verifies that manifest meanwhile fails with 400 DIGEST_INVALID /
+        MANIFEST_BLOB_UNKNOWN. Concurrent copies of tags sharing an index (``latest`` and
+        ``1.4.0``) did exactly that. Manifest PUTs are small; blob uploads stay parallel.
+        """
+        with self._lock:
+            return self._manifest_locks.setdefault(repository, threading.Lock())
 
 
 class VerifyingReader:
@@ -248,11 +260,15 @@ class Copier:
             plan = self._plan(src_repo, top, dst_repo, skip_media_types)
             self._copy_blobs(src_repo, dst_repo, plan.blobs, result)
             for manifest in plan.manifests:
-                self.destination.put_manifest(dst_repo, manifest.digest, manifest)
-                self.ledger.record(dst_repo, manifest.digest)
+                with self.ledger.manifest_writes(dst_repo):
+                    if self.ledger.known(dst_repo, manifest.digest):
+                        continue  # pushed meanwhile by a concurrent copy of another tag
+                    self.destination.put_manifest(dst_repo, manifest.digest, manifest)
+                    self.ledger.record(dst_repo, manifest.digest)
                 result.manifests_pushed += 1
-            self.destination.put_manifest(dst_repo, dst_ref, top)
-            self.ledger.record(dst_repo, top.digest)
+            with self.ledger.manifest_writes(dst_repo):
+                self.destination.put_manifest(dst_repo, dst_ref, top)
+                self.ledger.record(dst_repo, top.digest)
             result.manifests_pushed += 1
             return result
         except SkipImage as exc:

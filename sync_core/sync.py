@@ -21,7 +21,7 @@ from .config import SyncConfig, TargetConfig
 from .copy import BlobLedger, Copier, CopyResult
 from .errors import ConfigError, SyncError
 from .names import ImageRef
-from .plan import NameRejected, TagWork, target_repository, wanted_tags
+from .plan import NameRejected, TagWork, repository_selected, target_repository, wanted_tags
 from .registry import RegistryClient
 from .secrets import SecretStore
 
@@ -203,7 +203,14 @@ class Syncer:
         self, repository: str, summary: Summary, targets: Iterable[str] | None = None
     ) -> list[TagWork]:
         """What each target lacks of ``repository`` (failures and skips go into ``summary``)."""
-        targets = self.selected_targets(targets)
+        targets = [
+            t
+            for t in self.selected_targets(targets)
+            if repository_selected(repository, self.config.filters)
+            and repository_selected(repository, t.filters)
+        ]
+        if not targets:
+            return []  # excluded everywhere: not even listed (ACR read quota; may be unreadable)
         try:
             tags = self.source.tags(repository)
         except Exception as exc:  # noqa: BLE001 - one repository's failure must not stop the rest
