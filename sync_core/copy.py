@@ -385,6 +385,7 @@ class Copier:
         where = f"blob {blob.digest} of {self.source.host}/{src_repo}"
         chunked = self.chunked
         attempts = self.retry.attempts
+        refusals = 0
         for attempt in range(attempts):
             try:
                 if location is None:
@@ -409,6 +410,8 @@ class Copier:
                 requests.RequestException,
             ) as exc:
                 location = None
+                if isinstance(exc, RegistryError) and exc.status == 401:
+                    refusals += 1  # a token expiring mid-stream is worth one restart, a refusal is not
                 if isinstance(exc, RegistryError) and exc.status in FALLBACK_TO_CHUNKED and not chunked:
                     chunked = True
                     log.info(
@@ -420,7 +423,8 @@ class Copier:
                 transient = (
                     not isinstance(exc, RegistryError)
                     or exc.status is None
-                    or exc.status in (401, 408, 429)
+                    or exc.status in (408, 429)
+                    or (exc.status == 401 and refusals == 1)
                     or exc.status >= 500
                     or isinstance(exc, (SourceStreamError, DigestMismatch))
                 )
