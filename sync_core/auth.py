@@ -289,7 +289,7 @@ class Authenticator:
                     )
                 try:
                     answer = response.json()
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
                     raise AuthError(
                         f"token service {redact_url(realm)} answered something that is not JSON"
                     ) from None

@@ -132,8 +132,8 @@ def _regex(values, key, setting, problems) -> re.Pattern | None:
         return None
     try:
         return re.compile(value)
-    except re.error as exc:
-        problems.add(setting, f"invalid regular expression {value!r}: {exc}")
+    except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}: OverflowError
+        problems.add(setting, f"invalid regular expression {value[:200]!r}: {exc}")
         return None
 
 
@@ -294,7 +294,11 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
             settings.update(_lower_keys(data))
 
     source_registry = _registry(settings, "source_registry", "SOURCE_REGISTRY", problems)
-    kind = (_get(settings, "source_kind") or "").lower() or None
+    kind = _get(settings, "source_kind")
+    if kind is not None and not isinstance(kind, str):
+        problems.add("SOURCE_KIND", f"must be 'acr' or 'oci', got {kind!r}")
+        kind = None
+    kind = (kind or "").lower() or None
     if kind is None and source_registry:
         kind = "acr" if urlsplit(source_registry).hostname.endswith(".azurecr.io") else "oci"
     if kind not in ("acr", "oci", None):
@@ -342,7 +346,8 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
     for duplicate in sorted({n for n in names if names.count(n) > 1}):
         problems.add("targets", f"target name {duplicate!r} is used twice")
 
-    compare = (_get(settings, "sync_compare") or "name").lower()
+    compare = _get(settings, "sync_compare") or "name"
+    compare = compare.lower() if isinstance(compare, str) else compare
     if compare not in ("name", "digest"):
         problems.add("SYNC_COMPARE", f"must be 'name' or 'digest', got {compare!r}")
     concurrency = _number(settings, "sync_concurrency", "SYNC_CONCURRENCY", problems, integer=True, minimum=1)
@@ -400,7 +405,7 @@ def _read_file(path: str, problems: _Problems) -> dict | None:
         return None
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
         problems.add(
             "SYNC_CONFIG",
             f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {str(exc).splitlines()[0]}",

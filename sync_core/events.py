@@ -50,7 +50,10 @@ def load_events(payload: object) -> list[dict]:
     if isinstance(payload, (bytes, bytearray)):
         if len(payload) > MAX_EVENT_BYTES:
             raise InvalidContent(f"event payload is {len(payload)} bytes, over {MAX_EVENT_BYTES}")
-        payload = payload.decode("utf-8", errors="strict")
+        try:
+            payload = bytes(payload).decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise InvalidContent(f"event payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     if isinstance(payload, str):
         if len(payload) > MAX_EVENT_BYTES:
             raise InvalidContent(f"event payload is over {MAX_EVENT_BYTES} bytes")
@@ -58,6 +61,8 @@ def load_events(payload: object) -> list[dict]:
             payload = json.loads(payload)
         except ValueError as exc:
             raise InvalidContent(f"event payload is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidContent("event payload is JSON nested too deeply") from None
     events = payload if isinstance(payload, list) else [payload]
     if len(events) > MAX_EVENTS:
         raise InvalidContent(f"{len(events)} events in one payload, over {MAX_EVENTS}")

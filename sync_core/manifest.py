@@ -160,7 +160,7 @@ def parse_manifest(
         digest = digest_of(raw)
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
         raise InvalidContent(f"{where}: manifest is not valid JSON") from None
     if not isinstance(document, dict):
         raise InvalidContent(f"{where}: manifest is not a JSON object")

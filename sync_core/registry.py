@@ -20,7 +20,9 @@ from .transport import Transport, redact_url, resolve_on_host
 log = logging.getLogger(__name__)
 
 CATALOG_SCOPE = "registry:catalog:*"
-MAX_PAGES = 100_000
+# Listing pages hold ~100 entries: 10,000 pages are a million repositories or tags, far beyond any
+# real registry, yet a bound a misbehaving one reaches in minutes rather than days.
+MAX_PAGES = 10_000
 
 
 def normalize_registry_url(value: str) -> str:
@@ -48,7 +50,7 @@ def error_detail(response: requests.Response) -> tuple[str | None, str]:
         code = str(error.get("code", ""))[:64] or None
         message = str(error.get("message", ""))[:200]
         return code, f"{code}: {message}" if code else message
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
         return None, ""
 
 
@@ -333,7 +335,9 @@ class RegistryClient:
         """Yield every JSON page of a listing, following ``Link: <...>; rel="next"`` on this host."""
         url = self.base_url + path
         seen: set[str] = set()
-        for _ in range(MAX_PAGES):
+        previous: object = None
+        repeats = 0
+        for number in range(MAX_PAGES):
             seen.add(url)
             response = self.request("GET", url, scopes=scopes, headers={"Accept": "application/json"})
             with response:
@@ -341,7 +345,7 @@ class RegistryClient:
                     raise self.fail(response, what)
                 try:
                     page = response.json()
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
                     raise InvalidContent(f"{self.host}: {what}: answer is not JSON") from None
                 if not isinstance(page, dict):
                     raise InvalidContent(f"{self.host}: {what}: answer is not a JSON object")
@@ -352,6 +356,15 @@ class RegistryClient:
             url = resolve_on_host(url, next_link, f"{what} Link header")
             if url in seen:
                 raise RegistryError(f"{self.host}: {what}: Link header loops back to a page already read")
+            entries = page.get(key)
+            repeats = repeats + 1 if number > 0 and entries == previous else 0
+            if repeats >= 2:
+                # a new URL every time but the same (or no) entries: it would never end
+                raise RegistryError(
+                    f"{self.host}: {what}: pages {number - 1} to {number + 1} repeat the same entries "
+                    "and link on; giving up"
+                )
+            previous = entries
         raise RegistryError(f"{self.host}: {what}: more than {MAX_PAGES} pages; giving up")
 
     def list_repositories(self, page_size: int = 100) -> list[str]:

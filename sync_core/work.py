@@ -52,7 +52,7 @@ def parse_message(text: str | bytes, config: SyncConfig) -> WorkMessage:
         raise InvalidContent(f"message is {len(text)} characters, over {MAX_MESSAGE_BYTES}")
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise InvalidContent("message is not JSON") from None
     if not isinstance(body, dict):
         raise InvalidContent("message is not a JSON object")
