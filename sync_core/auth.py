@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import jwt
 
-from .errors import AuthError, RegistryError
+from .errors import AuthError, CredentialsRefused, RegistryError
 from .transport import Transport, is_loopback, redact_url
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,9 @@ class Authenticator:
         if challenge.scheme == "basic":
             return self._basic_header()
         if challenge.scheme == "bearer":
+            if self.credentials.get() is not None:
+                # the token stands for the credentials: it must not travel in clear either
+                self._require_safe_destination(self.registry_url, "a token obtained with credentials")
             token = self._token(frozenset(scopes))
             return f"Bearer {token.value}" if token else None
         return None
@@ -278,7 +281,7 @@ class Authenticator:
                     if attempt == 0 and self.credentials.refresh():
                         continue
                     who = f"user {creds.username!r}" if creds else "anonymous access"
-                    raise AuthError(
+                    raise (CredentialsRefused if creds else AuthError)(
                         f"token service {redact_url(realm)} refused {who} (HTTP {response.status_code})",
                         status=response.status_code,
                     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from .config import SourceConfig
-from .errors import AuthError, ConfigError, InvalidContent, NotFound
+from .errors import AuthError, ConfigError, CredentialsRefused, InvalidContent, NotFound
 from .names import check_repository, is_digest, is_repository, is_tag
 from .registry import CATALOG_SCOPE, RegistryClient, repository_scope
 
@@ -60,6 +60,8 @@ class Source:
         else:
             try:
                 names = self._catalog()
+            except CredentialsRefused:
+                raise  # wrong credentials: not a question of catalog rights
             except AuthError as exc:
                 raise CatalogForbidden(
                     f"SOURCE_REPOSITORIES: the source credentials may not list the catalog of {self.client.host} "

@@ -32,6 +32,10 @@ class AuthError(RegistryError):
     """Credentials were refused, or a token could not be obtained."""
 
 
+class CredentialsRefused(AuthError):
+    """The registry's token service refused the credentials themselves (wrong or expired)."""
+
+
 class NotFound(RegistryError):
     """The manifest, blob or repository does not exist."""
 

@@ -32,10 +32,21 @@ def normalize_registry_url(value: str) -> str:
         value = f"https://{value}"
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not a registry host or http(s) URL")
+        raise ValueError(f"{_without_userinfo(value)!r} is not a registry host or http(s) URL")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{value!r}: give only scheme, host and port (no path, query or credentials)")
+        raise ValueError(
+            f"{_without_userinfo(value)!r}: give only scheme, host and port (no path, query or credentials)"
+        )
     return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` fit for a message: a ``user:password@`` in it (a pasted URL) is not repeated."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = "<credentials removed>@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{tail}"
 
 
 def repository_scope(repository: str, actions: str) -> str:
