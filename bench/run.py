@@ -1,0 +1,448 @@
+"""``make bench``: registry-sync against ``skopeo sync --all``, side by side, through a latency proxy.
+
+    python -m bench.run                 # the full benchmark (docs/benchmarks.md)
+    python -m bench.run --quick         # small corpus, no 1 GiB image (tests/test_bench_smoke.py)
+    python -m bench.run --delay-ms 100 --bandwidth 50M --out /tmp/bench
+
+Scenarios (each runs registry-sync, then skopeo, against the same mirror behind the same proxy;
+registry-sync writes under ``rs/``, skopeo under ``sk/``):
+
+  initial      sync the platform catalog into an empty mirror
+  noop         the same sync again: nothing to do
+  incremental  a few new tags appear at the source
+  big          one image with a 1 GiB layer (registry-sync sync vs ``skopeo copy --all``)
+  wide-1       no-op over N repositories x 1 tag of one small image
+  wide-T       no-op over the same N repositories x T tags (skopeo: a sample of repositories,
+               its time and requests scaled by N / sample; it handles repositories one by one)
+
+Results: a table on stdout, ``<out>/results.json`` and ``<out>/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench import corpus as corpora
+from bench.tools import ROOT, ProcessResult, RegistrySync, Skopeo, skopeo_version
+from bench.world import World
+
+MB = 1_000_000
+TIMEOUT = 3600.0
+
+
+@dataclass
+class Row:
+    scenario: str
+    tool: str
+    seconds: float
+    ok: bool
+    source_requests: int
+    source_tokens: int
+    mirror_requests: int
+    mirror_tokens: int
+    mirror_by_class: dict[str, int]
+    source_by_class: dict[str, int]
+    mirror_connections: int
+    bytes_to_mirror: int
+    bytes_from_mirror: int
+    max_rss_bytes: int
+    scale: float = 1.0  # skopeo wide runs: measured on a sample, scaled by this factor
+    note: str = ""
+    summary: dict = field(default_factory=dict)
+    ratio: float | None = None  # seconds / skopeo's seconds in the same scenario
+
+
+def _row(scenario: str, tool: str, result: ProcessResult, counters: dict, *, scale: float = 1.0,
+         note: str = "", summary: dict | None = None) -> Row:  # fmt: skip
+    mirror, source = counters["mirror"], counters["source"]
+    if not result.ok:
+        note = (note + "; " if note else "") + f"FAILED (exit {result.returncode}): " + result.stderr[-400:]
+    return Row(
+        scenario=scenario,
+        tool=tool,
+        seconds=result.seconds * scale,
+        ok=result.ok,
+        source_requests=round(source["requests"] * scale),
+        source_tokens=round(counters["source_tokens"] * scale),
+        mirror_requests=round(mirror["requests"] * scale),
+        mirror_tokens=round(counters["mirror_tokens"] * scale),
+        mirror_by_class={k: round(v * scale) for k, v in sorted(mirror["requests_by_class"].items())},
+        source_by_class={k: round(v * scale) for k, v in sorted(source["requests_by_class"].items())},
+        mirror_connections=round(mirror["connections"] * scale),
+        bytes_to_mirror=round(mirror["bytes_client_to_upstream"] * scale),
+        bytes_from_mirror=round(mirror["bytes_upstream_to_client"] * scale),
+        max_rss_bytes=result.max_rss_bytes,
+        scale=scale,
+        note=note,
+        summary=summary or {},
+    )
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.profile = corpora.QUICK if args.quick else corpora.FULL
+        self.workdir = Path(tempfile.mkdtemp(prefix="registry-sync-bench-"))
+        self.world = World(
+            delay_ms=args.delay_ms,
+            source_delay_ms=args.source_delay_ms,
+            bandwidth=args.bandwidth,
+            wide=self.profile.wide_repositories > 0,
+        )
+        self.rs = RegistrySync(self.world.source_endpoint(), self.world.mirror_endpoint(), args.concurrency)
+        self.sk = Skopeo(self.world.source_endpoint(), self.world.mirror_endpoint(), self.workdir)
+        self.rs_wide = RegistrySync(
+            self.world.source_endpoint(wide=True), self.world.mirror_endpoint(), args.concurrency
+        )
+        self.sk_wide = Skopeo(self.world.source_endpoint(wide=True), self.world.mirror_endpoint(), self.workdir, "wide")
+        self.rows: list[Row] = []
+        self.facts: dict = {}
+        self.corpus = corpora.platform_corpus(self.profile)
+        self.big: corpora.BigLayer | None = None
+
+    def close(self) -> None:
+        self.world.close()
+
+    def log(self, text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    # -- seeding -----------------------------------------------------------------------------
+    def seed(self) -> None:
+        started = time.monotonic()
+        corpora.push_all(self.world.source_pusher, self.corpus.images)
+        images = list(self.corpus.images.values())
+        self.facts["corpus"] = {
+            "repositories": len(self.corpus.repositories),
+            "tags": len(self.corpus.images),
+            "multi_arch_tags": sum(1 for m in images if m.is_index),
+            "unique_blob_bytes": self.corpus.unique_blob_bytes(images),
+            "manifest_bytes": self.corpus.manifest_bytes(images),
+            "base_layer_bytes": self.corpus.base.size,
+        }
+        self.log(f"seeded {len(images)} tags in {time.monotonic() - started:.1f}s: {self.facts['corpus']}")
+        if self.profile.big_layer and "big" in self.args.scenarios:
+            started = time.monotonic()
+            self.big = corpora.BigLayer("bench-1gib", self.profile.big_layer)
+            pusher = self.world.source_pusher()
+            corpora.push_big_layer(pusher, "big/huge", self.big)
+            self.big_manifest = corpora.big_image(self.big, self.corpus.base)
+            pusher.push("big/huge", self.big_manifest, "1.0.0")
+            self.log(f"seeded the {self.profile.big_layer} byte layer in {time.monotonic() - started:.1f}s")
+
+    # -- running -----------------------------------------------------------------------------
+    def run_rs(self, scenario: str, source_ns: str, target_ns: str, *, wide: bool = False) -> Row:
+        tool = self.rs_wide if wide else self.rs
+        self.world.reset_counters()
+        self.log(f"{scenario}: registry-sync ...")
+        result, summary = tool.sync(source_ns, target_ns, TIMEOUT)
+        row = _row(scenario, "registry-sync", result, self.world.counters(wide), summary=summary)
+        if summary and not summary.get("ok", False):
+            row.ok = False
+            row.note += f" failures: {summary.get('failures')[:3]}"
+        self.facts.setdefault("commands", {})[scenario] = tool.display(source_ns, target_ns)
+        self.log(f"{scenario}: registry-sync {row.seconds:.2f}s ok={row.ok} {row.note}")
+        self.rows.append(row)
+        return row
+
+    def run_sk_sync(self, scenario: str, repositories: list[str], target_ns: str, *, wide: bool = False,
+                    scale: float = 1.0, note: str = "") -> Row | None:  # fmt: skip
+        tool = self.sk_wide if wide else self.sk
+        if self.args.skip_skopeo:
+            return None
+        self.world.reset_counters()
+        self.log(f"{scenario}: skopeo sync over {len(repositories)} repositories ...")
+        result = tool.sync(scenario, repositories, target_ns, TIMEOUT)
+        row = _row(scenario, "skopeo", result, self.world.counters(wide), scale=scale, note=note)
+        synced = re.findall(r"Synced (\d+) images", result.stderr)
+        if not synced or int(synced[-1]) == 0:
+            row.ok = False
+            row.note += " skopeo synced no image: " + result.stderr[-300:]
+        self.facts.setdefault("skopeo_commands", {})[scenario] = " ".join(
+            tool.sync_command(tool.home / f"{scenario}.yaml", target_ns)
+        )
+        self.log(f"{scenario}: skopeo {result.seconds:.2f}s (x{scale:g}) ok={row.ok}")
+        self.rows.append(row)
+        return row
+
+    def scenario_pair(self, scenario: str, source_ns: str, repositories: list[str]) -> tuple[Row, Row]:
+        rs = self.run_rs(scenario, source_ns, "rs")
+        sk = self.run_sk_sync(scenario, repositories, "sk")
+        rs.ratio = rs.seconds / sk.seconds if sk and sk.seconds else None
+        return rs, sk
+
+    def verify_mirror(self, items: dict) -> list[str]:
+        """Every tag at both rs/ and sk/ with the source digest (byte-identical manifests)."""
+        pusher = self.world.mirror_pusher()
+        problems = []
+        for (repo, tag), manifest in items.items():
+            leaf = repo.rsplit("/", 1)[1]
+            for prefix in ("rs",) if self.args.skip_skopeo else ("rs", "sk"):
+                _, _, digest = pusher.fetch_manifest(f"{prefix}/{leaf}", tag)
+                if digest != manifest.digest:
+                    problems.append(f"{prefix}/{leaf}:{tag} is {digest}, expected {manifest.digest}")
+        pusher.close()
+        return problems
+
+    def run(self) -> None:
+        self.seed()
+        if "sync" in self.args.scenarios:
+            self.scenarios_sync()
+        if self.big is not None and "big" in self.args.scenarios:
+            self.scenario_big()
+        if self.profile.wide_repositories and "wide" in self.args.scenarios:
+            self.scenario_wide()
+
+    def scenarios_sync(self) -> None:
+        ns = self.corpus.namespace
+        repos = self.corpus.repositories
+        self.scenario_pair("initial", ns, repos)
+        problems = self.verify_mirror(self.corpus.images)
+        self.facts["verify_initial"] = problems or "all tags byte-identical at rs/ and sk/"
+        self.scenario_pair("noop", ns, repos)
+        corpora.push_all(self.world.source_pusher, self.corpus.new_images)
+        new = list(self.corpus.new_images.values())
+        self.facts["incremental"] = {
+            "new_tags": len(new),
+            "new_unique_blob_bytes": self.corpus.unique_blob_bytes(new) - self.corpus.base.size,
+        }
+        self.scenario_pair("incremental", ns, repos)
+        problems = self.verify_mirror(self.corpus.new_images)
+        self.facts["verify_incremental"] = problems or "all new tags byte-identical at rs/ and sk/"
+
+    def scenario_big(self) -> None:
+        rs = self.run_rs("big", "big", "rs")
+        if self.args.skip_skopeo:
+            return
+        self.world.reset_counters()
+        self.log("big: skopeo copy ...")
+        result = self.sk.copy("big/huge:1.0.0", "sk/huge:1.0.0", TIMEOUT)
+        sk = _row("big", "skopeo", result, self.world.counters(), note="skopeo copy --all")
+        self.log(f"big: skopeo {sk.seconds:.2f}s ok={sk.ok}")
+        self.facts.setdefault("skopeo_commands", {})["big"] = " ".join(
+            self.sk.copy_command("big/huge:1.0.0", "sk/huge:1.0.0")
+        )
+        self.rows.append(sk)
+        rs.ratio = rs.seconds / sk.seconds if sk.seconds else None
+        pusher = self.world.mirror_pusher()
+        for prefix in ("rs", "sk"):
+            _, _, digest = pusher.fetch_manifest(f"{prefix}/huge", "1.0.0")
+            if digest != self.big_manifest.digest:
+                self.facts[f"verify_big_{prefix}"] = f"{digest} != {self.big_manifest.digest}"
+        self.facts["big"] = {"layer_bytes": self.profile.big_layer, "layer_digest": self.big.digest}
+
+    def scenario_wide(self) -> None:
+        p = self.profile
+        started = time.monotonic()
+        sample = min(p.wide_skopeo_sample, p.wide_repositories)
+        names = {}
+        for label, tags in (("wide1", 1), (f"wide{p.wide_tags}", p.wide_tags)):
+            names[label] = corpora.seed_wide(
+                self.world.source_pusher(wide=True),
+                self.world.storage("wide"),
+                self.world.storage("mirror"),
+                namespace=label,
+                repositories=p.wide_repositories,
+                tags=tags,
+                target_copies={f"rs/{label}": p.wide_repositories, f"sk/{label}": sample},
+            )
+            # sanity: the copies are real repositories with every tag, at the source and the mirror
+            src, dst = self.world.source_pusher(wide=True), self.world.mirror_pusher()
+            last = names[label][-1]
+            want = [f"t{t:02d}" for t in range(tags)]
+            assert src.tags(last) == want, (last, src.tags(last))
+            assert dst.tags(f"rs/{last}") == want
+            assert self.args.skip_skopeo or dst.tags(f"sk/{label}/{names[label][sample - 1].split('/', 1)[1]}") == want
+        self.log(f"wide: seeded 2 x {p.wide_repositories} repositories in {time.monotonic() - started:.1f}s")
+        self.facts["wide"] = {"repositories": p.wide_repositories, "tags": p.wide_tags, "skopeo_sample": sample}
+        scale = p.wide_repositories / sample
+        note = f"measured on {sample} repositories, x{scale:g}" if scale != 1 else ""
+        for label in ("wide1", f"wide{p.wide_tags}"):
+            scenario = f"wide-{label[4:]}"
+            rs = self.run_rs(scenario, label, f"rs/{label}", wide=True)
+            sk = self.run_sk_sync(scenario, names[label][:sample], f"sk/{label}", wide=True, scale=scale,
+                                  note=note)  # fmt: skip
+            rs.ratio = rs.seconds / sk.seconds if sk and sk.seconds else None
+
+    # -- results -----------------------------------------------------------------------------
+    def targets(self) -> list[tuple[str, bool, str]]:
+        rows = {(r.scenario, r.tool): r for r in self.rows}
+        out: list[tuple[str, bool, str]] = []
+
+        def get(s, t):
+            return rows.get((s, t))
+
+        rs, sk = get("initial", "registry-sync"), get("initial", "skopeo")
+        if rs and sk:
+            out.append(("initial sync <= 0.25 x skopeo", rs.ok and rs.ratio <= 0.25,
+                        f"{rs.seconds:.2f}s vs {sk.seconds:.2f}s = {rs.ratio:.3f}"))  # fmt: skip
+            unique = self.facts["corpus"]["unique_blob_bytes"]
+            out.append(("initial bytes to mirror <= 1.02 x unique blobs", rs.bytes_to_mirror <= 1.02 * unique,
+                        f"{rs.bytes_to_mirror} / {unique} = {rs.bytes_to_mirror / unique:.4f} "
+                        f"(skopeo {sk.bytes_to_mirror / unique:.4f})"))  # fmt: skip
+        rs, sk = get("noop", "registry-sync"), get("noop", "skopeo")
+        if rs and sk:
+            n = self.facts["corpus"]["repositories"]
+            out.append(("no-op <= 0.05 x skopeo", rs.ok and rs.ratio <= 0.05,
+                        f"{rs.seconds:.2f}s vs {sk.seconds:.2f}s = {rs.ratio:.3f}"))  # fmt: skip
+            per_repo_mirror = (rs.mirror_requests - rs.mirror_by_class.get("base", 0)) / n
+            src = rs.source_by_class
+            per_repo_source = (rs.source_requests - src.get("catalog", 0) - src.get("base", 0)) / n
+            content = sum(rs.mirror_by_class.get(c, 0) for c in ("manifest", "blob", "blob_upload"))
+            content += sum(src.get(c, 0) for c in ("manifest", "blob", "blob_upload"))
+            out.append(("no-op <= 2 requests/repository/registry, no manifest or blob request",
+                        per_repo_mirror <= 2 and per_repo_source <= 2 and content == 0,
+                        f"mirror {per_repo_mirror:.2f}/repo (+{rs.mirror_tokens} token fetches), "
+                        f"source {per_repo_source:.2f}/repo, manifest+blob requests {content}"))  # fmt: skip
+        rs, noop = get("incremental", "registry-sync"), get("noop", "registry-sync")
+        if rs and noop:
+            new = self.facts["incremental"]["new_tags"]
+            extra_req = rs.mirror_requests - noop.mirror_requests
+            extra_s = rs.seconds - noop.seconds
+            manifests = rs.mirror_by_class.get("manifest", 0)
+            new_manifests = sum(
+                sum(1 for _ in m.walk()) for m in self.corpus.new_images.values()
+            )
+            out.append(("incremental: cost proportional to new tags",
+                        rs.ok and manifests <= 2 * new_manifests,
+                        f"{new} new tags: +{extra_req} mirror requests and +{extra_s:.2f}s over the no-op; "
+                        f"{manifests} manifest requests for {new_manifests} new manifests"))  # fmt: skip
+            unique = self.facts["incremental"]["new_unique_blob_bytes"]
+            out.append(("incremental bytes to mirror <= 1.02 x new unique blobs", rs.bytes_to_mirror <= 1.02 * unique,
+                        f"{rs.bytes_to_mirror} / {unique} = {rs.bytes_to_mirror / max(1, unique):.4f}"))  # fmt: skip
+        rss = max((r.max_rss_bytes for r in self.rows if r.tool == "registry-sync"), default=0)
+        out.append(("peak RSS <= 150 MB (every registry-sync run)", rss <= 150 * MB, f"{rss / MB:.1f} MB"))
+        rs, sk = get("big", "registry-sync"), get("big", "skopeo")
+        if rs and sk:
+            out.append(("1 GiB copy no slower than skopeo copy", rs.ok and rs.seconds <= sk.seconds,
+                        f"{rs.seconds:.2f}s vs {sk.seconds:.2f}s "
+                        f"({self.profile.big_layer / rs.seconds / MB:.0f} vs "
+                        f"{self.profile.big_layer / sk.seconds / MB:.0f} MB/s)"))  # fmt: skip
+        t = self.profile.wide_tags
+        one, many = get("wide-1", "registry-sync"), get(f"wide-{t}", "registry-sync")
+        if one and many:
+            out.append((f"wide no-op: {t} tags <= 1.2 x 1 tag", many.ok and many.seconds <= 1.2 * one.seconds,
+                        f"{many.seconds:.2f}s vs {one.seconds:.2f}s = {many.seconds / one.seconds:.3f}; "
+                        f"requests {many.mirror_requests} vs {one.mirror_requests}"))  # fmt: skip
+        return out
+
+    def table(self) -> str:
+        head = ("| scenario | tool | wall s | vs skopeo | requests source | requests mirror (manifest/blob/upload) "
+                "| mirror tokens | MB to mirror | peak RSS MB |")  # fmt: skip
+        lines = [head, "|" + "---|" * 9]
+        for r in self.rows:
+            c = r.mirror_by_class
+            detail = f"{c.get('manifest', 0)}/{c.get('blob', 0)}/{c.get('blob_upload', 0)}"
+            scaled = " *" if r.scale != 1 else ""
+            ratio = f"{r.ratio:.3f}" if r.ratio is not None else ""
+            status = "" if r.ok else " FAILED"
+            lines.append(
+                f"| {r.scenario} | {r.tool}{status} | {r.seconds:.2f}{scaled} | {ratio} | {r.source_requests} "
+                f"| {r.mirror_requests} ({detail}) | {r.mirror_tokens} | {r.bytes_to_mirror / MB:.2f} "
+                f"| {r.max_rss_bytes / MB:.0f} |"
+            )
+        if any(r.scale != 1 for r in self.rows):
+            lines.append("")
+            lines.append("\\* skopeo in the wide scenarios: " + next(r.note for r in self.rows if r.scale != 1)
+                         + " (it syncs repositories one by one; time and counts scale linearly)")  # fmt: skip
+        return "\n".join(lines)
+
+    def report(self) -> dict:
+        return {
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python -m bench.run", *self.args.argv]),
+            "profile": asdict(self.profile),
+            "delay_ms": self.args.delay_ms,
+            "source_delay_ms": self.args.source_delay_ms,
+            "bandwidth_bytes_per_s": self.args.bandwidth,
+            "machine": machine(),
+            "facts": self.facts,
+            "rows": [asdict(r) for r in self.rows],
+            "targets": [{"target": t, "met": ok, "measured": m} for t, ok, m in self.targets()],
+        }
+
+
+def machine() -> dict:
+    def sh(cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip(),
+        "memory": sh("free -h | awk '/^Mem:/ {print $2}'"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "requests": _version("requests"),
+        "urllib3": _version("urllib3"),
+        "skopeo": skopeo_version(),
+        "docker_registry": sh("/usr/bin/docker-registry --version").split(" ")[-1],
+    }
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def _rate(text: str) -> float:
+    from bench.latency_proxy import _parse_rate
+
+    return _parse_rate(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small corpus, small wide catalog, no 1 GiB image")
+    parser.add_argument("--delay-ms", type=float, default=None,
+                        help="one-way delay to the mirror (default 50; 10 with --quick)")
+    parser.add_argument("--source-delay-ms", type=float, default=1.0, help="one-way delay to the source (default 1)")
+    parser.add_argument("--bandwidth", type=_rate, default=None, help="cap per connection and direction, e.g. 50M")
+    parser.add_argument("--concurrency", type=int, default=None, help="SYNC_CONCURRENCY (default: the app's)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where results go")
+    parser.add_argument("--skip-skopeo", action="store_true", help="registry-sync only (for tuning)")
+    parser.add_argument("--scenarios", default="sync,big,wide",
+                        help="comma-separated groups: sync (initial, noop, incremental), big, wide")
+    args = parser.parse_args(argv)
+    if args.delay_ms is None:
+        args.delay_ms = 10.0 if args.quick else 50.0
+    args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    args.argv = argv
+    bench = Bench(args)
+    try:
+        bench.run()
+    finally:
+        bench.close()
+    report = bench.report()
+    table = bench.table()
+    lines = [table, "", "Targets:"]
+    for t in report["targets"]:
+        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['measured']}")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.out / "results.md").write_text(text + "\n")
+    print(f"\nresults: {args.out / 'results.json'}", file=sys.stderr)
+    return 0 if all(r.ok for r in bench.rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Running the two tools as subprocesses: wall time, exit status, peak RSS (``wait4``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ProcessResult:
+    command: list[str]
+    returncode: int
+    seconds: float
+    max_rss_bytes: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def run_measured(command: list[str], env: dict[str, str], timeout: float, cwd: Path = ROOT) -> ProcessResult:
+    """Run ``command`` (through :mod:`bench.maxrss`, which reports the command's own peak RSS)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(prefix="maxrss-") as rss:  # fmt: skip
+        wrapped = [sys.executable, "-S", str(Path(__file__).with_name("maxrss.py")), rss.name, *command]
+        started = time.monotonic()
+        proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True)  # fmt: skip
+        timed_out = False
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        seconds = time.monotonic() - started
+        out.seek(0)
+        err.seek(0)
+        text = Path(rss.name).read_text().strip()
+        return ProcessResult(
+            command=command,
+            returncode=proc.returncode,
+            seconds=seconds,
+            max_rss_bytes=int(text) * 1024 if text.isdigit() else 0,  # Linux: kilobytes
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+            timed_out=timed_out,
+        )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str  # http://127.0.0.1:PORT (what the tools are given)
+    username: str
+    password: str
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1]
+
+
+class RegistrySync:
+    """``python -m sync_core sync --json`` configured through the environment (as in Azure)."""
+
+    name = "registry-sync"
+
+    def __init__(self, source: Endpoint, target: Endpoint, concurrency: int | None = None):
+        self.source = source
+        self.target = target
+        self.concurrency = concurrency
+
+    def env(self, source_namespace: str, target_namespace: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_", "TARGET_", "SYNC_"))}
+        env.update(
+            SOURCE_REGISTRY=self.source.url,
+            SOURCE_KIND="oci",
+            SOURCE_NAMESPACE=source_namespace,
+            SOURCE_USERNAME=self.source.username,
+            SOURCE_PASSWORD=self.source.password,
+            TARGET_REGISTRY=self.target.url,
+            TARGET_NAMESPACE=target_namespace,
+            TARGET_USERNAME=self.target.username,
+            TARGET_PASSWORD=self.target.password,
+            PYTHONPATH=str(ROOT),
+        )
+        if self.concurrency:
+            env["SYNC_CONCURRENCY"] = str(self.concurrency)
+        return env
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sync_core", "sync", "--json"]
+
+    def display(self, source_namespace: str, target_namespace: str) -> str:
+        conc = f" SYNC_CONCURRENCY={self.concurrency}" if self.concurrency else ""
+        return (
+            f"SOURCE_REGISTRY={self.source.url} SOURCE_KIND=oci SOURCE_NAMESPACE={source_namespace} "
+            f"TARGET_REGISTRY={self.target.url} TARGET_NAMESPACE={target_namespace}{conc} "
+            "SOURCE_/TARGET_USERNAME/PASSWORD=... python -m sync_core sync --json"
+        )
+
+    def sync(self, source_namespace: str, target_namespace: str, timeout: float) -> tuple[ProcessResult, dict]:
+        result = run_measured(self.command(), self.env(source_namespace, target_namespace), timeout)
+        try:
+            summary = json.loads(result.stdout)
+        except ValueError:
+            summary = {}
+        return result, summary
+
+
+class Skopeo:
+    """``skopeo sync --all`` (the replaced tool's method) and ``skopeo copy --all``.
+
+    Credentials go in an auth file in a private temp HOME (never on a command line); its blob
+    info cache lives there too and is kept for the whole benchmark run, as on a long-lived host.
+    """
+
+    name = "skopeo"
+
+    def __init__(self, source: Endpoint, target: Endpoint, workdir: Path, label: str = "main"):
+        self.source = source
+        self.target = target
+        self.home = workdir / f"skopeo-{label}"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.authfile = self.home / "auth.json"
+        auths = {
+            ep.host: {"auth": base64.b64encode(f"{ep.username}:{ep.password}".encode()).decode()}
+            for ep in (source, target)
+        }
+        self.authfile.write_text(json.dumps({"auths": auths}))
+        self.authfile.chmod(0o600)
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, HOME=str(self.home), XDG_RUNTIME_DIR=str(self.home))
+
+    def sync_command(self, yaml_path: Path, target_namespace: str) -> list[str]:
+        return [
+            "skopeo", "sync", "--all", "--preserve-digests", "--retry-times", "3",
+            "--src", "yaml", "--dest", "docker", "--dest-tls-verify=false",
+            "--authfile", str(self.authfile),
+            str(yaml_path), f"{self.target.host}/{target_namespace}",
+        ]  # fmt: skip
+
+    def write_yaml(self, name: str, repositories: list[str]) -> Path:
+        path = self.home / f"{name}.yaml"
+        path.write_text(
+            yaml.safe_dump({self.source.host: {"tls-verify": False, "images": {r: [] for r in repositories}}})
+        )
+        return path
+
+    def sync(self, name: str, repositories: list[str], target_namespace: str, timeout: float) -> ProcessResult:
+        """Sync ``repositories`` (every tag); skopeo names them ``<namespace>/<last path part>``."""
+        return run_measured(self.sync_command(self.write_yaml(name, repositories), target_namespace), self.env(),
+                            timeout)  # fmt: skip
+
+    def copy_command(self, src_ref: str, dst_ref: str) -> list[str]:
+        return [
+            "skopeo", "copy", "--all", "--preserve-digests", "--retry-times", "3",
+            "--src-tls-verify=false", "--dest-tls-verify=false", "--authfile", str(self.authfile),
+            f"docker://{self.source.host}/{src_ref}", f"docker://{self.target.host}/{dst_ref}",
+        ]  # fmt: skip
+
+    def copy(self, src_ref: str, dst_ref: str, timeout: float) -> ProcessResult:
+        return run_measured(self.copy_command(src_ref, dst_ref), self.env(), timeout)
+
+
+def skopeo_version() -> str:
+    try:
+        out = subprocess.run(["skopeo", "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "not installed"
+    return out.strip().removeprefix("skopeo version ").strip()
