@@ -72,6 +72,7 @@ class BlobLedger:
         self._holders: dict[str, str] = {}
         self._uploading: dict[str, threading.Event] = {}
         self._manifest_locks: dict[str, threading.Lock] = {}
+        self._new: set[str] = set()
 
     def begin_upload(self, digest: str) -> threading.Event | None:
         """Claim the upload of ``digest``: None if ours, else an event set when the owner ends.
@@ -103,6 +104,23 @@ class BlobLedger:
         with self._lock:
             repo = self._holders.get(digest)
         return repo if repo and repo != exclude else None
+
+    def set_new_repository(self, repository: str, new: bool) -> None:
+        """Note whether ``repository`` did not exist at the destination when the run listed it.
+
+        Until then a new repository holds only what this run put there (which the ledger
+        records), so copies into it need no HEAD request to find out what is already there.
+        Only a time saving: were anything else to write there meanwhile, it would be pushed again.
+        """
+        with self._lock:
+            if new:
+                self._new.add(repository)
+            else:
+                self._new.discard(repository)
+
+    def is_new_repository(self, repository: str) -> bool:
+        with self._lock:
+            return repository in self._new
 
     def manifest_writes(self, repository: str) -> threading.Lock:
         """Held around every manifest PUT to ``repository``.
@@ -234,11 +252,13 @@ class Copier:
         *,
         expected_digest: str | None = None,
         skip_media_types: frozenset[str] = frozenset(),
+        tag_absent: bool = False,
     ) -> CopyResult:
         """Copy ``src_repo:reference`` to ``dst_repo`` (tagged ``dst_tag`` or the same tag).
 
         ``expected_digest`` (known from a listing) lets an up-to-date destination be detected
-        with one HEAD and no source request at all.
+        with one HEAD and no source request at all. ``tag_absent``: the caller has just listed
+        the destination's tags and this tag was not among them, so there is nothing to HEAD.
         """
         started = time.monotonic()
         tag = dst_tag or (None if is_digest(reference) else reference)
@@ -249,12 +269,16 @@ class Copier:
             f"{self.destination.host}/{dst_repo}{':' + tag if tag else '@' + reference}",
         )
         try:
-            if expected_digest and self._destination_has(dst_repo, dst_ref, expected_digest):
+            if expected_digest and not tag_absent and self._destination_has(dst_repo, dst_ref, expected_digest):
                 result.digest, result.status = expected_digest, "unchanged"
                 return result
             top = self.source.get_manifest(src_repo, reference)
             result.digest, result.media_type = top.digest, top.media_type
-            if expected_digest != top.digest and self._destination_has(dst_repo, dst_ref, top.digest):
+            if (
+                expected_digest != top.digest
+                and not tag_absent
+                and self._destination_has(dst_repo, dst_ref, top.digest)
+            ):
                 result.status = "unchanged"
                 return result
             plan = self._plan(src_repo, top, dst_repo, skip_media_types)
@@ -280,6 +304,8 @@ class Copier:
     def _destination_has(self, dst_repo: str, dst_ref: str, digest: str) -> bool:
         if is_digest(dst_ref) and self.ledger.known(dst_repo, dst_ref):
             return True
+        if is_digest(dst_ref) and self.ledger.is_new_repository(dst_repo):
+            return False  # a repository new in this run holds only what the ledger knows
         info = self.destination.head_manifest(dst_repo, dst_ref)
         return info is not None and info.digest == digest
 
@@ -374,7 +400,10 @@ class Copier:
             if mounted:
                 self.ledger.record(dst_repo, blob.digest)
                 return "mounted", 0
-        elif self.destination.blob_size(dst_repo, blob.digest) is not None:
+        elif (
+            not self.ledger.is_new_repository(dst_repo)
+            and self.destination.blob_size(dst_repo, blob.digest) is not None
+        ):
             self.ledger.record(dst_repo, blob.digest)
             return "skipped", 0
         self._upload(src_repo, dst_repo, blob, location)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .transport import Transport, redact_url, resolve_on_host
 log = logging.getLogger(__name__)
 
 CATALOG_SCOPE = "registry:catalog:*"
+FIRST_ANSWER_WAIT = 30.0  # seconds other requests wait for the first answer of a registry
 # Listing pages hold ~100 entries: 10,000 pages are a million repositories or tags, far beyond any
 # real registry, yet a bound a misbehaving one reaches in minutes rather than days.
 MAX_PAGES = 10_000
@@ -95,9 +97,28 @@ class RegistryClient:
         self.actions = actions
         self.transport = transport or Transport(pool_size=pool_size)
         self.auth = Authenticator(self.base_url, self.transport, credentials, clock=clock)
+        self._first_answer = threading.Event()
+        self._first_lock = threading.Lock()
+        self._first_claimed = False
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r})"
+
+    def _goes_first(self) -> bool:
+        """True for the very first request to this registry; the others wait for its answer.
+
+        Until a registry has answered once, its authentication is unknown: requests sent at once
+        by many threads would each collect a 401 just to learn the same challenge (one wasted
+        round trip each). The wait is bounded, and over as soon as the first answer is handled.
+        """
+        if self._first_answer.is_set():
+            return False
+        with self._first_lock:
+            if not self._first_claimed:
+                self._first_claimed = True
+                return True
+        self._first_answer.wait(FIRST_ANSWER_WAIT)
+        return False
 
     # -- scopes ---------------------------------------------------------------------------
     def scopes(self, repository: str, *extra: str) -> tuple[str, ...]:
@@ -118,6 +139,14 @@ class RegistryClient:
         """Send an authenticated request; handles 401 challenges (learn, refresh, re-read)."""
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
         replayable = data is None or isinstance(data, bytes)
+        first = self._goes_first()
+        try:
+            return self._request(method, url, scopes, headers, data, stream, follow_redirects, replayable)
+        finally:
+            if first:
+                self._first_answer.set()
+
+    def _request(self, method, url, scopes, headers, data, stream, follow_redirects, replayable) -> requests.Response:
         for attempt in range(4):
             sent = dict(headers or {})
             authorization = self.auth.header(scopes)
@@ -137,6 +166,7 @@ class RegistryClient:
             challenge = response.headers.get("WWW-Authenticate", "")
             response.close()
             retry_scopes = self.auth.unauthorized(challenge, scopes, attempt)
+            self._first_answer.set()  # the challenge is known: the others may go
             if retry_scopes is None or not replayable:
                 raise AuthError(
                     f"{self.host} refused {method} {redact_url(url)} (HTTP 401)"

@@ -19,15 +19,38 @@ from . import logs
 from .catalog import TagInfo, make_source, source_actions
 from .config import SyncConfig, TargetConfig
 from .copy import BlobLedger, Copier, CopyResult
-from .errors import ConfigError, SyncError
-from .names import ImageRef
+from .errors import ConfigError, InvalidContent, NotFound, SyncError
+from .names import ImageRef, check_repository
 from .plan import NameRejected, TagWork, repository_selected, target_repository, wanted_tags
 from .registry import RegistryClient
 from .secrets import SecretStore
 
 log = logging.getLogger("sync_core.sync")
 
-BLOB_CONCURRENCY = 4
+BLOB_CONCURRENCY = 4  # blob transfers per image copy (one pool per target: x SYNC_CONCURRENCY)
+PLAN_CONCURRENCY_FACTOR = 8  # listings are one small request each: plan wider than we copy
+MAX_PLAN_CONCURRENCY = 64
+
+
+def plan_concurrency(concurrency: int) -> int:
+    """Repositories listed at once: planning is round trips of small answers, not transfers."""
+    return max(concurrency, min(MAX_PLAN_CONCURRENCY, concurrency * PLAN_CONCURRENCY_FACTOR))
+
+
+def interleave(work: list[TagWork]) -> list[TagWork]:
+    """Round-robin over destination repositories (order within each kept).
+
+    Manifest pushes to one repository are serialized (see ``BlobLedger.manifest_writes``), so
+    concurrent copies should be of tags in different repositories, not five tags of one.
+    """
+    groups: dict[tuple[str, str], list[TagWork]] = {}
+    for item in work:
+        groups.setdefault((item.target, item.target_repository), []).append(item)
+    out: list[TagWork] = []
+    queues = list(groups.values())
+    for i in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
 
 
 def describe(exc: BaseException) -> str:
@@ -160,7 +183,9 @@ class Syncer:
         self.config = config
         self.secrets = secrets or SecretStore(config.key_vault_url)
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
-        pool = config.concurrency * (BLOB_CONCURRENCY + 1) + 4
+        # Connections per host: every planning or copying thread and blob transfer may hold one
+        # (a request beyond the pool opens a connection it then throws away: a round trip more).
+        pool = max(plan_concurrency(config.concurrency), config.concurrency * (BLOB_CONCURRENCY + 1)) + 4
         self.source_client = RegistryClient(
             config.source.registry, self.secrets.credentials(config.source.credentials),
             actions=source_actions(config.source), pool_size=pool,
@@ -177,7 +202,10 @@ class Syncer:
             )
             self.target_clients[target.name] = client
             self.copiers[target.name] = Copier(
-                self.source_client, client, blob_concurrency=BLOB_CONCURRENCY, ledger=BlobLedger()
+                self.source_client,
+                client,
+                blob_concurrency=config.concurrency * BLOB_CONCURRENCY,  # shared by the copies
+                ledger=BlobLedger(),
             )
 
     def close(self) -> None:
@@ -238,7 +266,9 @@ class Syncer:
             return []
         client = self.target_clients[target.name]
         try:
-            present = set(client.list_tags(dst_repo))
+            listed = _target_tags(client, dst_repo)
+            self.copiers[target.name].ledger.set_new_repository(dst_repo, listed is None)
+            present = set(listed or ())
             work = []
             for tag in selected:
                 if tag.name not in present:
@@ -271,7 +301,8 @@ class Syncer:
         repositories = self.repositories() if repositories is None else repositories
         summary.repositories = len(repositories)
         work: list[TagWork] = []
-        with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="plan") as pool:
+        workers = min(plan_concurrency(self.config.concurrency), max(1, len(repositories)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="plan") as pool:
             for found in pool.map(lambda r: self.plan_repository(r, summary, targets), repositories):
                 work.extend(found)
                 if progress:
@@ -288,6 +319,7 @@ class Syncer:
                 work.target_repository,
                 expected_digest=work.digest,
                 skip_media_types=target.skip_artifact_types,
+                tag_absent=work.reason == "missing",  # just listed at the destination: no HEAD
             )
         except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
             summary.fail(f"{work.source_repository}:{work.tag} -> {work.target}", describe(exc), work.target)
@@ -309,9 +341,19 @@ class Syncer:
             if progress:
                 progress(summary)
 
-        with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="copy") as pool:
-            list(pool.map(run, work))
+        try:
+            with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="copy") as pool:
+                list(pool.map(run, interleave(work) if self.config.concurrency > 1 else work))
+        finally:
+            self._forget_new_repositories(work)
         return left
+
+    def _forget_new_repositories(self, work: list[TagWork]) -> None:
+        """A "new at the destination" mark holds from one listing to the end of its copies only."""
+        for item in work:
+            copier = self.copiers.get(item.target)
+            if copier is not None:
+                copier.ledger.set_new_repository(item.target_repository, False)
 
     # -- entry points -----------------------------------------------------------------------
     def run(self, *, dry_run: bool = False, repositories: list[str] | None = None,
@@ -322,6 +364,7 @@ class Syncer:
         work = self.plan(summary, repositories, targets, progress)
         if dry_run:
             summary.planned = work
+            self._forget_new_repositories(work)
         else:
             self.execute(work, summary, progress=progress)
         summary.duration_seconds = time.monotonic() - started
@@ -339,3 +382,22 @@ class Syncer:
             self.copy_work(
                 TagWork(target.name, ref.repository, dst_repo, ref.reference, digest, "requested"), summary
             )
+
+
+def _target_tags(client: RegistryClient, repository: str) -> list[str] | None:
+    """Every tag of a destination repository, or None when the repository does not exist (404)."""
+    tags: list[str] = []
+    try:
+        for page in client.paginate(
+            f"/v2/{check_repository(repository)}/tags/list", "tags", client.scopes(repository),
+            f"list tags of {repository}",
+        ):  # fmt: skip
+            values = page.get("tags")
+            if values is None:
+                continue
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise InvalidContent(f"{client.host}/{repository} tags: 'tags' is not a list of strings")
+            tags.extend(values)
+    except NotFound:
+        return None
+    return tags
