@@ -27,6 +27,18 @@ _HOST_ALIASES = {"https://docker.io": DOCKER_HUB, "https://index.docker.io": DOC
 # Registries that accept only namespace/repository (two path levels).
 _TWO_LEVEL_HOSTS = (re.compile(r"registry-1\.docker\.io"), re.compile(r"registry\.[a-z0-9-]+\.aliyuncs\.com"))
 DEFAULT_SCHEDULE = "0 */15 * * * *"
+
+# Every app setting the Functions app reads (infra/main.bicep and local.settings.json.example
+# must provide each; tests check both).
+APP_SETTINGS = (
+    "SYNC_SCHEDULE", "SYNC_QUEUE", "SOURCE_REGISTRY", "SOURCE_KIND", "SOURCE_NAMESPACE", "SOURCE_REPOSITORIES",
+    "TARGET_REGISTRY", "TARGET_NAMESPACE", "TARGET_SKIP_ARTIFACT_TYPES", "REPOSITORY_INCLUDE", "REPOSITORY_EXCLUDE",
+    "TAG_INCLUDE", "TAG_EXCLUDE", "TAG_MIN_AGE_DAYS", "TAG_MAX_AGE_DAYS", "TAG_KEEP_LATEST", "SYNC_COMPARE",
+    "SYNC_CONCURRENCY", "SYNC_CONFIG", "KEY_VAULT_URL", "SOURCE_USERNAME_SECRET", "SOURCE_PASSWORD_SECRET",
+    "TARGET_USERNAME_SECRET", "TARGET_PASSWORD_SECRET", "SYNC_TIME_BUDGET_SECONDS",
+)  # fmt: skip
+# Direct credentials for local runs only (in Azure they come from Key Vault).
+LOCAL_ONLY_SETTINGS = ("SOURCE_USERNAME", "SOURCE_PASSWORD", "TARGET_USERNAME", "TARGET_PASSWORD")
 DEFAULT_QUEUE = "sync-work"
 
 

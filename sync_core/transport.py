@@ -176,10 +176,10 @@ class Transport:
             f"{method} {redact_url(url)} failed after {attempts} attempt(s): {type(last_error).__name__}"
         ) from None
 
-    def _send_following(self, method, url, headers, data, stream, follow_redirects) -> requests.Response:
+    def _send_once(self, method, url, headers, data, stream) -> requests.Response:
         with self._lock:
             self.requests_sent += 1
-        response = self.session.request(
+        return self.session.request(
             method,
             url,
             headers=headers,
@@ -188,6 +188,9 @@ class Transport:
             timeout=self.timeout,
             allow_redirects=False,
         )
+
+    def _send_following(self, method, url, headers, data, stream, follow_redirects) -> requests.Response:
+        response = self._send_once(method, url, headers, data, stream)
         hops = 0
         while (
             follow_redirects and response.status_code in REDIRECT_STATUSES and "Location" in response.headers
@@ -213,15 +216,5 @@ class Transport:
                 # credentials stay with the registry.
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target
-            with self._lock:
-                self.requests_sent += 1
-            response = self.session.request(
-                method,
-                url,
-                headers=headers,
-                data=None,
-                stream=stream,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
+            response = self._send_once(method, url, headers, None, stream)
         return response

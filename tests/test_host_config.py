@@ -8,41 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sync_core.config import load_config
+from sync_core.config import APP_SETTINGS, LOCAL_ONLY_SETTINGS, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# Every app setting the app reads (the same list is checked against infra/main.bicep in
-# tests/test_infra.py).
-APP_SETTINGS = [
-    "SYNC_SCHEDULE",
-    "SYNC_QUEUE",
-    "SOURCE_REGISTRY",
-    "SOURCE_KIND",
-    "SOURCE_NAMESPACE",
-    "SOURCE_REPOSITORIES",
-    "TARGET_REGISTRY",
-    "TARGET_NAMESPACE",
-    "TARGET_SKIP_ARTIFACT_TYPES",
-    "REPOSITORY_INCLUDE",
-    "REPOSITORY_EXCLUDE",
-    "TAG_INCLUDE",
-    "TAG_EXCLUDE",
-    "TAG_MIN_AGE_DAYS",
-    "TAG_MAX_AGE_DAYS",
-    "TAG_KEEP_LATEST",
-    "SYNC_COMPARE",
-    "SYNC_CONCURRENCY",
-    "SYNC_CONFIG",
-    "KEY_VAULT_URL",
-    "SOURCE_USERNAME_SECRET",
-    "SOURCE_PASSWORD_SECRET",
-    "TARGET_USERNAME_SECRET",
-    "TARGET_PASSWORD_SECRET",
-    "SYNC_TIME_BUDGET_SECONDS",
-]
-# Local-only direct credentials (in Azure they come from Key Vault).
-LOCAL_ONLY_SETTINGS = ["SOURCE_USERNAME", "SOURCE_PASSWORD", "TARGET_USERNAME", "TARGET_PASSWORD"]
 
 SECRET_PATTERNS = [
     re.compile(p, re.IGNORECASE)
@@ -126,7 +94,7 @@ def test_host_json_logging(host: dict) -> None:
 
 
 def test_local_settings_have_every_setting(local_values: dict[str, str]) -> None:
-    missing = [s for s in APP_SETTINGS + LOCAL_ONLY_SETTINGS if s not in local_values]
+    missing = [s for s in (*APP_SETTINGS, *LOCAL_ONLY_SETTINGS) if s not in local_values]
     assert not missing, f"local.settings.json.example lacks {missing}"
     assert local_values["FUNCTIONS_WORKER_RUNTIME"] == "python"
     assert local_values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"

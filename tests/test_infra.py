@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pycep import BicepParser
 
-from sync_core.config import load_config
+from sync_core.config import APP_SETTINGS, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -27,34 +27,6 @@ TOOLS_VENV = ROOT / ".venv-tools"
 CHECKOV = TOOLS_VENV / "bin" / "checkov"
 SCRIPT = ROOT / "scripts" / "create-event-subscription.sh"
 
-# Kept in step with tests/test_host_config.py.
-APP_SETTINGS = [
-    "SYNC_SCHEDULE",
-    "SYNC_QUEUE",
-    "SOURCE_REGISTRY",
-    "SOURCE_KIND",
-    "SOURCE_NAMESPACE",
-    "SOURCE_REPOSITORIES",
-    "TARGET_REGISTRY",
-    "TARGET_NAMESPACE",
-    "TARGET_SKIP_ARTIFACT_TYPES",
-    "REPOSITORY_INCLUDE",
-    "REPOSITORY_EXCLUDE",
-    "TAG_INCLUDE",
-    "TAG_EXCLUDE",
-    "TAG_MIN_AGE_DAYS",
-    "TAG_MAX_AGE_DAYS",
-    "TAG_KEEP_LATEST",
-    "SYNC_COMPARE",
-    "SYNC_CONCURRENCY",
-    "SYNC_CONFIG",
-    "KEY_VAULT_URL",
-    "SOURCE_USERNAME_SECRET",
-    "SOURCE_PASSWORD_SECRET",
-    "TARGET_USERNAME_SECRET",
-    "TARGET_PASSWORD_SECRET",
-    "SYNC_TIME_BUDGET_SECONDS",
-]
 # Never app settings in Azure: direct credentials (Key Vault instead), a storage connection
 # string (identity instead), and settings that Flex Consumption rejects.
 FORBIDDEN_SETTINGS = {

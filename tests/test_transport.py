@@ -9,10 +9,8 @@ the other client test modules.
 
 from __future__ import annotations
 
-import datetime as dt
 import email.utils
 import io
-import ipaddress
 import json
 import socket
 import ssl
@@ -26,10 +24,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sync_core.errors import ForeignHostError, InvalidContent, NotFound, RegistryError
 from sync_core.manifest import MAX_MANIFEST_BYTES
@@ -42,6 +36,7 @@ from sync_core.transport import (
     resolve_on_host,
     same_origin,
 )
+from tests.harness.keyvault import self_signed_certificate
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -94,7 +89,7 @@ class LocalServer:
         self._tmp = None
         if tls:
             self._tmp = tempfile.TemporaryDirectory(prefix="local-tls-")
-            cert, key = _self_signed(Path(self._tmp.name))
+            cert, key = map(str, self_signed_certificate(Path(self._tmp.name)))
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(cert, key)
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
@@ -136,34 +131,6 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _self_signed(directory: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return str(cert_path), str(key_path)
 
 
 def _make_handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:

@@ -46,7 +46,8 @@ class FakeAzureCredential:
         return AccessTokenInfo(ACCESS_TOKEN, int(time.time()) + 3600)
 
 
-def _certificate(directory: Path) -> tuple[Path, Path]:
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 (a TLS server on loopback), written into ``directory``."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.timezone.utc)
@@ -81,7 +82,7 @@ class KeyVaultStub:
         self.secrets = dict(secrets or {})
         self.requests: list[tuple[str, str, bool]] = []  # (method, path, authorized)
         self._dir = Path(tempfile.mkdtemp(prefix="kvstub-"))
-        self.cert_path, key_path = _certificate(self._dir)
+        self.cert_path, key_path = self_signed_certificate(self._dir)
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
