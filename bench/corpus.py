@@ -284,11 +284,26 @@ def seed_wide(
         source_pusher.push(names[0], image, f"t{t:02d}")
     src_root = _repositories_dir(source_storage)
     template = src_root / names[0]
+    # The template's leaf directories and (small) link files, read once: faster than copytree.
+    leaves: list[str] = []
+    files: list[tuple[str, bytes]] = []
+    for path in sorted(template.rglob("*")):
+        rel = str(path.relative_to(template))
+        if path.is_dir() and not any(path.iterdir()):
+            leaves.append(rel)
+        elif path.is_file():
+            files.append((rel, path.read_bytes()))
 
     def copy_to(root: Path, name: str) -> None:
         destination = root / name
-        if not destination.exists():
-            shutil.copytree(template, destination, copy_function=shutil.copyfile)
+        if destination.exists():
+            return
+        for rel in leaves:
+            (destination / rel).mkdir(parents=True, exist_ok=True)
+        for rel, data in files:
+            target = destination / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda n: copy_to(src_root, n), names[1:]))
