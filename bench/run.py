@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,7 +113,10 @@ class Bench:
         self.big: corpora.BigLayer | None = None
 
     def close(self) -> None:
-        self.world.close()
+        try:
+            self.world.close()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log(self, text: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
