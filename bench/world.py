@@ -45,11 +45,6 @@ class World:
         self.mirror_issuer = enter(
             TokenIssuer(users={MIRROR_USER: (MIRROR_PASS, everything)}, service="bench-mirror", lifetime=900)
         )
-        for issuer in (self.source_issuer, self.mirror_issuer):
-            # socketserver listens with a backlog of 5: a burst of new connections (64 planning
-            # threads fetching tokens at once) overflows it, and the dropped SYNs are retried
-            # after 1 s. Real token services do not do that; widen the backlog.
-            issuer._server.socket.listen(1024)
         self.issuer_proxy = enter(LatencyProxy("127.0.0.1", self.mirror_issuer.port, delay_ms, bandwidth))
         self.source = enter(Registry(token_issuer=self.source_issuer, name="bench-source"))
         self.mirror = enter(

@@ -58,7 +58,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import NamedTuple
 
 import jwt
@@ -66,6 +66,7 @@ import requests
 
 from .images import ACCEPT, Pusher
 from .registry import Registry
+from .servers import LoopbackHTTPServer
 from .tokens import Scope, TokenGrant, TokenIssuer, grant, parse_scope
 
 #: Actions an ACR scope map may hold.
@@ -77,8 +78,16 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
 _HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
 }
 _CHUNK = 64 * 1024
 _V2_PATH = re.compile(r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs|tags|referrers)/(?P<rest>.*)$")
@@ -170,12 +179,6 @@ def _validate_scope_map(user: str, scope_map: ScopeMap) -> dict[str, list[str]]:
     return out
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = True
-
-
 class _BackendRegistry(Registry):
     """The backend registry; :meth:`pusher` mints tokens for the stand-in's audience."""
 
@@ -222,14 +225,16 @@ class AcrStandIn:
         #: free for fixtures to attach what they pushed
         self.seeded = None
 
-        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._server = LoopbackHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self.port: int = self._server.server_address[1]
         self._own_issuer = issuer is None
         self._backend: _BackendRegistry | None = None
         self._thread: threading.Thread | None = None
         try:
-            self._issuer = issuer if issuer is not None else TokenIssuer(
-                service=self.host, issuer="registry-sync-acr-standin"
+            self._issuer = (
+                issuer
+                if issuer is not None
+                else TokenIssuer(service=self.host, issuer="registry-sync-acr-standin")
             )
             self._backend = _BackendRegistry(
                 token_issuer=self._issuer,
@@ -283,19 +288,27 @@ class AcrStandIn:
         entry = self.users.get(user)
         return [str(s) for s in self._grant(entry[1] if entry else {}, self._parse_scopes(requested))]
 
-    def mint(self, scopes: Iterable[str] | str, lifetime: int | None = None, *, subject: str = "harness") -> str:
+    def mint(
+        self, scopes: Iterable[str] | str, lifetime: int | None = None, *, subject: str = "harness"
+    ) -> str:
         """A JWT for exactly ``scopes`` that the backend and ``/acr/v1`` accept (no checks, not
         logged). ``lifetime`` defaults to :attr:`token_lifetime`; negative = already expired."""
         return self._issuer.mint(
-            scopes, self.token_lifetime if lifetime is None else lifetime,
-            subject=subject, audience=self.host,
+            scopes,
+            self.token_lifetime if lifetime is None else lifetime,
+            subject=subject,
+            audience=self.host,
         )
 
     def decode(self, token: str, verify_exp: bool = True) -> dict:
         """Verify (signature, audience, issuer, optionally ``exp``) and decode a JWT."""
         return jwt.decode(
-            token, self._issuer.public_key_pem, algorithms=["RS256"], audience=self.host,
-            issuer=self._issuer.issuer, options={"verify_exp": verify_exp},
+            token,
+            self._issuer.public_key_pem,
+            algorithms=["RS256"],
+            audience=self.host,
+            issuer=self._issuer.issuer,
+            options={"verify_exp": verify_exp},
         )
 
     @property
@@ -312,7 +325,9 @@ class AcrStandIn:
 
     # -- tag times -------------------------------------------------------------------------------
 
-    def set_tag_times(self, repo: str, tag: str, created: dt.datetime, updated: dt.datetime | None = None) -> None:
+    def set_tag_times(
+        self, repo: str, tag: str, created: dt.datetime, updated: dt.datetime | None = None
+    ) -> None:
         """Set ``createdTime``/``lastUpdateTime`` of ``repo:tag`` (``updated`` defaults to
         ``created``; naive datetimes are UTC). A later push through the proxy still updates
         ``lastUpdateTime``."""
@@ -373,7 +388,8 @@ class AcrStandIn:
         with self._lock:
             entries = list(self._log)
         return sum(
-            1 for e in entries
+            1
+            for e in entries
             if (kinds is None or e.kind in kinds)
             and (method is None or e.method == method.upper())
             and (repo is None or e.repo == repo)
@@ -551,7 +567,9 @@ class AcrStandIn:
             self._admin_tokens[scope] = (token, now + 3600, self._issuer.kid)
         return token
 
-    def _backend_get(self, method: str, path: str, scope: str, headers: dict | None = None) -> requests.Response:
+    def _backend_get(
+        self, method: str, path: str, scope: str, headers: dict | None = None
+    ) -> requests.Response:
         url = urllib.parse.urljoin(self.backend.url, path)
         r = None
         for fresh in (False, True):
@@ -609,7 +627,9 @@ class AcrStandIn:
                 status, retry_after = failure
                 code = "TOOMANYREQUESTS" if status == 429 else "UNAVAILABLE" if status >= 500 else "DENIED"
                 headers = {"Retry-After": retry_after} if retry_after is not None else {}
-                h.send_json(status, {"errors": [{"code": code, "message": "injected by AcrStandIn"}]}, headers)
+                h.send_json(
+                    status, {"errors": [{"code": code, "message": "injected by AcrStandIn"}]}, headers
+                )
             elif kind == "token":
                 self._handle_token(h, query)
             elif path == "/v2" or path.startswith("/v2/"):
@@ -661,9 +681,18 @@ class AcrStandIn:
         except ValueError:
             n = 0
         if n <= 0:
-            h.send_json(400, {"errors": [{"code": "PAGINATION_NUMBER_INVALID",
-                                          "message": "invalid number of results requested",
-                                          "detail": {"n": raw_n}}]})
+            h.send_json(
+                400,
+                {
+                    "errors": [
+                        {
+                            "code": "PAGINATION_NUMBER_INVALID",
+                            "message": "invalid number of results requested",
+                            "detail": {"n": raw_n},
+                        }
+                    ]
+                },
+            )
             return None
         return min(n, MAX_PAGE), (params.get("last") or [""])[0], (params.get("orderby") or [""])[0]
 
@@ -673,12 +702,20 @@ class AcrStandIn:
             h.send_json(405, {"errors": [{"code": "UNSUPPORTED", "message": "method not allowed"}]})
             return
         scope = f"repository:{repo}:metadata_read"
-        if not self._allows(self._bearer_claims(h.headers.get("Authorization")), "repository", repo,
-                            "metadata_read"):
+        if not self._allows(
+            self._bearer_claims(h.headers.get("Authorization")), "repository", repo, "metadata_read"
+        ):
             h.send_json(
                 401,
-                {"errors": [{"code": "UNAUTHORIZED", "message": _UNAUTHORIZED_MSG,
-                             "detail": [{"Type": "repository", "Name": repo, "Action": "metadata_read"}]}]},
+                {
+                    "errors": [
+                        {
+                            "code": "UNAUTHORIZED",
+                            "message": _UNAUTHORIZED_MSG,
+                            "detail": [{"Type": "repository", "Name": repo, "Action": "metadata_read"}],
+                        }
+                    ]
+                },
                 {"WWW-Authenticate": self._challenge(scope, "invalid_token")},
             )
             return
@@ -687,14 +724,32 @@ class AcrStandIn:
             return
         n, last, orderby = page
         if orderby not in ("", "timedesc", "timeasc"):
-            h.send_json(400, {"errors": [{"code": "UNSUPPORTED",
-                                          "message": f"orderby must be timedesc or timeasc, not {orderby!r}"}]})
+            h.send_json(
+                400,
+                {
+                    "errors": [
+                        {
+                            "code": "UNSUPPORTED",
+                            "message": f"orderby must be timedesc or timeasc, not {orderby!r}",
+                        }
+                    ]
+                },
+            )
             return
         tags = self._backend_tags(repo)
         if tags is None:
-            h.send_json(404, {"errors": [{"code": "NAME_UNKNOWN",
-                                          "message": "repository name not known to registry",
-                                          "detail": {"name": repo}}]})
+            h.send_json(
+                404,
+                {
+                    "errors": [
+                        {
+                            "code": "NAME_UNKNOWN",
+                            "message": "repository name not known to registry",
+                            "detail": {"name": repo},
+                        }
+                    ]
+                },
+            )
             return
         times = self._times_for(repo, tags)
         if orderby:
@@ -726,16 +781,21 @@ class AcrStandIn:
             if digest is None:  # deleted meanwhile
                 continue
             created, updated = times[tag]
-            entries.append({
-                "name": tag,
-                "digest": digest,
-                "createdTime": format_ticks(created),
-                "lastUpdateTime": format_ticks(updated),
-                "signed": False,
-                "changeableAttributes": {
-                    "deleteEnabled": True, "writeEnabled": True, "readEnabled": True, "listEnabled": True,
-                },
-            })
+            entries.append(
+                {
+                    "name": tag,
+                    "digest": digest,
+                    "createdTime": format_ticks(created),
+                    "lastUpdateTime": format_ticks(updated),
+                    "signed": False,
+                    "changeableAttributes": {
+                        "deleteEnabled": True,
+                        "writeEnabled": True,
+                        "readEnabled": True,
+                        "listEnabled": True,
+                    },
+                }
+            )
         headers = {}
         if start + n < len(ordered) and page_tags:
             q = urllib.parse.urlencode({"last": page_tags[-1], "n": n, "orderby": orderby})
@@ -747,8 +807,15 @@ class AcrStandIn:
         if not self._allows(self._bearer_claims(h.headers.get("Authorization")), "registry", "catalog", "*"):
             h.send_json(
                 401,
-                {"errors": [{"code": "UNAUTHORIZED", "message": _UNAUTHORIZED_MSG,
-                             "detail": [{"Type": "registry", "Name": "catalog", "Action": "*"}]}]},
+                {
+                    "errors": [
+                        {
+                            "code": "UNAUTHORIZED",
+                            "message": _UNAUTHORIZED_MSG,
+                            "detail": [{"Type": "registry", "Name": "catalog", "Action": "*"}],
+                        }
+                    ]
+                },
                 {"WWW-Authenticate": self._challenge(CATALOG_SCOPE, "invalid_token")},
             )
             return
@@ -778,8 +845,11 @@ class AcrStandIn:
                 conn.putheader("Host", backend.host)
                 for key, value in h.headers.items():
                     low = key.lower()
-                    if low in _HOP_BY_HOP or low in ("host", "expect", "content-length") \
-                            or low.startswith("x-forwarded"):
+                    if (
+                        low in _HOP_BY_HOP
+                        or low in ("host", "expect", "content-length")
+                        or low.startswith("x-forwarded")
+                    ):
                         continue
                     conn.putheader(key, value)
                 chunked = "chunked" in (h.headers.get("Transfer-Encoding") or "").lower()
@@ -808,8 +878,12 @@ class AcrStandIn:
                 return
 
             if (
-                kind == "manifest" and h.command == "PUT" and resp.status == 201
-                and repo and ref and ":" not in ref
+                kind == "manifest"
+                and h.command == "PUT"
+                and resp.status == 201
+                and repo
+                and ref
+                and ":" not in ref
             ):
                 self._record_push(repo, ref)  # before the client sees the 201
             h.send_response(resp.status, resp.reason)

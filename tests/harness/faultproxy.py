@@ -60,8 +60,10 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit, urlunsplit
+
+from .servers import LoopbackHTTPServer
 
 __all__ = ["FAULT_KINDS", "FaultProxy", "FaultRule", "RequestRecord"]
 
@@ -70,12 +72,26 @@ _NO_FORWARD_KINDS = ("reset", "status", "throttle")
 _BODY_KINDS = ("reset_mid_body", "truncate", "corrupt_body")
 
 _CHUNK = 64 * 1024
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "transfer-encoding", "upgrade",
-})
-_ERROR_CODES = {429: "TOOMANYREQUESTS", 500: "UNKNOWN", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
-                504: "UNAVAILABLE"}
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_ERROR_CODES = {
+    429: "TOOMANYREQUESTS",
+    500: "UNKNOWN",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "UNAVAILABLE",
+}
 
 
 @dataclass
@@ -290,8 +306,7 @@ class FaultProxy:
         self._stopping = threading.Event()
         self._stopped = False
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", listen_port), _make_handler(self))
-        self._server.daemon_threads = True
+        self._server = LoopbackHTTPServer(("127.0.0.1", listen_port), _make_handler(self))
         self.port: int = self._server.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -302,8 +317,10 @@ class FaultProxy:
             self.add_rewrite(src, dst)
 
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"fault-proxy:{self.port}", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fault-proxy:{self.port}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -344,8 +361,9 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
-    def fail_next(self, count: int, kind: str, *, method: str | None = None, path: str | None = None,
-                  **params) -> FaultRule:
+    def fail_next(
+        self, count: int, kind: str, *, method: str | None = None, path: str | None = None, **params
+    ) -> FaultRule:
         """Deterministic: the next ``count`` requests matching ``method``/``path`` get ``kind``."""
         return self.add_rule(FaultRule(kind, method=method, path=path, count=count, **params))
 
@@ -459,7 +477,9 @@ class FaultProxy:
             if chosen is None and rule.seen > rule.skip and rule.fired < rule.count:
                 chosen = rule
         if chosen is None and r_rate < self._rate:
-            candidates = [r for r in self._rules if r.count is None and r.weight > 0 and r.matches(method, path)]
+            candidates = [
+                r for r in self._rules if r.count is None and r.weight > 0 and r.matches(method, path)
+            ]
             if candidates:
                 x = r_pick * sum(r.weight for r in candidates)
                 for rule in candidates:
@@ -482,8 +502,12 @@ class FaultProxy:
         with self._lock:
             rule, sub_seed = self._choose(method, path)
             rec = RequestRecord(
-                seq=len(self._log), method=method, path=path, started=time.time(),
-                fault=rule.kind if rule else None, rule=rule.label if rule else None,
+                seq=len(self._log),
+                method=method,
+                path=path,
+                started=time.time(),
+                fault=rule.kind if rule else None,
+                rule=rule.label if rule else None,
             )
             self._log.append(rec)
         rng = random.Random(sub_seed)
@@ -499,8 +523,14 @@ class FaultProxy:
         finally:
             self._update(rec, elapsed=time.monotonic() - started)
 
-    def _serve(self, h: BaseHTTPRequestHandler, rec: RequestRecord, rule: FaultRule | None,
-               rng: random.Random, body: _RequestBody) -> None:
+    def _serve(
+        self,
+        h: BaseHTTPRequestHandler,
+        rec: RequestRecord,
+        rule: FaultRule | None,
+        rng: random.Random,
+        body: _RequestBody,
+    ) -> None:
         kind = rule.kind if rule else None
         if kind == "slow" and self._stopping.wait(rule.delay_ms / 1000.0):
             self._reset(h)
@@ -520,7 +550,9 @@ class FaultProxy:
             body.drain()
             status = 504 if isinstance(exc, TimeoutError) else 502
             self._update(rec, error=f"upstream: {exc!r}")
-            self._send_simple(h, rec, status, {"errors": [{"code": "UNAVAILABLE", "message": f"upstream: {exc!r}"}]})
+            self._send_simple(
+                h, rec, status, {"errors": [{"code": "UNAVAILABLE", "message": f"upstream: {exc!r}"}]}
+            )
             return
         try:
             self._update(rec, upstream_status=resp.status)
@@ -538,8 +570,13 @@ class FaultProxy:
         finally:
             conn.close()
 
-    def _forward(self, h: BaseHTTPRequestHandler, rec: RequestRecord, conn: http.client.HTTPConnection,
-                 body: _RequestBody) -> http.client.HTTPResponse:
+    def _forward(
+        self,
+        h: BaseHTTPRequestHandler,
+        rec: RequestRecord,
+        conn: http.client.HTTPConnection,
+        body: _RequestBody,
+    ) -> http.client.HTTPResponse:
         conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
         listed = {t.strip().lower() for v in h.headers.get_all("Connection", []) for t in v.split(",")}
         drop = _HOP_BY_HOP | listed | {"host", "expect", "content-length"}
@@ -582,15 +619,24 @@ class FaultProxy:
             if lname in ("location", "content-location"):
                 value = self.rewrite_url(value.strip())
             elif lname == "www-authenticate":
-                value = re.sub(r'(?i)(realm=")([^"]*)(")',
-                               lambda m: m.group(1) + self.rewrite_url(m.group(2)) + m.group(3), value)
+                value = re.sub(
+                    r'(?i)(realm=")([^"]*)(")',
+                    lambda m: m.group(1) + self.rewrite_url(m.group(2)) + m.group(3),
+                    value,
+                )
             elif lname == "link":
                 value = re.sub(r"<([^>]*)>", lambda m: "<" + self.rewrite_url(m.group(1)) + ">", value)
             out.append((name, value))
         return out
 
-    def _relay(self, h: BaseHTTPRequestHandler, rec: RequestRecord, resp: http.client.HTTPResponse,
-               rule: FaultRule | None, rng: random.Random) -> None:
+    def _relay(
+        self,
+        h: BaseHTTPRequestHandler,
+        rec: RequestRecord,
+        resp: http.client.HTTPResponse,
+        rule: FaultRule | None,
+        rng: random.Random,
+    ) -> None:
         kind = rule.kind if rule else None
         status = resp.status
         headers = self._response_headers(resp)
@@ -649,7 +695,7 @@ class FaultProxy:
         try:
             for chunk in source:
                 if limit is not None and sent + len(chunk) >= limit:
-                    chunk = chunk[:limit - sent]
+                    chunk = chunk[: limit - sent]
                 if flips:
                     hit = [p - sent for p in flips if sent <= p < sent + len(chunk)]
                     if hit:
@@ -674,8 +720,9 @@ class FaultProxy:
         elif chunked_out:
             h.wfile.write(b"0\r\n\r\n")
 
-    def _answer_fault(self, h: BaseHTTPRequestHandler, rec: RequestRecord, rule: FaultRule,
-                      rng: random.Random) -> None:
+    def _answer_fault(
+        self, h: BaseHTTPRequestHandler, rec: RequestRecord, rule: FaultRule, rng: random.Random
+    ) -> None:
         headers: dict[str, str] = {}
         if rule.kind == "throttle":
             status = 429
@@ -689,8 +736,14 @@ class FaultProxy:
         payload = {"errors": [{"code": code, "message": f"injected fault: {rule.label} ({status})"}]}
         self._send_simple(h, rec, status, payload, headers)
 
-    def _send_simple(self, h: BaseHTTPRequestHandler, rec: RequestRecord, status: int, payload: dict,
-                     headers: Mapping[str, str] | None = None) -> None:
+    def _send_simple(
+        self,
+        h: BaseHTTPRequestHandler,
+        rec: RequestRecord,
+        status: int,
+        payload: dict,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         data = json.dumps(payload).encode()
         h.send_response_only(status)
         h.send_header("Content-Type", "application/json; charset=utf-8")
@@ -776,4 +829,3 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
-

@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +41,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from .servers import LoopbackHTTPServer
 
 #: Permission key granting ``registry:catalog:*`` (listing ``/v2/_catalog``).
 CATALOG = "registry:catalog"
@@ -176,8 +178,7 @@ class TokenIssuer:
         self._cert_path = self._tmp / "issuer.crt"
         self._cert_path.write_bytes(self._make_cert().public_bytes(serialization.Encoding.PEM))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server.daemon_threads = True
+        self._server = LoopbackHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
