@@ -130,43 +130,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=description, epilog=CONFIG_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         p.add_argument(
             "--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)"
         )
         p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
         p.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable)")
+        return p
 
-    p = sub.add_parser("sync", help="copy every missing tag of every repository to every target",
-                       description="Full sync: list the source catalog, diff each target, copy what is missing.",
-                       epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    common(p)
+    only_repo = {"action": "append", "metavar": "REPO", "help": "only this source repository (repeatable)"}
+    p = command("sync", "copy every missing tag of every repository to every target",
+                "Full sync: list the source catalog, diff each target, copy what is missing.")  # fmt: skip
     p.add_argument(
         "--dry-run", action="store_true", help="plan only: list what would be copied, copy nothing"
     )
-    p.add_argument(
-        "--repository", action="append", metavar="REPO", help="only this source repository (repeatable)"
-    )
-
-    p = sub.add_parser("plan", help="show what sync would copy, per target",
-                       description="Show, per target, the tags that sync would copy and why.",
-                       epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    common(p)
-    p.add_argument(
-        "--repository", action="append", metavar="REPO", help="only this source repository (repeatable)"
-    )
-
-    p = sub.add_parser("copy", help="copy one image (REPOSITORY:TAG or REPOSITORY@DIGEST) to every target",
-                       description="Copy one image, all platforms, to every target (tag filters do not apply).",
-                       epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    common(p)
+    p.add_argument("--repository", **only_repo)
+    p = command("plan", "show what sync would copy, per target",
+                "Show, per target, the tags that sync would copy and why.")  # fmt: skip
+    p.add_argument("--repository", **only_repo)
+    p = command("copy", "copy one image (REPOSITORY:TAG or REPOSITORY@DIGEST) to every target",
+                "Copy one image, all platforms, to every target (tag filters do not apply).")  # fmt: skip
     p.add_argument("image", metavar="REPOSITORY:TAG", help="source repository and tag (or @digest)")
-
-    p = sub.add_parser("event", help="handle an Event Grid event file (EventGridSchema or CloudEvents) inline",
-                       description="Validate Event Grid events from FILE (one event or an array) exactly as the "
-                       "function does, and copy the pushed tags to every target inline.",
-                       epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    common(p)
+    p = command("event", "handle an Event Grid event file (EventGridSchema or CloudEvents) inline",
+                "Validate Event Grid events from FILE (one event or an array) exactly as the function does, "
+                "and copy the pushed tags to every target inline.")  # fmt: skip
     p.add_argument(
         "file", metavar="FILE", help="JSON file with one event or an array of events ('-' for stdin)"
     )
