@@ -9,31 +9,9 @@ from pathlib import Path
 import pytest
 
 from sync_core.config import APP_SETTINGS, LOCAL_ONLY_SETTINGS, load_config
+from tests.secret_values import looks_like_secret
 
 ROOT = Path(__file__).resolve().parent.parent
-
-SECRET_PATTERNS = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"AccountKey=",
-        r"SharedAccessSignature",
-        r"[?&]sig=",
-        r"InstrumentationKey=[0-9a-f-]{8,}",
-        r"dckr_pat_",  # Docker Hub personal access token
-        r"\beyJ[A-Za-z0-9_-]{10,}",  # JWT
-        r"-----BEGIN",
-        r"^[A-Za-z0-9+/=_-]{32,}$",  # long opaque token / key
-    )
-]
-
-
-GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-
-
-def looks_like_secret(value: str) -> bool:
-    if GUID.fullmatch(value):
-        return False  # ids (built-in role definitions, tenants) are public
-    return any(p.search(value) for p in SECRET_PATTERNS)
 
 
 def parse_timespan(text: str) -> int:

@@ -18,6 +18,7 @@ import yaml
 from pycep import BicepParser
 
 from sync_core.config import APP_SETTINGS, load_config
+from tests.secret_values import looks_like_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -65,20 +66,6 @@ KNOWN_API_VERSIONS = {
     "Microsoft.EventGrid/systemTopics": "2022-06-15",
     "Microsoft.EventGrid/systemTopics/eventSubscriptions": "2022-06-15",
 }
-
-SECRET_PATTERNS = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"AccountKey=",
-        r"SharedAccessSignature",
-        r"[?&]sig=",
-        r"InstrumentationKey=[0-9a-f-]{8,}",
-        r"dckr_pat_",
-        r"\beyJ[A-Za-z0-9_-]{10,}",
-        r"-----BEGIN",
-        r"^[A-Za-z0-9+/=_-]{32,}$",
-    )
-]
 
 
 # ------------------------------------------------------------------------------------------
@@ -139,15 +126,6 @@ def string_leaves(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for value in node:
             yield from string_leaves(value)
-
-
-GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-
-
-def looks_like_secret(value: str) -> bool:
-    if GUID.fullmatch(value):
-        return False  # ids (built-in role definitions, tenants) are public
-    return any(p.search(value) for p in SECRET_PATTERNS)
 
 
 @pytest.fixture(scope="module")
