@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
@@ -64,12 +65,18 @@ class BlobLedger:
 
     Lets later copies skip HEAD requests for content already verified present, and mount a blob
     from any repository that is known to hold it instead of uploading it again.
+
+    Knowledge expires after ``ttl`` seconds (the Functions host keeps one per process across
+    invocations, and content can be deleted at a target meanwhile), and a repository whose
+    manifest push fails is forgotten, so that the retry looks again instead of trusting it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: float = 900.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
-        self._present: set[tuple[str, str]] = set()
-        self._holders: dict[str, str] = {}
+        self.ttl = ttl
+        self.clock = clock
+        self._present: dict[tuple[str, str], float] = {}
+        self._holders: dict[str, tuple[str, float]] = {}
         self._uploading: dict[str, threading.Event] = {}
         self._manifest_locks: dict[str, threading.Lock] = {}
         self._new: set[str] = set()
@@ -92,18 +99,31 @@ class BlobLedger:
             event.set()
 
     def record(self, repository: str, digest: str) -> None:
+        now = self.clock()
         with self._lock:
-            self._present.add((repository, digest))
-            self._holders.setdefault(digest, repository)
+            self._present[(repository, digest)] = now
+            held = self._holders.get(digest)
+            if held is None or now - held[1] >= self.ttl:
+                self._holders[digest] = (repository, now)
 
     def known(self, repository: str, digest: str) -> bool:
         with self._lock:
-            return (repository, digest) in self._present
+            seen = self._present.get((repository, digest))
+        return seen is not None and self.clock() - seen < self.ttl
 
     def holder(self, digest: str, exclude: str) -> str | None:
         with self._lock:
-            repo = self._holders.get(digest)
-        return repo if repo and repo != exclude else None
+            held = self._holders.get(digest)
+        if held is None or held[0] == exclude or self.clock() - held[1] >= self.ttl:
+            return None
+        return held[0]
+
+    def forget(self, repository: str) -> None:
+        """Drop what is known about ``repository`` (its content may not be what we believed)."""
+        with self._lock:
+            self._present = {k: t for k, t in self._present.items() if k[0] != repository}
+            self._holders = {d: h for d, h in self._holders.items() if h[0] != repository}
+            self._new.discard(repository)
 
     def set_new_repository(self, repository: str, new: bool) -> None:
         """Note whether ``repository`` did not exist at the destination when the run listed it.
@@ -269,7 +289,11 @@ class Copier:
             f"{self.destination.host}/{dst_repo}{':' + tag if tag else '@' + reference}",
         )
         try:
-            if expected_digest and not tag_absent and self._destination_has(dst_repo, dst_ref, expected_digest):
+            if (
+                expected_digest
+                and not tag_absent
+                and self._destination_has(dst_repo, dst_ref, expected_digest)
+            ):
                 result.digest, result.status = expected_digest, "unchanged"
                 return result
             top = self.source.get_manifest(src_repo, reference)
@@ -283,23 +307,31 @@ class Copier:
                 return result
             plan = self._plan(src_repo, top, dst_repo, skip_media_types)
             self._copy_blobs(src_repo, dst_repo, plan.blobs, result)
-            for manifest in plan.manifests:
-                with self.ledger.manifest_writes(dst_repo):
-                    if self.ledger.known(dst_repo, manifest.digest):
-                        continue  # pushed meanwhile by a concurrent copy of another tag
-                    self.destination.put_manifest(dst_repo, manifest.digest, manifest)
-                    self.ledger.record(dst_repo, manifest.digest)
-                result.manifests_pushed += 1
-            with self.ledger.manifest_writes(dst_repo):
-                self.destination.put_manifest(dst_repo, dst_ref, top)
-                self.ledger.record(dst_repo, top.digest)
-            result.manifests_pushed += 1
+            try:
+                self._push_manifests(dst_repo, dst_ref, plan, result)
+            except SyncError:
+                self.ledger.forget(dst_repo)  # the registry disagrees with what we believed it holds
+                raise
             return result
         except SkipImage as exc:
             result.status, result.reason = "skipped", str(exc)
             return result
         finally:
             result.seconds = round(time.monotonic() - started, 3)
+
+    def _push_manifests(self, dst_repo: str, dst_ref: str, plan: _Plan, result: CopyResult) -> None:
+        """Children first, then the top manifest under its tag: the tag is written last."""
+        for manifest in plan.manifests:
+            with self.ledger.manifest_writes(dst_repo):
+                if self.ledger.known(dst_repo, manifest.digest):
+                    continue  # pushed meanwhile by a concurrent copy of another tag
+                self.destination.put_manifest(dst_repo, manifest.digest, manifest)
+                self.ledger.record(dst_repo, manifest.digest)
+            result.manifests_pushed += 1
+        with self.ledger.manifest_writes(dst_repo):
+            self.destination.put_manifest(dst_repo, dst_ref, plan.top)
+            self.ledger.record(dst_repo, plan.top.digest)
+        result.manifests_pushed += 1
 
     def _destination_has(self, dst_repo: str, dst_ref: str, digest: str) -> bool:
         if is_digest(dst_ref) and self.ledger.known(dst_repo, dst_ref):

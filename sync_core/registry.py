@@ -146,7 +146,9 @@ class RegistryClient:
             if first:
                 self._first_answer.set()
 
-    def _request(self, method, url, scopes, headers, data, stream, follow_redirects, replayable) -> requests.Response:
+    def _request(
+        self, method, url, scopes, headers, data, stream, follow_redirects, replayable
+    ) -> requests.Response:
         for attempt in range(4):
             sent = dict(headers or {})
             authorization = self.auth.header(scopes)

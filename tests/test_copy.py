@@ -583,3 +583,35 @@ def test_blob_ledger_gives_an_upload_to_exactly_one_claimant():
     for t in threads:
         t.join()
     assert len(owners) == 1
+
+
+def test_long_lived_copier_recovers_when_the_target_loses_content(token_registry_src, seeded, fresh_registry):
+    """A Functions process keeps its Copier between invocations; content deleted at the target
+    meanwhile must not make every later copy fail: a failed manifest push forgets the repository."""
+    target = fresh_registry(auth="none")
+    src = client(token_registry_src, READER)
+    dst = RegistryClient(target.url, actions="pull,push")
+    manifest = seeded.manifest("library/alpine", "3.19")
+    with Copier(src, dst, retry=FAST_RETRY) as copier:
+        assert copier.copy("library/alpine", "3.19", "kept/alpine").status == "copied"
+        pusher = target.pusher()
+        pusher.delete_manifest("kept/alpine", manifest.digest)
+        layer = manifest.all_blobs()[-1]
+        deleted = requests.delete(f"{target.url}/v2/kept/alpine/blobs/{layer.digest}", timeout=10)
+        assert deleted.status_code == 202
+        with pytest.raises(Exception, match="manifest"):
+            copier.copy("library/alpine", "3.19", "kept/alpine")  # trusted its memory: refused
+        result = copier.copy("library/alpine", "3.19", "kept/alpine")  # looks again, re-uploads
+    assert result.status == "copied" and result.blobs_uploaded >= 1
+    assert pusher.fetch_manifest("kept/alpine", "3.19")[0] == manifest.raw
+    assert sha256(pusher.fetch_blob("kept/alpine", layer.digest)) == layer.digest
+
+
+def test_ledger_knowledge_expires():
+    now = [0.0]
+    ledger = copy_module.BlobLedger(ttl=60, clock=lambda: now[0])
+    ledger.record("a/b", "sha256:" + "1" * 64)
+    assert ledger.known("a/b", "sha256:" + "1" * 64) and ledger.holder("sha256:" + "1" * 64, "c/d") == "a/b"
+    now[0] = 61
+    assert not ledger.known("a/b", "sha256:" + "1" * 64)
+    assert ledger.holder("sha256:" + "1" * 64, "c/d") is None
