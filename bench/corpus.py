@@ -11,7 +11,6 @@ import hashlib
 import random
 import shutil
 import threading
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,23 +223,8 @@ def big_image(layer: BigLayer, base: Blob) -> Manifest:
 
 def push_big_layer(pusher: Pusher, repo: str, layer: BigLayer) -> None:
     """Stream the big layer to ``repo`` (POST, then one PUT with Content-Length)."""
-    if pusher.blob_exists(repo, layer.digest):
-        return
-    r = pusher.request("POST", f"/v2/{repo}/blobs/uploads/", repo, data=b"")
-    if r.status_code != 202:
-        raise RuntimeError(f"start upload of the big layer: HTTP {r.status_code}")
-    location = urllib.parse.urljoin(r.url, r.headers["Location"])
-    sep = "&" if urllib.parse.urlsplit(location).query else "?"
-    r = pusher.request(
-        "PUT",
-        f"{location}{sep}digest={urllib.parse.quote(layer.digest)}",
-        repo,
-        data=layer.reader(),
-        headers={"Content-Type": "application/octet-stream"},
-        timeout=600,
-    )
-    if r.status_code != 201:
-        raise RuntimeError(f"upload of the big layer: HTTP {r.status_code} {r.text[:200]}")
+    if not pusher.blob_exists(repo, layer.digest):
+        pusher.upload_blob(repo, layer.digest, layer.reader(), timeout=600)
 
 
 # -- the wide catalog ------------------------------------------------------------------------

@@ -51,7 +51,6 @@ import base64
 import datetime as dt
 import fnmatch
 import http.client
-import json
 import re
 import secrets
 import threading
@@ -66,7 +65,7 @@ import requests
 
 from .images import ACCEPT, Pusher
 from .registry import Registry
-from .servers import LoopbackHTTPServer
+from .servers import LoopbackHTTPServer, send_json
 from .tokens import Scope, TokenGrant, TokenIssuer, grant, parse_scope
 
 #: Actions an ACR scope map may hold.
@@ -964,16 +963,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().send_response(code, message)
 
     def send_json(self, status: int, body: dict, headers: Mapping[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        send_json(self, status, body, {"Docker-Distribution-Api-Version": "registry/2.0", **(headers or {})})
 
     def iter_chunked_body(self):
         while True:

@@ -556,6 +556,11 @@ class Pusher:
         """Upload unless present (POST, then monolithic PUT). True if it was uploaded."""
         if self.blob_exists(repo, blob.digest):
             return False
+        self.upload_blob(repo, blob.digest, blob.data)
+        return True
+
+    def upload_blob(self, repo: str, digest: str, data, timeout: float | None = None) -> None:
+        """POST, then one PUT of ``data`` (bytes, or a file-like object with a length to stream)."""
         r = self.request("POST", f"/v2/{repo}/blobs/uploads/", repo, data=b"")
         if r.status_code != 202:
             raise RegistryHTTPError(r, f"start upload {repo}")
@@ -563,14 +568,14 @@ class Pusher:
         sep = "&" if urllib.parse.urlsplit(location).query else "?"
         r = self.request(
             "PUT",
-            f"{location}{sep}digest={urllib.parse.quote(blob.digest)}",
+            f"{location}{sep}digest={urllib.parse.quote(digest)}",
             repo,
-            data=blob.data,
+            data=data,
             headers={"Content-Type": "application/octet-stream"},
+            timeout=timeout or self.timeout,
         )
         if r.status_code != 201:
-            raise RegistryHTTPError(r, f"upload {repo}@{blob.digest}")
-        return True
+            raise RegistryHTTPError(r, f"upload {repo}@{digest}")
 
     def fetch_blob(self, repo: str, digest: str) -> bytes:
         r = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
 import shutil
 import ssl
 import tempfile
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .servers import LoopbackHTTPServer
+from .servers import LoopbackHTTPServer, send_json
 
 ACCESS_TOKEN = "kv-test-access-token"
 
@@ -93,23 +92,13 @@ class KeyVaultStub:
             def log_message(self, *args) -> None:
                 pass
 
-            def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(raw)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(raw)
-
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
                 authorized = self.headers.get("Authorization") == f"Bearer {ACCESS_TOKEN}"
                 stub.requests.append(("GET", parts.path, authorized))
                 if "api-version=" not in parts.query:
-                    self._send(
-                        400, {"error": {"code": "MissingApiVersionParameter", "message": "api-version"}}
+                    send_json(
+                        self, 400, {"error": {"code": "MissingApiVersionParameter", "message": "api-version"}}
                     )
                     return
                 if not authorized:
@@ -117,20 +106,20 @@ class KeyVaultStub:
                         'Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", '
                         'resource="https://vault.azure.net"'
                     )
-                    self._send(401, {"error": {"code": "Unauthorized", "message": "AKV10000"}},
+                    send_json(self, 401, {"error": {"code": "Unauthorized", "message": "AKV10000"}},
                                {"WWW-Authenticate": challenge})  # fmt: skip
                     return
                 segments = [s for s in parts.path.split("/") if s]
                 if len(segments) < 2 or segments[0] != "secrets":
-                    self._send(404, {"error": {"code": "NotFound", "message": "not found"}})
+                    send_json(self, 404, {"error": {"code": "NotFound", "message": "not found"}})
                     return
                 name = segments[1]
                 if name not in stub.secrets:
-                    self._send(404, {"error": {"code": "SecretNotFound",
+                    send_json(self, 404, {"error": {"code": "SecretNotFound",
                                                "message": f"A secret with (name/id) {name} was not found in this key vault."}})  # fmt: skip
                     return
                 now = int(time.time())
-                self._send(200, {
+                send_json(self, 200, {
                     "value": stub.secrets[name],
                     "id": f"{stub.url}/secrets/{name}/0123456789abcdef0123456789abcdef",
                     "attributes": {"enabled": True, "created": now, "updated": now,

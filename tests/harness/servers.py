@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from http.server import ThreadingHTTPServer
+import json
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
@@ -16,3 +18,18 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
     allow_reuse_address = True
+
+
+def send_json(
+    handler: BaseHTTPRequestHandler, status: int, body: object, headers: Mapping[str, str] | None = None
+) -> None:
+    """A complete JSON answer (no body for HEAD)."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json; charset=utf-8")
+    handler.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)

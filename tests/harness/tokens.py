@@ -24,7 +24,6 @@ import base64
 import datetime as dt
 import fnmatch
 import hashlib
-import json
 import secrets
 import shutil
 import tempfile
@@ -42,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from .servers import LoopbackHTTPServer
+from .servers import LoopbackHTTPServer, send_json
 
 #: Permission key granting ``registry:catalog:*`` (listing ``/v2/_catalog``).
 CATALOG = "registry:catalog"
@@ -367,7 +366,7 @@ class TokenIssuer:
         if failure is not None:
             status, retry_after = failure
             headers = {"Retry-After": retry_after} if retry_after is not None else {}
-            _send_json(
+            send_json(
                 handler,
                 status,
                 {
@@ -379,19 +378,19 @@ class TokenIssuer:
             )
             return
         if url.path not in ("/token", "/oauth2/token"):  # /oauth2/token: the ACR spelling
-            _send_json(handler, 404, {"errors": [{"code": "NOT_FOUND", "message": url.path}]})
+            send_json(handler, 404, {"errors": [{"code": "NOT_FOUND", "message": url.path}]})
             return
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         service = (query.get("service") or [""])[0]
         if service and service != self.service:
-            _send_json(
+            send_json(
                 handler, 400, {"errors": [{"code": "DENIED", "message": f"unknown service {service!r}"}]}
             )
             return
         requested = [s for value in query.get("scope", []) for s in value.split()]
         ok, user, perms = self._authenticate(handler.headers.get("Authorization"))
         if not ok:
-            _send_json(
+            send_json(
                 handler,
                 401,
                 {"errors": [{"code": "UNAUTHORIZED", "message": "authentication failed"}]},
@@ -415,18 +414,7 @@ class TokenIssuer:
             body["expires_in"] = int(adv if adv is not None else lifetime)
         if "issued_at" in fields:
             body["issued_at"] = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-        _send_json(handler, 200, body)
-
-
-def _send_json(handler: BaseHTTPRequestHandler, status: int, body: dict, headers: dict | None = None) -> None:
-    data = json.dumps(body).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    for k, v in (headers or {}).items():
-        handler.send_header(k, v)
-    handler.end_headers()
-    handler.wfile.write(data)
+        send_json(handler, 200, body)
 
 
 def _make_handler(issuer: TokenIssuer) -> type[BaseHTTPRequestHandler]:
