@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 
 include mk/infra.mk
 
-.PHONY: test lint security unit demo bench system-deps venv clean
+.PHONY: test lint typecheck security unit demo bench system-deps venv clean
 
-test: system-deps venv tools-venv lint security unit
+test: system-deps venv tools-venv lint typecheck security unit
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -23,6 +23,10 @@ venv: $(STAMP)
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# mypy --strict on sync_core and function_app.py (settings in pyproject.toml)
+typecheck: venv
+	$(VENV)/bin/mypy
 
 # bandit: no medium or high finding in the app code (a deliberate exception would need a
 # "# nosec BXXX" on the line with the reason beside it; there is none today)

@@ -13,7 +13,7 @@ import logging
 
 import azure.functions as func
 
-from sync_core import logs, work
+from sync_core import handlers, logs, runtime
 
 app = func.FunctionApp()
 log = logging.getLogger("sync_core.functions")
@@ -27,7 +27,7 @@ STORAGE = "AzureWebJobsStorage"
 def sync_schedule(timer: func.TimerRequest, out: func.Out[list[str]]) -> None:
     if timer.past_due:
         log.warning("timer is past due; reconciling now")
-    messages = work.schedule_messages(work.shared_syncer())
+    messages = handlers.schedule_messages(runtime.shared_syncer())
     if messages:
         out.set(messages)
 
@@ -47,7 +47,7 @@ def on_image_pushed(event: func.EventGridEvent, out: func.Out[list[str]]) -> Non
         "dataVersion": event.data_version,
         "data": data,
     }
-    messages = work.event_messages(envelope, work.shared_syncer().config)
+    messages = handlers.event_messages(envelope, runtime.shared_config())
     if messages:
         out.set(messages)
 
@@ -55,7 +55,7 @@ def on_image_pushed(event: func.EventGridEvent, out: func.Out[list[str]]) -> Non
 @app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE)
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
 def sync_worker(msg: func.QueueMessage, out: func.Out[list[str]]) -> None:
-    summary, leftover = work.process_message(msg.get_body(), work.shared_syncer())
+    summary, leftover = handlers.process_message(msg.get_body(), runtime.shared_syncer())
     if leftover:
         out.set(leftover)
     logs.decision(

@@ -8,6 +8,11 @@
 
 Credentials never go over plain http except to loopback, and never to another host than the
 registry or the realm its challenge named.
+
+:meth:`Authenticator.send` is how the registry client sends every request: it adds the
+``Authorization`` header, learns the challenge from the first 401 (holding other requests back
+until the registry has answered once), and retries a 401 with a new token, then with re-read
+credentials.
 """
 
 from __future__ import annotations
@@ -19,18 +24,23 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import jwt
+import requests
 
-from .errors import AuthError, CredentialsRefused, RegistryError
-from .transport import Transport, is_loopback, redact_url
+from .errors import AuthError, CredentialsRefused, InvalidContent, RegistryError, TokenExpired
+from .jsondoc import parse_json
+from .transport import Body, Transport, is_loopback, redact_url
 
 log = logging.getLogger(__name__)
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)')
 DEFAULT_TOKEN_LIFETIME = 60.0
 REFRESH_MARGIN_CAP = 60.0
+FIRST_ANSWER_WAIT = 30.0  # seconds other requests wait for the first answer of a registry
+MAX_401_ROUNDS = 4  # 401s one request may meet: challenge, new token, re-read credentials
 
 
 @dataclass(frozen=True)
@@ -110,18 +120,24 @@ def merge_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(f"{r}:{','.join(a)}" if a else r for r, a in merged.items())
 
 
+def basic_authorization(credentials: Credentials) -> str:
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
 @dataclass
 class Token:
-    value: str
+    value: str = field(repr=False)
     expires_at: float
     fetched_at: float
+    after_rejection: bool = False  # fetched because a request could not be replayed after a 401
 
     def fresh(self, now: float) -> bool:
         margin = min(REFRESH_MARGIN_CAP, (self.expires_at - self.fetched_at) * 0.2)
         return now < self.expires_at - margin
 
 
-def token_expiry(answer: dict, token: str, now: float) -> float:
+def token_expiry(answer: dict[str, Any], token: str, now: float) -> float:
     """When a token expires: the JWT ``exp`` if the token is a JWT, else ``expires_in``."""
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
@@ -137,7 +153,7 @@ def token_expiry(answer: dict, token: str, now: float) -> float:
 
 
 class Authenticator:
-    """Produces ``Authorization`` headers for one registry."""
+    """Authenticates every request to one registry (see the module docstring)."""
 
     def __init__(
         self,
@@ -148,30 +164,69 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
     ):
         self.registry_url = registry_url.rstrip("/")
+        self.host = urlsplit(self.registry_url).netloc
         self.transport = transport
         self.credentials = credentials
         self.clock = clock
         self.challenge: Challenge | None = None
         self._tokens: dict[frozenset[str], Token] = {}
         self._locks: dict[frozenset[str], threading.Lock] = {}
+        self._rejected: set[frozenset[str]] = set()
         self._lock = threading.Lock()
+        self._first_answer = threading.Event()
+        self._first_claimed = False
         self.tokens_fetched = 0
 
     # -- public --------------------------------------------------------------------------
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: Iterable[str],
+        headers: dict[str, str] | None = None,
+        data: Body = None,
+        stream: bool = False,
+        follow_redirects: bool = False,
+    ) -> requests.Response:
+        """Send an authenticated request and return the registry's answer (never a 401).
+
+        Raises :class:`AuthError` when the registry keeps refusing, and :class:`TokenExpired`
+        when a body that cannot be sent twice (a blob stream) met a 401 with a cached token.
+        """
+        scopes = tuple(scopes)
+        replayable = data is None or isinstance(data, bytes)
+        first = self._goes_first()
+        try:
+            for attempt in range(MAX_401_ROUNDS):
+                sent = dict(headers or {})
+                authorization, token = self._authorization(scopes)
+                if authorization:
+                    sent["Authorization"] = authorization
+                response = self.transport.send(
+                    method, url, headers=sent, data=data, stream=stream, retry=replayable,
+                    follow_redirects=follow_redirects,
+                )  # fmt: skip
+                if response.status_code != 401:
+                    return response
+                www_authenticate = response.headers.get("WWW-Authenticate", "")
+                response.close()
+                retry_scopes = self.unauthorized(www_authenticate, scopes, attempt)
+                self._first_answer.set()  # the challenge is known: the others may go
+                refused = f"{self.host} refused {method} {redact_url(url)} (HTTP 401)"
+                if retry_scopes is None:
+                    raise AuthError(refused, status=401)
+                if not replayable:
+                    self._rejected_mid_body(scopes, token, refused)
+                scopes = retry_scopes
+            raise AuthError(f"{self.host} kept answering 401 to {method} {redact_url(url)}", status=401)
+        finally:
+            if first:
+                self._first_answer.set()
+
     def header(self, scopes: Iterable[str]) -> str | None:
         """The ``Authorization`` value for a request needing ``scopes`` (None: send none)."""
-        challenge = self.challenge
-        if challenge is None:
-            return None
-        if challenge.scheme == "basic":
-            return self._basic_header()
-        if challenge.scheme == "bearer":
-            if self.credentials.get() is not None:
-                # the token stands for the credentials: it must not travel in clear either
-                self._require_safe_destination(self.registry_url, "a token obtained with credentials")
-            token = self._token(frozenset(scopes))
-            return f"Bearer {token.value}" if token else None
-        return None
+        return self._authorization(tuple(scopes))[0]
 
     def unauthorized(
         self, www_authenticate: str, scopes: Iterable[str], attempt: int
@@ -213,6 +268,49 @@ class Authenticator:
         return None
 
     # -- internals -----------------------------------------------------------------------
+    def _goes_first(self) -> bool:
+        """True for the very first request to this registry; the others wait for its answer.
+
+        Until a registry has answered once, its authentication is unknown: requests sent at once
+        by many threads would each collect a 401 just to learn the same challenge (one wasted
+        round trip each). The wait is bounded, and over as soon as the first answer is handled.
+        """
+        if self._first_answer.is_set():
+            return False
+        with self._lock:
+            if not self._first_claimed:
+                self._first_claimed = True
+                return True
+        self._first_answer.wait(FIRST_ANSWER_WAIT)
+        return False
+
+    def _rejected_mid_body(self, scopes: tuple[str, ...], token: Token | None, refused: str) -> None:
+        """A 401 to a body that cannot be sent again: worth one restart, not one per refusal.
+
+        A cached token that the registry stops accepting has expired early (or the registry
+        rotated its keys): :class:`TokenExpired`, and the next token for these scopes is marked.
+        A refusal of that next token is a refusal, not an expiry.
+        """
+        if token is not None and token.after_rejection:
+            raise AuthError(f"{refused}; refused again with a new token", status=401)
+        with self._lock:
+            self._rejected.add(frozenset(scopes))
+        raise TokenExpired(f"{refused}; the upload will be restarted", status=401)
+
+    def _authorization(self, scopes: tuple[str, ...]) -> tuple[str | None, Token | None]:
+        challenge = self.challenge
+        if challenge is None:
+            return None, None
+        if challenge.scheme == "basic":
+            return self._basic_header(), None
+        if challenge.scheme == "bearer":
+            if self.credentials.get() is not None:
+                # the token stands for the credentials: it must not travel in clear either
+                self._require_safe_destination(self.registry_url, "a token obtained with credentials")
+            token = self._token(frozenset(scopes))
+            return (f"Bearer {token.value}" if token else None), token
+        return None, None
+
     def _check_challenge(self, challenge: Challenge) -> None:
         if challenge.scheme == "basic":
             self._require_safe_destination(self.registry_url, "basic credentials")
@@ -239,8 +337,7 @@ class Authenticator:
         if creds is None:
             return None
         self._require_safe_destination(self.registry_url, "basic credentials")
-        raw = f"{creds.username}:{creds.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
+        return basic_authorization(creds)
 
     def _token(self, key: frozenset[str]) -> Token | None:
         with self._lock:
@@ -255,6 +352,9 @@ class Authenticator:
                 return token
             token = self._fetch_token(key)
             with self._lock:
+                if key in self._rejected:
+                    self._rejected.discard(key)
+                    token.after_rejection = True
                 self._tokens[key] = token
             return token
 
@@ -272,8 +372,7 @@ class Authenticator:
             creds = self.credentials.get()
             if creds is not None:
                 self._require_safe_destination(realm, "credentials to the token service")
-                raw = f"{creds.username}:{creds.password}".encode()
-                headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
+                headers["Authorization"] = basic_authorization(creds)
             now = self.clock()
             response = self.transport.send("GET", url, headers=headers)
             with response:
@@ -291,12 +390,12 @@ class Authenticator:
                         status=response.status_code,
                     )
                 try:
-                    answer = response.json()
-                except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+                    answer = parse_json(response.content, f"token service {redact_url(realm)}", dict)
+                except InvalidContent:
                     raise AuthError(
-                        f"token service {redact_url(realm)} answered something that is not JSON"
+                        f"token service {redact_url(realm)} answered something that is not a JSON object"
                     ) from None
-            value = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
+            value = answer.get("token") or answer.get("access_token")
             if not isinstance(value, str) or not value:
                 raise AuthError(f"token service {redact_url(realm)} answered without a token")
             with self._lock:

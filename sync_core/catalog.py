@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .config import SourceConfig
-from .errors import AuthError, ConfigError, CredentialsRefused, InvalidContent, NotFound
-from .names import check_repository, is_digest, is_repository, is_tag
+from .config import SourceConfig, SourceKind
+from .errors import AuthError, CatalogForbidden, CredentialsRefused, InvalidContent, NotFound
+from .names import check_repository, in_namespace, is_digest, is_repository, is_tag
 from .registry import CATALOG_SCOPE, RegistryClient, repository_scope
 
 _ISO_RE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})?")
@@ -20,10 +20,6 @@ class TagInfo:
     name: str
     digest: str | None = None  # known from an ACR listing; None from a plain OCI listing
     updated: dt.datetime | None = None  # last time the tag was pushed (ACR lastUpdateTime)
-
-
-class CatalogForbidden(ConfigError):
-    """The source credentials may not list the catalog."""
 
 
 def parse_time(value: object) -> dt.datetime | None:
@@ -49,10 +45,6 @@ class Source:
         self.config = config
         self.client = client
 
-    @property
-    def has_timestamps(self) -> bool:
-        return False
-
     def repositories(self) -> list[str]:
         """Every repository under the source namespace (or the configured list)."""
         if self.config.repositories:
@@ -66,24 +58,20 @@ class Source:
                 raise CatalogForbidden(
                     f"SOURCE_REPOSITORIES: the source credentials may not list the catalog of {self.client.host} "
                     f"({exc}). On ACR only a token whose scope map is the root wildcard '*' gets "
-                    f"{CATALOG_SCOPE}; list the repositories to sync in SOURCE_REPOSITORIES instead."
+                    f"{CATALOG_SCOPE}; list the repositories to sync in SOURCE_REPOSITORIES instead.",
+                    status=exc.status,
                 ) from None
-        prefix = f"{self.config.namespace}/" if self.config.namespace else ""
-        return sorted({n for n in names if is_repository(n) and n.startswith(prefix)})
+        return sorted({n for n in names if is_repository(n) and in_namespace(n, self.config.namespace)})
 
     def _catalog(self) -> list[str]:
         return self.client.list_repositories()
 
     def tags(self, repository: str) -> list[TagInfo]:
-        return [TagInfo(t) for t in self.client.list_tags(repository) if is_tag(t)]
+        return [TagInfo(t) for t in self.client.list_tags(repository) or () if is_tag(t)]
 
 
 class AcrSource(Source):
     """ACR: tags with digest and timestamps from ``/acr/v1/<repo>/_tags`` (no manifest requests)."""
-
-    @property
-    def has_timestamps(self) -> bool:
-        return True
 
     def tags(self, repository: str) -> list[TagInfo]:
         check_repository(repository)
@@ -118,9 +106,9 @@ def _acr_tag(entry: object) -> TagInfo | None:
 
 
 def make_source(config: SourceConfig, client: RegistryClient) -> Source:
-    return AcrSource(config, client) if config.kind == "acr" else Source(config, client)
+    return AcrSource(config, client) if config.kind is SourceKind.ACR else Source(config, client)
 
 
 def source_actions(config: SourceConfig) -> str:
     """What the source token must allow on each repository."""
-    return "pull,metadata_read" if config.kind == "acr" else "pull"
+    return "pull,metadata_read" if config.kind is SourceKind.ACR else "pull"

@@ -11,28 +11,19 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import IO, Any
 
-from .config import load_config
-from .errors import ConfigError, SyncError
+from .config import load_config, settings_help
+from .errors import ConfigError, InvalidContent, SetupError, SyncError
+from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
 from .names import ImageRef
-from .sync import Summary, Syncer
+from .report import Recorder, Summary
+from .sync import Syncer
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
-CONFIG_HELP = """\
-configuration comes from environment variables (app settings) or a YAML/JSON file:
-  SOURCE_REGISTRY       source host (https) or URL, e.g. gsoci.azurecr.io or http://127.0.0.1:5000
-  SOURCE_KIND           acr (default for *.azurecr.io) or oci
-  SOURCE_NAMESPACE      only repositories below this path; removed when mapping to targets
-  SOURCE_REPOSITORIES   explicit comma-separated repositories (for tokens without catalog rights)
-  TARGET_REGISTRY       target host or URL;  TARGET_NAMESPACE  path prefix at the target
-  REPOSITORY_INCLUDE/REPOSITORY_EXCLUDE, TAG_INCLUDE/TAG_EXCLUDE   regular expressions (full match)
-  TAG_MIN_AGE_DAYS, TAG_MAX_AGE_DAYS, TAG_KEEP_LATEST               ACR sources only
-  SYNC_COMPARE          name (default) or digest;  SYNC_CONCURRENCY  parallel copies (default 8)
-  KEY_VAULT_URL + SOURCE_USERNAME_SECRET/SOURCE_PASSWORD_SECRET (and TARGET_...): credentials from Key Vault
-  SOURCE_USERNAME/SOURCE_PASSWORD, TARGET_USERNAME/TARGET_PASSWORD: credentials from the environment
-  SYNC_CONFIG           YAML/JSON file with the same settings and a list of targets (see README)
-"""
+CONFIG_HELP = settings_help()
 
 
 def _human_bytes(n: float) -> str:
@@ -46,7 +37,7 @@ def _human_bytes(n: float) -> str:
 class Progress:
     """A one-line live status on a terminal (stderr); silent when stderr is not a terminal."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream: IO[str] = sys.stderr):
         self.stream = stream
         self.enabled = hasattr(stream, "isatty") and stream.isatty()
         self._last = 0.0
@@ -103,12 +94,12 @@ def render_summary(summary: Summary) -> str:
 
 def render_plan(summary: Summary) -> str:
     lines = []
-    by_target: dict[str, list] = {}
+    by_target: dict[str, list[Any]] = {}
     for work in summary.planned:
         by_target.setdefault(work.target, []).append(work)
     for target, items in sorted(by_target.items()):
         lines.append(f"target {target}: {len(items)} tag(s) to copy")
-        rows = [(f"{w.source_repository}:{w.tag}", f"{w.target_repository}:{w.tag}", w.reason)
+        rows = [(f"{w.source_repository}:{w.tag}", f"{w.target_repository}:{w.tag}", w.reason.value)
                 for w in sorted(items, key=lambda w: (w.source_repository, w.tag))]  # fmt: skip
         widths = [max(len(r[i]) for r in [("SOURCE", "DESTINATION", ""), *rows]) for i in (0, 1)]
         for src, dst, reason in [("SOURCE", "DESTINATION", "REASON"), *rows]:
@@ -140,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable)")
         return p
 
-    only_repo = {"action": "append", "metavar": "REPO", "help": "only this source repository (repeatable)"}
+    only_repo: dict[str, Any] = {"action": "append", "metavar": "REPO", "help": "only this source repository (repeatable)"}
     p = command("sync", "copy every missing tag of every repository to every target",
                 "Full sync: list the source catalog, diff each target, copy what is missing.")  # fmt: skip
     p.add_argument(
@@ -162,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, *, environ=None) -> int:
+def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level if not args.json else max(level, logging.WARNING),
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None, *, environ=None) -> int:
     try:
         with Syncer(config) as syncer:
             summary = _run(args, syncer)
-    except ConfigError as exc:
+    except (ConfigError, SetupError) as exc:  # fixed in the settings or permissions
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except SyncError as exc:
@@ -214,10 +205,37 @@ def _run(args: argparse.Namespace, syncer: Syncer) -> Summary:
             summary.repositories = 1
             syncer.copy_image(ref, summary, targets)
         else:
-            from .events import handle_event_file
-
-            handle_event_file(args.file, syncer, summary, targets)
+            copy_events(read_events(args.file), syncer, summary, targets)
         summary.duration_seconds = time.monotonic() - started
         return summary
     finally:
         progress.finish()
+
+
+def read_events(path: str) -> list[Any]:
+    """The events of ``FILE`` (``-``: standard input), one event or an array."""
+    try:
+        raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1) if path == "-" else Path(path).read_bytes()
+        return load_events(raw)
+    except (OSError, InvalidContent) as exc:
+        raise ConfigError(f"FILE: cannot use {path}: {exc}") from None
+
+
+def copy_events(
+    events: list[Any], syncer: Syncer, summary: Summary, targets: list[str] | None = None
+) -> list[Decision]:
+    """``event FILE``: decide each event as the Event Grid function does, then copy inline."""
+    recorder = Recorder(summary)
+    decisions = []
+    for event in events:
+        decision = decide(event, syncer.config)
+        log_decision(decision)
+        decisions.append(decision)
+        if decision.action is Action.ERROR:
+            recorder.failed(f"event {decision.event_id}", decision.reason)
+        for work in decision.work:
+            if targets and work.target not in targets:
+                continue
+            syncer.copy_work(work, recorder)
+    summary.repositories = len({d.repository for d in decisions if d.work})
+    return decisions

@@ -1,5 +1,10 @@
 """Configuration: app settings / environment variables, or a YAML/JSON file (``SYNC_CONFIG``).
 
+Every setting is declared once, in :data:`SETTINGS` (name, parser, where it may appear,
+default, help). Parsing, the list of app settings the infrastructure must provide
+(:data:`APP_SETTINGS`), the CLI's help text and the README's configuration tables all come
+from that declaration.
+
 Every problem is collected and reported at once, each prefixed with the setting it concerns.
 Passwords are never read from the configuration file itself: a file names a Key Vault secret
 (``password_secret``) or an environment variable (``password_env``) instead.
@@ -7,10 +12,11 @@ Passwords are never read from the configuration file itself: a file names a Key 
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,28 +32,28 @@ DOCKER_HUB = "https://registry-1.docker.io"
 _HOST_ALIASES = {"https://docker.io": DOCKER_HUB, "https://index.docker.io": DOCKER_HUB}
 # Registries that accept only namespace/repository (two path levels).
 _TWO_LEVEL_HOSTS = (re.compile(r"registry-1\.docker\.io"), re.compile(r"registry\.[a-z0-9-]+\.aliyuncs\.com"))
-DEFAULT_SCHEDULE = "0 */15 * * * *"
-
-# Every app setting the Functions app reads (infra/main.bicep and local.settings.json.example
-# must provide each; tests check both).
-APP_SETTINGS = (
-    "SYNC_SCHEDULE", "SYNC_QUEUE", "SOURCE_REGISTRY", "SOURCE_KIND", "SOURCE_NAMESPACE", "SOURCE_REPOSITORIES",
-    "TARGET_REGISTRY", "TARGET_NAMESPACE", "TARGET_SKIP_ARTIFACT_TYPES", "REPOSITORY_INCLUDE", "REPOSITORY_EXCLUDE",
-    "TAG_INCLUDE", "TAG_EXCLUDE", "TAG_MIN_AGE_DAYS", "TAG_MAX_AGE_DAYS", "TAG_KEEP_LATEST", "SYNC_COMPARE",
-    "SYNC_CONCURRENCY", "SYNC_CONFIG", "KEY_VAULT_URL", "SOURCE_USERNAME_SECRET", "SOURCE_PASSWORD_SECRET",
-    "TARGET_USERNAME_SECRET", "TARGET_PASSWORD_SECRET", "SYNC_TIME_BUDGET_SECONDS",
-)  # fmt: skip
-# Direct credentials for local runs only (in Azure they come from Key Vault).
-LOCAL_ONLY_SETTINGS = ("SOURCE_USERNAME", "SOURCE_PASSWORD", "TARGET_USERNAME", "TARGET_PASSWORD")
 DEFAULT_QUEUE = "sync-work"
+
+
+class SourceKind(str, enum.Enum):
+    ACR = "acr"  # tag digests and times from /acr/v1/<repo>/_tags
+    OCI = "oci"  # the plain OCI listing
+
+
+class Compare(str, enum.Enum):
+    NAME = "name"  # copy tags the target lacks
+    DIGEST = "digest"  # also tags whose digest differs
+
+
+# -- the configuration, as the rest of the core sees it --------------------------------------------
 
 
 @dataclass(frozen=True)
 class Filters:
-    repository_include: re.Pattern | None = None
-    repository_exclude: re.Pattern | None = None
-    tag_include: re.Pattern | None = None
-    tag_exclude: re.Pattern | None = None
+    repository_include: re.Pattern[str] | None = None
+    repository_exclude: re.Pattern[str] | None = None
+    tag_include: re.Pattern[str] | None = None
+    tag_exclude: re.Pattern[str] | None = None
     min_age_days: float | None = None
     max_age_days: float | None = None
     keep_latest: int | None = None
@@ -78,7 +84,7 @@ class CredentialSpec:
 @dataclass(frozen=True)
 class SourceConfig:
     registry: str
-    kind: str  # "acr" | "oci"
+    kind: SourceKind
     namespace: str = ""
     repositories: tuple[str, ...] = ()
     credentials: CredentialSpec = CredentialSpec()
@@ -104,7 +110,7 @@ class SyncConfig:
     source: SourceConfig
     targets: tuple[TargetConfig, ...]
     filters: Filters = Filters()
-    compare: str = "name"  # "name" | "digest"
+    compare: Compare = Compare.NAME
     concurrency: int = 8
     key_vault_url: str | None = None
     queue: str = DEFAULT_QUEUE
@@ -119,12 +125,292 @@ class SyncConfig:
         )
 
 
-class _Problems:
+# -- parsers: (value, setting name, problems) -> parsed value, or None after adding a problem -------
+
+
+class Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
 
     def add(self, setting: str, message: str) -> None:
         self.items.append(f"{setting}: {message}")
+
+
+Parser = Callable[[Any, str, Problems], Any]
+
+
+def _text(value: Any, name: str, problems: Problems) -> str | None:
+    if not isinstance(value, str):
+        problems.add(name, "must be a string")
+        return None
+    return value
+
+
+def _regex(value: Any, name: str, problems: Problems) -> re.Pattern[str] | None:
+    if not isinstance(value, str):
+        problems.add(name, "must be a regular expression (a string)")
+        return None
+    try:
+        return re.compile(value)
+    except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}: OverflowError
+        problems.add(name, f"invalid regular expression {value[:200]!r}: {exc}")
+        return None
+
+
+def _number(*, integer: bool = False, minimum: float = 0.0, maximum: float | None = None) -> Parser:
+    def parse(value: Any, name: str, problems: Problems) -> float | int | None:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = int(value) if integer else float(value)
+            if integer and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.add(name, f"must be {'a whole number' if integer else 'a number'}, got {value!r}")
+            return None
+        if number < minimum or number != number or number in (float("inf"), float("-inf")):
+            problems.add(name, f"must be at least {minimum:g}, got {value!r}")
+            return None
+        if maximum is not None and number > maximum:
+            problems.add(name, f"at most {maximum:g}, got {number}")
+            return None
+        return number
+
+    return parse
+
+
+def _registry(value: Any, name: str, problems: Problems) -> str | None:
+    if not isinstance(value, str):
+        problems.add(name, "must be a registry host or URL")
+        return None
+    try:
+        url = normalize_registry_url(value)
+    except ValueError as exc:
+        problems.add(name, str(exc))
+        return None
+    return _HOST_ALIASES.get(url, url)
+
+
+def _namespace(value: Any, name: str, problems: Problems) -> str | None:
+    if not isinstance(value, str):
+        problems.add(name, "must be a string")
+        return None
+    path = value.strip("/")
+    if path and not is_repository(path):
+        problems.add(name, f"{path!r} is not a valid repository path")
+        return None
+    return path
+
+
+def _string_list(value: Any, name: str, problems: Problems) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in re.split(r"[,\s]+", value) if v.strip())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(v.strip() for v in value if v.strip())
+    problems.add(name, "must be a list of strings (or a comma-separated string)")
+    return None
+
+
+def _repositories(value: Any, name: str, problems: Problems) -> tuple[str, ...] | None:
+    names = _string_list(value, name, problems)
+    for repo in names or ():
+        if not is_repository(repo):
+            problems.add(name, f"{repo!r} is not a valid repository name")
+    return names
+
+
+def _types(value: Any, name: str, problems: Problems) -> frozenset[str] | None:
+    names = _string_list(value, name, problems)
+    return None if names is None else frozenset(names)
+
+
+def _choice(kind: type[enum.Enum]) -> Parser:
+    allowed = [m.value for m in kind]
+
+    def parse(value: Any, name: str, problems: Problems) -> enum.Enum | None:
+        text = value.lower() if isinstance(value, str) else value
+        try:
+            return kind(text)
+        except ValueError:
+            problems.add(name, f"must be {' or '.join(repr(a) for a in allowed)}, got {value!r}")
+            return None
+
+    return parse
+
+
+def _https_url(value: Any, name: str, problems: Problems) -> str | None:
+    if isinstance(value, str) and value.startswith("https://"):
+        return value
+    problems.add(name, "must be an https:// URL such as https://myvault.vault.azure.net")
+    return None
+
+
+def _matching(pattern: str, problem: str) -> Parser:
+    """A string matching ``pattern`` in full; ``problem`` (with ``{value}``) says what is wrong."""
+    compiled = re.compile(pattern)
+
+    def parse(value: Any, name: str, problems: Problems) -> str | None:
+        if isinstance(value, str) and compiled.fullmatch(value):
+            return value
+        problems.add(name, problem.format(value=repr(value)))
+        return None
+
+    return parse
+
+
+_queue_name = _matching(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", "{value} is not a valid Storage queue name")
+_schedule = _matching(r"\S+(\s+\S+){5}", "must be a six-field CRON expression (seconds first), got {value}")
+_target_name = _matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "{value} must be letters, digits, '.', '_' or '-'")
+
+
+# -- the declaration ------------------------------------------------------------------------------
+
+
+class Scope(enum.Flag):
+    GLOBAL = enum.auto()  # an app setting (environment variable) and a top-level key of the file
+    TARGET = enum.auto()  # a key of each target in the file; TARGET_<KEY> for the environment's target
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # lower case: the file key (the environment variable is derived from it)
+    parse: Parser
+    help: str
+    scope: Scope = Scope.GLOBAL
+    default: Any = None
+    default_text: str = ""  # the default as the documentation shows it
+    in_env: bool = True  # GLOBAL: an environment variable; TARGET: TARGET_<KEY> exists
+    in_file: bool = True
+    local_only: bool = False  # credentials in the environment: local runs, never an Azure app setting
+    required: str = ""  # the problem reported when it is missing
+
+    @property
+    def env_name(self) -> str:
+        if self.scope is Scope.TARGET:
+            return f"TARGET_{self.key.upper()}"
+        return self.key.upper()
+
+
+_REGISTRY_REQUIRED = "is required (a registry host such as gsoci.azurecr.io, or a URL)"
+G, T, GT = Scope.GLOBAL, Scope.TARGET, Scope.GLOBAL | Scope.TARGET
+
+SETTINGS: tuple[Setting, ...] = (
+    # source
+    Setting("source_registry", _registry, "source host (`gsoci.azurecr.io`, https) or URL (`http://127.0.0.1:5000`)",
+            required=_REGISTRY_REQUIRED, default_text="required"),
+    Setting("source_kind", _choice(SourceKind),
+            "`acr` (tag digests and times from `/acr/v1/<repo>/_tags`) or `oci`",
+            default_text="`acr` for `*.azurecr.io`, else `oci`"),
+    Setting("source_namespace", _namespace, "only repositories below this path; the prefix is removed when mapping",
+            default=""),
+    Setting("source_repositories", _repositories,
+            "explicit repository list (comma-separated), for tokens that may not list the catalog",
+            default=(), default_text="catalog"),
+    Setting("source_username_secret", _text, "Key Vault secret name of the source (ACR token) user name"),
+    Setting("source_password_secret", _text, "Key Vault secret name of the source (ACR token) password"),
+    Setting("source_username", _text, "source user name from the environment (local runs)", local_only=True,
+            default_text="anonymous"),
+    Setting("source_password", _text, "source password from the environment (local runs; never in the file)",
+            local_only=True, in_file=False, default_text="anonymous"),
+    # targets
+    Setting("name", _target_name, "target name (in summaries, `--target`, queue messages)", scope=T,
+            in_env=False, default_text="`target` / `target<N>`"),
+    Setting("registry", _registry, "the mirror; `docker.io` means Docker Hub", scope=T, required=_REGISTRY_REQUIRED,
+            default_text="required"),
+    Setting("namespace", _namespace, "path prefix at the target", scope=T, default=""),
+    Setting("max_path_depth", _number(integer=True, minimum=1), "path levels the target accepts",
+            scope=T, in_env=False, default_text="2 for Docker Hub and Alibaba personal edition, else unlimited"),
+    Setting("skip_artifact_types", _types, "media/artifact types the target must not receive (comma-separated)",
+            scope=T, default=frozenset()),
+    Setting("username_secret", _text, "Key Vault secret name of the target user name", scope=T),
+    Setting("password_secret", _text, "Key Vault secret name of the target password", scope=T),
+    Setting("username", _text, "target user name (environment: local runs)", scope=T, local_only=True,
+            default_text="anonymous"),
+    Setting("password", _text, "target password from the environment (local runs; never in the file)",
+            scope=T, local_only=True, in_file=False, default_text="anonymous"),
+    Setting("username_env", _text, "environment variable holding the target user name", scope=T, in_env=False),
+    Setting("password_env", _text, "environment variable holding the target password", scope=T, in_env=False),
+    # filters: global, and per target in the file
+    Setting("repository_include", _regex, "regular expression, full match on the source repository", scope=GT,
+            default_text="all"),
+    Setting("repository_exclude", _regex, "regular expression, full match on the source repository", scope=GT,
+            default_text="none"),
+    Setting("tag_include", _regex, "regular expression, full match on the tag", scope=GT, default_text="all"),
+    Setting("tag_exclude", _regex, "regular expression, full match on the tag", scope=GT, default_text="none"),
+    Setting("tag_min_age_days", _number(), "only tags last pushed at least this many days ago (ACR sources)",
+            scope=GT),
+    Setting("tag_max_age_days", _number(), "only tags last pushed at most this many days ago (ACR sources)",
+            scope=GT),
+    Setting("tag_keep_latest", _number(integer=True, minimum=1),
+            "only the N most recently pushed tags per repository (after the other filters; ACR sources)",
+            scope=GT, default_text="all"),
+    # the run
+    Setting("sync_compare", _choice(Compare),
+            "`name`: copy tags the target lacks; `digest`: also tags whose digest differs (one HEAD per tag)",
+            default=Compare.NAME, default_text="`name`"),
+    Setting("sync_concurrency", _number(integer=True, minimum=1, maximum=64),
+            "repositories and tags processed in parallel (each copy also runs 4 blob transfers)", default=8),
+    Setting("key_vault_url", _https_url, "vault holding the credentials (the app's managed identity reads it)"),
+    Setting("sync_config", _text, "YAML/JSON file with these settings and a list of `targets`", in_file=False),
+    # the Functions app
+    Setting("sync_schedule", _schedule, "timer CRON (six fields), read by the Functions host",
+            default="0 */15 * * * *"),
+    Setting("sync_queue", _queue_name, "work queue name", default=DEFAULT_QUEUE),
+    Setting("sync_time_budget_seconds", _number(minimum=10),
+            "a worker starts no new copy after this; the rest is re-enqueued", default=1500.0),
+)  # fmt: skip
+
+GLOBAL_SETTINGS = tuple(s for s in SETTINGS if s.scope & G)
+TARGET_SETTINGS = tuple(s for s in SETTINGS if s.scope & T)
+_ENV_TARGET_KEYS = {s.key for s in SETTINGS if s.scope is T and s.in_env}
+
+#: Every app setting the Functions app reads (infra/main.bicep and local.settings.json.example
+#: must provide each; tests check both).
+APP_SETTINGS = tuple(
+    s.env_name for s in SETTINGS if s.in_env and not s.local_only and (s.scope & G or s.scope is T)
+)
+#: Direct credentials for local runs only (in Azure they come from Key Vault).
+LOCAL_ONLY_SETTINGS = tuple(s.env_name for s in SETTINGS if s.local_only)
+
+
+def _documented_default(setting: Setting) -> str:
+    if setting.default_text:
+        return setting.default_text
+    if setting.default in (None, "", (), frozenset()):
+        return "none"
+    value = setting.default.value if isinstance(setting.default, enum.Enum) else setting.default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def settings_markdown() -> str:
+    """The README's configuration tables (a test keeps the README equal to this)."""
+    lines = ["| setting | meaning | default |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        if s.in_env and (s.scope & G or s.scope is T):
+            lines.append(f"| `{s.env_name}` | {s.help} | {_documented_default(s)} |")
+    lines += ["", "Keys of each entry of `targets` in the file:", "",
+              "| key | meaning | default |", "| --- | --- | --- |"]  # fmt: skip
+    for s in TARGET_SETTINGS:
+        if s.in_file:
+            lines.append(f"| `{s.key}` | {s.help} | {_documented_default(s)} |")
+    return "\n".join(lines)
+
+
+def settings_help() -> str:
+    """The CLI's epilog: every environment variable with its meaning."""
+    lines = ["configuration comes from environment variables (app settings) or a YAML/JSON file:"]
+    width = max(len(s.env_name) for s in SETTINGS)
+    for s in SETTINGS:
+        if s.in_env and (s.scope & G or s.scope is T):
+            text = s.help.replace("`", "")
+            lines.append(f"  {s.env_name.ljust(width)}  {text}")
+    lines.append("a file's `targets` entries take: " + ", ".join(s.key for s in TARGET_SETTINGS if s.in_file))
+    return "\n".join(lines) + "\n"
+
+
+# -- loading --------------------------------------------------------------------------------------
 
 
 def _get(values: Mapping[str, Any], key: str) -> Any:
@@ -135,148 +421,85 @@ def _get(values: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def _regex(values, key, setting, problems) -> re.Pattern | None:
-    value = _get(values, key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        problems.add(setting, "must be a regular expression (a string)")
-        return None
-    try:
-        return re.compile(value)
-    except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}: OverflowError
-        problems.add(setting, f"invalid regular expression {value[:200]!r}: {exc}")
-        return None
+def _read(values: Mapping[str, Any], setting: Setting, name: str, problems: Problems) -> Any:
+    """The parsed value of ``setting`` in ``values`` (keys lower case), or its default."""
+    raw = _get(values, setting.key)
+    if raw is None:
+        if setting.required:
+            problems.add(name, setting.required)
+        return setting.default
+    value = setting.parse(raw, name, problems)
+    return setting.default if value is None else value
 
 
-def _number(values, key, setting, problems, *, integer=False, minimum=0.0) -> Any:
-    value = _get(values, key)
-    if value is None:
-        return None
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value) if integer else float(value)
-        if integer and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-    except (TypeError, ValueError):
-        problems.add(setting, f"must be {'a whole number' if integer else 'a number'}, got {value!r}")
-        return None
-    if number < minimum or number != number or number in (float("inf"), float("-inf")):
-        problems.add(setting, f"must be at least {minimum:g}, got {value!r}")
-        return None
-    return number
-
-
-def _registry(values, key, setting, problems, required=True) -> str | None:
-    value = _get(values, key)
-    if value is None:
-        if required:
-            problems.add(setting, "is required (a registry host such as gsoci.azurecr.io, or a URL)")
-        return None
-    if not isinstance(value, str):
-        problems.add(setting, "must be a registry host or URL")
-        return None
-    try:
-        url = normalize_registry_url(value)
-    except ValueError as exc:
-        problems.add(setting, str(exc))
-        return None
-    return _HOST_ALIASES.get(url, url)
-
-
-def _namespace(values, key, setting, problems) -> str:
-    value = _get(values, key) or ""
-    if not isinstance(value, str):
-        problems.add(setting, "must be a string")
-        return ""
-    value = value.strip("/")
-    if value and not is_repository(value):
-        problems.add(setting, f"{value!r} is not a valid repository path")
-        return ""
-    return value
-
-
-def _string_list(values, key, setting, problems) -> tuple[str, ...]:
-    value = _get(values, key)
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        items = [v.strip() for v in re.split(r"[,\s]+", value) if v.strip()]
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = [v.strip() for v in value if v.strip()]
-    else:
-        problems.add(setting, "must be a list of strings (or a comma-separated string)")
-        return ()
-    return tuple(items)
-
-
-def _filters(values, prefix: str, problems) -> Filters:
+def _read_filters(values: Mapping[str, Any], prefix: str, problems: Problems) -> Filters:
     """Filters from keys such as ``tag_include``; ``prefix`` names the settings in messages."""
 
-    def name(key: str) -> str:
-        return f"{prefix}{key}" if prefix else key.upper()
+    def read(key: str) -> Any:
+        setting = next(s for s in GLOBAL_SETTINGS if s.key == key)
+        return _read(values, setting, f"{prefix}{key}" if prefix else key.upper(), problems)
 
     filters = Filters(
-        repository_include=_regex(values, "repository_include", name("repository_include"), problems),
-        repository_exclude=_regex(values, "repository_exclude", name("repository_exclude"), problems),
-        tag_include=_regex(values, "tag_include", name("tag_include"), problems),
-        tag_exclude=_regex(values, "tag_exclude", name("tag_exclude"), problems),
-        min_age_days=_number(values, "tag_min_age_days", name("tag_min_age_days"), problems),
-        max_age_days=_number(values, "tag_max_age_days", name("tag_max_age_days"), problems),
-        keep_latest=_number(
-            values, "tag_keep_latest", name("tag_keep_latest"), problems, integer=True, minimum=1
-        ),
+        repository_include=read("repository_include"),
+        repository_exclude=read("repository_exclude"),
+        tag_include=read("tag_include"),
+        tag_exclude=read("tag_exclude"),
+        min_age_days=read("tag_min_age_days"),
+        max_age_days=read("tag_max_age_days"),
+        keep_latest=read("tag_keep_latest"),
     )
     if (
         filters.min_age_days is not None
         and filters.max_age_days is not None
         and filters.min_age_days > filters.max_age_days
     ):
-        problems.add(name("tag_min_age_days"), "is greater than TAG_MAX_AGE_DAYS: no tag could pass")
+        name = f"{prefix}tag_min_age_days" if prefix else "TAG_MIN_AGE_DAYS"
+        problems.add(name, "is greater than TAG_MAX_AGE_DAYS: no tag could pass")
     return filters
 
 
-def _credentials(values, prefix: str, setting_prefix: str, problems, env: Mapping[str, str], file_mode: bool):
-    username = _get(values, f"{prefix}username")
-    password = _get(values, f"{prefix}password")
+def _credentials(
+    values: Mapping[str, Any], name: Callable[[str], str], problems: Problems, env: Mapping[str, str],
+    file_mode: bool,
+) -> CredentialSpec:  # fmt: skip
+    """``values`` holds ``username``, ``password``, ``*_secret`` (and ``*_env`` in a file)."""
+    username, password = _get(values, "username"), _get(values, "password")
     if file_mode:
         if password is not None:
             problems.add(
-                f"{setting_prefix}password",
+                name("password"),
                 "passwords are not read from the configuration file; use password_secret (Key Vault) or password_env",
             )
             password = None
         for part in ("username", "password"):
-            env_name = _get(values, f"{prefix}{part}_env")
-            if env_name is not None:
-                if not isinstance(env_name, str) or env_name not in env:
-                    problems.add(
-                        f"{setting_prefix}{part}_env", f"environment variable {env_name!r} is not set"
-                    )
-                elif part == "username":
-                    username = env[env_name]
-                else:
-                    password = env[env_name]
+            env_name = _get(values, f"{part}_env")
+            if env_name is None:
+                continue
+            if not isinstance(env_name, str) or env_name not in env:
+                problems.add(name(f"{part}_env"), f"environment variable {env_name!r} is not set")
+            elif part == "username":
+                username = env[env_name]
+            else:
+                password = env[env_name]
     spec = CredentialSpec(
         username=username if isinstance(username, str) else None,
         password=password if isinstance(password, str) else None,
-        username_secret=_get(values, f"{prefix}username_secret"),
-        password_secret=_get(values, f"{prefix}password_secret"),
+        username_secret=_get(values, "username_secret"),
+        password_secret=_get(values, "password_secret"),
     )
     if bool(spec.username_secret) != bool(spec.password_secret):
-        problems.add(
-            f"{setting_prefix}password_secret", "give both the username and the password secret names"
-        )
+        problems.add(name("password_secret"), "give both the username and the password secret names")
     elif not spec.from_key_vault and bool(spec.username) != bool(spec.password):
-        problems.add(
-            f"{setting_prefix}password", "give both a username and a password, or neither (anonymous)"
-        )
+        problems.add(name("password"), "give both a username and a password, or neither (anonymous)")
     return spec
 
 
 def _lower_keys(values: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k).lower(): v for k, v in values.items()}
+
+
+def _strip_prefix(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
 
 
 def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -> SyncConfig:
@@ -286,47 +509,36 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
     listing every problem found.
     """
     env = dict(os.environ if env is None else env)
-    problems = _Problems()
+    problems = Problems()
     settings: dict[str, Any] = _lower_keys(env)
     file_targets = None
     path = path or _get(settings, "sync_config")
     if path:
         data = _read_file(path, problems)
         if data is not None:
-            for key in ("source_password", "target_password"):
-                if key in _lower_keys(data):
-                    problems.add(
-                        f"SYNC_CONFIG {key}",
-                        "passwords are not read from the configuration file; "
-                        "use a Key Vault secret name or the environment",
-                    )
-                    data.pop(key, None)
-                    data.pop(key.upper(), None)
+            data = _lower_keys(data)
             file_targets = data.pop("targets", None)
-            settings.update(_lower_keys(data))
+            _check_file_keys(data, problems)
+            settings.update(data)
 
-    source_registry = _registry(settings, "source_registry", "SOURCE_REGISTRY", problems)
-    kind = _get(settings, "source_kind")
-    if kind is not None and not isinstance(kind, str):
-        problems.add("SOURCE_KIND", f"must be 'acr' or 'oci', got {kind!r}")
-        kind = None
-    kind = (kind or "").lower() or None
+    def read(key: str) -> Any:
+        setting = next(s for s in GLOBAL_SETTINGS if s.key == key)
+        return _read(settings, setting, setting.env_name, problems)
+
+    source_registry = read("source_registry")
+    kind = read("source_kind")
     if kind is None and source_registry:
-        kind = "acr" if urlsplit(source_registry).hostname.endswith(".azurecr.io") else "oci"
-    if kind not in ("acr", "oci", None):
-        problems.add("SOURCE_KIND", f"must be 'acr' or 'oci', got {kind!r}")
-    source_repositories = _string_list(settings, "source_repositories", "SOURCE_REPOSITORIES", problems)
-    for repo in source_repositories:
-        if not is_repository(repo):
-            problems.add("SOURCE_REPOSITORIES", f"{repo!r} is not a valid repository name")
+        kind = SourceKind.ACR if (urlsplit(source_registry).hostname or "").endswith(".azurecr.io") else SourceKind.OCI
     source = SourceConfig(
         registry=source_registry or "",
-        kind=kind or "oci",
-        namespace=_namespace(settings, "source_namespace", "SOURCE_NAMESPACE", problems),
-        repositories=source_repositories,
-        credentials=_credentials(settings, "source_", "SOURCE_", problems, env, file_mode=False),
+        kind=kind or SourceKind.OCI,
+        namespace=read("source_namespace"),
+        repositories=read("source_repositories"),
+        credentials=_credentials(
+            _strip_prefix(settings, "source_"), lambda k: f"SOURCE_{k.upper()}", problems, env, file_mode=False
+        ),
     )
-    filters = _filters(settings, "", problems)
+    filters = _read_filters(settings, "", problems)
 
     targets: list[TargetConfig] = []
     if file_targets is not None:
@@ -338,46 +550,18 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
                 if target is not None:
                     targets.append(target)
     else:
-        registry = _registry(settings, "target_registry", "TARGET_REGISTRY", problems)
-        if registry:
-            targets.append(
-                TargetConfig(
-                    name="target",
-                    registry=registry,
-                    namespace=_namespace(settings, "target_namespace", "TARGET_NAMESPACE", problems),
-                    credentials=_credentials(settings, "target_", "TARGET_", problems, env, file_mode=False),
-                    max_path_depth=_default_depth(registry),
-                    skip_artifact_types=frozenset(
-                        _string_list(
-                            settings, "target_skip_artifact_types", "TARGET_SKIP_ARTIFACT_TYPES", problems
-                        )
-                    ),
-                )
-            )
+        target = _env_target(settings, problems, env)
+        if target is not None:
+            targets.append(target)
     names = [t.name for t in targets]
     for duplicate in sorted({n for n in names if names.count(n) > 1}):
         problems.add("targets", f"target name {duplicate!r} is used twice")
 
-    compare = _get(settings, "sync_compare") or "name"
-    compare = compare.lower() if isinstance(compare, str) else compare
-    if compare not in ("name", "digest"):
-        problems.add("SYNC_COMPARE", f"must be 'name' or 'digest', got {compare!r}")
-    concurrency = _number(settings, "sync_concurrency", "SYNC_CONCURRENCY", problems, integer=True, minimum=1)
-    if concurrency is not None and concurrency > 64:
-        problems.add("SYNC_CONCURRENCY", f"at most 64, got {concurrency}")
-    budget = _number(settings, "sync_time_budget_seconds", "SYNC_TIME_BUDGET_SECONDS", problems, minimum=10)
-    key_vault_url = _get(settings, "key_vault_url")
-    if key_vault_url is not None and (
-        not isinstance(key_vault_url, str) or not key_vault_url.startswith("https://")
-    ):
-        problems.add("KEY_VAULT_URL", "must be an https:// URL such as https://myvault.vault.azure.net")
+    key_vault_url = read("key_vault_url")
     uses_vault = source.credentials.from_key_vault or any(t.credentials.from_key_vault for t in targets)
     if uses_vault and not key_vault_url:
         problems.add("KEY_VAULT_URL", "is required when credentials are named as Key Vault secrets")
-    queue = _get(settings, "sync_queue") or DEFAULT_QUEUE
-    if not isinstance(queue, str) or not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", queue):
-        problems.add("SYNC_QUEUE", f"{queue!r} is not a valid Storage queue name")
-    if source.kind == "oci":
+    if source.kind is SourceKind.OCI:
         scoped = [("TAG_MIN_AGE_DAYS/TAG_MAX_AGE_DAYS/TAG_KEEP_LATEST", filters)] + [
             (f"targets[{t.name}].tag_min_age_days/tag_max_age_days/tag_keep_latest", t.filters)
             for t in targets
@@ -388,20 +572,47 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
                     setting,
                     "age and keep-latest filters need tag timestamps, which only an ACR source (SOURCE_KIND=acr) has",
                 )
-    if not targets and not any("TARGET_REGISTRY" in p or p.startswith("targets") for p in problems.items):
-        problems.add("TARGET_REGISTRY", "is required (or a SYNC_CONFIG file with targets)")
-    if problems.items:
-        raise ConfigError(list(dict.fromkeys(problems.items)))
-    return SyncConfig(
+    config = SyncConfig(
         source=source,
         targets=tuple(targets),
         filters=filters,
-        compare=compare,
-        concurrency=int(concurrency or 8),
+        compare=read("sync_compare"),
+        concurrency=int(read("sync_concurrency")),
         key_vault_url=key_vault_url,
-        queue=queue,
-        time_budget_seconds=float(budget or 1500.0),
+        queue=read("sync_queue"),
+        time_budget_seconds=float(read("sync_time_budget_seconds")),
     )
+    read("sync_schedule")  # validated here; the Functions host is what reads it
+    if problems.items:
+        raise ConfigError(list(dict.fromkeys(problems.items)))
+    return config
+
+
+def _check_file_keys(data: dict[str, Any], problems: Problems) -> None:
+    """Top-level keys of the file: global settings, or ``target_*`` for one target without a list."""
+    for key in sorted(data):
+        setting = next((s for s in GLOBAL_SETTINGS if s.key == key), None)
+        if setting is not None and setting.in_file:
+            continue
+        if key.startswith("target_") and key[len("target_") :] in _ENV_TARGET_KEYS:
+            if key == "target_password":
+                problems.add(
+                    "SYNC_CONFIG target_password",
+                    "passwords are not read from the configuration file; "
+                    "use a Key Vault secret name or the environment",
+                )
+                data.pop(key)
+            continue
+        if setting is not None:  # a setting that may not appear in the file
+            problems.add(
+                f"SYNC_CONFIG {key}",
+                "passwords are not read from the configuration file; use a Key Vault secret name or the environment"
+                if key.endswith("password")
+                else "is not read from the configuration file",
+            )
+            data.pop(key)
+            continue
+        problems.add(f"SYNC_CONFIG {key}", "unknown setting")
 
 
 def _default_depth(registry: str) -> int | None:
@@ -409,7 +620,7 @@ def _default_depth(registry: str) -> int | None:
     return 2 if any(p.fullmatch(host) for p in _TWO_LEVEL_HOSTS) else None
 
 
-def _read_file(path: str, problems: _Problems) -> dict | None:
+def _read_file(path: str, problems: Problems) -> dict[str, Any] | None:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -429,36 +640,45 @@ def _read_file(path: str, problems: _Problems) -> dict | None:
     return data
 
 
-_TARGET_KEYS = {
-    "name", "registry", "namespace", "username", "password", "username_secret", "password_secret",
-    "username_env", "password_env", "repository_include", "repository_exclude", "tag_include", "tag_exclude",
-    "tag_min_age_days", "tag_max_age_days", "tag_keep_latest", "max_path_depth", "skip_artifact_types",
-}  # fmt: skip
+def _target(
+    values: Mapping[str, Any], name: str, setting_name: Callable[[str], str], problems: Problems,
+    env: Mapping[str, str], file_mode: bool,
+) -> TargetConfig:  # fmt: skip
+    def read(key: str) -> Any:
+        setting = next(s for s in TARGET_SETTINGS if s.key == key)
+        return _read(values, setting, setting_name(key), problems)
+
+    registry = read("registry")
+    depth = read("max_path_depth") if file_mode else None
+    return TargetConfig(
+        name=name,
+        registry=registry or "",
+        namespace=read("namespace"),
+        credentials=_credentials(values, setting_name, problems, env, file_mode=file_mode),
+        filters=_read_filters(values, setting_name(""), problems) if file_mode else Filters(),
+        max_path_depth=int(depth) if depth is not None else (_default_depth(registry) if registry else None),
+        skip_artifact_types=read("skip_artifact_types"),
+    )
 
 
-def _file_target(item: Any, index: int, problems: _Problems, env: Mapping[str, str]) -> TargetConfig | None:
+def _env_target(settings: Mapping[str, Any], problems: Problems, env: Mapping[str, str]) -> TargetConfig | None:
+    values = {k: v for k, v in _strip_prefix(settings, "target_").items() if k in _ENV_TARGET_KEYS}
+    if _get(values, "registry") is None:
+        problems.add("TARGET_REGISTRY", "is required (or a SYNC_CONFIG file with targets)")
+        return None
+    return _target(values, "target", lambda k: f"TARGET_{k.upper()}", problems, env, file_mode=False)
+
+
+def _file_target(item: Any, index: int, problems: Problems, env: Mapping[str, str]) -> TargetConfig | None:
     where = f"targets[{index}]"
     if not isinstance(item, dict):
         problems.add(where, "must be a mapping")
         return None
     item = _lower_keys(item)
-    name = _get(item, "name") or f"target{index + 1}"
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
-        problems.add(f"{where}.name", f"{name!r} must be letters, digits, '.', '_' or '-'")
-        name = f"target{index + 1}"
+    name = _get(item, "name")
+    name = (_target_name(name, f"{where}.name", problems) if name is not None else None) or f"target{index + 1}"
     where = f"targets[{name}]"
-    for key in sorted(set(item) - _TARGET_KEYS):
+    known = {s.key for s in TARGET_SETTINGS}
+    for key in sorted(set(item) - known):
         problems.add(f"{where}.{key}", "unknown setting")
-    registry = _registry(item, "registry", f"{where}.registry", problems)
-    depth = _number(item, "max_path_depth", f"{where}.max_path_depth", problems, integer=True, minimum=1)
-    return TargetConfig(
-        name=name,
-        registry=registry or "",
-        namespace=_namespace(item, "namespace", f"{where}.namespace", problems),
-        credentials=_credentials(item, "", f"{where}.", problems, env, file_mode=True),
-        filters=_filters(item, f"{where}.", problems),
-        max_path_depth=int(depth) if depth is not None else (_default_depth(registry) if registry else None),
-        skip_artifact_types=frozenset(
-            _string_list(item, "skip_artifact_types", f"{where}.skip_artifact_types", problems)
-        ),
-    )
+    return _target(item, name, lambda k: f"{where}.{k}", problems, env, file_mode=True)

@@ -13,21 +13,23 @@ Order of work for one image:
 
 from __future__ import annotations
 
+import enum
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 import requests
 import urllib3
 
-from .errors import AuthError, DigestMismatch, InvalidContent, RegistryError, SkipImage, SyncError
+from .errors import DigestMismatch, InvalidContent, RegistryError, SkipImage, SourceStreamError, SyncError
+from .ledger import BlobLedger
 from .manifest import Descriptor, Manifest
 from .names import is_digest, new_hasher
 from .registry import RegistryClient
-from .transport import RetryPolicy
+from .retry import RetryLater, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,38 @@ MAX_INDEX_DEPTH = 4
 FALLBACK_TO_CHUNKED = frozenset({405, 411, 413, 416})
 
 
-class SourceStreamError(RegistryError):
-    """The source blob stream broke, or ended early (transient: the upload is restarted)."""
+class CopyStatus(str, enum.Enum):
+    COPIED = "copied"
+    UNCHANGED = "unchanged"  # the destination already had it
+    SKIPPED = "skipped"  # the target's rules exclude it (reason in the result)
+
+
+class BlobPlacement(str, enum.Enum):
+    UPLOADED = "uploaded"
+    MOUNTED = "mounted"
+    PRESENT = "present"  # already at the destination
+
+
+class AtTarget(enum.Enum):
+    """What the caller learned about the destination just before asking for a copy.
+
+    The copier trusts it instead of asking again: a planner that listed the destination's tags
+    a moment ago need not have each tag HEADed once more.
+    """
+
+    UNKNOWN = "unknown"  # nothing: ask the destination (an event, a queued tag, `copy`)
+    TAG_ABSENT = "tag absent"  # the repository's tag listing did not have the tag
+    TAG_DIFFERS = "tag differs"  # the tag is there with another digest
+    REPOSITORY_ABSENT = "repository absent"  # the tag listing answered 404
+
+    @property
+    def tag_known_absent(self) -> bool:
+        return self is not AtTarget.UNKNOWN
+
+    @property
+    def repository_empty(self) -> bool:
+        """Nothing to HEAD for: the repository holds only what this copy puts there."""
+        return self is AtTarget.REPOSITORY_ABSENT
 
 
 @dataclass
@@ -47,7 +79,7 @@ class CopyResult:
     destination: str
     digest: str | None = None
     media_type: str | None = None
-    status: str = "copied"  # copied | unchanged | skipped
+    status: CopyStatus = CopyStatus.COPIED
     reason: str | None = None
     manifests_pushed: int = 0
     blobs_uploaded: int = 0
@@ -55,103 +87,6 @@ class CopyResult:
     blobs_skipped: int = 0
     bytes_uploaded: int = 0
     seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class BlobLedger:
-    """What one run knows about blobs and manifests at one destination registry.
-
-    Lets later copies skip HEAD requests for content already verified present, and mount a blob
-    from any repository that is known to hold it instead of uploading it again.
-
-    Knowledge expires after ``ttl`` seconds (the Functions host keeps one per process across
-    invocations, and content can be deleted at a target meanwhile), and a repository whose
-    manifest push fails is forgotten, so that the retry looks again instead of trusting it.
-    """
-
-    def __init__(self, ttl: float = 900.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.Lock()
-        self.ttl = ttl
-        self.clock = clock
-        self._present: dict[tuple[str, str], float] = {}
-        self._holders: dict[str, tuple[str, float]] = {}
-        self._uploading: dict[str, threading.Event] = {}
-        self._manifest_locks: dict[str, threading.Lock] = {}
-        self._new: set[str] = set()
-
-    def begin_upload(self, digest: str) -> threading.Event | None:
-        """Claim the upload of ``digest``: None if ours, else an event set when the owner ends.
-
-        Concurrent copies of images sharing a layer upload it once; the others then mount it.
-        """
-        with self._lock:
-            event = self._uploading.get(digest)
-            if event is None:
-                self._uploading[digest] = threading.Event()
-            return event
-
-    def end_upload(self, digest: str) -> None:
-        with self._lock:
-            event = self._uploading.pop(digest, None)
-        if event is not None:
-            event.set()
-
-    def record(self, repository: str, digest: str) -> None:
-        now = self.clock()
-        with self._lock:
-            self._present[(repository, digest)] = now
-            held = self._holders.get(digest)
-            if held is None or now - held[1] >= self.ttl:
-                self._holders[digest] = (repository, now)
-
-    def known(self, repository: str, digest: str) -> bool:
-        with self._lock:
-            seen = self._present.get((repository, digest))
-        return seen is not None and self.clock() - seen < self.ttl
-
-    def holder(self, digest: str, exclude: str) -> str | None:
-        with self._lock:
-            held = self._holders.get(digest)
-        if held is None or held[0] == exclude or self.clock() - held[1] >= self.ttl:
-            return None
-        return held[0]
-
-    def forget(self, repository: str) -> None:
-        """Drop what is known about ``repository`` (its content may not be what we believed)."""
-        with self._lock:
-            self._present = {k: t for k, t in self._present.items() if k[0] != repository}
-            self._holders = {d: h for d, h in self._holders.items() if h[0] != repository}
-            self._new.discard(repository)
-
-    def set_new_repository(self, repository: str, new: bool) -> None:
-        """Note whether ``repository`` did not exist at the destination when the run listed it.
-
-        Until then a new repository holds only what this run put there (which the ledger
-        records), so copies into it need no HEAD request to find out what is already there.
-        Only a time saving: were anything else to write there meanwhile, it would be pushed again.
-        """
-        with self._lock:
-            if new:
-                self._new.add(repository)
-            else:
-                self._new.discard(repository)
-
-    def is_new_repository(self, repository: str) -> bool:
-        with self._lock:
-            return repository in self._new
-
-    def manifest_writes(self, repository: str) -> threading.Lock:
-        """Held around every manifest PUT to ``repository``.
-
-        distribution rewrites a manifest's link file in place on every PUT of it (by digest or by
-        tag); an index PUT that verifies that manifest meanwhile fails with 400 DIGEST_INVALID /
-        MANIFEST_BLOB_UNKNOWN. Concurrent copies of tags sharing an index (``latest`` and
-        ``1.4.0``) did exactly that. Manifest PUTs are small; blob uploads stay parallel.
-        """
-        with self._lock:
-            return self._manifest_locks.setdefault(repository, threading.Lock())
 
 
 class VerifyingReader:
@@ -161,7 +96,7 @@ class VerifyingReader:
     byte is handed to the destination upload, so a wrong blob is never completed there.
     """
 
-    def __init__(self, raw, descriptor: Descriptor, where: str):
+    def __init__(self, raw: Any, descriptor: Descriptor, where: str):
         self.raw = raw
         self.descriptor = descriptor
         self.where = where
@@ -182,7 +117,7 @@ class VerifyingReader:
             return b""
         want = min(limit, self.remaining)
         try:
-            data = self.raw.read(want, decode_content=False)
+            data: bytes = self.raw.read(want, decode_content=False)
         except (urllib3.exceptions.HTTPError, OSError, requests.RequestException) as exc:
             raise SourceStreamError(f"{self.where}: source stream broke ({type(exc).__name__})") from None
         if not data:
@@ -245,11 +180,13 @@ class Copier:
         ledger: BlobLedger | None = None,
         retry: RetryPolicy | None = None,
         chunked: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.source = source
         self.destination = destination
         self.ledger = ledger or BlobLedger()
         self.retry = retry or RetryPolicy(attempts=4)
+        self.sleep = sleep
         self.chunked = chunked
         self.pool = ThreadPoolExecutor(max_workers=max(1, blob_concurrency), thread_name_prefix="blob")
 
@@ -259,7 +196,7 @@ class Copier:
     def __enter__(self) -> Copier:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- one image ------------------------------------------------------------------------
@@ -272,13 +209,13 @@ class Copier:
         *,
         expected_digest: str | None = None,
         skip_media_types: frozenset[str] = frozenset(),
-        tag_absent: bool = False,
+        at_target: AtTarget = AtTarget.UNKNOWN,
     ) -> CopyResult:
         """Copy ``src_repo:reference`` to ``dst_repo`` (tagged ``dst_tag`` or the same tag).
 
         ``expected_digest`` (known from a listing) lets an up-to-date destination be detected
-        with one HEAD and no source request at all. ``tag_absent``: the caller has just listed
-        the destination's tags and this tag was not among them, so there is nothing to HEAD.
+        with one HEAD and no source request at all; ``at_target`` (what a listing of the
+        destination just said) saves that HEAD too.
         """
         started = time.monotonic()
         tag = dst_tag or (None if is_digest(reference) else reference)
@@ -288,25 +225,22 @@ class Copier:
             f"{self.source.host}/{src_repo}{sep}{reference}",
             f"{self.destination.host}/{dst_repo}{':' + tag if tag else '@' + reference}",
         )
+        ask = not at_target.tag_known_absent
         try:
-            if (
-                expected_digest
-                and not tag_absent
-                and self._destination_has(dst_repo, dst_ref, expected_digest)
-            ):
-                result.digest, result.status = expected_digest, "unchanged"
+            if expected_digest and ask and self._destination_has(dst_repo, dst_ref, expected_digest, at_target):
+                result.digest, result.status = expected_digest, CopyStatus.UNCHANGED
                 return result
             top = self.source.get_manifest(src_repo, reference)
             result.digest, result.media_type = top.digest, top.media_type
             if (
                 expected_digest != top.digest
-                and not tag_absent
-                and self._destination_has(dst_repo, dst_ref, top.digest)
+                and ask
+                and self._destination_has(dst_repo, dst_ref, top.digest, at_target)
             ):
-                result.status = "unchanged"
+                result.status = CopyStatus.UNCHANGED
                 return result
-            plan = self._plan(src_repo, top, dst_repo, skip_media_types)
-            self._copy_blobs(src_repo, dst_repo, plan.blobs, result)
+            plan = self._plan(src_repo, top, dst_repo, skip_media_types, at_target)
+            self._copy_blobs(src_repo, dst_repo, plan.blobs, result, at_target)
             try:
                 self._push_manifests(dst_repo, dst_ref, plan, result)
             except SyncError:
@@ -314,7 +248,7 @@ class Copier:
                 raise
             return result
         except SkipImage as exc:
-            result.status, result.reason = "skipped", str(exc)
+            result.status, result.reason = CopyStatus.SKIPPED, str(exc)
             return result
         finally:
             result.seconds = round(time.monotonic() - started, 3)
@@ -333,43 +267,56 @@ class Copier:
             self.ledger.record(dst_repo, plan.top.digest)
         result.manifests_pushed += 1
 
-    def _destination_has(self, dst_repo: str, dst_ref: str, digest: str) -> bool:
+    def _destination_has(self, dst_repo: str, dst_ref: str, digest: str, at_target: AtTarget) -> bool:
         if is_digest(dst_ref) and self.ledger.known(dst_repo, dst_ref):
             return True
-        if is_digest(dst_ref) and self.ledger.is_new_repository(dst_repo):
+        if is_digest(dst_ref) and at_target.repository_empty:
             return False  # a repository new in this run holds only what the ledger knows
         info = self.destination.head_manifest(dst_repo, dst_ref)
         return info is not None and info.digest == digest
 
     # -- planning ---------------------------------------------------------------------------
-    def _plan(self, src_repo: str, top: Manifest, dst_repo: str, skip: frozenset[str]) -> _Plan:
+    def _plan(
+        self, src_repo: str, top: Manifest, dst_repo: str, skip: frozenset[str], at_target: AtTarget
+    ) -> _Plan:
         plan = _Plan(top, [], {})
         self._check_skip(top, skip, "image")
-        self._collect(src_repo, top, dst_repo, skip, plan, depth=0)
+        self._collect(src_repo, top, dst_repo, skip, plan, 0, at_target)
         return plan
 
-    def _collect(self, src_repo, manifest: Manifest, dst_repo, skip, plan: _Plan, depth: int) -> None:
+    def _collect(
+        self,
+        src_repo: str,
+        manifest: Manifest,
+        dst_repo: str,
+        skip: frozenset[str],
+        plan: _Plan,
+        depth: int,
+        at_target: AtTarget,
+    ) -> None:
         if not manifest.is_index:
             for blob in manifest.blobs:
                 plan.blobs.setdefault(blob.digest, blob)
             return
         if depth >= MAX_INDEX_DEPTH:
             raise InvalidContent(f"index {manifest.digest} nests deeper than {MAX_INDEX_DEPTH} levels")
-        for child in manifest.children:
-            if child.artifact_type and child.artifact_type in skip:
+        for entry in manifest.children:
+            if entry.artifact_type and entry.artifact_type in skip:
                 raise SkipImage(
-                    f"child {child.digest} has artifact type {child.artifact_type}, which this target skips"
+                    f"child {entry.digest} has artifact type {entry.artifact_type}, which this target skips"
                 )
         # Children not at the destination yet, fetched in parallel (round trips dominate).
         wanted = list(
             self.pool.map(
-                lambda c: None if self._destination_has(dst_repo, c.digest, c.digest) else c,
+                lambda c: None if self._destination_has(dst_repo, c.digest, c.digest, at_target) else c,
                 manifest.children,
             )
         )
-        fetched = list(self.pool.map(lambda c: c and self.source.get_manifest(src_repo, c.digest), wanted))
+        fetched = list(
+            self.pool.map(lambda c: None if c is None else self.source.get_manifest(src_repo, c.digest), wanted)
+        )
         for descriptor, child in zip(wanted, fetched, strict=True):
-            if child is None:
+            if child is None or descriptor is None:
                 continue
             if child.media_type != descriptor.media_type:
                 raise InvalidContent(
@@ -377,7 +324,7 @@ class Copier:
                     f"the registry serves {child.media_type}"
                 )
             self._check_skip(child, skip, f"child manifest {child.digest}")
-            self._collect(src_repo, child, dst_repo, skip, plan, depth + 1)
+            self._collect(src_repo, child, dst_repo, skip, plan, depth + 1, at_target)
             plan.manifests.append(child)
 
     @staticmethod
@@ -388,9 +335,16 @@ class Copier:
 
     # -- blobs ----------------------------------------------------------------------------
     def _copy_blobs(
-        self, src_repo: str, dst_repo: str, blobs: dict[str, Descriptor], result: CopyResult
+        self,
+        src_repo: str,
+        dst_repo: str,
+        blobs: dict[str, Descriptor],
+        result: CopyResult,
+        at_target: AtTarget,
     ) -> None:
-        futures = [self.pool.submit(self._copy_blob, src_repo, dst_repo, blob) for blob in blobs.values()]
+        futures = [
+            self.pool.submit(self._copy_blob, src_repo, dst_repo, blob, at_target) for blob in blobs.values()
+        ]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
@@ -401,56 +355,61 @@ class Copier:
             error = future.exception()
             if error is not None:
                 raise error
-            kind, size = future.result()
-            if kind == "uploaded":
+            placement, size = future.result()
+            if placement is BlobPlacement.UPLOADED:
                 result.blobs_uploaded += 1
                 result.bytes_uploaded += size
-            elif kind == "mounted":
+            elif placement is BlobPlacement.MOUNTED:
                 result.blobs_mounted += 1
             else:
                 result.blobs_skipped += 1
 
-    def _copy_blob(self, src_repo: str, dst_repo: str, blob: Descriptor) -> tuple[str, int]:
+    def _copy_blob(
+        self, src_repo: str, dst_repo: str, blob: Descriptor, at_target: AtTarget
+    ) -> tuple[BlobPlacement, int]:
         while True:
             if self.ledger.known(dst_repo, blob.digest):
-                return "skipped", 0
+                return BlobPlacement.PRESENT, 0
             if self.ledger.holder(blob.digest, exclude=dst_repo):
-                return self._place_blob(src_repo, dst_repo, blob)
+                return self._place_blob(src_repo, dst_repo, blob, at_target)
             other = self.ledger.begin_upload(blob.digest)
             if other is None:
                 try:
-                    return self._place_blob(src_repo, dst_repo, blob)
+                    return self._place_blob(src_repo, dst_repo, blob, at_target)
                 finally:
                     self.ledger.end_upload(blob.digest)
             other.wait(timeout=3600)  # then mount from where it went (or claim it if that failed)
 
-    def _place_blob(self, src_repo: str, dst_repo: str, blob: Descriptor) -> tuple[str, int]:
+    def _place_blob(
+        self, src_repo: str, dst_repo: str, blob: Descriptor, at_target: AtTarget
+    ) -> tuple[BlobPlacement, int]:
         location = None
         holder = self.ledger.holder(blob.digest, exclude=dst_repo)
         if holder:
             mounted, location = self.destination.start_upload(dst_repo, mount=blob.digest, mount_from=holder)
             if mounted:
                 self.ledger.record(dst_repo, blob.digest)
-                return "mounted", 0
-        elif (
-            not self.ledger.is_new_repository(dst_repo)
-            and self.destination.blob_size(dst_repo, blob.digest) is not None
-        ):
+                return BlobPlacement.MOUNTED, 0
+        elif not at_target.repository_empty and self.destination.blob_size(dst_repo, blob.digest) is not None:
             self.ledger.record(dst_repo, blob.digest)
-            return "skipped", 0
+            return BlobPlacement.PRESENT, 0
         self._upload(src_repo, dst_repo, blob, location)
         self.ledger.record(dst_repo, blob.digest)
-        return "uploaded", blob.size
+        return BlobPlacement.UPLOADED, blob.size
 
     def _upload(self, src_repo: str, dst_repo: str, blob: Descriptor, location: str | None) -> None:
+        """Stream one blob from the source into an upload at the destination (restarted if it breaks)."""
         where = f"blob {blob.digest} of {self.source.host}/{src_repo}"
         chunked = self.chunked
-        attempts = self.retry.attempts
-        refusals = 0
-        for attempt in range(attempts):
+        session = location  # a refused mount's upload session: the first attempt uses it
+
+        def attempt(number: int) -> None:
+            nonlocal chunked, session
+            location, session = session, None
             try:
                 if location is None:
                     _, location = self.destination.start_upload(dst_repo)
+                assert location is not None
                 with self.source.open_blob(src_repo, blob.digest) as response:
                     length = response.headers.get("Content-Length", "")
                     if length.isdigit() and int(length) != blob.size:
@@ -462,50 +421,31 @@ class Copier:
                         self._upload_chunked(dst_repo, location, blob, reader)
                     else:
                         self.destination.put_blob(dst_repo, location, blob.digest, reader, blob.size)
-                return
-            except (
-                SourceStreamError,
-                DigestMismatch,
-                AuthError,
-                RegistryError,
-                requests.RequestException,
-            ) as exc:
-                location = None
-                if isinstance(exc, RegistryError) and exc.status == 401:
-                    refusals += 1  # a token expiring mid-stream is worth one restart, a refusal is not
-                if isinstance(exc, RegistryError) and exc.status in FALLBACK_TO_CHUNKED and not chunked:
-                    chunked = True
-                    log.info(
-                        "%s rejected a single-request upload (HTTP %s); using chunked upload",
-                        self.destination.host,
-                        exc.status,
-                    )
-                    continue
-                transient = (
-                    not isinstance(exc, RegistryError)
-                    or exc.status is None
-                    or exc.status in (408, 429)
-                    or (exc.status == 401 and refusals == 1)
-                    or exc.status >= 500
-                    or isinstance(exc, (SourceStreamError, DigestMismatch))
+            except RegistryError as exc:
+                fallback = exc.status in FALLBACK_TO_CHUNKED and not chunked
+                if not fallback or number + 1 >= self.retry.attempts:
+                    raise
+                chunked = True
+                log.info(
+                    "%s rejected a single-request upload (HTTP %s); using chunked upload",
+                    self.destination.host,
+                    exc.status,
                 )
-                if not transient or attempt + 1 >= attempts:
-                    if isinstance(exc, SyncError):
-                        raise
-                    raise RegistryError(
-                        f"{where}: upload to {self.destination.host}/{dst_repo} failed: {type(exc).__name__}"
-                    ) from None
-                delay = self.retry.delay(attempt)
+                raise RetryLater("single-request upload refused", delay=0.0) from None
+            except requests.RequestException as exc:
+                raise RegistryError(
+                    f"{where}: upload to {self.destination.host}/{dst_repo} failed: {type(exc).__name__}"
+                ) from None
+
+        def restarting(error: BaseException, attempt: int, delay: float) -> None:
+            if not isinstance(error, RetryLater):
                 log.warning(
                     "restarting upload of %s to %s/%s after %s (attempt %d/%d)",
-                    blob.digest,
-                    self.destination.host,
-                    dst_repo,
-                    type(exc).__name__,
-                    attempt + 2,
-                    attempts,
-                )
-                time.sleep(delay)
+                    blob.digest, self.destination.host, dst_repo, type(error).__name__,
+                    attempt + 2, self.retry.attempts,
+                )  # fmt: skip
+
+        retrying(attempt, self.retry, what=f"upload of {where}", on_retry=restarting, sleep=self.sleep)
 
     def _upload_chunked(
         self, dst_repo: str, location: str, blob: Descriptor, reader: VerifyingReader

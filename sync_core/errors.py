@@ -1,14 +1,29 @@
-"""Exception types shared by every module of the core.
+"""Every exception type the core raises on purpose, and which of them are worth a retry.
 
 Messages are written for the person running the sync: they name the registry, repository,
 reference or setting concerned, and never contain credentials, tokens or query strings.
+
+Each error says whether it is :attr:`~SyncError.transient`: the same request (or the same work)
+may succeed if it is simply tried again (a broken connection, 429, 5xx, a token that expired on
+the way). :func:`is_transient` is the one predicate every retrying loop uses (transport, manifest
+refetch, blob uploads); the queue worker uses it too, to tell work worth a redelivery from work
+that can only be reported.
 """
 
 from __future__ import annotations
 
+import requests
+import urllib3
+
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
 
 class SyncError(Exception):
     """Base class of every error the core raises on purpose."""
+
+    @property
+    def transient(self) -> bool:
+        return False
 
 
 class ConfigError(SyncError):
@@ -19,29 +34,97 @@ class ConfigError(SyncError):
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
 
 
-class RegistryError(SyncError):
-    """A registry answered something we cannot use (or did not answer at all)."""
+class SetupError(SyncError):
+    """The configuration is valid, but the world does not match it (found at run time).
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+    A Key Vault secret that does not exist, credentials without a right the configuration
+    relies on: fixed by changing settings or permissions, not by trying again.
+    """
+
+
+class SecretUnavailable(SetupError):
+    """A Key Vault secret named in the configuration is missing or empty."""
+
+
+class RegistryError(SyncError):
+    """A registry answered something we cannot use (or did not answer at all).
+
+    ``exhausted``: the request was already retried as often as the transport allows; a loop
+    around it (manifest refetch, upload restart) must not multiply those retries. The failure
+    stays transient for whoever decides about trying the work again later (the queue).
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, exhausted: bool = False
+    ):
         self.status = status
         self.code = code
+        self.exhausted = exhausted
         super().__init__(message)
+
+    @property
+    def transient(self) -> bool:
+        return self.status is None or self.status in TRANSIENT_STATUSES or self.status >= 500
 
 
 class AuthError(RegistryError):
     """Credentials were refused, or a token could not be obtained."""
+
+    @property
+    def transient(self) -> bool:
+        return self.status is not None and self.status in TRANSIENT_STATUSES
 
 
 class CredentialsRefused(AuthError):
     """The registry's token service refused the credentials themselves (wrong or expired)."""
 
 
+class TokenExpired(AuthError):
+    """A request whose body cannot be replayed met a 401 with a token cached before it.
+
+    The token most likely expired on the way (or the registry rotated its keys): the whole
+    operation (an upload) is worth one restart with a new token.
+    """
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+
+class CatalogForbidden(SetupError, AuthError):
+    """The source credentials may not list the catalog (the fix: SOURCE_REPOSITORIES)."""
+
+
 class NotFound(RegistryError):
     """The manifest, blob or repository does not exist."""
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+
+class ProtocolError(RegistryError):
+    """A registry's answer breaks the protocol (a redirect or paging loop, no upload Location)."""
+
+    @property
+    def transient(self) -> bool:
+        return False
 
 
 class ForeignHostError(RegistryError):
     """A registry answer pointed us at a host we must not send requests or credentials to."""
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+
+class SourceStreamError(RegistryError):
+    """The source blob stream broke, or ended early (the upload is restarted)."""
+
+    @property
+    def transient(self) -> bool:
+        return True
 
 
 class InvalidContent(SyncError):
@@ -49,8 +132,48 @@ class InvalidContent(SyncError):
 
 
 class DigestMismatch(InvalidContent):
-    """The bytes received do not hash to the digest that was asked for."""
+    """The bytes received do not hash to the digest that was asked for.
+
+    Transient: bytes damaged on the way hash differently; a few retries tell that apart from a
+    source that really stores damaged content (then the last attempt's error is reported).
+    """
+
+    @property
+    def transient(self) -> bool:
+        return True
 
 
 class SkipImage(SyncError):
     """The image must not be copied to this target (reason in the message)."""
+
+
+class NameRejected(SkipImage):
+    """The target cannot hold this repository name (reason in the message)."""
+
+
+# Exceptions of the HTTP stack itself: the connection broke, timed out, or a body ended early.
+_NETWORK_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when trying the same thing again may succeed (see the module docstring)."""
+    if isinstance(error, SyncError):
+        return error.transient
+    return isinstance(error, _NETWORK_ERRORS)
+
+
+def describe(error: BaseException) -> str:
+    """A one-line reason for summaries and logs (our errors are written to be shown as they are)."""
+    if isinstance(error, ConfigError):
+        return "; ".join(error.problems)
+    if isinstance(error, SyncError):
+        lines = str(error).splitlines()
+        return lines[0] if lines else type(error).__name__
+    return f"unexpected {type(error).__name__}"

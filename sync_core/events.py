@@ -10,20 +10,20 @@ the configured source registry.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import enum
 import logging
-import sys
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import logs
 from .catalog import TagInfo, parse_time
 from .config import SyncConfig
-from .errors import ConfigError, InvalidContent
+from .errors import InvalidContent, NameRejected
+from .jsondoc import parse_json
 from .logs import clean
-from .names import is_digest, is_repository, is_tag
-from .plan import NameRejected, TagWork, target_repository, wanted_tags
+from .names import in_namespace, is_digest, is_repository, is_tag
+from .plan import Reason, TagWork, target_repository, wanted_tags
 
 log = logging.getLogger("sync_core.events")
 
@@ -32,12 +32,18 @@ MAX_EVENT_BYTES = 1024 * 1024
 MAX_EVENTS = 1000
 
 
+class Action(str, enum.Enum):
+    COPY = "copy"  # work for at least one target
+    IGNORE = "ignore"  # a valid event with nothing to mirror (reason says why)
+    ERROR = "error"  # an event that is not what ACR sends
+
+
 @dataclass(frozen=True)
 class Decision:
-    """What to do with one event: ``work`` per target, or ``ignored`` with a reason."""
+    """What to do with one event: ``work`` per target, or ``ignore`` with a reason."""
 
     event_id: str
-    action: str  # "copy" | "ignore" | "error"
+    action: Action
     reason: str
     repository: str | None = None
     tag: str | None = None
@@ -45,7 +51,7 @@ class Decision:
     work: tuple[TagWork, ...] = ()
 
 
-def load_events(payload: object) -> list[dict]:
+def load_events(payload: object) -> list[Any]:
     """The events in a JSON document (bytes, text or already parsed), one or an array."""
     if isinstance(payload, (bytes, bytearray)):
         if len(payload) > MAX_EVENT_BYTES:
@@ -57,12 +63,7 @@ def load_events(payload: object) -> list[dict]:
     if isinstance(payload, str):
         if len(payload) > MAX_EVENT_BYTES:
             raise InvalidContent(f"event payload is over {MAX_EVENT_BYTES} bytes")
-        try:
-            payload = json.loads(payload)
-        except ValueError as exc:
-            raise InvalidContent(f"event payload is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise InvalidContent("event payload is JSON nested too deeply") from None
+        payload = parse_json(payload, "event payload")
     events = payload if isinstance(payload, list) else [payload]
     if len(events) > MAX_EVENTS:
         raise InvalidContent(f"{len(events)} events in one payload, over {MAX_EVENTS}")
@@ -73,42 +74,42 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
     """Validate one event (either schema) and decide. Never raises for bad input."""
     now = now or dt.datetime.now(dt.timezone.utc)
     if not isinstance(event, dict):
-        return Decision("?", "error", "event is not a JSON object")
+        return Decision("?", Action.ERROR, "event is not a JSON object")
     event_id = clean(event.get("id", "?"), 100)
     event_type = event.get("eventType", event.get("type"))
     if not isinstance(event_type, str):
-        return Decision(event_id, "error", "event has no eventType/type string")
+        return Decision(event_id, Action.ERROR, "event has no eventType/type string")
     if event_type != IMAGE_PUSHED:
-        return Decision(event_id, "ignore", f"event type {clean(event_type)} is not propagated")
+        return Decision(event_id, Action.IGNORE, f"event type {clean(event_type)} is not propagated")
     data = event.get("data")
     if not isinstance(data, dict):
-        return Decision(event_id, "error", "event has no data object")
+        return Decision(event_id, Action.ERROR, "event has no data object")
     target = data.get("target")
     request = data.get("request")
     if not isinstance(target, dict):
-        return Decision(event_id, "error", "event data has no target object")
+        return Decision(event_id, Action.ERROR, "event data has no target object")
     repository, tag, digest = target.get("repository"), target.get("tag"), target.get("digest")
     if not isinstance(repository, str) or not is_repository(repository):
-        return Decision(event_id, "error", f"invalid repository {clean(repository)}")
+        return Decision(event_id, Action.ERROR, f"invalid repository {clean(repository)}")
     if tag is None or tag == "":
-        return Decision(event_id, "ignore", "untagged push (a child manifest); the tagged index event carries it",
+        return Decision(event_id, Action.IGNORE, "untagged push (a child manifest); the tagged index event carries it",
                         repository)  # fmt: skip
     if not isinstance(tag, str) or not is_tag(tag):
-        return Decision(event_id, "error", f"invalid tag {clean(tag)}", repository)
+        return Decision(event_id, Action.ERROR, f"invalid tag {clean(tag)}", repository)
     if digest is not None and (not isinstance(digest, str) or not is_digest(digest)):
-        return Decision(event_id, "error", f"invalid digest {clean(digest)}", repository, tag)
+        return Decision(event_id, Action.ERROR, f"invalid digest {clean(digest)}", repository, tag)
     host = request.get("host") if isinstance(request, dict) else None
     source_host = urlsplit(config.source.registry).netloc
     if not isinstance(host, str) or host.lower() != source_host:
-        return Decision(event_id, "ignore", f"event names registry {clean(host)}, not the source {source_host}",
+        return Decision(event_id, Action.IGNORE, f"event names registry {clean(host)}, not the source {source_host}",
                         repository, tag, digest)  # fmt: skip
     namespace = config.source.namespace
-    if namespace and not repository.startswith(namespace + "/"):
-        return Decision(event_id, "ignore", f"{repository} is outside the source namespace {namespace}",
+    if not in_namespace(repository, namespace):
+        return Decision(event_id, Action.IGNORE, f"{repository} is outside the source namespace {namespace}",
                         repository, tag, digest)  # fmt: skip
     if config.source.repositories and repository not in config.source.repositories:
         return Decision(
-            event_id, "ignore", f"{repository} is not in SOURCE_REPOSITORIES", repository, tag, digest
+            event_id, Action.IGNORE, f"{repository} is not in SOURCE_REPOSITORIES", repository, tag, digest
         )
     pushed = parse_time(data.get("timestamp")) or parse_time(event.get("eventTime", event.get("time"))) or now
     info = TagInfo(tag, digest, pushed)
@@ -123,39 +124,18 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
         except NameRejected as exc:
             reasons.append(f"{t.name}: {exc}")
             continue
-        work.append(TagWork(t.name, repository, dst_repo, tag, digest, "pushed"))
+        work.append(TagWork(t.name, repository, dst_repo, tag, digest, Reason.PUSHED))
     if not work:
-        return Decision(event_id, "ignore", "; ".join(reasons) or "no target", repository, tag, digest)
-    return Decision(event_id, "copy", "pushed", repository, tag, digest, tuple(work))
+        return Decision(event_id, Action.IGNORE, "; ".join(reasons) or "no target", repository, tag, digest)
+    return Decision(event_id, Action.COPY, "pushed", repository, tag, digest, tuple(work))
 
 
 def log_decision(decision: Decision) -> None:
     what = f"{decision.repository}:{decision.tag}" if decision.repository else "-"
     logs.decision(
-        log, decision.action, f"event {decision.event_id} {decision.action}: {what} ({decision.reason})",
-        level=logging.ERROR if decision.action == "error" else logging.INFO,
+        log, decision.action.value,
+        f"event {decision.event_id} {decision.action.value}: {what} ({decision.reason})",
+        level=logging.ERROR if decision.action is Action.ERROR else logging.INFO,
         event_id=decision.event_id, repository=decision.repository, tag=decision.tag, digest=decision.digest,
         reason=decision.reason,
     )  # fmt: skip
-
-
-def handle_event_file(path: str, syncer, summary, targets=None) -> list[Decision]:
-    """``python -m sync_core event FILE``: validate like the function does, then copy inline."""
-    try:
-        raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1) if path == "-" else Path(path).read_bytes()
-        events = load_events(raw)
-    except (OSError, InvalidContent, UnicodeDecodeError) as exc:
-        raise ConfigError(f"FILE: cannot use {path}: {exc}") from None
-    decisions = []
-    for event in events:
-        decision = decide(event, syncer.config)
-        log_decision(decision)
-        decisions.append(decision)
-        if decision.action == "error":
-            summary.fail(f"event {decision.event_id}", decision.reason)
-        for work in decision.work:
-            if targets and work.target not in targets:
-                continue
-            syncer.copy_work(work, summary)
-    summary.repositories = len({d.repository for d in decisions if d.work})
-    return decisions

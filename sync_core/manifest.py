@@ -6,12 +6,12 @@ digest at the destination is the digest at the source.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from .errors import InvalidContent
+from .jsondoc import parse_json
 from .names import (
     DOCKER_MANIFEST,
     IMAGE_TYPES,
@@ -77,7 +77,7 @@ class Manifest:
 
     @cached_property
     def document(self) -> dict[str, Any]:
-        return json.loads(self.raw)
+        return parse_json(self.raw, f"manifest {self.digest}", dict)  # type: ignore[no-any-return]
 
     @property
     def is_index(self) -> bool:
@@ -158,12 +158,7 @@ def parse_manifest(
         digest = expected_digest
     else:
         digest = digest_of(raw)
-    try:
-        document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
-        raise InvalidContent(f"{where}: manifest is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise InvalidContent(f"{where}: manifest is not a JSON object")
+    document = parse_json(raw, f"{where}: manifest", dict)
     if document.get("schemaVersion") != 2:
         raise InvalidContent(f"{where}: unsupported manifest schemaVersion {document.get('schemaVersion')!r}")
     declared = document.get("mediaType")

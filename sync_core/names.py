@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import DigestMismatch, InvalidContent
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -22,6 +26,18 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
+
+
+def relative_to_namespace(repository: str, namespace: str) -> str | None:
+    """``repository`` without the ``namespace/`` prefix; None when it is outside the namespace."""
+    if not namespace:
+        return repository
+    prefix = namespace + "/"
+    return repository[len(prefix) :] if repository.startswith(prefix) else None
+
+
+def in_namespace(repository: str, namespace: str) -> bool:
+    return relative_to_namespace(repository, namespace) is not None
 
 
 def is_repository(name: str) -> bool:
@@ -55,7 +71,7 @@ def check_digest(value: object) -> str:
     return value
 
 
-def new_hasher(digest: str):
+def new_hasher(digest: str) -> HASH:
     """A hashlib object for the algorithm of ``digest``."""
     algorithm = check_digest(digest).split(":", 1)[0]
     return hashlib.new(algorithm)

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 
 from .auth import ANONYMOUS, Authenticator, CredentialSource
-from .errors import AuthError, DigestMismatch, InvalidContent, NotFound, RegistryError
+from .errors import AuthError, InvalidContent, NotFound, ProtocolError, RegistryError
+from .jsondoc import parse_json
 from .manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from .names import MANIFEST_ACCEPT, check_digest, check_reference, check_repository, is_digest
-from .transport import Transport, redact_url, resolve_on_host
+from .retry import retrying
+from .transport import Body, Readable, Transport, resolve_on_host
 
 log = logging.getLogger(__name__)
 
 CATALOG_SCOPE = "registry:catalog:*"
-FIRST_ANSWER_WAIT = 30.0  # seconds other requests wait for the first answer of a registry
 # Listing pages hold ~100 entries: 10,000 pages are a million repositories or tags, far beyond any
 # real registry, yet a bound a misbehaving one reaches in minutes rather than days.
 MAX_PAGES = 10_000
@@ -58,17 +58,21 @@ def repository_scope(repository: str, actions: str) -> str:
 def error_detail(response: requests.Response) -> tuple[str | None, str]:
     """(code, short message) from an OCI error body, if there is one."""
     try:
-        body = response.json()
-        error = body["errors"][0]
-        code = str(error.get("code", ""))[:64] or None
-        message = str(error.get("message", ""))[:200]
-        return code, f"{code}: {message}" if code else message
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
+        errors = parse_json(response.content, "error body", dict).get("errors")
+    except (InvalidContent, requests.RequestException):
         return None, ""
+    error = errors[0] if isinstance(errors, list) and errors else None
+    if not isinstance(error, dict):
+        return None, ""
+    code = str(error.get("code", ""))[:64] or None
+    message = str(error.get("message", ""))[:200]
+    return code, f"{code}: {message}" if code else message
 
 
 @dataclass(frozen=True)
 class ManifestInfo:
+    """What a manifest HEAD tells (each None when the registry did not say)."""
+
     digest: str | None
     media_type: str | None
     size: int | None
@@ -97,34 +101,14 @@ class RegistryClient:
         self.actions = actions
         self.transport = transport or Transport(pool_size=pool_size)
         self.auth = Authenticator(self.base_url, self.transport, credentials, clock=clock)
-        self._first_answer = threading.Event()
-        self._first_lock = threading.Lock()
-        self._first_claimed = False
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r})"
-
-    def _goes_first(self) -> bool:
-        """True for the very first request to this registry; the others wait for its answer.
-
-        Until a registry has answered once, its authentication is unknown: requests sent at once
-        by many threads would each collect a 401 just to learn the same challenge (one wasted
-        round trip each). The wait is bounded, and over as soon as the first answer is handled.
-        """
-        if self._first_answer.is_set():
-            return False
-        with self._first_lock:
-            if not self._first_claimed:
-                self._first_claimed = True
-                return True
-        self._first_answer.wait(FIRST_ANSWER_WAIT)
-        return False
 
     # -- scopes ---------------------------------------------------------------------------
     def scopes(self, repository: str, *extra: str) -> tuple[str, ...]:
         return (repository_scope(repository, self.actions), *extra)
 
-    # -- the request loop -------------------------------------------------------------------
     def request(
         self,
         method: str,
@@ -132,51 +116,16 @@ class RegistryClient:
         *,
         scopes: tuple[str, ...],
         headers: dict[str, str] | None = None,
-        data: bytes | IO[bytes] | None = None,
+        data: Body = None,
         stream: bool = False,
         follow_redirects: bool = False,
     ) -> requests.Response:
-        """Send an authenticated request; handles 401 challenges (learn, refresh, re-read)."""
+        """Send an authenticated request to this registry (a path, or a URL on its host)."""
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
-        replayable = data is None or isinstance(data, bytes)
-        first = self._goes_first()
-        try:
-            return self._request(method, url, scopes, headers, data, stream, follow_redirects, replayable)
-        finally:
-            if first:
-                self._first_answer.set()
-
-    def _request(
-        self, method, url, scopes, headers, data, stream, follow_redirects, replayable
-    ) -> requests.Response:
-        for attempt in range(4):
-            sent = dict(headers or {})
-            authorization = self.auth.header(scopes)
-            if authorization:
-                sent["Authorization"] = authorization
-            response = self.transport.send(
-                method,
-                url,
-                headers=sent,
-                data=data,
-                stream=stream,
-                retry=replayable,
-                follow_redirects=follow_redirects,
-            )
-            if response.status_code != 401:
-                return response
-            challenge = response.headers.get("WWW-Authenticate", "")
-            response.close()
-            retry_scopes = self.auth.unauthorized(challenge, scopes, attempt)
-            self._first_answer.set()  # the challenge is known: the others may go
-            if retry_scopes is None or not replayable:
-                raise AuthError(
-                    f"{self.host} refused {method} {redact_url(url)} (HTTP 401)"
-                    + ("" if replayable else "; the upload will be restarted"),
-                    status=401,
-                )
-            scopes = retry_scopes
-        raise AuthError(f"{self.host} kept answering 401 to {method} {redact_url(url)}", status=401)
+        return self.auth.send(
+            method, url, scopes=scopes, headers=headers, data=data, stream=stream,
+            follow_redirects=follow_redirects,
+        )  # fmt: skip
 
     def fail(self, response: requests.Response, what: str) -> RegistryError:
         """The error to raise for an unexpected answer (closes the response)."""
@@ -188,7 +137,8 @@ class RegistryClient:
             return NotFound(message, status=status, code=code)
         if status in (401, 403):
             return AuthError(message, status=status, code=code)
-        return RegistryError(message, status=status, code=code)
+        # a 5xx/429 the transport already retried is not worth retrying around it again
+        return RegistryError(message, status=status, code=code, exhausted=exhausted(response))
 
     # -- manifests ------------------------------------------------------------------------
     def get_manifest(self, repository: str, reference: str) -> Manifest:
@@ -205,23 +155,19 @@ class RegistryClient:
             if not is_digest(reference)
             else f"{self.host}/{repository}@{reference}"
         )
-        policy = self.transport.retry
-        attempts = max(1, policy.attempts)
-        for attempt in range(attempts):
+
+        def attempt(number: int) -> Manifest:
             try:
                 return self._get_manifest_once(repository, reference, where)
-            except (requests.RequestException, OSError, DigestMismatch) as exc:
-                if attempt + 1 >= attempts:
-                    if isinstance(exc, DigestMismatch):
-                        raise
-                    raise RegistryError(
-                        f"{where}: the manifest could not be read in {attempts} attempt(s) "
-                        f"(connection broke mid-body: {type(exc).__name__})"
-                    ) from None
-                delay = policy.delay(attempt)
-                log.debug("refetching manifest %s after %s (%.2fs)", where, type(exc).__name__, delay)
-                self.transport.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+            except (requests.RequestException, OSError) as exc:
+                raise RegistryError(
+                    f"{where}: the manifest could not be read in {number + 1} attempt(s) "
+                    f"(connection broke mid-body: {type(exc).__name__})"
+                ) from None
+
+        return retrying(
+            attempt, self.transport.retry, what=f"manifest {where}", sleep=self.transport.sleep
+        )
 
     def _get_manifest_once(self, repository: str, reference: str, where: str) -> Manifest:
         response = self.request(
@@ -289,7 +235,7 @@ class RegistryClient:
                 raise self.fail(response, f"PUT manifest {repository}:{reference}")
             stored = response.headers.get("Docker-Content-Digest")
         if stored and is_digest(stored) and stored != manifest.digest:
-            raise RegistryError(
+            raise ProtocolError(
                 f"{self.host}: stored {repository}:{reference} as {stored}, expected {manifest.digest}"
             )
 
@@ -343,12 +289,10 @@ class RegistryClient:
                 raise self.fail(response, f"start blob upload to {repository}")
             location = response.headers.get("Location")
         if not location:
-            raise RegistryError(f"{self.host}: upload to {repository} started without a Location")
+            raise ProtocolError(f"{self.host}: upload to {repository} started without a Location")
         return False, resolve_on_host(self.base_url + path, location, "upload Location")
 
-    def put_blob(
-        self, repository: str, location: str, digest: str, body: IO[bytes] | None, size: int
-    ) -> None:
+    def put_blob(self, repository: str, location: str, digest: str, body: Readable | None, size: int) -> None:
         """Finish an upload: PUT the whole body (or none after PATCHes) with ``?digest=``."""
         url = location + ("&" if "?" in location else "?") + "digest=" + quote(check_digest(digest))
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size if body else 0)}
@@ -359,7 +303,7 @@ class RegistryClient:
             if response.status_code not in (201, 204):
                 raise self.fail(response, f"upload blob {digest} to {repository}")
 
-    def patch_blob(self, repository: str, location: str, body: IO[bytes], start: int, length: int) -> str:
+    def patch_blob(self, repository: str, location: str, body: Readable, start: int, length: int) -> str:
         """Send one chunk of a chunked upload; returns the next Location."""
         headers = {
             "Content-Type": "application/octet-stream",
@@ -374,7 +318,9 @@ class RegistryClient:
         return resolve_on_host(location, next_location, "upload Location")
 
     # -- listing --------------------------------------------------------------------------
-    def paginate(self, path: str, key: str, scopes: tuple[str, ...], what: str) -> Iterator[dict]:
+    def paginate(
+        self, path: str, key: str, scopes: tuple[str, ...], what: str
+    ) -> Iterator[dict[str, Any]]:
         """Yield every JSON page of a listing, following ``Link: <...>; rel="next"`` on this host."""
         url = self.base_url + path
         seen: set[str] = set()
@@ -386,29 +332,24 @@ class RegistryClient:
             with response:
                 if response.status_code != 200:
                     raise self.fail(response, what)
-                try:
-                    page = response.json()
-                except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-                    raise InvalidContent(f"{self.host}: {what}: answer is not JSON") from None
-                if not isinstance(page, dict):
-                    raise InvalidContent(f"{self.host}: {what}: answer is not a JSON object")
+                page = parse_json(response.content, f"{self.host}: {what}: answer", dict)
                 next_link = response.links.get("next", {}).get("url")
             yield page
             if not next_link:
                 return
             url = resolve_on_host(url, next_link, f"{what} Link header")
             if url in seen:
-                raise RegistryError(f"{self.host}: {what}: Link header loops back to a page already read")
+                raise ProtocolError(f"{self.host}: {what}: Link header loops back to a page already read")
             entries = page.get(key)
             repeats = repeats + 1 if number > 0 and entries == previous else 0
             if repeats >= 2:
                 # a new URL every time but the same (or no) entries: it would never end
-                raise RegistryError(
+                raise ProtocolError(
                     f"{self.host}: {what}: pages {number - 1} to {number + 1} repeat the same entries "
                     "and link on; giving up"
                 )
             previous = entries
-        raise RegistryError(f"{self.host}: {what}: more than {MAX_PAGES} pages; giving up")
+        raise ProtocolError(f"{self.host}: {what}: more than {MAX_PAGES} pages; giving up")
 
     def list_repositories(self, page_size: int = 100) -> list[str]:
         names: list[str] = []
@@ -418,8 +359,12 @@ class RegistryClient:
             names.extend(_string_list(page, "repositories", f"{self.host} catalog"))
         return names
 
-    def list_tags(self, repository: str) -> list[str]:
-        """Every tag of a repository ([] if the repository does not exist)."""
+    def list_tags(self, repository: str) -> list[str] | None:
+        """Every tag of a repository, or None when the registry answers 404.
+
+        A 404 does not prove that the repository holds nothing: distribution answers 404 for a
+        repository that holds blobs (or untagged manifests) but no tag.
+        """
         check_repository(repository)
         tags: list[str] = []
         try:
@@ -428,11 +373,16 @@ class RegistryClient:
             ):
                 tags.extend(_string_list(page, "tags", f"{self.host}/{repository} tags"))
         except NotFound:
-            return []
+            return None
         return tags
 
 
-def _string_list(page: dict, key: str, what: str) -> list[str]:
+def exhausted(response: requests.Response) -> bool:
+    """True when the transport already retried this answer's status as often as it may."""
+    return bool(getattr(response, "retries_exhausted", False))
+
+
+def _string_list(page: dict[str, Any], key: str, what: str) -> list[str]:
     values = page.get(key)
     if values is None:
         return []

@@ -13,7 +13,7 @@ from typing import Any
 
 from .auth import ANONYMOUS, Credentials, CredentialSource, StaticCredentials
 from .config import CredentialSpec
-from .errors import AuthError, ConfigError
+from .errors import AuthError, ConfigError, SecretUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ class KeyVaultSecrets:
         self._values: dict[str, str] = {}
         self._read_at: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.reads = 0
 
     def get(self, name: str, *, fresh: bool = False) -> str:
         with self._lock:
@@ -60,14 +59,13 @@ class KeyVaultSecrets:
         try:
             secret = self.client.get_secret(name)
         except ResourceNotFoundError:
-            raise ConfigError(f"Key Vault secret {name!r}: not found in {self.vault_url}") from None
+            raise SecretUnavailable(f"Key Vault secret {name!r}: not found in {self.vault_url}") from None
         except AzureError as exc:
             raise AuthError(
                 f"Key Vault {self.vault_url}: reading secret {name!r} failed ({type(exc).__name__})"
             ) from None
-        self.reads += 1
         if not secret.value:
-            raise ConfigError(f"Key Vault secret {name!r} in {self.vault_url} is empty")
+            raise SecretUnavailable(f"Key Vault secret {name!r} in {self.vault_url} is empty")
         return secret.value
 
 

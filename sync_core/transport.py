@@ -1,29 +1,42 @@
 """HTTP transport: connection pooling, bounded retries with backoff, safe redirects.
 
 Every request the core makes goes through :class:`Transport.send`. It retries connection
-errors, 429 (honouring ``Retry-After``) and 5xx with exponential backoff and full jitter, a
+errors, 429 (honouring ``Retry-After``) and 5xx through :func:`~sync_core.retry.retrying`, a
 bounded number of times. Redirects are followed by hand so that an ``Authorization`` header is
 never sent to a host other than the one it was meant for, and never downgraded to plain http.
+Authentication is not done here: :class:`~sync_core.auth.Authenticator` sends through a
+transport.
 """
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from .errors import ForeignHostError, RegistryError
+from .errors import ForeignHostError, ProtocolError, RegistryError, SyncError, is_transient
+from .retry import RetryLater, RetryPolicy, retry_after_seconds, retrying
 
 log = logging.getLogger(__name__)
+
+
+
+class Readable(Protocol):
+    """A request body streamed by ``requests``: read in blocks, with a known length."""
+
+    def read(self, n: int = -1) -> bytes: ...
+
+    def __len__(self) -> int: ...
+
+
+Body = bytes | Readable | None
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -65,35 +78,6 @@ def resolve_on_host(base_url: str, link: str, what: str) -> str:
     return url
 
 
-def retry_after_seconds(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 5  # total tries of one request
-    backoff_base: float = 0.5  # seconds, doubled every retry
-    backoff_cap: float = 20.0
-    retry_after_cap: float = 60.0  # never wait longer than this on a Retry-After
-
-    def delay(self, attempt: int, response: requests.Response | None = None) -> float:
-        if response is not None and response.status_code == 429:
-            hinted = retry_after_seconds(response)
-            if hinted is not None:
-                return min(hinted, self.retry_after_cap)
-        return random.uniform(0, min(self.backoff_cap, self.backoff_base * (2**attempt)))
-
-
 class Transport:
     """A pooled ``requests`` session with retries. One per registry host."""
 
@@ -129,54 +113,50 @@ class Transport:
         url: str,
         *,
         headers: dict[str, str] | None = None,
-        data: bytes | None = None,
+        data: Body = None,
         stream: bool = False,
         retry: bool = True,
         follow_redirects: bool = False,
     ) -> requests.Response:
         """Send one request, retrying transient failures (only with a replayable body).
 
-        Returns the final response whatever its status (except retryable statuses when the
-        retries are exhausted, which are returned as well so the caller can report them).
-        Raises :class:`RegistryError` when the host cannot be reached after all retries.
+        Returns the final response whatever its status (a retryable status is returned too once
+        the retries are exhausted, so the caller can report the registry's answer). Raises
+        :class:`RegistryError` when the host cannot be reached after all retries.
         """
-        attempts = self.retry.attempts if retry else 1
-        last_error: Exception | None = None
-        for attempt in range(attempts):
+        policy = self.retry if retry else RetryPolicy(attempts=1)
+        where = f"{method} {redact_url(url)}"
+
+        def attempt(number: int) -> requests.Response:
+            last = number + 1 >= policy.attempts
             try:
                 response = self._send_following(method, url, headers or {}, data, stream, follow_redirects)
-            except (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                last_error = exc
-                if attempt + 1 >= attempts:
-                    break
-                delay = self.retry.delay(attempt)
-                log.debug(
-                    "retrying %s %s after %s (%.2fs)", method, redact_url(url), type(exc).__name__, delay
-                )
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt + 1 >= attempts:
-                    return response
-                delay = self.retry.delay(attempt, response)
-                log.debug(
-                    "retrying %s %s after HTTP %s (%.2fs)",
-                    method,
-                    redact_url(url),
-                    response.status_code,
-                    delay,
-                )
-                response.close()
-            with self._lock:
-                self.retries += 1
-            self.sleep(delay)
-        raise RegistryError(
-            f"{method} {redact_url(url)} failed after {attempts} attempt(s): {type(last_error).__name__}"
-        ) from None
+            except Exception as exc:
+                if isinstance(exc, SyncError) or not is_transient(exc):
+                    raise  # ours (a source stream feeding the body) speak for themselves
+                raise RegistryError(
+                    f"{where} failed after {number + 1} attempt(s): {type(exc).__name__}",
+                    exhausted=last and number > 0,
+                ) from None
+            if response.status_code in RETRY_STATUSES:
+                if not last:
+                    hinted = None
+                    if response.status_code == 429:
+                        hinted = retry_after_seconds(response.headers.get("Retry-After"))
+                    response.close()
+                    raise RetryLater(f"HTTP {response.status_code}", delay=hinted)
+                response.retries_exhausted = number > 0  # type: ignore[attr-defined]
+            return response
 
-    def _send_once(self, method, url, headers, data, stream) -> requests.Response:
+        return retrying(attempt, policy, what=where, on_retry=self._count_retry, sleep=self.sleep)
+
+    def _count_retry(self, error: BaseException, attempt: int, delay: float) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def _send_once(
+        self, method: str, url: str, headers: dict[str, str], data: Body, stream: bool
+    ) -> requests.Response:
         with self._lock:
             self.requests_sent += 1
         return self.session.request(
@@ -189,7 +169,9 @@ class Transport:
             allow_redirects=False,
         )
 
-    def _send_following(self, method, url, headers, data, stream, follow_redirects) -> requests.Response:
+    def _send_following(
+        self, method: str, url: str, headers: dict[str, str], data: Body, stream: bool, follow_redirects: bool
+    ) -> requests.Response:
         response = self._send_once(method, url, headers, data, stream)
         hops = 0
         while (
@@ -198,7 +180,7 @@ class Transport:
             hops += 1
             if hops > 5:
                 response.close()
-                raise RegistryError(f"{method} {redact_url(url)}: too many redirects")
+                raise ProtocolError(f"{method} {redact_url(url)}: too many redirects")
             target = urljoin(url, response.headers["Location"])
             response.close()
             if urlsplit(target).scheme not in ("http", "https"):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sync_core import cli
-from sync_core.transport import RetryPolicy
+from sync_core.retry import RetryPolicy
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
 from tests.harness.images import HELM_CONFIG

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from sync_core.config import DOCKER_HUB, load_config
+from sync_core import cli
+from sync_core.config import (
+    APP_SETTINGS,
+    DOCKER_HUB,
+    LOCAL_ONLY_SETTINGS,
+    SETTINGS,
+    load_config,
+    settings_markdown,
+)
 from sync_core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BASE = {
     "SOURCE_REGISTRY": "gsoci.azurecr.io",
@@ -130,3 +141,58 @@ def test_unreadable_and_invalid_files(tmp_path):
     bad.write_text("targets: [unclosed")
     with pytest.raises(ConfigError, match="SYNC_CONFIG: .*not valid YAML"):
         load_config({"SYNC_CONFIG": str(bad)})
+
+
+# -- the declaration is the one source of the settings ----------------------------------------------
+
+
+def test_readme_tables_are_generated_from_the_declaration():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- settings:start -->\n", "\n<!-- settings:end -->"
+    assert start in readme and end in readme
+    documented = readme.split(start, 1)[1].split(end, 1)[0]
+    assert documented == settings_markdown(), "README tables are stale: run python scripts/readme-settings.py"
+    for setting in SETTINGS:
+        assert f"`{setting.env_name}`" in documented or f"`{setting.key}`" in documented, setting.key
+
+
+def test_cli_help_names_every_environment_setting():
+    text = cli._parser().format_help()
+    for name in (*APP_SETTINGS, *LOCAL_ONLY_SETTINGS):
+        assert name in text, name
+
+
+@pytest.mark.parametrize(
+    "setting, value, problem",
+    [
+        ("SYNC_SCHEDULE", "*/5 * * * *", "six-field CRON"),
+        ("SYNC_QUEUE", "Sync_Work", "not a valid Storage queue name"),
+        ("SYNC_CONCURRENCY", "65", "at most 64"),
+        ("SYNC_TIME_BUDGET_SECONDS", "5", "at least 10"),
+        ("KEY_VAULT_URL", "http://v.vault.azure.net", "https://"),
+        ("SOURCE_NAMESPACE", "Not/Valid", "not a valid repository path"),
+        ("TAG_MAX_AGE_DAYS", "inf", "at least 0"),
+    ],
+)
+def test_each_parser_names_its_setting(setting, value, problem):
+    with pytest.raises(ConfigError) as info:
+        load_config(dict(BASE, **{setting: value}))
+    assert any(p.startswith(setting) and problem in p for p in info.value.problems), info.value.problems
+
+
+def test_unknown_and_misplaced_file_keys_are_reported(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text("source_registry: gsoci.azurecr.io\ntag_inclde: x\nsync_config: other.yaml\n"
+                    "target_registry: docker.io\n")  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_config({}, str(path))
+    assert "SYNC_CONFIG tag_inclde: unknown setting" in info.value.problems
+    assert any(p.startswith("SYNC_CONFIG sync_config") for p in info.value.problems)
+    assert not any("target_registry" in p for p in info.value.problems)  # one target, no list
+
+
+def test_app_settings_are_every_declared_environment_setting_but_local_credentials():
+    assert "SYNC_SCHEDULE" in APP_SETTINGS and "TARGET_SKIP_ARTIFACT_TYPES" in APP_SETTINGS
+    assert set(LOCAL_ONLY_SETTINGS) == {"SOURCE_USERNAME", "SOURCE_PASSWORD", "TARGET_USERNAME", "TARGET_PASSWORD"}
+    assert not set(APP_SETTINGS) & set(LOCAL_ONLY_SETTINGS)
+    assert len(set(APP_SETTINGS)) == len(APP_SETTINGS)

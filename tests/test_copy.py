@@ -30,7 +30,7 @@ from sync_core.auth import Credentials, StaticCredentials
 from sync_core.copy import Copier, CopyResult
 from sync_core.errors import DigestMismatch
 from sync_core.registry import RegistryClient
-from sync_core.transport import RetryPolicy
+from sync_core.retry import RetryPolicy
 from tests.harness import BASIC, PUSHER, READER, Pusher
 from tests.harness import images as img
 from tests.test_transport import LocalServer, RecordingTransport, Reply, Seen, Waits

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from sync_core.config import load_config
 from sync_core.events import decide, load_events
-from sync_core.work import events_messages, parse_message
+from sync_core.handlers import events_messages
+from sync_core.messages import parse_message
 
 # ../shared/reference/events from the project root (CI lays shared/ beside the clone too).
 EVENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "events"

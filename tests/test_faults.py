@@ -23,8 +23,8 @@ import time
 import pytest
 
 from sync_core.config import load_config
+from sync_core.retry import RetryPolicy
 from sync_core.sync import Summary, Syncer
-from sync_core.transport import RetryPolicy
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
 from tests.harness.faultproxy import FaultProxy, FaultRule

@@ -11,7 +11,7 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import function_app
-from sync_core import work
+from sync_core import handlers, messages, runtime
 from tests.harness.acr import AcrStandIn
 from tests.harness.images import oci_image, oci_index
 
@@ -95,18 +95,18 @@ def app_env(acr, token_registry_dst, monkeypatch):
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
-    work.reset_shared_syncer()
+    runtime.reset()
     yield settings
-    work.reset_shared_syncer()
+    runtime.reset()
 
 
 def test_timer_enqueues_one_message_per_repository_and_copies_nothing(app_env, acr):
     acr.reset_log()
     out = Collect()
     call("sync_schedule", TimerRequest(past_due=False), out)
-    config = work.shared_syncer().config
-    messages = [work.parse_message(m, config) for m in out.value]
-    assert sorted((m.kind, m.repository, m.target) for m in messages) == [
+    config = runtime.shared_syncer().config
+    parsed = [messages.parse_message(m, config) for m in out.value]
+    assert sorted((m.kind, m.repository, m.target) for m in parsed) == [
         ("repository", "giantswarm/app", "target"),
         ("repository", "giantswarm/example-app", "target"),
         ("repository", "giantswarm/tools/deep", "target"),
@@ -130,7 +130,7 @@ def test_sample_events_give_the_documented_decisions(app_env, acr, caplog):
     pushed.get_json()["request"]["host"] = host
     out = Collect()
     call("on_image_pushed", pushed, out)
-    (message,) = [work.parse_message(m, work.shared_syncer().config) for m in out.value]
+    (message,) = [messages.parse_message(m, runtime.shared_syncer().config) for m in out.value]
     assert (message.kind, message.repository, message.tag) == ("tag", "giantswarm/example-app", "1.4.2")
 
     for name, reason in [
@@ -169,7 +169,7 @@ def test_malformed_events_enqueue_nothing_and_raise_nothing(app_env, acr, data):
 
 def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_registry_dst):
     out = Collect()
-    body = work.WorkMessage("repository", "giantswarm/example-app", "target").dumps()
+    body = messages.WorkMessage("repository", "giantswarm/example-app", "target").dumps()
     call("sync_worker", func.QueueMessage(id="m1", body=body.encode()), out)
     assert out.value is None
     pusher = token_registry_dst.pusher()
@@ -179,23 +179,23 @@ def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_reg
         == source.fetch_manifest("giantswarm/example-app", "1.4.2")[0]
     )
     # a tag message for a tag already there is a no-op
-    tag_body = work.WorkMessage("tag", "giantswarm/example-app", "target", "1.4.2").dumps()
+    tag_body = messages.WorkMessage("tag", "giantswarm/example-app", "target", "1.4.2").dumps()
     call("sync_worker", func.QueueMessage(id="m2", body=tag_body), Collect())
 
 
 def test_worker_re_enqueues_what_the_time_budget_leaves(app_env, acr, token_registry_dst):
-    syncer = work.shared_syncer()
-    message = work.WorkMessage("repository", "giantswarm/app", "target").dumps()
-    summary, leftover = work.process_message(message, syncer, budget_seconds=0)
+    syncer = runtime.shared_syncer()
+    message = messages.WorkMessage("repository", "giantswarm/app", "target").dumps()
+    summary, leftover = handlers.process_message(message, syncer, budget_seconds=0)
     assert summary.tags_copied == 0
     assert [json.loads(m)["tag"] for m in leftover] == ["1.0"]
-    summary, leftover = work.process_message(leftover[0], syncer)
+    summary, leftover = handlers.process_message(leftover[0], syncer)
     assert summary.tags_copied == 1 and leftover == []
 
 
 def test_worker_raises_on_failure_and_on_invalid_messages(app_env, acr):
     with pytest.raises(Exception, match="version"):
         call("sync_worker", func.QueueMessage(id="bad", body=b'{"v": 9}'), Collect())
-    missing = work.WorkMessage("tag", "giantswarm/app", "target", "does-not-exist").dumps()
+    missing = messages.WorkMessage("tag", "giantswarm/app", "target", "does-not-exist").dumps()
     with pytest.raises(Exception, match="failure"):
         call("sync_worker", func.QueueMessage(id="m3", body=missing), Collect())

@@ -26,11 +26,13 @@ from sync_core.config import SyncConfig, load_config
 from sync_core.copy import Copier
 from sync_core.errors import ConfigError, ForeignHostError, InvalidContent, RegistryError, SyncError
 from sync_core.events import load_events
+from sync_core.handlers import events_messages, process_message
+from sync_core.messages import WorkMessage, parse_message
 from sync_core.names import is_digest, is_repository, is_tag
 from sync_core.registry import RegistryClient
+from sync_core.retry import RetryPolicy
 from sync_core.sync import Syncer
-from sync_core.transport import RetryPolicy, Transport
-from sync_core.work import WorkMessage, events_messages, parse_message, process_message
+from sync_core.transport import Transport
 from tests.harness import images
 from tests.reliability_support import Answer, FakeRegistry, Request, ScriptedServer, sha256
 
@@ -526,14 +528,14 @@ def test_the_event_grid_function_never_raises_on_hostile_events(function_env, da
 
 @pytest.fixture(scope="module")
 def function_env():
-    from sync_core import work
+    from sync_core import runtime
 
     env = {"SOURCE_REGISTRY": "http://127.0.0.1:9", "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": "gs",
            "TARGET_REGISTRY": "http://127.0.0.1:9", "TARGET_NAMESPACE": "mirror"}  # fmt: skip
     mp = pytest.MonkeyPatch()
     for key, value in env.items():
         mp.setenv(key, value)
-    work.reset_shared_syncer()
-    yield work.shared_syncer().config
-    work.reset_shared_syncer()
+    runtime.reset()
+    yield runtime.shared_syncer().config
+    runtime.reset()
     mp.undo()

@@ -99,7 +99,7 @@ def test_catalog_without_catalog_permission_is_an_auth_error(token_registry_src)
         client_for(token_registry_src, READER).list_repositories()
 
 
-def test_tags_are_all_listed_and_missing_repository_is_empty(fresh_registry):
+def test_tags_are_all_listed_and_a_missing_repository_is_none(fresh_registry):
     reg = fresh_registry()
     pusher = reg.pusher()
     image = img.oci_image("tag-listing", (64,))
@@ -108,7 +108,7 @@ def test_tags_are_all_listed_and_missing_repository_is_empty(fresh_registry):
         pusher.push("team/tags", image, tag)
     client = client_for(reg, PUSHER)
     assert sorted(client.list_tags("team/tags")) == tags
-    assert client.list_tags("team/does-not-exist") == []
+    assert client.list_tags("team/does-not-exist") is None  # 404: no tag listing (not "no tags")
 
 
 # -- Link paging rules (scripted servers) -------------------------------------------------------------

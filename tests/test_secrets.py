@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sync_core.config import CredentialSpec
-from sync_core.errors import ConfigError
+from sync_core.errors import SecretUnavailable
 from sync_core.registry import RegistryClient
 from sync_core.secrets import KeyVaultSecrets, SecretStore
 from tests.harness.keyvault import FakeAzureCredential, KeyVaultStub
@@ -43,12 +43,12 @@ def test_rotated_password_is_reread_once_after_401(vault, fresh_registry, monkey
     client = RegistryClient(registry.url, creds)
     creds.get()  # cached: the old password
     vault.secrets["reg-pass"] = "new-pass"  # rotation reaches Key Vault
-    assert client.list_tags("a/b") == []
+    assert client.list_tags("a/b") is None  # no such repository: the point is that the call was authorized
     assert vault.secret_reads("reg-pass") == 2
 
 
 def test_missing_secret_is_a_clear_error(vault):
     store = _store(vault)
     creds = store.credentials(CredentialSpec(username_secret="reg-user", password_secret="nope"))
-    with pytest.raises(ConfigError, match="secret 'nope': not found"):
+    with pytest.raises(SecretUnavailable, match="secret 'nope': not found"):
         creds.get()

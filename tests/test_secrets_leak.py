@@ -29,18 +29,18 @@ from pathlib import Path
 
 import pytest
 
-from sync_core import work
+from sync_core import handlers, messages
 from sync_core.auth import Credentials, StaticCredentials
-from sync_core.cli import render_summary
+from sync_core.cli import copy_events, read_events, render_summary
 from sync_core.config import load_config
 from sync_core.copy import Copier
 from sync_core.errors import AuthError, SyncError
-from sync_core.events import handle_event_file
 from sync_core.names import ImageRef
 from sync_core.registry import RegistryClient
+from sync_core.retry import RetryPolicy
 from sync_core.secrets import KeyVaultSecrets, SecretStore
 from sync_core.sync import Summary, Syncer
-from sync_core.transport import RetryPolicy, Transport
+from sync_core.transport import Transport
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
 from tests.harness.keyvault import ACCESS_TOKEN, FakeAzureCredential, KeyVaultStub
@@ -168,15 +168,15 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
             path = tmp_path / "event.json"
             path.write_text(json.dumps(event))
             summary = Summary()
-            decisions = handle_event_file(str(path), syncer, summary)
+            decisions = copy_events(read_events(str(path)), syncer, summary)
             assert [d.action for d in decisions] == ["copy"] and summary.ok
             record(summary)
             # queue worker: success, and a failure raised for the host to retry
-            message = work.WorkMessage("repository", "gs/app", "target").dumps()
-            summary, _ = work.process_message(message, syncer)
+            message = messages.WorkMessage("repository", "gs/app", "target").dumps()
+            summary, _ = handlers.process_message(message, syncer)
             record(summary)
             with pytest.raises(SyncError) as failed:
-                work.process_message(work.WorkMessage("tag", "gs/app", "target", "missing").dumps(), syncer)
+                handlers.process_message(messages.WorkMessage("tag", "gs/app", "target", "missing").dumps(), syncer)
             texts.extend(exception_texts(failed.value))
             tokens_of(syncer)
 
@@ -194,7 +194,7 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
             syncer.copy_image(ImageRef.parse("gs/tool:2.0"), summary)
             record(summary)
             with pytest.raises(SyncError) as failed:
-                work.process_message(work.WorkMessage("tag", "gs/tool", "target", "2.0").dumps(), syncer)
+                handlers.process_message(messages.WorkMessage("tag", "gs/tool", "target", "2.0").dumps(), syncer)
             texts.extend(exception_texts(failed.value))
             tokens_of(syncer)
 

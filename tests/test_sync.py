@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 from sync_core import cli
-from sync_core.catalog import CatalogForbidden
 from sync_core.config import load_config
+from sync_core.errors import CatalogForbidden
+from sync_core.retry import RetryPolicy
 from sync_core.secrets import KeyVaultSecrets, SecretStore
 from sync_core.sync import Summary, Syncer
-from sync_core.transport import RetryPolicy
 from tests.harness import images
 from tests.harness.acr import AcrStandIn, classify
 from tests.harness.images import HELM_CONFIG, Manifest, Pusher

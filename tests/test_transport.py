@@ -28,8 +28,8 @@ import pytest
 from sync_core.errors import ForeignHostError, InvalidContent, NotFound, RegistryError
 from sync_core.manifest import MAX_MANIFEST_BYTES
 from sync_core.registry import RegistryClient
+from sync_core.retry import RetryPolicy
 from sync_core.transport import (
-    RetryPolicy,
     Transport,
     is_loopback,
     redact_url,

@@ -1,0 +1,83 @@
+"""Queue messages: the versioned schema of the work the timer and events hand to the workers.
+
+A message names one repository (the worker diffs it and copies all it lacks) or one tag, for one
+target. Messages are validated like any other outside input: a message that does not parse
+names the field at fault and is never retried into success.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .config import SyncConfig
+from .errors import InvalidContent
+from .jsondoc import parse_json
+from .names import in_namespace, is_digest, is_repository, is_tag
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 48 * 1024  # Storage queue messages are at most 64 KiB (base64 adds a third)
+_FIELDS = frozenset({"v", "kind", "repository", "target", "tag", "digest"})
+
+
+class MessageKind(str, enum.Enum):
+    REPOSITORY = "repository"  # diff one repository, copy what the target lacks
+    TAG = "tag"  # copy one tag
+
+
+@dataclass(frozen=True)
+class WorkMessage:
+    kind: MessageKind
+    repository: str
+    target: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", MessageKind(self.kind))
+
+    def dumps(self) -> str:
+        body: dict[str, Any] = {
+            "v": VERSION, "kind": self.kind.value, "repository": self.repository, "target": self.target,
+        }  # fmt: skip
+        if self.kind is MessageKind.TAG:
+            body["tag"] = self.tag
+            if self.digest:
+                body["digest"] = self.digest
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def parse_message(text: str | bytes, config: SyncConfig) -> WorkMessage:
+    """Validate a queue message; raises :class:`InvalidContent` naming the bad field."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise InvalidContent(f"message is {len(text)} characters, over {MAX_MESSAGE_BYTES}")
+    body = parse_json(text, "message", dict)
+    if body.get("v") != VERSION:
+        raise InvalidContent(f"message version {body.get('v')!r} is not supported (expected {VERSION})")
+    try:
+        kind = MessageKind(body.get("kind"))
+    except ValueError:
+        raise InvalidContent(f"message kind {body.get('kind')!r} is not 'repository' or 'tag'") from None
+    unknown = set(body) - _FIELDS
+    if unknown:
+        raise InvalidContent(f"message has unknown fields {sorted(unknown)}")
+    repository, target = body.get("repository"), body.get("target")
+    if not isinstance(repository, str) or not is_repository(repository):
+        raise InvalidContent(f"message repository {repository!r} is not a valid repository name")
+    if not isinstance(target, str) or target not in {t.name for t in config.targets}:
+        raise InvalidContent(f"message target {target!r} is not a configured target")
+    namespace = config.source.namespace
+    if not in_namespace(repository, namespace):
+        raise InvalidContent(f"message repository {repository} is outside the source namespace {namespace}")
+    tag, digest = body.get("tag"), body.get("digest")
+    if kind is MessageKind.TAG and (not isinstance(tag, str) or not is_tag(tag)):
+        raise InvalidContent(f"message tag {tag!r} is not a valid tag")
+    if kind is MessageKind.REPOSITORY and tag is not None:
+        raise InvalidContent("a repository message carries no tag")
+    if digest is not None and (not isinstance(digest, str) or not is_digest(digest)):
+        raise InvalidContent(f"message digest {digest!r} is not a valid digest")
+    return WorkMessage(kind, repository, target, tag, digest)

@@ -1,0 +1,172 @@
+"""What a run did: counts per run and per target, skips and failures (:class:`Summary`).
+
+:class:`Summary` only counts. :class:`Recorder` is what the planner and the executor report to:
+it counts in the summary and writes the decision log line (``logs``), so that no outcome is
+counted without being logged or logged without being counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import logs
+from .copy import CopyResult, CopyStatus
+
+if TYPE_CHECKING:
+    from .plan import TagWork
+
+log = logging.getLogger("sync_core.sync")
+
+
+@dataclass
+class TargetCounts:
+    considered: int = 0
+    missing: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+@dataclass
+class Summary:
+    dry_run: bool = False
+    repositories: int = 0
+    tags_considered: int = 0
+    tags_missing: int = 0
+    tags_copied: int = 0
+    tags_unchanged: int = 0
+    tags_skipped: int = 0
+    tags_failed: int = 0
+    manifests_pushed: int = 0
+    blobs_uploaded: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
+    bytes_uploaded: int = 0
+    duration_seconds: float = 0.0
+    targets: dict[str, TargetCounts] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    planned: list[TagWork] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def target(self, name: str) -> TargetCounts:
+        return self.targets.setdefault(name, TargetCounts())
+
+    def considered(self, target: str, tags: int) -> None:
+        with self._lock:
+            self.tags_considered += tags
+            self.target(target).considered += tags
+
+    def missing(self, target: str, tags: int) -> None:
+        with self._lock:
+            self.tags_missing += tags
+            self.target(target).missing += tags
+
+    def fail(self, where: str, reason: str, target: str | None = None, tags: int = 1) -> None:
+        with self._lock:
+            self.failures.append({"target": target, "item": where, "reason": reason})
+            if target:
+                self.target(target).failed += tags
+            self.tags_failed += tags
+
+    def skip(self, where: str, reason: str, target: str, tags: int = 1) -> None:
+        with self._lock:
+            self.skipped.append({"target": target, "item": where, "reason": reason})
+            self.target(target).skipped += tags
+            self.tags_skipped += tags
+
+    def add_copy(self, target: str, result: CopyResult) -> None:
+        """Count a finished copy (a skipped one is counted by :meth:`skip`)."""
+        with self._lock:
+            counts = self.target(target)
+            if result.status is CopyStatus.COPIED:
+                self.tags_copied += 1
+                counts.copied += 1
+            elif result.status is CopyStatus.UNCHANGED:
+                self.tags_unchanged += 1
+                counts.unchanged += 1
+            self.manifests_pushed += result.manifests_pushed
+            self.blobs_uploaded += result.blobs_uploaded
+            self.blobs_mounted += result.blobs_mounted
+            self.blobs_skipped += result.blobs_skipped
+            self.bytes_uploaded += result.bytes_uploaded
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "dry_run": self.dry_run,
+            "repositories": self.repositories,
+            "tags": {
+                "considered": self.tags_considered,
+                "missing": self.tags_missing,
+                "copied": self.tags_copied,
+                "unchanged": self.tags_unchanged,
+                "skipped": self.tags_skipped,
+                "failed": self.tags_failed,
+            },
+            "manifests_pushed": self.manifests_pushed,
+            "blobs": {
+                "uploaded": self.blobs_uploaded,
+                "mounted": self.blobs_mounted,
+                "skipped": self.blobs_skipped,
+            },
+            "bytes_uploaded": self.bytes_uploaded,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "targets": {name: vars(c) for name, c in sorted(self.targets.items())},
+            "skipped": self.skipped,
+            "failures": self.failures,
+            "planned": [_planned(w) for w in self.planned] if self.dry_run else [],
+        }
+
+
+def _planned(work: TagWork) -> dict[str, Any]:
+    return {
+        "target": work.target,
+        "source_repository": work.source_repository,
+        "target_repository": work.target_repository,
+        "tag": work.tag,
+        "digest": work.digest,
+        "reason": work.reason.value,
+    }
+
+
+class Recorder:
+    """Where a run reports each outcome: counted in ``summary`` and logged as a decision."""
+
+    def __init__(self, summary: Summary) -> None:
+        self.summary = summary
+
+    def failed(self, where: str, reason: str, target: str | None = None, tags: int = 1) -> None:
+        self.summary.fail(where, reason, target, tags)
+        logs.decision(
+            log, "failed", f"failed {where}: {reason}", level=logging.ERROR, item=where, target=target
+        )
+
+    def skipped(self, where: str, reason: str, target: str, tags: int = 1) -> None:
+        self.summary.skip(where, reason, target, tags)
+        logs.decision(log, "skipped", f"skipped {where}: {reason}", item=where, target=target)
+
+    def finished(self, work: TagWork, result: CopyResult) -> None:
+        """A copy that ended without an exception: copied, unchanged or skipped by a rule."""
+        if result.status is CopyStatus.SKIPPED:
+            self.skipped(f"{work.source_repository}:{work.tag}", result.reason or "skipped", work.target)
+            return
+        self.summary.add_copy(work.target, result)
+        status = result.status.value
+        logs.decision(
+            log, status,
+            f"{status} {work.source_repository}:{work.tag} -> {work.target} {work.target_repository}:{work.tag} "
+            f"({result.bytes_uploaded} bytes uploaded, {result.blobs_mounted} blobs mounted, {result.seconds:.2f}s)",
+            repository=work.source_repository, tag=work.tag, digest=result.digest, target=work.target,
+            target_repository=work.target_repository, bytes_uploaded=result.bytes_uploaded,
+        )  # fmt: skip
