@@ -27,7 +27,7 @@ STORAGE = "AzureWebJobsStorage"
 def sync_schedule(timer: func.TimerRequest, out: func.Out[list[str]]) -> None:
     if timer.past_due:
         log.warning("timer is past due; reconciling now")
-    messages = handlers.schedule_messages(runtime.shared_syncer())
+    messages = handlers.schedule_messages(runtime.shared_syncer(), handlers.last_run(getattr(timer, "schedule_status", None)))
     if messages:
         out.set(messages)
 

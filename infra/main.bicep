@@ -108,12 +108,22 @@ param tagMaxAgeDays string = ''
 @description('TAG_KEEP_LATEST: only the newest N tags per repository, N >= 1 (empty: no limit; ACR source only).')
 param tagKeepLatest string = ''
 
-@description('SYNC_COMPARE: name (tag present in target) or digest (tag present with the same digest).')
+@description('SYNC_COMPARE: name (only missing tags), recent (also tags and referrers the source changed within SYNC_RECHECK_HOURS, and everything once per SYNC_FULL_CHECK_HOURS) or digest (every tag, every run).')
 @allowed([
   'name'
+  'recent'
   'digest'
 ])
-param syncCompare string = 'digest'
+param syncCompare string = 'recent'
+
+@description('SYNC_RECHECK_HOURS: with SYNC_COMPARE=recent, what the source changed this recently is compared at each target.')
+param syncRecheckHours string = '6'
+
+@description('SYNC_FULL_CHECK_HOURS: with SYNC_COMPARE=recent, each repository is fully compared once per this period.')
+param syncFullCheckHours string = '24'
+
+@description('SYNC_REFERRERS: referrers (signatures, SBOMs, attestations) mirrored with their images: all, none, or comma-separated artifact types.')
+param syncReferrers string = 'all'
 
 @description('SYNC_CONCURRENCY: parallel copies inside one worker invocation.')
 @minValue(1)
@@ -468,6 +478,18 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         {
           name: 'SYNC_COMPARE'
           value: syncCompare
+        }
+        {
+          name: 'SYNC_RECHECK_HOURS'
+          value: syncRecheckHours
+        }
+        {
+          name: 'SYNC_FULL_CHECK_HOURS'
+          value: syncFullCheckHours
+        }
+        {
+          name: 'SYNC_REFERRERS'
+          value: syncReferrers
         }
         {
           name: 'SYNC_CONCURRENCY'

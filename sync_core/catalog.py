@@ -20,6 +20,20 @@ class TagInfo:
     name: str
     digest: str | None = None  # known from an ACR listing; None from a plain OCI listing
     updated: dt.datetime | None = None  # last time the tag was pushed (ACR lastUpdateTime)
+    readable: bool = True  # ACR changeableAttributes.readEnabled: false means pulls are refused
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One manifest of an ACR ``_manifests`` listing (untagged ones included)."""
+
+    digest: str
+    tags: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()  # the children of an index
+    media_type: str | None = None
+    config_media_type: str | None = None
+    updated: dt.datetime | None = None
+    readable: bool = True
 
 
 def parse_time(value: object) -> dt.datetime | None:
@@ -69,6 +83,10 @@ class Source:
     def tags(self, repository: str) -> list[TagInfo]:
         return [TagInfo(t) for t in self.client.list_tags(repository) or () if is_tag(t)]
 
+    def manifests(self, repository: str, since: dt.datetime | None) -> list[ManifestEntry] | None:
+        """Manifests changed since ``since`` (None: all), untagged ones included; None: no such listing."""
+        return None
+
 
 class AcrSource(Source):
     """ACR: tags with digest and timestamps from ``/acr/v1/<repo>/_tags`` (no manifest requests)."""
@@ -91,6 +109,63 @@ class AcrSource(Source):
             return []
         return found
 
+    def manifests(self, repository: str, since: dt.datetime | None) -> list[ManifestEntry]:
+        """``/acr/v1/<repo>/_manifests``, newest first, read until entries are older than ``since``."""
+        check_repository(repository)
+        found: list[ManifestEntry] = []
+        path = f"/acr/v1/{quote(repository, safe='/')}/_manifests?n=100&orderby=timedesc"
+        scopes = (repository_scope(repository, self.client.actions),)
+        try:
+            for page in self.client.paginate(path, "manifests", scopes, f"list manifests of {repository}"):
+                entries = page.get("manifests") or []
+                if not isinstance(entries, list):
+                    raise InvalidContent(f"{self.client.host}: manifests of {repository}: 'manifests' is not a list")
+                older = False
+                for raw in entries:
+                    entry = _acr_manifest(raw)
+                    if entry is None:
+                        continue
+                    if since is not None and entry.updated is not None and entry.updated < since:
+                        older = True
+                        continue
+                    found.append(entry)
+                if older:
+                    break  # newest first: the rest is older still
+        except NotFound:
+            return []
+        return found
+
+
+def _readable(entry: dict[str, object]) -> bool:
+    attributes = entry.get("changeableAttributes")
+    return not (isinstance(attributes, dict) and attributes.get("readEnabled") is False)
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _acr_manifest(entry: object) -> ManifestEntry | None:
+    if not isinstance(entry, dict):
+        return None
+    digest = entry.get("digest")
+    if not isinstance(digest, str) or not is_digest(digest):
+        return None
+    references = entry.get("references")
+    children = tuple(
+        r["digest"] for r in references if isinstance(r, dict) and isinstance(r.get("digest"), str)
+    ) if isinstance(references, list) else ()  # fmt: skip
+    media_type, config_type = entry.get("mediaType"), entry.get("configMediaType")
+    return ManifestEntry(
+        digest,
+        tuple(t for t in _strings(entry.get("tags")) if is_tag(t)),
+        children,
+        media_type if isinstance(media_type, str) else None,
+        config_type if isinstance(config_type, str) else None,
+        parse_time(entry.get("lastUpdateTime")) or parse_time(entry.get("createdTime")),
+        _readable(entry),
+    )
+
 
 def _acr_tag(entry: object) -> TagInfo | None:
     if not isinstance(entry, dict):
@@ -102,6 +177,7 @@ def _acr_tag(entry: object) -> TagInfo | None:
         name,
         digest if isinstance(digest, str) and is_digest(digest) else None,
         parse_time(entry.get("lastUpdateTime")) or parse_time(entry.get("createdTime")),
+        _readable(entry),
     )
 
 

@@ -18,6 +18,7 @@ from .config import load_config, settings_help
 from .errors import ConfigError, InvalidContent, SetupError, SyncError
 from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
 from .names import ImageRef
+from .plan import Check
 from .report import Recorder, Summary
 from .sync import Syncer
 
@@ -99,7 +100,7 @@ def render_plan(summary: Summary) -> str:
         by_target.setdefault(work.target, []).append(work)
     for target, items in sorted(by_target.items()):
         lines.append(f"target {target}: {len(items)} tag(s) to copy")
-        rows = [(f"{w.source_repository}:{w.tag}", f"{w.target_repository}:{w.tag}", w.reason.value)
+        rows = [(w.item, w.target_repository + w.item[len(w.source_repository):], w.reason.value)
                 for w in sorted(items, key=lambda w: (w.source_repository, w.tag))]  # fmt: skip
         widths = [max(len(r[i]) for r in [("SOURCE", "DESTINATION", ""), *rows]) for i in (0, 1)]
         for src, dst, reason in [("SOURCE", "DESTINATION", "REASON"), *rows]:
@@ -137,10 +138,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="plan only: list what would be copied, copy nothing"
     )
+    full_check: dict[str, Any] = {
+        "action": "store_true",
+        "help": "compare every tag the targets have with the source (one HEAD each) and look for "
+        "referrers added to everything, as the daily full check of SYNC_COMPARE=recent does",
+    }
     p.add_argument("--repository", **only_repo)
+    p.add_argument("--full-check", **full_check)
     p = command("plan", "show what sync would copy, per target",
                 "Show, per target, the tags that sync would copy and why.")  # fmt: skip
     p.add_argument("--repository", **only_repo)
+    p.add_argument("--full-check", **full_check)
     p = command("copy", "copy one image (REPOSITORY:TAG or REPOSITORY@DIGEST) to every target",
                 "Copy one image, all platforms, to every target (tag filters do not apply).")  # fmt: skip
     p.add_argument("image", metavar="REPOSITORY:TAG", help="source repository and tag (or @digest)")
@@ -193,8 +201,9 @@ def _run(args: argparse.Namespace, syncer: Syncer) -> Summary:
         if args.command in ("sync", "plan"):
             dry_run = args.command == "plan" or args.dry_run
             return syncer.run(
-                dry_run=dry_run, repositories=args.repository, targets=targets, progress=progress
-            )
+                dry_run=dry_run, repositories=args.repository, targets=targets, progress=progress,
+                check=Check.FULL if args.full_check else None,
+            )  # fmt: skip
         started = time.monotonic()
         summary = Summary()
         if args.command == "copy":

@@ -41,8 +41,22 @@ class SourceKind(str, enum.Enum):
 
 
 class Compare(str, enum.Enum):
-    NAME = "name"  # copy tags the target lacks
-    DIGEST = "digest"  # also tags whose digest differs
+    NAME = "name"  # copy tags the target lacks; never look at tags it has
+    RECENT = "recent"  # also recheck what the source changed lately, and everything once a day
+    DIGEST = "digest"  # recheck every tag on every run
+
+
+@dataclass(frozen=True)
+class ReferrerPolicy:
+    """Which referrers (signatures, SBOMs, attestations) travel with their images (SYNC_REFERRERS)."""
+
+    enabled: bool = True
+    types: frozenset[str] | None = None  # None: every artifact type
+
+    def wants(self, artifact_type: str | None) -> bool:
+        if not self.enabled:
+            return False
+        return self.types is None or artifact_type in self.types
 
 
 # -- the configuration, as the rest of the core sees it --------------------------------------------
@@ -110,7 +124,10 @@ class SyncConfig:
     source: SourceConfig
     targets: tuple[TargetConfig, ...]
     filters: Filters = Filters()
-    compare: Compare = Compare.NAME
+    compare: Compare = Compare.RECENT
+    recheck_hours: float = 6.0
+    full_check_hours: float = 24.0
+    referrers: ReferrerPolicy = ReferrerPolicy()
     concurrency: int = 8
     key_vault_url: str | None = None
     queue: str = DEFAULT_QUEUE
@@ -238,6 +255,18 @@ def _choice(kind: type[enum.Enum]) -> Parser:
     return parse
 
 
+def _referrers(value: Any, name: str, problems: Problems) -> ReferrerPolicy | None:
+    if isinstance(value, str) and value.strip().lower() in ("all", "none"):
+        return ReferrerPolicy(enabled=value.strip().lower() == "all")
+    types = _string_list(value, name, problems)
+    if types is None:
+        return None
+    if not types:
+        problems.add(name, "must be 'all', 'none' or a list of artifact types")
+        return None
+    return ReferrerPolicy(types=frozenset(types))
+
+
 def _https_url(value: Any, name: str, problems: Problems) -> str | None:
     if isinstance(value, str) and value.startswith("https://"):
         return value
@@ -346,8 +375,19 @@ SETTINGS: tuple[Setting, ...] = (
             scope=GT, default_text="all"),
     # the run
     Setting("sync_compare", _choice(Compare),
-            "`name`: copy tags the target lacks; `digest`: also tags whose digest differs (one HEAD per tag)",
-            default=Compare.NAME, default_text="`name`"),
+            "which tags the target has are compared with the source (one HEAD each): `name` none, "
+            "`recent` those the source changed within `SYNC_RECHECK_HOURS` plus all once per "
+            "`SYNC_FULL_CHECK_HOURS`, `digest` all on every run",
+            default=Compare.RECENT, default_text="`recent`"),
+    Setting("sync_recheck_hours", _number(minimum=0),
+            "`recent`: tags and referrers the source changed this recently are rechecked at the target",
+            default=6.0),
+    Setting("sync_full_check_hours", _number(minimum=1),
+            "`recent`: each repository is fully rechecked (moved tags, referrers) once per this period",
+            default=24.0),
+    Setting("sync_referrers", _referrers,
+            "referrers (signatures, SBOMs, attestations) mirrored with their images: `all`, `none`, or "
+            "a list of artifact types", default=ReferrerPolicy(), default_text="`all`"),
     Setting("sync_concurrency", _number(integer=True, minimum=1, maximum=64),
             "repositories and tags processed in parallel (each copy also runs 4 blob transfers)", default=8),
     Setting("key_vault_url", _https_url, "vault holding the credentials (the app's managed identity reads it)"),
@@ -577,6 +617,9 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
         targets=tuple(targets),
         filters=filters,
         compare=read("sync_compare"),
+        recheck_hours=float(read("sync_recheck_hours")),
+        full_check_hours=float(read("sync_full_check_hours")),
+        referrers=read("sync_referrers"),
         concurrency=int(read("sync_concurrency")),
         key_vault_url=key_vault_url,
         queue=read("sync_queue"),

@@ -1,64 +1,68 @@
-"""The copy engine: one image (all platforms, exact bytes) from a source to a destination.
+"""The copy engine: one image (all platforms, exact bytes, its referrers) from the source to its targets.
 
-Order of work for one image:
+Order of work for one image and any number of targets (:meth:`Copier.copy_to`):
 
-1. fetch the source manifest (by tag or digest) and, for an index, every child manifest that the
-   destination does not already hold;
-2. check the target's skip rules against every manifest involved;
-3. make every blob present at the destination, in parallel: skipped if already there, mounted
-   from another repository that holds it, else streamed from the source while being hashed;
-4. push child manifests, then the top manifest, with the exact source bytes: the tag is written
-   last, so a destination tag never points at content that is not all there.
+1. fetch the source manifest (by tag or digest) and every manifest below it, and validate the
+   whole tree, whatever the targets already hold: the outcome depends on the source only;
+2. per target, check its skip rules against every manifest of the tree;
+3. make every blob present at each target that lacks it: known (this process verified it),
+   mounted from another repository that holds it, found by a HEAD, else uploaded from the
+   source; a blob several targets need is read from the source once (:class:`~.stream.Tee`).
+   Every path checks the descriptor's size (and an upload its digest) the same way;
+4. per target, push child manifests, then the top manifest with the exact source bytes: the tag
+   is written last, so a target tag never points at content that is not all there;
+5. mirror the referrers of every manifest of the tree (signatures, SBOMs, attestations), each
+   after its subject, recursively (see ``referrers.py``).
+
+A target that fails does not stop the others: each gets its own :class:`CopyResult`.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 import requests
-import urllib3
 
-from .errors import DigestMismatch, InvalidContent, RegistryError, SkipImage, SourceStreamError, SyncError
+from .config import ReferrerPolicy
+from .errors import AuthError, InvalidContent, RegistryError, SkipImage, describe, is_transient
 from .ledger import BlobLedger
 from .manifest import Descriptor, Manifest
-from .names import is_digest, new_hasher
+from .names import is_digest
+from .referrers import MAX_REFERRER_DEPTH, ReferrerFinder, list_in_fallback_tag
 from .registry import RegistryClient
 from .retry import RetryLater, RetryPolicy, retrying
+from .stream import Slice, Tee, TeeBody, VerifyingReader
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
 CHUNK_SIZE = 32 * 1024 * 1024  # for registries that need chunked (PATCH) uploads
-MAX_INDEX_DEPTH = 4
+MAX_INDEX_DEPTH = 8  # indexes of indexes: real content nests one or two levels
 FALLBACK_TO_CHUNKED = frozenset({405, 411, 413, 416})
+MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
 
 
 class CopyStatus(str, enum.Enum):
     COPIED = "copied"
-    UNCHANGED = "unchanged"  # the destination already had it
+    UNCHANGED = "unchanged"  # the target already had it
     SKIPPED = "skipped"  # the target's rules exclude it (reason in the result)
-
-
-class BlobPlacement(str, enum.Enum):
-    UPLOADED = "uploaded"
-    MOUNTED = "mounted"
-    PRESENT = "present"  # already at the destination
+    IGNORED = "ignored"  # an untagged manifest that is not a referrer to mirror (reason in the result)
 
 
 class AtTarget(enum.Enum):
-    """What the caller learned about the destination just before asking for a copy.
+    """What the caller learned about the target just before asking for a copy.
 
-    The copier trusts it instead of asking again: a planner that listed the destination's tags
-    a moment ago need not have each tag HEADed once more.
+    The copier trusts it instead of asking again: a planner that listed the target's tags a
+    moment ago need not have each tag HEADed once more.
     """
 
-    UNKNOWN = "unknown"  # nothing: ask the destination (an event, a queued tag, `copy`)
+    UNKNOWN = "unknown"  # nothing: ask the target (an event, a queued tag, `copy`)
     TAG_ABSENT = "tag absent"  # the repository's tag listing did not have the tag
     TAG_DIFFERS = "tag differs"  # the tag is there with another digest
     REPOSITORY_ABSENT = "repository absent"  # the tag listing answered 404
@@ -69,7 +73,7 @@ class AtTarget(enum.Enum):
 
     @property
     def repository_empty(self) -> bool:
-        """Nothing to HEAD for: the repository holds only what this copy puts there."""
+        """No manifest to HEAD for: the repository holds no tag (blobs are still HEADed)."""
         return self is AtTarget.REPOSITORY_ABSENT
 
 
@@ -86,112 +90,123 @@ class CopyResult:
     blobs_mounted: int = 0
     blobs_skipped: int = 0
     bytes_uploaded: int = 0
+    referrers_copied: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    error: BaseException | None = field(default=None, repr=False)  # what stopped this target
+    referrer_errors: list[str] = field(default_factory=list)  # referrers that could not be mirrored
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
 
 
-class VerifyingReader:
-    """A file-like body that streams a source blob, hashing as it goes.
+class Destination:
+    """One target registry as the copier sees it: its client and what is known about it."""
 
-    The digest is checked when the last byte has been read from the source and *before* that
-    byte is handed to the destination upload, so a wrong blob is never completed there.
-    """
+    def __init__(
+        self, name: str, client: RegistryClient, *, ledger: BlobLedger | None = None, chunked: bool = False
+    ):
+        self.name = name
+        self.client = client
+        self.ledger = ledger or BlobLedger()
+        self.chunked = chunked  # learned when a single-request upload is refused
+        self.referrers_api: bool | None = None  # learned from the first OCI-Subject answer
 
-    def __init__(self, raw: Any, descriptor: Descriptor, where: str):
-        self.raw = raw
-        self.descriptor = descriptor
-        self.where = where
-        self.hasher = new_hasher(descriptor.digest)
-        self.remaining = descriptor.size
-        self.read_bytes = 0
-
-    def __len__(self) -> int:
-        return self.descriptor.size
-
-    def read(self, n: int = -1) -> bytes:
-        """Read on (at least ``READ_SIZE`` at a time: http.client asks for small blocks)."""
-        return self.read_at_most(self.remaining if n is None or n < 0 else max(n, READ_SIZE))
-
-    def read_at_most(self, limit: int) -> bytes:
-        """Read at most ``limit`` bytes (a chunk of a chunked upload must not overrun its length)."""
-        if self.remaining == 0 or limit <= 0:
-            return b""
-        want = min(limit, self.remaining)
-        try:
-            data: bytes = self.raw.read(want, decode_content=False)
-        except (urllib3.exceptions.HTTPError, OSError, requests.RequestException) as exc:
-            raise SourceStreamError(f"{self.where}: source stream broke ({type(exc).__name__})") from None
-        if not data:
-            raise SourceStreamError(
-                f"{self.where}: source ended after {self.read_bytes} of {self.descriptor.size} bytes"
-            )
-        if len(data) > self.remaining:
-            raise InvalidContent(
-                f"{self.where}: source sent more than the {self.descriptor.size} bytes declared"
-            )
-        self.hasher.update(data)
-        self.remaining -= len(data)
-        self.read_bytes += len(data)
-        if self.remaining == 0:
-            actual = f"{self.descriptor.digest.split(':', 1)[0]}:{self.hasher.hexdigest()}"
-            if actual != self.descriptor.digest:
-                raise DigestMismatch(
-                    f"{self.where}: expected {self.descriptor.digest}, content hashes to {actual}"
-                )
-        return data
+    @property
+    def host(self) -> str:
+        return self.client.host
 
 
-class _Slice:
-    """At most ``length`` bytes of a reader, as a file-like body (for chunked uploads)."""
+@dataclass(frozen=True)
+class Placement:
+    """Where one copy goes: a repository (and tag) at a destination, and that target's rules."""
 
-    def __init__(self, reader: VerifyingReader, length: int):
-        self.reader = reader
-        self.left = length
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self, n: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        data = self.reader.read_at_most(
-            min(self.left, READ_SIZE if n is None or n < 0 else max(n, READ_SIZE))
-        )
-        self.left -= len(data)
-        return data
+    destination: Destination
+    repository: str
+    tag: str | None = None  # None: by digest (a referrer)
+    at_target: AtTarget = AtTarget.UNKNOWN
+    skip_types: frozenset[str] = frozenset()
 
 
 @dataclass
-class _Plan:
+class ImageTree:
+    """A manifest and everything below it, fetched from the source and validated."""
+
     top: Manifest
-    manifests: list[Manifest]  # children first, to push before the top manifest
-    blobs: dict[str, Descriptor]
+    manifests: list[Manifest] = field(default_factory=list)  # below the top, children first
+    blobs: dict[str, Descriptor] = field(default_factory=dict)  # blobs of every manifest
+    blobs_of: dict[str, list[Descriptor]] = field(default_factory=dict)  # manifest digest -> its blobs
+    children_of: dict[str, list[str]] = field(default_factory=dict)  # index digest -> child digests
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def all_manifests(self) -> list[Manifest]:
+        return [self.top, *self.manifests]
+
+
+class ManifestCache:
+    """Source manifests by digest (content-addressed: never stale), bounded in bytes."""
+
+    def __init__(self, limit: int = MANIFEST_CACHE_BYTES):
+        self.limit = limit
+        self._items: OrderedDict[str, Manifest] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Manifest | None:
+        with self._lock:
+            manifest = self._items.get(digest)
+            if manifest is not None:
+                self._items.move_to_end(digest)
+            return manifest
+
+    def put(self, manifest: Manifest) -> None:
+        with self._lock:
+            if manifest.digest in self._items:
+                return
+            self._items[manifest.digest] = manifest
+            self._bytes += manifest.size
+            while self._bytes > self.limit and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.size
 
 
 class Copier:
-    """Copies images from ``source`` to ``destination``. Thread-safe; one per (source, target)."""
+    """Copies images from ``source`` to destinations. Thread-safe; one per source registry.
+
+    ``destination`` (a client) makes a single-target copier for :meth:`copy`; a multi-target
+    caller passes :class:`Placement` values to :meth:`copy_to`.
+    """
 
     def __init__(
         self,
         source: RegistryClient,
-        destination: RegistryClient,
+        destination: RegistryClient | None = None,
         *,
         blob_concurrency: int = 4,
         ledger: BlobLedger | None = None,
         retry: RetryPolicy | None = None,
         chunked: bool = False,
         sleep: Callable[[float], None] = time.sleep,
+        referrers: ReferrerPolicy | None = None,
     ):
         self.source = source
-        self.destination = destination
-        self.ledger = ledger or BlobLedger()
+        self.destination = (
+            Destination("target", destination, ledger=ledger, chunked=chunked) if destination else None
+        )
         self.retry = retry or RetryPolicy(attempts=4)
         self.sleep = sleep
-        self.chunked = chunked
-        self.pool = ThreadPoolExecutor(max_workers=max(1, blob_concurrency), thread_name_prefix="blob")
+        self.finder = ReferrerFinder(source, referrers or ReferrerPolicy())
+        self.manifests = ManifestCache()
+        workers = max(1, blob_concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob")
+        # Uploads fed by a Tee run beside the blob task that reads the source (one per extra target).
+        self.uploads = ThreadPoolExecutor(max_workers=workers * 2, thread_name_prefix="upload")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.uploads.shutdown(wait=True)
 
     def __enter__(self) -> Copier:
         return self
@@ -199,7 +214,7 @@ class Copier:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- one image ------------------------------------------------------------------------
+    # -- entry points -----------------------------------------------------------------------
     def copy(
         self,
         src_repo: str,
@@ -211,248 +226,573 @@ class Copier:
         skip_media_types: frozenset[str] = frozenset(),
         at_target: AtTarget = AtTarget.UNKNOWN,
     ) -> CopyResult:
-        """Copy ``src_repo:reference`` to ``dst_repo`` (tagged ``dst_tag`` or the same tag).
-
-        ``expected_digest`` (known from a listing) lets an up-to-date destination be detected
-        with one HEAD and no source request at all; ``at_target`` (what a listing of the
-        destination just said) saves that HEAD too.
-        """
-        started = time.monotonic()
+        """Copy ``src_repo:reference`` to ``dst_repo`` at the single destination; raise on failure."""
+        assert self.destination is not None, "Copier(source, destination) for copy(); else copy_to()"
         tag = dst_tag or (None if is_digest(reference) else reference)
-        dst_ref = tag or reference
-        sep = "@" if is_digest(reference) else ":"
-        result = CopyResult(
-            f"{self.source.host}/{src_repo}{sep}{reference}",
-            f"{self.destination.host}/{dst_repo}{':' + tag if tag else '@' + reference}",
-        )
-        ask = not at_target.tag_known_absent
-        try:
-            if expected_digest and ask and self._destination_has(dst_repo, dst_ref, expected_digest, at_target):
-                result.digest, result.status = expected_digest, CopyStatus.UNCHANGED
-                return result
-            top = self.source.get_manifest(src_repo, reference)
-            result.digest, result.media_type = top.digest, top.media_type
-            if (
-                expected_digest != top.digest
-                and ask
-                and self._destination_has(dst_repo, dst_ref, top.digest, at_target)
-            ):
-                result.status = CopyStatus.UNCHANGED
-                return result
-            plan = self._plan(src_repo, top, dst_repo, skip_media_types, at_target)
-            self._copy_blobs(src_repo, dst_repo, plan.blobs, result, at_target)
-            try:
-                self._push_manifests(dst_repo, dst_ref, plan, result)
-            except SyncError:
-                self.ledger.forget(dst_repo)  # the registry disagrees with what we believed it holds
-                raise
-            return result
-        except SkipImage as exc:
-            result.status, result.reason = CopyStatus.SKIPPED, str(exc)
-            return result
-        finally:
-            result.seconds = round(time.monotonic() - started, 3)
+        placement = Placement(self.destination, dst_repo, tag, at_target, skip_media_types)
+        (result,) = self.copy_to(src_repo, reference, [placement], expected_digest=expected_digest)
+        if result.error is not None:
+            raise result.error
+        return result
 
-    def _push_manifests(self, dst_repo: str, dst_ref: str, plan: _Plan, result: CopyResult) -> None:
-        """Children first, then the top manifest under its tag: the tag is written last."""
-        for manifest in plan.manifests:
-            with self.ledger.manifest_writes(dst_repo):
-                if self.ledger.known(dst_repo, manifest.digest):
-                    continue  # pushed meanwhile by a concurrent copy of another tag
-                self.destination.put_manifest(dst_repo, manifest.digest, manifest)
-                self.ledger.record(dst_repo, manifest.digest)
-            result.manifests_pushed += 1
-        with self.ledger.manifest_writes(dst_repo):
-            self.destination.put_manifest(dst_repo, dst_ref, plan.top)
-            self.ledger.record(dst_repo, plan.top.digest)
-        result.manifests_pushed += 1
-
-    def _destination_has(self, dst_repo: str, dst_ref: str, digest: str, at_target: AtTarget) -> bool:
-        if is_digest(dst_ref) and self.ledger.known(dst_repo, dst_ref):
-            return True
-        if is_digest(dst_ref) and at_target.repository_empty:
-            return False  # a repository new in this run holds only what the ledger knows
-        info = self.destination.head_manifest(dst_repo, dst_ref)
-        return info is not None and info.digest == digest
-
-    # -- planning ---------------------------------------------------------------------------
-    def _plan(
-        self, src_repo: str, top: Manifest, dst_repo: str, skip: frozenset[str], at_target: AtTarget
-    ) -> _Plan:
-        plan = _Plan(top, [], {})
-        self._check_skip(top, skip, "image")
-        self._collect(src_repo, top, dst_repo, skip, plan, 0, at_target)
-        return plan
-
-    def _collect(
+    def copy_to(
         self,
         src_repo: str,
-        manifest: Manifest,
-        dst_repo: str,
-        skip: frozenset[str],
-        plan: _Plan,
-        depth: int,
-        at_target: AtTarget,
-    ) -> None:
+        reference: str,
+        placements: list[Placement],
+        *,
+        expected_digest: str | None = None,
+    ) -> list[CopyResult]:
+        """Copy ``src_repo:reference`` (tag or digest) to every placement; one result each.
+
+        ``expected_digest`` (known from a listing) lets an up-to-date target be detected with one
+        HEAD and no source request at all.
+        """
+        started = time.monotonic()
+        results = [self._result(src_repo, reference, p) for p in placements]
+        todo = list(zip(placements, results, strict=True))
+        try:
+            if expected_digest:
+                todo = self._not_up_to_date(todo, expected_digest)
+            if todo:
+                tree = self.tree(src_repo, reference)
+                if tree.top.digest != expected_digest:
+                    todo = self._not_up_to_date(todo, tree.top.digest)
+                self._copy_tree(src_repo, tree, todo)
+                self._mirror_referrers(src_repo, tree, _copied(todo), set(), 0)
+        except Exception as exc:  # noqa: BLE001 - the source failed: every target still waiting fails
+            for _, result in todo:
+                result.fail(exc)
+        for result in results:
+            result.seconds = round(time.monotonic() - started, 3)
+        return results
+
+    def copy_referrer(self, src_repo: str, digest: str, placements: list[Placement]) -> list[CopyResult]:
+        """Mirror the untagged manifest ``digest`` if it is a referrer whose subject a target holds.
+
+        For an untagged ImagePushed event, and for untagged manifests the source changed lately.
+        A target that holds it already costs one HEAD and no source request.
+        """
+        started = time.monotonic()
+        results = [self._result(src_repo, digest, p) for p in placements]
+        todo = self._not_up_to_date(list(zip(placements, results, strict=True)), digest)
+        try:
+            if todo:
+                tree = self.tree(src_repo, digest)
+                subject = tree.top.subject
+                why = self._not_a_wanted_referrer(tree.top)
+                waiting = []
+                for placement, result in todo:
+                    if why is None and subject is not None and not self._holds(placement, subject.digest):
+                        why = f"its subject {subject.digest} is not at the target (a referrer follows its subject)"
+                    if why is not None:
+                        result.status, result.reason = CopyStatus.IGNORED, why
+                    else:
+                        waiting.append((placement, result))
+                self._copy_tree(src_repo, tree, waiting)
+                self._mirror_referrers(src_repo, tree, _copied(waiting), set(), 0)
+        except Exception as exc:  # noqa: BLE001
+            for _, result in todo:
+                result.fail(exc)
+        for result in results:
+            result.seconds = round(time.monotonic() - started, 3)
+        return results
+
+    def copy_referrers_of(self, src_repo: str, subject: str, placements: list[Placement]) -> list[CopyResult]:
+        """Mirror the referrers the source lists for ``subject`` to targets that hold the subject."""
+        started = time.monotonic()
+        results = [self._result(src_repo, subject, p) for p in placements]
+        for result in results:
+            result.status = CopyStatus.UNCHANGED
+        todo = []
+        try:
+            for placement, result in zip(placements, results, strict=True):
+                if self._holds(placement, subject):
+                    todo.append((placement, result))
+                else:
+                    result.status, result.reason = CopyStatus.IGNORED, "the subject is not at the target"
+            if todo:
+                self._referrers_of(src_repo, subject, todo, set(), 0)
+        except Exception as exc:  # noqa: BLE001
+            for _, result in todo:
+                result.fail(exc)
+        for result in results:
+            if result.referrers_copied:
+                result.status = CopyStatus.COPIED
+            result.seconds = round(time.monotonic() - started, 3)
+        return results
+
+    # -- the source tree --------------------------------------------------------------------
+    def tree(self, src_repo: str, reference: str) -> ImageTree:
+        """The manifest at ``reference`` and everything below it, validated (bytes verified)."""
+        tree = ImageTree(self._manifest(src_repo, reference))
+        self._walk(src_repo, tree.top, tree, 0, {tree.top.digest})
+        return tree
+
+    def _manifest(self, src_repo: str, reference: str) -> Manifest:
+        if is_digest(reference):
+            cached = self.manifests.get(reference)
+            if cached is not None:
+                return cached
+        manifest = self.source.get_manifest(src_repo, reference)
+        self.manifests.put(manifest)
+        return manifest
+
+    def _walk(self, src_repo: str, manifest: Manifest, tree: ImageTree, depth: int, seen: set[str]) -> None:
+        blobs = manifest.blobs
+        tree.blobs_of[manifest.digest] = blobs
+        for blob in blobs:
+            tree.blobs.setdefault(blob.digest, blob)
         if not manifest.is_index:
-            for blob in manifest.blobs:
-                plan.blobs.setdefault(blob.digest, blob)
             return
         if depth >= MAX_INDEX_DEPTH:
             raise InvalidContent(f"index {manifest.digest} nests deeper than {MAX_INDEX_DEPTH} levels")
-        for entry in manifest.children:
-            if entry.artifact_type and entry.artifact_type in skip:
-                raise SkipImage(
-                    f"child {entry.digest} has artifact type {entry.artifact_type}, which this target skips"
-                )
-        # Children not at the destination yet, fetched in parallel (round trips dominate).
-        wanted = list(
-            self.pool.map(
-                lambda c: None if self._destination_has(dst_repo, c.digest, c.digest, at_target) else c,
-                manifest.children,
-            )
-        )
-        fetched = list(
-            self.pool.map(lambda c: None if c is None else self.source.get_manifest(src_repo, c.digest), wanted)
-        )
-        for descriptor, child in zip(wanted, fetched, strict=True):
-            if child is None or descriptor is None:
-                continue
+        children = [c for c in manifest.children if c.digest not in seen]
+        tree.children_of[manifest.digest] = [c.digest for c in manifest.children]
+        seen.update(c.digest for c in children)
+        # fetched in parallel (round trips dominate); the walk goes on in this thread
+        fetched = list(self.pool.map(lambda c: self._manifest(src_repo, c.digest), children))
+        for descriptor, child in zip(children, fetched, strict=True):
             if child.media_type != descriptor.media_type:
-                raise InvalidContent(
+                tree.warnings.append(
                     f"index {manifest.digest} declares {descriptor.digest} as {descriptor.media_type}, "
-                    f"the registry serves {child.media_type}"
+                    f"the registry serves {child.media_type} (copied as served)"
                 )
-            self._check_skip(child, skip, f"child manifest {child.digest}")
-            self._collect(src_repo, child, dst_repo, skip, plan, depth + 1, at_target)
-            plan.manifests.append(child)
+            self._walk(src_repo, child, tree, depth + 1, seen)
+            tree.manifests.append(child)
+
+    # -- one tree to its placements ---------------------------------------------------------
+    def _copy_tree(self, src_repo: str, tree: ImageTree, todo: list[tuple[Placement, CopyResult]]) -> None:
+        """Skip rules, blobs, manifests (tag last) for each placement; failures stay per placement."""
+        active: list[tuple[Placement, CopyResult, list[Manifest]]] = []
+        for placement, result in todo:
+            result.digest, result.media_type = tree.top.digest, tree.top.media_type
+            result.warnings.extend(tree.warnings)
+            try:
+                self._check_skip(tree, placement.skip_types)
+                active.append((placement, result, self._missing_manifests(placement, tree)))
+            except SkipImage as exc:
+                result.status, result.reason = CopyStatus.SKIPPED, str(exc)
+            except Exception as exc:  # noqa: BLE001 - this target only
+                result.fail(exc)
+        if not active:
+            return
+        self._copy_blobs(src_repo, tree, active)
+        for placement, result, missing in active:
+            if result.error is not None:
+                continue
+            try:
+                self._push_manifests(placement, tree, missing, result)
+            except Exception as exc:  # noqa: BLE001
+                placement.destination.ledger.forget(placement.repository)  # not what we believed
+                result.fail(exc)
 
     @staticmethod
-    def _check_skip(manifest: Manifest, skip: frozenset[str], what: str) -> None:
-        hit = sorted(manifest.media_types() & skip)
-        if hit:
-            raise SkipImage(f"{what} has type {hit[0]}, which this target skips")
+    def _check_skip(tree: ImageTree, skip: frozenset[str]) -> None:
+        if not skip:
+            return
+        for child in tree.top.children:
+            if child.artifact_type and child.artifact_type in skip:
+                raise SkipImage(
+                    f"child {child.digest} has artifact type {child.artifact_type}, which this target skips"
+                )
+        for manifest in tree.all_manifests:
+            hit = sorted(manifest.media_types() & skip)
+            if hit:
+                what = "image" if manifest is tree.top else f"child manifest {manifest.digest}"
+                raise SkipImage(f"{what} has type {hit[0]}, which this target skips")
 
-    # -- blobs ----------------------------------------------------------------------------
-    def _copy_blobs(
-        self,
-        src_repo: str,
-        dst_repo: str,
-        blobs: dict[str, Descriptor],
-        result: CopyResult,
-        at_target: AtTarget,
-    ) -> None:
-        futures = [
-            self.pool.submit(self._copy_blob, src_repo, dst_repo, blob, at_target) for blob in blobs.values()
-        ]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        wait(pending)
-        for future in futures:
-            if future.cancelled():
+    def _missing_manifests(self, placement: Placement, tree: ImageTree) -> list[Manifest]:
+        """The manifests below the top that the target lacks (children first).
+
+        A manifest the target holds brings everything below it (a registry accepts an index only
+        when its children are there), so its subtree is not looked at.
+        """
+        present: set[str] = set()
+        below = {m.digest: m for m in tree.manifests}
+        queue_ = list(tree.children_of.get(tree.top.digest, ()))
+        checks = [d for d in queue_ if d in below]
+        found = list(self.pool.map(lambda d: self._holds(placement, d), checks))
+        for digest, held in zip(checks, found, strict=True):
+            if held:
+                present.update(_subtree(tree, digest))
+        return [m for m in tree.manifests if m.digest not in present]
+
+    def _holds(self, placement: Placement, digest: str) -> bool:
+        """The target repository holds manifest ``digest`` (this process knows it, or a HEAD says)."""
+        ledger = placement.destination.ledger
+        if ledger.known(placement.repository, digest):
+            return True
+        if placement.at_target.repository_empty:
+            return False
+        info = placement.destination.client.head_manifest(placement.repository, digest)
+        if info is not None:
+            ledger.record(placement.repository, digest)
+        return info is not None
+
+    def _not_up_to_date(
+        self, todo: list[tuple[Placement, CopyResult]], digest: str
+    ) -> list[tuple[Placement, CopyResult]]:
+        """Mark placements whose tag (or digest) already points at ``digest``; return the others."""
+        left = []
+        for placement, result in todo:
+            try:
+                if self._up_to_date(placement, digest):
+                    result.digest, result.status = digest, CopyStatus.UNCHANGED
+                    continue
+            except Exception as exc:  # noqa: BLE001
+                result.fail(exc)
                 continue
-            error = future.exception()
-            if error is not None:
-                raise error
-            placement, size = future.result()
-            if placement is BlobPlacement.UPLOADED:
-                result.blobs_uploaded += 1
-                result.bytes_uploaded += size
-            elif placement is BlobPlacement.MOUNTED:
-                result.blobs_mounted += 1
-            else:
-                result.blobs_skipped += 1
+            left.append((placement, result))
+        return left
 
-    def _copy_blob(
-        self, src_repo: str, dst_repo: str, blob: Descriptor, at_target: AtTarget
-    ) -> tuple[BlobPlacement, int]:
+    def _up_to_date(self, placement: Placement, digest: str) -> bool:
+        if placement.tag is None:
+            return self._holds(placement, digest)
+        if placement.at_target.tag_known_absent:
+            return False
+        info = placement.destination.client.head_manifest(placement.repository, placement.tag)
+        return info is not None and info.digest == digest
+
+    def _push_manifests(
+        self, placement: Placement, tree: ImageTree, missing: list[Manifest], result: CopyResult
+    ) -> None:
+        """Children first, then the top manifest under its tag: the tag is written last."""
+        destination, repo = placement.destination, placement.repository
+        for manifest in missing:
+            with destination.ledger.manifest_writes(repo):
+                if destination.ledger.known(repo, manifest.digest):
+                    continue  # pushed meanwhile by a concurrent copy of another tag
+                self._put(destination, repo, manifest.digest, manifest)
+                destination.ledger.record(repo, manifest.digest)
+            result.manifests_pushed += 1
+        with destination.ledger.manifest_writes(repo):
+            self._put(destination, repo, placement.tag or tree.top.digest, tree.top)
+            destination.ledger.record(repo, tree.top.digest)
+        result.manifests_pushed += 1
+        for manifest in [*missing, tree.top]:
+            if manifest.subject is not None and not destination.referrers_api:
+                list_in_fallback_tag(destination.client, destination.ledger, repo, manifest.subject.digest, manifest)
+
+    def _put(self, destination: Destination, repo: str, reference: str, manifest: Manifest) -> None:
+        answered = destination.client.put_manifest(repo, reference, manifest)
+        if manifest.subject is not None and destination.referrers_api is None:
+            destination.referrers_api = answered == manifest.subject.digest
+
+    # -- blobs ------------------------------------------------------------------------------
+    def _copy_blobs(
+        self, src_repo: str, tree: ImageTree, active: list[tuple[Placement, CopyResult, list[Manifest]]]
+    ) -> None:
+        """Every blob each placement's missing manifests need, each blob in its own task."""
+        needs: dict[str, list[tuple[Placement, CopyResult]]] = {}
+        for placement, result, missing in active:
+            wanted = {b.digest for m in [*missing, tree.top] for b in tree.blobs_of.get(m.digest, ())}
+            for digest in wanted:
+                needs.setdefault(digest, []).append((placement, result))
+        futures = [
+            self.pool.submit(self._place_blob, src_repo, tree.blobs[digest], targets)
+            for digest, targets in needs.items()
+        ]
+        wait(futures)
+        for future in futures:
+            future.result()  # _place_blob records failures per target; anything else is a bug
+
+    def _place_blob(self, src_repo: str, blob: Descriptor, targets: list[tuple[Placement, CopyResult]]) -> None:
+        """Make ``blob`` present at each target: known, mounted, found, or uploaded (one source read)."""
+        uploads: list[tuple[Placement, CopyResult, str | None]] = []
+        try:
+            for placement, result in targets:
+                if result.error is not None:
+                    continue  # this target already failed: do no more work for it
+                try:
+                    settled = self._settle(placement, blob, result)
+                except Exception as exc:  # noqa: BLE001
+                    result.fail(exc)
+                    continue
+                if settled is not None:
+                    uploads.append((placement, result, settled or None))
+            if uploads:
+                self._upload(src_repo, blob, uploads)
+        finally:
+            for placement, _, _ in uploads:
+                placement.destination.ledger.end_upload(blob.digest)
+
+    def _settle(self, placement: Placement, blob: Descriptor, result: CopyResult) -> str | None:
+        """Known, mounted or found at the target: None. Else the upload is claimed for us: an
+        upload session's location if a refused mount opened one, or "" (start a new session).
+        """
+        destination, repo = placement.destination, placement.repository
+        ledger = destination.ledger
         while True:
-            if self.ledger.known(dst_repo, blob.digest):
-                return BlobPlacement.PRESENT, 0
-            if self.ledger.holder(blob.digest, exclude=dst_repo):
-                return self._place_blob(src_repo, dst_repo, blob, at_target)
-            other = self.ledger.begin_upload(blob.digest)
+            if ledger.known(repo, blob.digest):
+                _check_size(blob, ledger.size_of(blob.digest), f"{destination.host}/{repo}")
+                result.blobs_skipped += 1
+                return None
+            holder = ledger.holder(blob.digest, exclude=repo)
+            if holder is not None:
+                location = self._mount(placement, blob, holder)
+                if location is None:
+                    result.blobs_mounted += 1
+                    return None
+                other = ledger.begin_upload(blob.digest)
+                if other is None:
+                    return location
+                other.wait(timeout=3600)
+                continue
+            other = ledger.begin_upload(blob.digest)
             if other is None:
                 try:
-                    return self._place_blob(src_repo, dst_repo, blob, at_target)
-                finally:
-                    self.ledger.end_upload(blob.digest)
+                    size = destination.client.blob_size(repo, blob.digest)
+                except BaseException:
+                    ledger.end_upload(blob.digest)
+                    raise
+                if size is None:
+                    return ""
+                ledger.end_upload(blob.digest)
+                _check_size(blob, size if size >= 0 else None, f"{destination.host}/{repo}")
+                ledger.record(repo, blob.digest, size if size >= 0 else None)
+                result.blobs_skipped += 1
+                return None
             other.wait(timeout=3600)  # then mount from where it went (or claim it if that failed)
 
-    def _place_blob(
-        self, src_repo: str, dst_repo: str, blob: Descriptor, at_target: AtTarget
-    ) -> tuple[BlobPlacement, int]:
-        location = None
-        holder = self.ledger.holder(blob.digest, exclude=dst_repo)
-        if holder:
-            mounted, location = self.destination.start_upload(dst_repo, mount=blob.digest, mount_from=holder)
-            if mounted:
-                self.ledger.record(dst_repo, blob.digest)
-                return BlobPlacement.MOUNTED, 0
-        elif not at_target.repository_empty and self.destination.blob_size(dst_repo, blob.digest) is not None:
-            self.ledger.record(dst_repo, blob.digest)
-            return BlobPlacement.PRESENT, 0
-        self._upload(src_repo, dst_repo, blob, location)
-        self.ledger.record(dst_repo, blob.digest)
-        return BlobPlacement.UPLOADED, blob.size
+    def _mount(self, placement: Placement, blob: Descriptor, holder: str) -> str | None:
+        """Mount ``blob`` from ``holder``: None when mounted, else an upload location (or "")."""
+        destination, repo = placement.destination, placement.repository
+        _check_size(blob, destination.ledger.size_of(blob.digest), f"{destination.host}/{holder}")
+        try:
+            mounted, location = destination.client.start_upload(repo, mount=blob.digest, mount_from=holder)
+        except AuthError as exc:
+            # Docker Hub answers 401/403 when the token may not pull from the other repository:
+            # the blob is then uploaded like any other.
+            log.info("%s refused to mount %s from %s (%s); uploading it", destination.host, blob.digest, holder, exc)
+            return ""
+        if mounted:
+            destination.ledger.record(repo, blob.digest, destination.ledger.size_of(blob.digest))
+            return None
+        return location or ""
 
-    def _upload(self, src_repo: str, dst_repo: str, blob: Descriptor, location: str | None) -> None:
-        """Stream one blob from the source into an upload at the destination (restarted if it breaks)."""
+    def _upload(self, src_repo: str, blob: Descriptor, uploads: list[tuple[Placement, CopyResult, str | None]]) -> None:
+        """Upload ``blob`` to each target: one source read for all (a Tee), then retries one by one."""
+        retry_alone = uploads
+        if len(uploads) > 1:
+            retry_alone = self._upload_together(src_repo, blob, uploads)
+        for placement, result, location in retry_alone:
+            try:
+                self._upload_alone(src_repo, blob, placement, location)
+            except Exception as exc:  # noqa: BLE001
+                result.fail(exc)
+                continue
+            self._uploaded(placement, blob, result)
+
+    def _uploaded(self, placement: Placement, blob: Descriptor, result: CopyResult) -> None:
+        placement.destination.ledger.record(placement.repository, blob.digest, blob.size)
+        result.blobs_uploaded += 1
+        result.bytes_uploaded += blob.size
+
+    def _upload_together(
+        self, src_repo: str, blob: Descriptor, uploads: list[tuple[Placement, CopyResult, str | None]]
+    ) -> list[tuple[Placement, CopyResult, str | None]]:
+        """One source stream, teed to every upload. Returns the uploads to retry on their own."""
         where = f"blob {blob.digest} of {self.source.host}/{src_repo}"
-        chunked = self.chunked
+        try:
+            response = self._open_source(src_repo, blob, where)
+        except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                return uploads  # each tries again on its own
+            for _, result, _ in uploads:
+                result.fail(exc)
+            return []
+        retry: list[tuple[Placement, CopyResult, str | None]] = []
+        with response:
+            tee = Tee(VerifyingReader(response.raw, blob, where), len(uploads))
+            futures = [
+                self.uploads.submit(self._put_teed, placement, blob, location, tee.body(index))
+                for index, (placement, _, location) in enumerate(uploads)
+            ]
+            try:
+                tee.pump()
+            except Exception as exc:  # noqa: BLE001 - the source broke: every upload sees it
+                if not is_transient(exc):
+                    wait(futures)
+                    for _, result, _ in uploads:
+                        result.fail(exc)
+                    return []
+            for future, (placement, result, _) in zip(futures, uploads, strict=True):
+                error = future.exception()
+                if error is None:
+                    self._uploaded(placement, blob, result)
+                elif is_transient(error) or _wants_chunked(error):
+                    retry.append((placement, result, None))
+                else:
+                    result.fail(error)
+        return retry
+
+    def _put_teed(self, placement: Placement, blob: Descriptor, location: str | None, body: TeeBody) -> None:
+        try:
+            client, repo = placement.destination.client, placement.repository
+            if not location:
+                _, location = client.start_upload(repo)
+            assert location is not None
+            if placement.destination.chunked:
+                self._upload_chunked(placement, location, blob, body)
+            else:
+                client.put_blob(repo, location, blob.digest, body, blob.size)
+        finally:
+            body.tee.drop(body.index)  # stopped reading: never wait for it
+
+    def _open_source(self, src_repo: str, blob: Descriptor, where: str) -> requests.Response:
+        response = self.source.open_blob(src_repo, blob.digest)
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) != blob.size:
+            response.close()
+            raise InvalidContent(f"{where}: source serves {length} bytes, the manifest says {blob.size}")
+        return response
+
+    def _upload_alone(self, src_repo: str, blob: Descriptor, placement: Placement, location: str | None) -> None:
+        """Stream one blob from the source into an upload at one target (restarted if it breaks).
+
+        The source stream is opened first: a blob the source cannot serve leaves no abandoned
+        upload session at the target.
+        """
+        where = f"blob {blob.digest} of {self.source.host}/{src_repo}"
+        destination, repo = placement.destination, placement.repository
         session = location  # a refused mount's upload session: the first attempt uses it
 
         def attempt(number: int) -> None:
-            nonlocal chunked, session
+            nonlocal session
             location, session = session, None
+            chunked = destination.chunked
             try:
-                if location is None:
-                    _, location = self.destination.start_upload(dst_repo)
-                assert location is not None
-                with self.source.open_blob(src_repo, blob.digest) as response:
-                    length = response.headers.get("Content-Length", "")
-                    if length.isdigit() and int(length) != blob.size:
-                        raise InvalidContent(
-                            f"{where}: source serves {length} bytes, the manifest says {blob.size}"
-                        )
+                with self._open_source(src_repo, blob, where) as response:
+                    if not location:
+                        _, location = destination.client.start_upload(repo)
+                    assert location is not None
                     reader = VerifyingReader(response.raw, blob, where)
                     if chunked:
-                        self._upload_chunked(dst_repo, location, blob, reader)
+                        self._upload_chunked(placement, location, blob, reader)
                     else:
-                        self.destination.put_blob(dst_repo, location, blob.digest, reader, blob.size)
+                        destination.client.put_blob(repo, location, blob.digest, reader, blob.size)
             except RegistryError as exc:
-                fallback = exc.status in FALLBACK_TO_CHUNKED and not chunked
-                if not fallback or number + 1 >= self.retry.attempts:
+                if chunked or not _wants_chunked(exc) or number + 1 >= self.retry.attempts:
                     raise
-                chunked = True
-                log.info(
-                    "%s rejected a single-request upload (HTTP %s); using chunked upload",
-                    self.destination.host,
-                    exc.status,
-                )
+                destination.chunked = True
+                log.info("%s rejected a single-request upload (HTTP %s); using chunked upload",
+                         destination.host, exc.status)  # fmt: skip
                 raise RetryLater("single-request upload refused", delay=0.0) from None
             except requests.RequestException as exc:
                 raise RegistryError(
-                    f"{where}: upload to {self.destination.host}/{dst_repo} failed: {type(exc).__name__}"
+                    f"{where}: upload to {destination.host}/{repo} failed: {type(exc).__name__}"
                 ) from None
 
         def restarting(error: BaseException, attempt: int, delay: float) -> None:
             if not isinstance(error, RetryLater):
                 log.warning(
                     "restarting upload of %s to %s/%s after %s (attempt %d/%d)",
-                    blob.digest, self.destination.host, dst_repo, type(error).__name__,
-                    attempt + 2, self.retry.attempts,
+                    blob.digest, destination.host, repo, type(error).__name__, attempt + 2, self.retry.attempts,
                 )  # fmt: skip
 
         retrying(attempt, self.retry, what=f"upload of {where}", on_retry=restarting, sleep=self.sleep)
 
     def _upload_chunked(
-        self, dst_repo: str, location: str, blob: Descriptor, reader: VerifyingReader
+        self, placement: Placement, location: str, blob: Descriptor, reader: VerifyingReader | TeeBody
     ) -> None:
+        client, repo = placement.destination.client, placement.repository
         offset = 0
         while offset < blob.size:
             length = min(CHUNK_SIZE, blob.size - offset)
-            location = self.destination.patch_blob(dst_repo, location, _Slice(reader, length), offset, length)
+            location = client.patch_blob(repo, location, Slice(reader, length), offset, length)
             offset += length
-        self.destination.put_blob(dst_repo, location, blob.digest, None, 0)
+        client.put_blob(repo, location, blob.digest, None, 0)
+
+    # -- referrers --------------------------------------------------------------------------
+    def _not_a_wanted_referrer(self, manifest: Manifest) -> str | None:
+        if manifest.subject is None:
+            return "not a referrer (no subject): an index child or an untagged image"
+        if not self.finder.policy.wants(manifest.referrer_type):
+            return f"SYNC_REFERRERS does not include artifact type {manifest.referrer_type}"
+        return None
+
+    def _mirror_referrers(
+        self, src_repo: str, tree: ImageTree, todo: list[tuple[Placement, CopyResult]], seen: set[str], depth: int
+    ) -> None:
+        """The referrers of every manifest of ``tree`` (just placed at each target), recursively."""
+        if not todo or not self.finder.policy.enabled:
+            return
+        for manifest in tree.all_manifests:
+            self._referrers_of(src_repo, manifest.digest, todo, seen, depth)
+
+    def _referrers_of(
+        self, src_repo: str, subject: str, todo: list[tuple[Placement, CopyResult]], seen: set[str], depth: int
+    ) -> None:
+        if depth >= MAX_REFERRER_DEPTH:
+            for _, result in todo:
+                result.warnings.append(f"referrers nested deeper than {MAX_REFERRER_DEPTH} below {subject}: not followed")
+            return
+        for descriptor in self.finder.of(src_repo, subject):
+            if descriptor.digest in seen:
+                continue
+            seen.add(descriptor.digest)
+            subs = [(_by_digest(p), self._result(src_repo, descriptor.digest, p)) for p, _ in todo]
+            waiting = self._not_up_to_date(subs, descriptor.digest)
+            try:
+                if waiting:
+                    tree = self.tree(src_repo, descriptor.digest)
+                    self._copy_tree(src_repo, tree, waiting)
+                    self._mirror_referrers(src_repo, tree, _copied(waiting), seen, depth + 1)
+            except Exception as exc:  # noqa: BLE001 - recorded on the subject's results
+                for _, sub in waiting:
+                    sub.fail(exc)
+            for (_, sub), (_, result) in zip(subs, todo, strict=True):
+                if sub.error is not None:
+                    result.referrer_errors.append(f"referrer {descriptor.digest}: {describe(sub.error)}")
+                elif sub.status is CopyStatus.COPIED:
+                    result.referrers_copied += 1 + sub.referrers_copied
+                    _absorb(result, sub)
+                result.referrer_errors.extend(sub.referrer_errors)
+                if sub.status is CopyStatus.SKIPPED:
+                    result.warnings.append(f"referrer {descriptor.digest} not mirrored: {sub.reason}")
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _result(self, src_repo: str, reference: str, placement: Placement) -> CopyResult:
+        sep = "@" if is_digest(reference) else ":"
+        dst_ref = f":{placement.tag}" if placement.tag else f"@{reference}"
+        return CopyResult(
+            f"{self.source.host}/{src_repo}{sep}{reference}",
+            f"{placement.destination.host}/{placement.repository}{dst_ref}",
+        )
+
+
+def _copied(todo: list[tuple[Placement, CopyResult]]) -> list[tuple[Placement, CopyResult]]:
+    return [(p, r) for p, r in todo if r.error is None and r.status is CopyStatus.COPIED]
+
+
+def _by_digest(placement: Placement) -> Placement:
+    """The same target repository and rules, without a tag (referrers are pushed by digest)."""
+    return Placement(placement.destination, placement.repository, None, AtTarget.UNKNOWN, placement.skip_types)
+
+
+def _absorb(result: CopyResult, sub: CopyResult) -> None:
+    result.manifests_pushed += sub.manifests_pushed
+    result.blobs_uploaded += sub.blobs_uploaded
+    result.blobs_mounted += sub.blobs_mounted
+    result.blobs_skipped += sub.blobs_skipped
+    result.bytes_uploaded += sub.bytes_uploaded
+    result.warnings.extend(w for w in sub.warnings if w not in result.warnings)
+
+
+def _subtree(tree: ImageTree, digest: str) -> Iterable[str]:
+    yield digest
+    for child in tree.children_of.get(digest, ()):
+        yield from _subtree(tree, child)
+
+
+def _check_size(blob: Descriptor, size: int | None, where: str) -> None:
+    """A descriptor's size must be the blob's, whichever way the blob reaches the target."""
+    if size is not None and size != blob.size:
+        raise InvalidContent(f"blob {blob.digest} at {where} is {size} bytes, the manifest says {blob.size}")
+
+
+def _wants_chunked(error: BaseException) -> bool:
+    """The registry refused a single-request upload (it wants PATCH chunks)."""
+    return isinstance(error, RegistryError) and error.status in FALLBACK_TO_CHUNKED
+

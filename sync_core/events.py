@@ -1,9 +1,11 @@
 """Event Grid events from ACR: validation and the decision what to do with each.
 
 Accepts EventGridSchema and CloudEvents 1.0, one event or an array. Only
-``Microsoft.ContainerRegistry.ImagePushed`` with a tag, from the configured source host, in the
-source namespace and passing the filters, leads to work; everything else is ignored with the
-reason. Nothing here trusts the event for where to pull from: the image is always pulled from
+``Microsoft.ContainerRegistry.ImagePushed`` from the configured source host, in the source
+namespace and passing the filters, leads to work: a tag is copied; an untagged push may be a
+referrer (the worker fetches the manifest and mirrors it if it has a ``subject``); a referrers
+tag (``sha256-<hex>``) makes the worker mirror that subject's referrers. Everything else is
+ignored with the reason. Nothing here trusts the event for where to pull from: the image is always pulled from
 the configured source registry.
 """
 
@@ -22,8 +24,17 @@ from .config import SyncConfig
 from .errors import InvalidContent, NameRejected
 from .jsondoc import parse_json
 from .logs import clean
-from .names import in_namespace, is_digest, is_repository, is_tag
-from .plan import Reason, TagWork, target_repository, wanted_tags
+from .names import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    fallback_tag_subject,
+    in_namespace,
+    is_digest,
+    is_fallback_tag,
+    is_repository,
+    is_tag,
+)
+from .plan import Reason, TagWork, WorkKind, repository_wanted, target_repository, wanted_tags
 
 log = logging.getLogger("sync_core.events")
 
@@ -91,13 +102,16 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
     repository, tag, digest = target.get("repository"), target.get("tag"), target.get("digest")
     if not isinstance(repository, str) or not is_repository(repository):
         return Decision(event_id, Action.ERROR, f"invalid repository {clean(repository)}")
-    if tag is None or tag == "":
-        return Decision(event_id, Action.IGNORE, "untagged push (a child manifest); the tagged index event carries it",
-                        repository)  # fmt: skip
-    if not isinstance(tag, str) or not is_tag(tag):
+    untagged = tag is None or tag == ""
+    if not untagged and (not isinstance(tag, str) or not is_tag(tag)):
         return Decision(event_id, Action.ERROR, f"invalid tag {clean(tag)}", repository)
     if digest is not None and (not isinstance(digest, str) or not is_digest(digest)):
         return Decision(event_id, Action.ERROR, f"invalid digest {clean(digest)}", repository, tag)
+    if untagged:
+        why = _untagged_ignored(target, digest, config)
+        if why:
+            return Decision(event_id, Action.IGNORE, why, repository, None, digest)
+        tag = None
     host = request.get("host") if isinstance(request, dict) else None
     source_host = urlsplit(config.source.registry).netloc
     if not isinstance(host, str) or host.lower() != source_host:
@@ -112,11 +126,17 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
             event_id, Action.IGNORE, f"{repository} is not in SOURCE_REPOSITORIES", repository, tag, digest
         )
     pushed = parse_time(data.get("timestamp")) or parse_time(event.get("eventTime", event.get("time"))) or now
-    info = TagInfo(tag, digest, pushed)
+    subject = fallback_tag_subject(tag) if tag else None
+    if tag and is_fallback_tag(tag) and (subject is None or not config.referrers.enabled):
+        return Decision(event_id, Action.IGNORE, f"referrers tag {tag}: not followed", repository, tag, digest)
     work: list[TagWork] = []
     reasons: list[str] = []
     for t in config.targets:
-        if not wanted_tags(config, t, repository, [info], now):
+        if tag is None or subject is not None:  # a manifest by digest: the repository filters only
+            wanted = repository_wanted(config, t, repository)
+        else:
+            wanted = bool(wanted_tags(config, t, repository, [TagInfo(tag, digest, pushed)], now))
+        if not wanted:
             reasons.append(f"{t.name}: filtered out")
             continue
         try:
@@ -124,10 +144,33 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
         except NameRejected as exc:
             reasons.append(f"{t.name}: {exc}")
             continue
-        work.append(TagWork(t.name, repository, dst_repo, tag, digest, Reason.PUSHED))
+        if tag is None:
+            assert digest is not None
+            work.append(TagWork(t.name, repository, dst_repo, digest, digest, Reason.PUSHED, kind=WorkKind.REFERRER))
+        elif subject is not None:
+            work.append(TagWork(t.name, repository, dst_repo, subject, subject, Reason.PUSHED,
+                                kind=WorkKind.REFERRERS_OF))  # fmt: skip
+        else:
+            work.append(TagWork(t.name, repository, dst_repo, tag, digest, Reason.PUSHED))
     if not work:
         return Decision(event_id, Action.IGNORE, "; ".join(reasons) or "no target", repository, tag, digest)
     return Decision(event_id, Action.COPY, "pushed", repository, tag, digest, tuple(work))
+
+
+def _untagged_ignored(target: dict[str, Any], digest: object, config: SyncConfig) -> str | None:
+    """Why an untagged push leads to nothing; None when the worker must look at the manifest.
+
+    An untagged push is a child of an index (its tagged index event carries it) or a referrer
+    (a signature, SBOM or attestation pushed by digest). Only the manifest's ``subject`` tells
+    them apart: the worker fetches it once. Docker media types cannot carry a subject.
+    """
+    if not config.referrers.enabled:
+        return "untagged push (a child manifest or a referrer); SYNC_REFERRERS is none"
+    if digest is None:
+        return "untagged push without a digest"
+    if target.get("mediaType") in (DOCKER_MANIFEST, DOCKER_LIST):
+        return "untagged push (a child manifest); the tagged index event carries it"
+    return None
 
 
 def log_decision(decision: Decision) -> None:

@@ -8,27 +8,68 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import logging
+import math
 import time
 from typing import Any
 
 from . import logs
-from .config import SyncConfig
+from .catalog import parse_time
+from .config import Compare, SyncConfig
 from .errors import InvalidContent, NameRejected, SyncError
 from .events import decide, load_events, log_decision
 from .messages import MessageKind, WorkMessage, parse_message
-from .plan import Reason, TagWork, repository_wanted, target_repository
+from .names import fallback_tag, fallback_tag_subject
+from .plan import Check, Reason, TagWork, WorkKind, repository_wanted, target_repository
 from .report import Recorder, Summary
 from .sync import Syncer
 
 log = logging.getLogger("sync_core.work")
 
 
-def schedule_messages(syncer: Syncer) -> list[str]:
-    """Timer: one message per repository and target that the filters let through."""
+def full_check_due(repository: str, previous: dt.datetime | None, now: dt.datetime, hours: float) -> bool:
+    """Whether the timer run at ``now`` (the one before it: ``previous``) fully checks ``repository``.
+
+    Each repository has its own moment in every ``hours``-long period (from a hash of its name),
+    so full checks are spread over the period instead of all falling on one run; the run whose
+    interval (previous, now] holds that moment checks it. Without a previous run (the first one,
+    or the host lost its schedule state), every repository is checked.
+    """
+    if previous is None:
+        return True
+    period = hours * 3600.0
+    offset = int.from_bytes(hashlib.sha256(repository.encode()).digest()[:8], "big") % int(period)
+    before = math.floor((previous.timestamp() - offset) / period)
+    return math.floor((now.timestamp() - offset) / period) > before
+
+
+def last_run(schedule_status: object) -> dt.datetime | None:
+    """The previous timer run from the host's schedule status (``{"Last": "<ISO time>", ...}``)."""
+    last = schedule_status.get("Last") if isinstance(schedule_status, dict) else None
+    when = parse_time(last)
+    # the host writes "0001-01-01T00:00:00" before the first run
+    return when if when is not None and when.year > 2000 else None
+
+
+def schedule_messages(
+    syncer: Syncer, previous: dt.datetime | None = None, now: dt.datetime | None = None
+) -> list[str]:
+    """Timer: one message per repository and target that the filters let through.
+
+    ``previous``: when the timer last ran (the host's schedule status), to spread the periodic
+    full checks (``SYNC_COMPARE=recent``); see :func:`full_check_due`.
+    """
     config = syncer.config
+    now = now or syncer.clock()
     messages = []
+    full = 0
     for repository in syncer.repositories():
+        due = config.compare is Compare.RECENT and full_check_due(
+            repository, previous, now, config.full_check_hours
+        )
+        full += due
         for target in config.targets:
             if not repository_wanted(config, target, repository):
                 continue
@@ -38,8 +79,9 @@ def schedule_messages(syncer: Syncer) -> list[str]:
                 logs.decision(log, "ignored", f"not enqueued {repository} for {target.name}: {exc}",
                               repository=repository, target=target.name)  # fmt: skip
                 continue
-            messages.append(WorkMessage(MessageKind.REPOSITORY, repository, target.name).dumps())
-    logs.decision(log, "enqueued", f"enqueued {len(messages)} repository messages", count=len(messages))
+            messages.append(WorkMessage(MessageKind.REPOSITORY, repository, target.name, full_check=due).dumps())
+    logs.decision(log, "enqueued", f"enqueued {len(messages)} repository messages ({full} repositories "
+                  "fully checked)", count=len(messages), full_checks=full)  # fmt: skip
     return messages
 
 
@@ -65,7 +107,11 @@ def events_messages(payload: object, config: SyncConfig) -> list[str]:
 
 
 def _tag_message(work: TagWork) -> str:
-    return WorkMessage(MessageKind.TAG, work.source_repository, work.target, work.tag, work.digest).dumps()
+    """The queue message for one work item (REFERRERS_OF travels as its referrers tag)."""
+    if work.kind is WorkKind.REFERRER:
+        return WorkMessage(MessageKind.REFERRER, work.source_repository, work.target, digest=work.tag).dumps()
+    tag = fallback_tag(work.tag) if work.kind is WorkKind.REFERRERS_OF else work.tag
+    return WorkMessage(MessageKind.TAG, work.source_repository, work.target, tag, work.digest).dumps()
 
 
 def process_message(
@@ -83,13 +129,24 @@ def process_message(
     started = time.monotonic()
     summary = Summary(repositories=1)
     target = config.target(message.target)
+    recorder = Recorder(summary)
     if message.kind is MessageKind.REPOSITORY:
-        work = syncer.plan_repository(message.repository, summary, [target.name])
+        check = Check.FULL if message.full_check else None
+        work = syncer.plan_repository(message.repository, summary, [target.name], check)
+    elif message.kind is MessageKind.REFERRER:
+        assert message.digest is not None
+        work = syncer.planner.image(message.repository, message.digest, message.digest, Reason.QUEUED, recorder,
+                                    [target.name], WorkKind.REFERRER)  # fmt: skip
     else:
         assert message.tag is not None
-        work = syncer.planner.image(
-            message.repository, message.tag, message.digest, Reason.QUEUED, Recorder(summary), [target.name]
-        )
+        subject = fallback_tag_subject(message.tag)
+        if subject is not None:
+            work = syncer.planner.image(message.repository, subject, subject, Reason.QUEUED, recorder,
+                                        [target.name], WorkKind.REFERRERS_OF)  # fmt: skip
+        else:
+            work = syncer.planner.image(
+                message.repository, message.tag, message.digest, Reason.QUEUED, recorder, [target.name]
+            )
     left = syncer.execute(work, summary, deadline=deadline)
     summary.duration_seconds = time.monotonic() - started
     leftover = [_tag_message(w) for w in left]

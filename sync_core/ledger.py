@@ -24,6 +24,7 @@ class BlobLedger:
         self.clock = clock
         self._present: dict[tuple[str, str], float] = {}
         self._holders: dict[str, tuple[str, float]] = {}
+        self._sizes: dict[str, int] = {}  # verified sizes: a digest's size is the same everywhere
         self._uploading: dict[str, threading.Event] = {}
         self._manifest_locks: dict[str, threading.Lock] = {}
 
@@ -44,10 +45,13 @@ class BlobLedger:
         if event is not None:
             event.set()
 
-    def record(self, repository: str, digest: str) -> None:
+    def record(self, repository: str, digest: str, size: int | None = None) -> None:
+        """``repository`` holds ``digest`` (of ``size`` bytes, when that was verified)."""
         now = self.clock()
         with self._lock:
             self._present[(repository, digest)] = now
+            if size is not None:
+                self._sizes[digest] = size
             held = self._holders.get(digest)
             if held is None or now - held[1] >= self.ttl:
                 self._holders[digest] = (repository, now)
@@ -56,6 +60,11 @@ class BlobLedger:
         with self._lock:
             seen = self._present.get((repository, digest))
         return seen is not None and self.clock() - seen < self.ttl
+
+    def size_of(self, digest: str) -> int | None:
+        """The verified size of blob ``digest``, if this process has seen it verified."""
+        with self._lock:
+            return self._sizes.get(digest)
 
     def holder(self, digest: str, exclude: str) -> str | None:
         with self._lock:

@@ -17,6 +17,7 @@ from .names import (
     IMAGE_TYPES,
     INDEX_TYPES,
     MANIFEST_TYPES,
+    OCI_ARTIFACT,
     check_digest,
     digest_of,
     verify_digest,
@@ -83,50 +84,94 @@ class Manifest:
     def is_index(self) -> bool:
         return self.media_type in INDEX_TYPES
 
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
     @cached_property
-    def children(self) -> list[Descriptor]:
-        """The manifests an index refers to (empty for an image manifest)."""
+    def entries(self) -> list[Descriptor]:
+        """Every entry of an index's ``manifests`` (empty for an image manifest)."""
         if not self.is_index:
             return []
         entries = self.document.get("manifests")
         if not isinstance(entries, list):
             raise InvalidContent(f"index {self.digest} has no manifests list")
-        children = [Descriptor.parse(e, f"index {self.digest} manifests[{i}]") for i, e in enumerate(entries)]
-        for child in children:
-            if child.media_type not in MANIFEST_TYPES:
-                raise InvalidContent(
-                    f"index {self.digest} refers to {child.digest} of unsupported media type {child.media_type!r}"
-                )
-        return children
+        return [Descriptor.parse(e, f"index {self.digest} manifests[{i}]") for i, e in enumerate(entries)]
+
+    @property
+    def children(self) -> list[Descriptor]:
+        """The manifests an index refers to (entries of a manifest media type)."""
+        return [e for e in self.entries if e.media_type in MANIFEST_TYPES]
 
     @cached_property
     def config(self) -> Descriptor | None:
-        if self.is_index:
+        if self.is_index or self.media_type == OCI_ARTIFACT:
             return None
         return Descriptor.parse(self.document.get("config"), f"manifest {self.digest} config")
 
     @cached_property
     def layers(self) -> list[Descriptor]:
+        """Layers of an image manifest; the ``blobs`` of an OCI 1.1-rc artifact manifest."""
         if self.is_index:
             return []
-        entries = self.document.get("layers")
+        key = "blobs" if self.media_type == OCI_ARTIFACT else "layers"
+        entries = self.document.get(key)
         if entries is None and self.media_type != DOCKER_MANIFEST:
             return []  # OCI artifacts may have no layers
         if not isinstance(entries, list):
-            raise InvalidContent(f"manifest {self.digest} has no layers list")
-        return [Descriptor.parse(e, f"manifest {self.digest} layers[{i}]") for i, e in enumerate(entries)]
+            raise InvalidContent(f"manifest {self.digest} has no {key} list")
+        return [Descriptor.parse(e, f"manifest {self.digest} {key}[{i}]") for i, e in enumerate(entries)]
 
     @property
     def blobs(self) -> list[Descriptor]:
-        """Config and layers that a registry must hold before it accepts this manifest."""
+        """The blobs a registry must hold before it accepts this manifest.
+
+        Config and (distributable) layers of an image; the entries of an index that are not
+        manifests (a BuildKit cache index lists its layers and cache config there).
+        """
+        if self.is_index:
+            return [e for e in self.entries if e.media_type not in MANIFEST_TYPES]
         found = [] if self.config is None else [self.config]
         found.extend(layer for layer in self.layers if not layer.non_distributable)
         return found
 
+    @cached_property
+    def subject(self) -> Descriptor | None:
+        """The manifest this one refers to (a signature, SBOM or attestation's image)."""
+        value = self.document.get("subject")
+        return None if value is None else Descriptor.parse(value, f"manifest {self.digest} subject")
+
     @property
     def artifact_type(self) -> str | None:
         value = self.document.get("artifactType")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        value = self.document.get("annotations")
+        if not isinstance(value, dict):
+            return {}
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+    @property
+    def referrer_type(self) -> str | None:
+        """The artifact type a referrers listing shows for this manifest (distribution-spec 1.1).
+
+        ``artifactType``, else the config's media type (an image manifest); an index without
+        ``artifactType`` has none.
+        """
+        if self.artifact_type:
+            return self.artifact_type
+        return self.config.media_type if self.config is not None else None
+
+    def referrer_descriptor(self) -> dict[str, Any]:
+        """This manifest's entry in a referrers list (the fallback tag's index)."""
+        entry: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.referrer_type:
+            entry["artifactType"] = self.referrer_type
+        if self.annotations:
+            entry["annotations"] = self.annotations
+        return entry
 
     def media_types(self) -> set[str]:
         """Every media/artifact type this manifest itself declares (for target skip rules)."""
@@ -136,12 +181,13 @@ class Manifest:
         if self.config is not None:
             types.add(self.config.media_type)
         types.update(layer.media_type for layer in self.layers)
+        types.update(e.media_type for e in self.blobs if self.is_index)
         types.update(c.artifact_type for c in self.children if c.artifact_type)
         return types
 
     def validate(self) -> Manifest:
         """Parse every part now, so that malformed content fails before anything is written."""
-        _ = self.children, self.config, self.layers
+        _ = self.entries, self.config, self.layers, self.subject
         return self
 
 
@@ -159,11 +205,11 @@ def parse_manifest(
     else:
         digest = digest_of(raw)
     document = parse_json(raw, f"{where}: manifest", dict)
-    if document.get("schemaVersion") != 2:
-        raise InvalidContent(f"{where}: unsupported manifest schemaVersion {document.get('schemaVersion')!r}")
     declared = document.get("mediaType")
     header = (content_type or "").split(";", 1)[0].strip()
     media_type = declared if isinstance(declared, str) and declared else header
+    if document.get("schemaVersion") != 2 and not (media_type == OCI_ARTIFACT and "schemaVersion" not in document):
+        raise InvalidContent(f"{where}: unsupported manifest schemaVersion {document.get('schemaVersion')!r}")
     if media_type not in MANIFEST_TYPES:
         raise InvalidContent(f"{where}: unsupported manifest media type {media_type!r}")
     manifest = Manifest(raw, media_type, digest)

@@ -19,12 +19,13 @@ from .names import in_namespace, is_digest, is_repository, is_tag
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 48 * 1024  # Storage queue messages are at most 64 KiB (base64 adds a third)
-_FIELDS = frozenset({"v", "kind", "repository", "target", "tag", "digest"})
+_FIELDS = frozenset({"v", "kind", "repository", "target", "tag", "digest", "check"})
 
 
 class MessageKind(str, enum.Enum):
     REPOSITORY = "repository"  # diff one repository, copy what the target lacks
     TAG = "tag"  # copy one tag
+    REFERRER = "referrer"  # an untagged manifest (``digest``): mirrored if it is a referrer
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class WorkMessage:
     target: str
     tag: str | None = None
     digest: str | None = None
+    full_check: bool = False  # a repository message: compare everything the target has
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", MessageKind(self.kind))
@@ -44,8 +46,10 @@ class WorkMessage:
         }  # fmt: skip
         if self.kind is MessageKind.TAG:
             body["tag"] = self.tag
-            if self.digest:
-                body["digest"] = self.digest
+        if self.kind is not MessageKind.REPOSITORY and self.digest:
+            body["digest"] = self.digest
+        if self.full_check:
+            body["check"] = "full"
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
 
@@ -61,7 +65,9 @@ def parse_message(text: str | bytes, config: SyncConfig) -> WorkMessage:
     try:
         kind = MessageKind(body.get("kind"))
     except ValueError:
-        raise InvalidContent(f"message kind {body.get('kind')!r} is not 'repository' or 'tag'") from None
+        raise InvalidContent(
+            f"message kind {body.get('kind')!r} is not one of {', '.join(k.value for k in MessageKind)}"
+        ) from None
     unknown = set(body) - _FIELDS
     if unknown:
         raise InvalidContent(f"message has unknown fields {sorted(unknown)}")
@@ -76,8 +82,13 @@ def parse_message(text: str | bytes, config: SyncConfig) -> WorkMessage:
     tag, digest = body.get("tag"), body.get("digest")
     if kind is MessageKind.TAG and (not isinstance(tag, str) or not is_tag(tag)):
         raise InvalidContent(f"message tag {tag!r} is not a valid tag")
-    if kind is MessageKind.REPOSITORY and tag is not None:
-        raise InvalidContent("a repository message carries no tag")
+    if kind is not MessageKind.TAG and tag is not None:
+        raise InvalidContent(f"a {kind.value} message carries no tag")
     if digest is not None and (not isinstance(digest, str) or not is_digest(digest)):
         raise InvalidContent(f"message digest {digest!r} is not a valid digest")
-    return WorkMessage(kind, repository, target, tag, digest)
+    if kind is MessageKind.REFERRER and digest is None:
+        raise InvalidContent("a referrer message needs the manifest's digest")
+    check = body.get("check")
+    if check is not None and (kind is not MessageKind.REPOSITORY or check != "full"):
+        raise InvalidContent(f"message check {check!r} is not 'full' (repository messages only)")
+    return WorkMessage(kind, repository, target, tag, digest, check == "full")

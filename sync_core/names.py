@@ -22,10 +22,36 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+# The OCI 1.1 release candidates' artifact manifest (removed before 1.1.0; ACR still serves old ones).
+OCI_ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES
-MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
+MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES | {OCI_ARTIFACT}
+MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, OCI_ARTIFACT])
+# The referrers tag schema (distribution-spec 1.1): <alg>-<first 64 characters of the digest's hex>.
+_FALLBACK_TAG_RE = re.compile(r"(sha256|sha512)-([a-f0-9]{64})")
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema's tag for the referrers of ``digest``."""
+    algorithm, _, hexdigest = check_digest(digest).partition(":")
+    return f"{algorithm}-{hexdigest[:64]}"
+
+
+def fallback_tag_subject(tag: str) -> str | None:
+    """The subject digest a referrers tag (``sha256-<hex>``) stands for, else None.
+
+    Only sha256 subjects can be named exactly (a sha512 tag holds the first 64 of 128 hex digits).
+    """
+    match = _FALLBACK_TAG_RE.fullmatch(tag)
+    if match is None or match.group(1) != "sha256":
+        return None
+    return f"sha256:{match.group(2)}"
+
+
+def is_fallback_tag(tag: str) -> bool:
+    return _FALLBACK_TAG_RE.fullmatch(tag) is not None
 
 
 def relative_to_namespace(repository: str, namespace: str) -> str | None:

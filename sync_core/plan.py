@@ -14,39 +14,76 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .catalog import Source, TagInfo
+from .catalog import ManifestEntry, Source, TagInfo
 from .config import Compare, Filters, SyncConfig, TargetConfig
 from .copy import AtTarget
 from .errors import NameRejected, describe
-from .names import MAX_REPOSITORY_LENGTH, is_repository, relative_to_namespace
+from .names import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    MAX_REPOSITORY_LENGTH,
+    is_digest,
+    is_fallback_tag,
+    is_repository,
+    relative_to_namespace,
+)
 from .registry import RegistryClient
 from .report import Recorder
 
+DOCKER_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_LIST})
+UNREADABLE = "ACR refuses to serve it (changeableAttributes.readEnabled=false)"
 PLAN_CONCURRENCY_FACTOR = 8  # listings are one small request each: plan wider than we copy
 MAX_PLAN_CONCURRENCY = 64
 
 
+class WorkKind(str, enum.Enum):
+    TAG = "tag"  # a tag (and the referrers of what it points at)
+    REFERRER = "referrer"  # an untagged manifest: mirrored if it is a referrer of mirrored content
+    REFERRERS_OF = "referrers"  # the referrers the source lists for a manifest (by digest)
+
+
 class Reason(str, enum.Enum):
-    """Why a tag is to be copied (shown by ``plan``)."""
+    """Why something is to be copied (shown by ``plan``)."""
 
     MISSING = "missing"  # the target's tag listing does not have it
-    DIGEST_DIFFERS = "digest differs"  # SYNC_COMPARE=digest: the target's tag points elsewhere
+    DIGEST_DIFFERS = "digest differs"  # the target's tag points elsewhere (a moved tag)
     PUSHED = "pushed"  # an ImagePushed event
     QUEUED = "queued"  # a queue message for one tag
     REQUESTED = "requested"  # `copy REPOSITORY:TAG`
+    RECENT = "changed recently"  # an untagged manifest the source changed within the recheck window
+    FULL_CHECK = "full check"  # the periodic full check looks at everything
+
+
+class Check(str, enum.Enum):
+    """How much of what a target already has a run looks at again (see ``SYNC_COMPARE``)."""
+
+    NAME = "name"  # nothing: only what is missing by name
+    RECENT = "recent"  # what the source changed within the recheck window
+    FULL = "full"  # everything
 
 
 @dataclass(frozen=True)
 class TagWork:
-    """One tag to copy to one target."""
+    """One thing to copy to one target: a tag, or a manifest by digest (see :class:`WorkKind`)."""
 
     target: str
     source_repository: str
     target_repository: str
-    tag: str
+    tag: str  # the tag; the digest for REFERRER and REFERRERS_OF work
     digest: str | None
     reason: Reason
     at_target: AtTarget = AtTarget.UNKNOWN
+    kind: WorkKind = WorkKind.TAG
+
+    @property
+    def is_tag(self) -> bool:
+        return self.kind is WorkKind.TAG
+
+    @property
+    def item(self) -> str:
+        """The source reference as summaries name it."""
+        sep = ":" if self.is_tag else "@"
+        return f"{self.source_repository}{sep}{self.tag}"
 
 
 # -- selection ----------------------------------------------------------------------------------
@@ -64,9 +101,15 @@ def repository_wanted(config: SyncConfig, target: TargetConfig, repository: str)
 
 
 def select_tags(tags: list[TagInfo], filters: Filters, now: dt.datetime) -> list[TagInfo]:
-    """The tags that pass ``filters``; keep-latest applies after the name and age filters."""
+    """The tags that pass ``filters``; keep-latest applies after the name and age filters.
+
+    Referrers tags (``sha256-<hex>``, the referrers tag schema) are never selected: they are
+    indexes of referrers, mirrored with their subject (``referrers.py``), not releases.
+    """
     chosen = []
     for tag in tags:
+        if is_fallback_tag(tag.name):
+            continue
         if filters.tag_include and not filters.tag_include.fullmatch(tag.name):
             continue
         if filters.tag_exclude and filters.tag_exclude.fullmatch(tag.name):
@@ -112,17 +155,25 @@ def target_repository(source_repo: str, source_namespace: str, target: TargetCon
     return name
 
 
-def interleave(work: list[TagWork]) -> list[TagWork]:
-    """Round-robin over destination repositories (order within each kept).
+def interleave(work: list[TagWork], round_robin: bool = True) -> list[list[TagWork]]:
+    """Work grouped per source image; with ``round_robin``, the groups alternate repositories.
 
-    Manifest pushes to one repository are serialized (see ``BlobLedger.manifest_writes``), so
-    concurrent copies should be of tags in different repositories, not five tags of one.
+    A group is one source tag (or digest) with every target that needs it: copied together, its
+    blobs are read from the source once. Manifest pushes to one repository are serialized (see
+    ``BlobLedger.manifest_writes``), so concurrent copies should be of different repositories,
+    not five tags of one. Order within a repository is kept; without ``round_robin`` (one copy
+    at a time) the planned order is kept.
     """
-    groups: dict[tuple[str, str], list[TagWork]] = {}
+    images: dict[tuple[WorkKind, str, str], list[TagWork]] = {}
     for item in work:
-        groups.setdefault((item.target, item.target_repository), []).append(item)
-    out: list[TagWork] = []
-    queues = list(groups.values())
+        images.setdefault((item.kind, item.source_repository, item.tag), []).append(item)
+    if not round_robin:
+        return list(images.values())
+    repositories: dict[str, list[list[TagWork]]] = {}
+    for (_, repository, _), group in images.items():
+        repositories.setdefault(repository, []).append(group)
+    out: list[list[TagWork]] = []
+    queues = list(repositories.values())
     for i in range(max((len(q) for q in queues), default=0)):
         out.extend(q[i] for q in queues if i < len(q))
     return out
@@ -151,6 +202,12 @@ class Planner:
         self.targets = targets
         self.clock = clock
 
+    @property
+    def default_check(self) -> Check:
+        return {Compare.NAME: Check.NAME, Compare.RECENT: Check.RECENT, Compare.DIGEST: Check.FULL}[
+            self.config.compare
+        ]
+
     def selected_targets(self, names: Iterable[str] | None) -> list[TargetConfig]:
         if names is None:
             return list(self.config.targets)
@@ -162,6 +219,7 @@ class Planner:
         repositories: list[str] | None = None,
         targets: list[str] | None = None,
         progress: Callable[[], None] | None = None,
+        check: Check | None = None,
     ) -> list[TagWork]:
         """What every target lacks of ``repositories`` (default: the whole source catalog)."""
         repositories = self.source.repositories() if repositories is None else repositories
@@ -169,36 +227,81 @@ class Planner:
         work: list[TagWork] = []
         workers = min(plan_concurrency(self.config.concurrency), max(1, len(repositories)))
         with ThreadPoolExecutor(workers, thread_name_prefix="plan") as pool:
-            for found in pool.map(lambda r: self.plan_repository(r, recorder, targets), repositories):
+            for found in pool.map(lambda r: self.plan_repository(r, recorder, targets, check), repositories):
                 work.extend(found)
                 if progress:
                     progress()
         return work
 
     def plan_repository(
-        self, repository: str, recorder: Recorder, targets: Iterable[str] | None = None
+        self,
+        repository: str,
+        recorder: Recorder,
+        targets: Iterable[str] | None = None,
+        check: Check | None = None,
     ) -> list[TagWork]:
-        """What each target lacks of ``repository``."""
+        """What each target lacks of ``repository``.
+
+        ``check`` (default from ``SYNC_COMPARE``) says which tags the targets have are compared
+        with the source, and which untagged manifests (candidate referrers) are looked at.
+        """
+        check = check or self.default_check
         chosen = [t for t in self.selected_targets(targets) if repository_wanted(self.config, t, repository)]
         if not chosen:
             return []  # excluded everywhere: not even listed (ACR read quota; may be unreadable)
+        now = self.clock()
         try:
             tags = self.source.tags(repository)
+            candidates = self._untagged(repository, check, now)
         except Exception as exc:  # noqa: BLE001 - one repository's failure must not stop the rest
             for target in chosen:
                 recorder.failed(repository, f"listing source tags: {describe(exc)}", target.name)
             return []
-        now = self.clock()
         work: list[TagWork] = []
         for target in chosen:
-            work.extend(self._diff(repository, tags, target, recorder, now))
+            work.extend(self._diff(repository, tags, candidates, target, recorder, now, check))
         return work
 
+    def _untagged(self, repository: str, check: Check, now: dt.datetime) -> list[ManifestEntry] | None:
+        """Untagged manifests that may be referrers added to content already mirrored.
+
+        Only a source that lists untagged manifests (ACR ``_manifests``) has them: recently
+        changed ones for a RECENT check, all for a FULL one; None from a source that cannot list
+        them. Children of a listed index and Docker schema 2 manifests (which cannot carry a
+        ``subject``) are not candidates.
+        """
+        if check is Check.NAME or not self.config.referrers.enabled:
+            return []
+        since = None if check is Check.FULL else now - dt.timedelta(hours=self.config.recheck_hours)
+        entries = self.source.manifests(repository, since)
+        if entries is None:
+            return None
+        children = {c for e in entries for c in e.references}
+        return [
+            e for e in entries
+            if not e.tags and e.digest not in children and e.readable and e.media_type not in DOCKER_TYPES
+        ]  # fmt: skip
+
+    def _recheck(self, tag: TagInfo, check: Check, now: dt.datetime) -> bool:
+        """Whether a tag the target has is compared with the source (one HEAD at the target)."""
+        if check is Check.FULL:
+            return True
+        if check is Check.NAME or tag.updated is None:
+            return False
+        return now - tag.updated <= dt.timedelta(hours=self.config.recheck_hours)
+
     def _diff(
-        self, repository: str, tags: list[TagInfo], target: TargetConfig, recorder: Recorder, now: dt.datetime
+        self,
+        repository: str,
+        tags: list[TagInfo],
+        candidates: list[ManifestEntry] | None,
+        target: TargetConfig,
+        recorder: Recorder,
+        now: dt.datetime,
+        check: Check,
     ) -> list[TagWork]:
         selected = wanted_tags(self.config, target, repository, tags, now)
-        if not selected:
+        if not selected and not candidates:
             return []
         recorder.summary.considered(target.name, len(selected))
         try:
@@ -206,18 +309,24 @@ class Planner:
         except NameRejected as exc:
             recorder.skipped(repository, str(exc), target.name, tags=len(selected))
             return []
+        readable = []
+        for tag in selected:
+            if tag.readable:
+                readable.append(tag)
+            else:
+                recorder.skipped(f"{repository}:{tag.name}", UNREADABLE, target.name)
         client = self.targets[target.name]
         try:
-            listed = client.list_tags(dst_repo)
+            listed = client.list_tags(dst_repo) if readable else []
             absent = AtTarget.REPOSITORY_ABSENT if listed is None else AtTarget.TAG_ABSENT
             present = set(listed or ())
             work = []
-            for tag in selected:
+            for tag in readable:
                 if tag.name not in present:
                     work.append(
                         TagWork(target.name, repository, dst_repo, tag.name, tag.digest, Reason.MISSING, absent)
                     )
-                elif self.config.compare is Compare.DIGEST:
+                elif self._recheck(tag, check, now):
                     source_digest = tag.digest or self._source_digest(repository, tag.name)
                     info = client.head_manifest(dst_repo, tag.name)
                     if info is None or info.digest != source_digest:
@@ -225,28 +334,47 @@ class Planner:
                             TagWork(target.name, repository, dst_repo, tag.name, source_digest,
                                     Reason.DIGEST_DIFFERS, AtTarget.TAG_DIFFERS)
                         )  # fmt: skip
+                    elif check is Check.FULL and source_digest and candidates is None and self.config.referrers.enabled:
+                        # a source without an untagged listing: ask it for this image's referrers
+                        work.append(
+                            TagWork(target.name, repository, dst_repo, source_digest, source_digest,
+                                    Reason.FULL_CHECK, kind=WorkKind.REFERRERS_OF)
+                        )  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             recorder.failed(
-                f"{repository} -> {target.name}", f"diff: {describe(exc)}", target.name, tags=len(selected)
+                f"{repository} -> {target.name}", f"diff: {describe(exc)}", target.name, tags=len(readable)
             )
             return []
-        recorder.summary.missing(target.name, len(work))
+        recorder.summary.missing(target.name, sum(1 for w in work if w.kind is WorkKind.TAG))
+        reason = Reason.FULL_CHECK if check is Check.FULL else Reason.RECENT
+        work.extend(
+            TagWork(target.name, repository, dst_repo, e.digest, e.digest, reason, kind=WorkKind.REFERRER)
+            for e in candidates or ()
+        )
         return work
 
     def _source_digest(self, repository: str, tag: str) -> str | None:
         info = self.source.client.head_manifest(repository, tag)
         return info.digest if info else None
 
-    def image(self, repository: str, reference: str, digest: str | None, reason: Reason,
-              recorder: Recorder, targets: Iterable[str] | None = None) -> list[TagWork]:  # fmt: skip
+    def image(
+        self,
+        repository: str,
+        reference: str,
+        digest: str | None,
+        reason: Reason,
+        recorder: Recorder,
+        targets: Iterable[str] | None = None,
+        kind: WorkKind = WorkKind.TAG,
+    ) -> list[TagWork]:
         """One image for each target by name mapping alone (tag filters do not apply)."""
         work = []
         for target in self.selected_targets(targets):
             try:
                 dst_repo = target_repository(repository, self.config.source.namespace, target)
             except NameRejected as exc:
-                sep = "@" if reference.startswith("sha256:") else ":"
+                sep = "@" if is_digest(reference) else ":"
                 recorder.skipped(f"{repository}{sep}{reference}", str(exc), target.name)
                 continue
-            work.append(TagWork(target.name, repository, dst_repo, reference, digest, reason))
+            work.append(TagWork(target.name, repository, dst_repo, reference, digest, reason, kind=kind))
         return work

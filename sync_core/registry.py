@@ -14,8 +14,8 @@ import requests
 from .auth import ANONYMOUS, Authenticator, CredentialSource
 from .errors import AuthError, InvalidContent, NotFound, ProtocolError, RegistryError
 from .jsondoc import parse_json
-from .manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
-from .names import MANIFEST_ACCEPT, check_digest, check_reference, check_repository, is_digest
+from .manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
+from .names import MANIFEST_ACCEPT, OCI_INDEX, check_digest, check_reference, check_repository, is_digest
 from .retry import retrying
 from .transport import Body, Readable, Transport, resolve_on_host
 
@@ -220,7 +220,12 @@ class RegistryClient:
                 int(length) if length.isdigit() else None,
             )
 
-    def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> None:
+    def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str | None:
+        """Store ``manifest`` (its exact bytes) under ``reference``.
+
+        Returns the registry's ``OCI-Subject`` answer: a registry with the referrers API names
+        the subject of a manifest that has one (distribution-spec 1.1); None otherwise.
+        """
         check_repository(repository)
         check_reference(reference)
         response = self.request(
@@ -234,10 +239,38 @@ class RegistryClient:
             if response.status_code not in (200, 201, 202):
                 raise self.fail(response, f"PUT manifest {repository}:{reference}")
             stored = response.headers.get("Docker-Content-Digest")
+            subject = response.headers.get("OCI-Subject")
         if stored and is_digest(stored) and stored != manifest.digest:
             raise ProtocolError(
                 f"{self.host}: stored {repository}:{reference} as {stored}, expected {manifest.digest}"
             )
+        return subject if subject and is_digest(subject) else None
+
+    def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
+        """The referrers API's list for ``digest``; None when the registry has no referrers API.
+
+        Every page is read (``Link``); ``artifactType`` filtering is left to the caller (registries
+        may ignore the filter). A 404, or an answer that is not an index, means "no API".
+        """
+        check_repository(repository)
+        where = f"referrers of {repository}@{check_digest(digest)}"
+        pages = self.paginate(
+            f"/v2/{repository}/referrers/{digest}", "manifests", self.scopes(repository), where, OCI_INDEX
+        )
+        entries: list[Any] = []
+        try:
+            for page in pages:
+                listed = page.get("manifests")
+                if not isinstance(listed, list):
+                    return None  # not an index: whatever answered there is not the referrers API
+                entries.extend(listed)
+        except InvalidContent:
+            return None  # not JSON: not the referrers API either
+        except RegistryError as exc:
+            if exc.status in (400, 404, 405, 406):
+                return None
+            raise
+        return [Descriptor.parse(e, f"{self.host}: {where}: manifests[{i}]") for i, e in enumerate(entries)]
 
     # -- blobs ----------------------------------------------------------------------------
     def blob_size(self, repository: str, digest: str) -> int | None:
@@ -319,7 +352,7 @@ class RegistryClient:
 
     # -- listing --------------------------------------------------------------------------
     def paginate(
-        self, path: str, key: str, scopes: tuple[str, ...], what: str
+        self, path: str, key: str, scopes: tuple[str, ...], what: str, accept: str = "application/json"
     ) -> Iterator[dict[str, Any]]:
         """Yield every JSON page of a listing, following ``Link: <...>; rel="next"`` on this host."""
         url = self.base_url + path
@@ -328,7 +361,7 @@ class RegistryClient:
         repeats = 0
         for number in range(MAX_PAGES):
             seen.add(url)
-            response = self.request("GET", url, scopes=scopes, headers={"Accept": "application/json"})
+            response = self.request("GET", url, scopes=scopes, headers={"Accept": accept})
             with response:
                 if response.status_code != 200:
                     raise self.fail(response, what)

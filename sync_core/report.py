@@ -46,10 +46,12 @@ class Summary:
     blobs_mounted: int = 0
     blobs_skipped: int = 0
     bytes_uploaded: int = 0
+    referrers_copied: int = 0
     duration_seconds: float = 0.0
     targets: dict[str, TargetCounts] = field(default_factory=dict)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
     planned: list[TagWork] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -79,22 +81,34 @@ class Summary:
                 self.target(target).failed += tags
             self.tags_failed += tags
 
+    def warn(self, where: str, warning: str, target: str) -> None:
+        with self._lock:
+            entry = {"target": target, "item": where, "warning": warning}
+            if entry not in self.warnings:
+                self.warnings.append(entry)
+
     def skip(self, where: str, reason: str, target: str, tags: int = 1) -> None:
         with self._lock:
             self.skipped.append({"target": target, "item": where, "reason": reason})
             self.target(target).skipped += tags
             self.tags_skipped += tags
 
-    def add_copy(self, target: str, result: CopyResult) -> None:
-        """Count a finished copy (a skipped one is counted by :meth:`skip`)."""
+    def add_copy(self, target: str, result: CopyResult, tag: bool = True) -> None:
+        """Count a finished copy (a skipped one is counted by :meth:`skip`).
+
+        ``tag``: the copy was of a tag (else of a referrer by digest: only its work counts).
+        """
         with self._lock:
             counts = self.target(target)
-            if result.status is CopyStatus.COPIED:
+            if tag and result.status is CopyStatus.COPIED:
                 self.tags_copied += 1
                 counts.copied += 1
-            elif result.status is CopyStatus.UNCHANGED:
+            elif tag and result.status is CopyStatus.UNCHANGED:
                 self.tags_unchanged += 1
                 counts.unchanged += 1
+            elif not tag and result.status is CopyStatus.COPIED:
+                self.referrers_copied += 1
+            self.referrers_copied += result.referrers_copied
             self.manifests_pushed += result.manifests_pushed
             self.blobs_uploaded += result.blobs_uploaded
             self.blobs_mounted += result.blobs_mounted
@@ -121,10 +135,12 @@ class Summary:
                 "skipped": self.blobs_skipped,
             },
             "bytes_uploaded": self.bytes_uploaded,
+            "referrers": {"copied": self.referrers_copied},
             "duration_seconds": round(self.duration_seconds, 3),
             "targets": {name: vars(c) for name, c in sorted(self.targets.items())},
             "skipped": self.skipped,
             "failures": self.failures,
+            "warnings": self.warnings,
             "planned": [_planned(w) for w in self.planned] if self.dry_run else [],
         }
 
@@ -135,6 +151,7 @@ def _planned(work: TagWork) -> dict[str, Any]:
         "source_repository": work.source_repository,
         "target_repository": work.target_repository,
         "tag": work.tag,
+        "kind": work.kind.value,
         "digest": work.digest,
         "reason": work.reason.value,
     }
@@ -156,17 +173,29 @@ class Recorder:
         self.summary.skip(where, reason, target, tags)
         logs.decision(log, "skipped", f"skipped {where}: {reason}", item=where, target=target)
 
+    def warned(self, where: str, warning: str, target: str) -> None:
+        """Unusual content that was copied anyway (exactly as the source serves it)."""
+        self.summary.warn(where, warning, target)
+        logs.decision(log, "warning", f"{where}: {warning}", level=logging.WARNING, item=where, target=target)
+
     def finished(self, work: TagWork, result: CopyResult) -> None:
-        """A copy that ended without an exception: copied, unchanged or skipped by a rule."""
+        """A copy that ended without an error: copied, unchanged, skipped by a rule, or ignored."""
         if result.status is CopyStatus.SKIPPED:
-            self.skipped(f"{work.source_repository}:{work.tag}", result.reason or "skipped", work.target)
+            self.skipped(work.item, result.reason or "skipped", work.target, tags=int(work.is_tag))
             return
-        self.summary.add_copy(work.target, result)
+        if result.status is CopyStatus.IGNORED:
+            log.debug("ignored %s for %s: %s", work.item, work.target, result.reason)
+            return
+        self.summary.add_copy(work.target, result, tag=work.is_tag)
+        if not work.is_tag and result.status is CopyStatus.UNCHANGED:
+            return  # a referrer candidate the target holds: not a decision worth a line
         status = result.status.value
+        referrers = f", {result.referrers_copied} referrers" if result.referrers_copied else ""
         logs.decision(
             log, status,
-            f"{status} {work.source_repository}:{work.tag} -> {work.target} {work.target_repository}:{work.tag} "
-            f"({result.bytes_uploaded} bytes uploaded, {result.blobs_mounted} blobs mounted, {result.seconds:.2f}s)",
+            f"{status} {work.item} -> {work.target} {work.target_repository}{work.item[len(work.source_repository):]} "
+            f"({result.bytes_uploaded} bytes uploaded, {result.blobs_mounted} blobs mounted{referrers}, {result.seconds:.2f}s)",
             repository=work.source_repository, tag=work.tag, digest=result.digest, target=work.target,
             target_repository=work.target_repository, bytes_uploaded=result.bytes_uploaded,
+            referrers=result.referrers_copied or None,
         )  # fmt: skip

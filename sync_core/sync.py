@@ -16,22 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .catalog import make_source, source_actions
 from .config import SyncConfig
-from .copy import Copier
+from .copy import Copier, CopyResult, Destination, Placement
 from .errors import describe
-from .ledger import BlobLedger
 from .names import ImageRef
-from .plan import Planner, Reason, TagWork, interleave, plan_concurrency
+from .plan import Check, Planner, Reason, TagWork, WorkKind, interleave, plan_concurrency
 from .registry import RegistryClient
 from .report import Recorder, Summary
 from .secrets import SecretStore
 
-BLOB_CONCURRENCY = 4  # blob transfers per image copy (one pool per target: x SYNC_CONCURRENCY)
+BLOB_CONCURRENCY = 4  # blob transfers per image copy (one pool for the process: x SYNC_CONCURRENCY)
 
 Progress = Callable[[Summary], None]
 
 
 class Syncer:
-    """Registry clients, copiers and the run logic for one configuration.
+    """Registry clients, the copier and the run logic for one configuration.
 
     Create once per process (the Functions host keeps it between invocations) so that tokens,
     connections and Key Vault secrets are reused.
@@ -56,23 +55,22 @@ class Syncer:
         )  # fmt: skip
         self.source = make_source(config.source, self.source_client)
         self.target_clients: dict[str, RegistryClient] = {}
-        self.copiers: dict[str, Copier] = {}
+        self.destinations: dict[str, Destination] = {}
         for target in config.targets:
             client = RegistryClient(
                 target.registry, self.secrets.credentials(target.credentials), actions="pull,push", pool_size=pool
             )
             self.target_clients[target.name] = client
-            self.copiers[target.name] = Copier(
-                self.source_client,
-                client,
-                blob_concurrency=config.concurrency * BLOB_CONCURRENCY,  # shared by the copies
-                ledger=BlobLedger(),
-            )
+            self.destinations[target.name] = Destination(target.name, client)
+        self.copier = Copier(
+            self.source_client,
+            blob_concurrency=config.concurrency * BLOB_CONCURRENCY,  # shared by the copies
+            referrers=config.referrers,
+        )
         self.planner = Planner(config, self.source, self.target_clients, self.clock)
 
     def close(self) -> None:
-        for copier in self.copiers.values():
-            copier.close()
+        self.copier.close()
 
     def __enter__(self) -> Syncer:
         return self
@@ -85,27 +83,51 @@ class Syncer:
         return self.source.repositories()
 
     def plan_repository(
-        self, repository: str, summary: Summary, targets: Iterable[str] | None = None
+        self,
+        repository: str,
+        summary: Summary,
+        targets: Iterable[str] | None = None,
+        check: Check | None = None,
     ) -> list[TagWork]:
         """What each target lacks of ``repository`` (failures and skips go into ``summary``)."""
-        return self.planner.plan_repository(repository, Recorder(summary), targets)
+        return self.planner.plan_repository(repository, Recorder(summary), targets, check)
 
     # -- copying --------------------------------------------------------------------------
-    def copy_work(self, work: TagWork, recorder: Recorder) -> None:
-        target = self.config.target(work.target)
-        try:
-            result = self.copiers[work.target].copy(
-                work.source_repository,
-                work.tag,
-                work.target_repository,
-                expected_digest=work.digest,
-                skip_media_types=target.skip_artifact_types,
-                at_target=work.at_target,
-            )
-        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-            recorder.failed(f"{work.source_repository}:{work.tag} -> {work.target}", describe(exc), work.target)
+    def copy_group(self, group: list[TagWork], recorder: Recorder) -> None:
+        """One source image (or digest) to every target of ``group`` (one source read per blob)."""
+        first = group[0]
+        placements = []
+        for work in group:
+            target = self.config.target(work.target)
+            tag = work.tag if work.is_tag else None
+            placements.append(
+                Placement(self.destinations[work.target], work.target_repository, tag, work.at_target,
+                          target.skip_artifact_types)
+            )  # fmt: skip
+        repo = first.source_repository
+        if first.kind is WorkKind.TAG:
+            results = self.copier.copy_to(repo, first.tag, placements, expected_digest=first.digest)
+        elif first.kind is WorkKind.REFERRER:
+            results = self.copier.copy_referrer(repo, first.tag, placements)
+        else:
+            results = self.copier.copy_referrers_of(repo, first.tag, placements)
+        for work, result in zip(group, results, strict=True):
+            self._record(work, result, recorder)
+
+    @staticmethod
+    def _record(work: TagWork, result: CopyResult, recorder: Recorder) -> None:
+        for warning in result.warnings:
+            recorder.warned(work.item, warning, work.target)
+        for problem in result.referrer_errors:
+            recorder.failed(f"{work.item} -> {work.target}", problem, work.target, tags=0)
+        if result.error is not None:
+            recorder.failed(f"{work.item} -> {work.target}", describe(result.error), work.target,
+                            tags=int(work.is_tag))  # fmt: skip
             return
         recorder.finished(work, result)
+
+    def copy_work(self, work: TagWork, recorder: Recorder) -> None:
+        self.copy_group([work], recorder)
 
     def execute(
         self,
@@ -120,17 +142,17 @@ class Syncer:
         left: list[TagWork] = []
         lock = threading.Lock()
 
-        def run(item: TagWork) -> None:
+        def run(group: list[TagWork]) -> None:
             if deadline is not None and time.monotonic() >= deadline:
                 with lock:
-                    left.append(item)
+                    left.extend(group)
                 return
-            self.copy_work(item, recorder)
+            self.copy_group(group, recorder)
             if progress:
                 progress(summary)
 
         with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="copy") as pool:
-            list(pool.map(run, interleave(work) if self.config.concurrency > 1 else work))
+            list(pool.map(run, interleave(work, round_robin=self.config.concurrency > 1)))
         return left
 
     # -- entry points -----------------------------------------------------------------------
@@ -141,12 +163,13 @@ class Syncer:
         repositories: list[str] | None = None,
         targets: list[str] | None = None,
         progress: Progress | None = None,
+        check: Check | None = None,
     ) -> Summary:
         """The full job (or a dry run that only plans)."""
         started = time.monotonic()
         summary = Summary(dry_run=dry_run)
         tick = (lambda: progress(summary)) if progress else None
-        work = self.planner.plan(Recorder(summary), repositories, targets, tick)
+        work = self.planner.plan(Recorder(summary), repositories, targets, tick, check)
         if dry_run:
             summary.planned = work
         else:
@@ -164,5 +187,6 @@ class Syncer:
     ) -> None:
         """Copy one image to each target (by name mapping; tag filters do not apply)."""
         recorder = Recorder(summary)
-        for work in self.planner.image(ref.repository, ref.reference, digest, reason, recorder, targets):
-            self.copy_work(work, recorder)
+        work = self.planner.image(ref.repository, ref.reference, digest, reason, recorder, targets)
+        if work:
+            self.copy_group(work, recorder)

@@ -34,7 +34,7 @@ def test_minimal_environment():
     (target,) = config.targets
     assert target.registry == DOCKER_HUB
     assert target.max_path_depth == 2  # Docker Hub holds namespace/repo only
-    assert config.compare == "name" and config.concurrency == 8
+    assert config.compare == "recent" and config.concurrency == 8  # moved tags followed by default
 
 
 def test_url_registry_and_oci_kind():

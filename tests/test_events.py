@@ -56,10 +56,25 @@ def test_cloudevent_schema_is_understood(config):
     assert decision.action == "copy" and decision.tag == "1.4.3"
 
 
-def test_child_manifest_push_is_ignored(config):
-    decision = decide(sample("image-pushed-child.eventgrid.json"), config)
+def test_untagged_push_is_handed_to_the_worker_which_looks_for_a_subject(config):
+    # An untagged push is an index child or a referrer: only the manifest (its subject) tells,
+    # so the handler enqueues a referrer message and the worker fetches the manifest once.
+    event = sample("image-pushed-child.eventgrid.json")
+    decision = decide(event, config)
+    assert decision.action == "copy" and decision.tag is None
+    assert {(w.kind, w.tag) for w in decision.work} == {("referrer", event["data"]["target"]["digest"])}
+    parsed = [parse_message(m, config) for m in events_messages(json.dumps(event), config)]
+    assert {(m.kind, m.digest, m.target) for m in parsed} == {
+        ("referrer", event["data"]["target"]["digest"], "dockerhub"),
+        ("referrer", event["data"]["target"]["digest"], "aliyun"),
+    }
+
+
+def test_untagged_docker_manifest_push_is_ignored(config):
+    event = sample("image-pushed-child.eventgrid.json")
+    event["data"]["target"]["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json"
+    decision = decide(event, config)  # a Docker schema 2 manifest cannot carry a subject
     assert decision.action == "ignore" and "untagged" in decision.reason
-    assert events_messages(json.dumps(sample("image-pushed-child.eventgrid.json")), config) == []
 
 
 def test_delete_is_not_propagated(config):
@@ -70,7 +85,7 @@ def test_delete_is_not_propagated(config):
 def test_all_samples_in_one_array(config):
     events = [sample(p.name) for p in sorted(EVENTS.glob("*.json"))]
     messages = events_messages(json.dumps(events), config)
-    assert len(messages) == 4  # the two tagged pushes x two targets
+    assert len(messages) == 6  # the two tagged pushes and the untagged one x two targets
 
 
 @pytest.mark.parametrize(

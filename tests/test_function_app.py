@@ -134,7 +134,7 @@ def test_sample_events_give_the_documented_decisions(app_env, acr, caplog):
     assert (message.kind, message.repository, message.tag) == ("tag", "giantswarm/example-app", "1.4.2")
 
     for name, reason in [
-        ("image-pushed-child.eventgrid.json", "untagged"),
+        ("image-pushed-child.eventgrid.json", "not the source"),  # untagged: enqueued only from the source
         ("image-deleted.eventgrid.json", "not propagated"),
         ("image-pushed.eventgrid.json", "not the source"),  # host gsoci.azurecr.io is not our source here
     ]:

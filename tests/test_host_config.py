@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_core.config import APP_SETTINGS, LOCAL_ONLY_SETTINGS, load_config
+from sync_core.config import APP_SETTINGS, LOCAL_ONLY_SETTINGS, Compare, load_config
 from tests.secret_values import looks_like_secret
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def test_local_settings_have_every_setting(local_values: dict[str, str]) -> None
     assert local_values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
     assert local_values["SYNC_QUEUE"] == "sync-work"
     assert local_values["SOURCE_KIND"] in {"acr", "oci"}
-    assert local_values["SYNC_COMPARE"] in {"name", "digest"}
+    assert local_values["SYNC_COMPARE"] in {c.value for c in Compare}
     assert len(local_values["SYNC_SCHEDULE"].split()) == 6, "NCRONTAB has six fields (seconds first)"
     assert local_values["SYNC_CONCURRENCY"].isdigit()
     # Empty means "not set" to the app (no limit); TAG_KEEP_LATEST=0 would be rejected.

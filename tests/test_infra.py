@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pycep import BicepParser
 
-from sync_core.config import APP_SETTINGS, load_config
+from sync_core.config import APP_SETTINGS, Compare, load_config
 from tests.secret_values import looks_like_secret
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,7 +243,7 @@ def test_app_settings_defaults(main: dict[str, Any], app_settings: dict[str, Any
     assert resolve(main, app_settings["SYNC_QUEUE"]) == "sync-work"
     assert resolve(main, app_settings["SYNC_SCHEDULE"]) == "0 */15 * * * *"
     assert resolve(main, app_settings["SOURCE_KIND"]) == "acr"
-    assert resolve(main, app_settings["SYNC_COMPARE"]) in {"name", "digest"}
+    assert resolve(main, app_settings["SYNC_COMPARE"]) in {c.value for c in Compare}
     for name in APP_SETTINGS:
         if name.endswith("_SECRET"):
             secret_name = resolve(main, app_settings[name])

@@ -137,8 +137,7 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
             syncer = Syncer(load_config(environment), secrets=store)
             for c in (syncer.source_client, *syncer.target_clients.values()):
                 c.transport.retry = FAST
-            for copier in syncer.copiers.values():
-                copier.retry = FAST
+            syncer.copier.retry = FAST
             return syncer
 
         def tokens_of(syncer: Syncer) -> None:

@@ -260,11 +260,13 @@ def test_filtered_sync_copies_exactly_the_selected_tags_then_a_second_run_touche
     assert (second.manifests_pushed, second.blobs_uploaded, second.bytes_uploaded) == (0, 0, 0)
     assert acr.count(("manifest", "blob", "upload", "referrers", "tags_list")) == 0
     kinds = collections.Counter(entry.kind for entry in acr.log)
-    assert set(kinds) <= {"token", "catalog", "acr_tags"}, kinds
+    assert set(kinds) <= {"token", "catalog", "acr_tags", "acr_manifests"}, kinds
     assert acr.count("catalog", status=200) == 1
     selected_repos = {repo for repo, _ in FILTERED}
     for repo in selected_repos:
         assert acr.count("acr_tags", repo=repo, status=200) == 1, repo
+        # untagged manifests changed lately (referrers added to mirrored images): one listing
+        assert acr.count("acr_manifests", repo=repo, status=200) == 1, repo
     # repositories no filter selects are not even listed
     assert acr.count("acr_tags") == len(selected_repos), sorted(
         e.repo for e in acr.log if e.kind == "acr_tags"
@@ -468,7 +470,7 @@ def test_target_dying_mid_run_records_failures_and_a_rerun_finishes_only_the_res
     with syncer_for(env) as syncer:
         client = syncer.target_clients["target"]
         client.transport.sleep = lambda seconds: None  # the dead target is retried, without waiting
-        syncer.copiers["target"].retry = RetryPolicy(attempts=2, backoff_base=0.0)
+        syncer.copier.retry = RetryPolicy(attempts=2, backoff_base=0.0)
         put_blob = client.put_blob
 
         def put_blob_then_die(repository, location, digest, body, size):
@@ -522,10 +524,14 @@ def test_digest_compare_recopies_a_retagged_tag_name_compare_does_not(token_issu
 
         pusher.push(f"{NS}/moving", new, "edge")  # retagged at the source
         check = dst.pusher()
-        with syncer_for(env) as syncer:
+        with syncer_for(dict(env, SYNC_COMPARE="name")) as syncer:
             by_name = syncer.run()
         assert by_name.ok and (by_name.tags_missing, by_name.tags_copied) == (0, 0)
         assert check.fetch_manifest(f"{MIRROR}/moving", "edge")[2] == old.digest
+        # the default (recent): a tag the source changed within SYNC_RECHECK_HOURS is compared
+        with syncer_for(env) as syncer:
+            recent = syncer.run(dry_run=True)
+        assert [(w.tag, w.digest, w.reason) for w in recent.planned] == [("edge", new.digest, "digest differs")]
 
         acr.reset_log()
         digest_env = dict(env, SYNC_COMPARE="digest")

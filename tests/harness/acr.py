@@ -50,7 +50,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import fnmatch
+import hashlib
 import http.client
+import json
 import re
 import secrets
 import threading
@@ -91,9 +93,46 @@ _HOP_BY_HOP = {
 _CHUNK = 64 * 1024
 _V2_PATH = re.compile(r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs|tags|referrers)/(?P<rest>.*)$")
 _ACR_TAGS_PATH = re.compile(r"^/acr/v1/(?P<repo>.+)/_tags$")
+_ACR_MANIFESTS_PATH = re.compile(r"^/acr/v1/(?P<repo>.+)/_manifests$")
+_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+_INDEX_TYPES = (_OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
+_MAX_MANIFEST = 4 * 1024 * 1024
 _UNAUTHORIZED_MSG = "authentication required, visit https://aka.ms/acr/authorization for more information."
 
 ScopeMap = Mapping[str, Iterable[str]]
+
+
+class StoredManifest(NamedTuple):
+    """A manifest pushed through the stand-in (what ``_manifests`` and the referrers API list)."""
+
+    raw: bytes
+    media_type: str
+    digest: str
+    created: int  # ticks
+    updated: int
+
+    @property
+    def document(self) -> dict:
+        try:
+            value = json.loads(self.raw)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def subject(self) -> str | None:
+        subject = self.document.get("subject")
+        return subject.get("digest") if isinstance(subject, dict) else None
+
+    def referrer_descriptor(self) -> dict:
+        doc = self.document
+        entry: dict = {"mediaType": self.media_type, "digest": self.digest, "size": len(self.raw)}
+        artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+        if artifact_type:
+            entry["artifactType"] = artifact_type
+        if doc.get("annotations"):
+            entry["annotations"] = doc["annotations"]
+        return entry
 
 
 class LogEntry(NamedTuple):
@@ -101,7 +140,7 @@ class LogEntry(NamedTuple):
 
     ``kind``: ``token``, ``base`` (``/v2/``), ``catalog`` (``/v2/_catalog``), ``manifest``,
     ``blob``, ``upload`` (``/blobs/uploads/...``), ``tags_list`` (``/v2/<repo>/tags/list``),
-    ``referrers``, ``acr_tags``, ``acr_catalog`` or ``other``. ``user``: Basic user name, or the
+    ``referrers``, ``acr_tags``, ``acr_manifests``, ``acr_catalog`` or ``other``. ``user``: Basic user name, or the
     ``sub`` of a Bearer JWT (``None`` when anonymous). ``ref``: manifest reference or blob digest.
     """
 
@@ -128,6 +167,9 @@ def classify(path: str) -> tuple[str, str | None, str | None]:
     m = _ACR_TAGS_PATH.match(path)
     if m:
         return "acr_tags", m["repo"], None
+    m = _ACR_MANIFESTS_PATH.match(path)
+    if m:
+        return "acr_manifests", m["repo"], None
     m = _V2_PATH.match(path)
     if m:
         kind, rest = m["kind"], m["rest"]
@@ -218,6 +260,12 @@ class AcrStandIn:
         self._grants: list[TokenGrant] = []
         self._failures: list[tuple[frozenset[str] | None, int, str | None]] = []
         self._tag_times: dict[tuple[str, str], list[int]] = {}
+        self._manifests: dict[str, dict[str, StoredManifest]] = {}
+        self._unreadable: set[tuple[str, str]] = set()
+        #: serve the OCI 1.1 referrers API and answer ``OCI-Subject`` (ACR does; False: like 2.8)
+        self.referrers_api = True
+        #: page size of the referrers API (ACR pages long lists with a ``Link`` header)
+        self.referrers_page_size = 100
         self._admin_tokens: dict[str, tuple[str, float, str]] = {}
         self._local = threading.local()
         self._stopped = False
@@ -340,6 +388,37 @@ class AcrStandIn:
         with self._lock:
             rec = self._tag_times.get((repo, tag))
         return (from_ticks(rec[0]), from_ticks(rec[1])) if rec else None
+
+    def set_manifest_times(
+        self, repo: str, digest: str, created: dt.datetime, updated: dt.datetime | None = None
+    ) -> None:
+        """Set ``createdTime``/``lastUpdateTime`` of a manifest pushed through the stand-in."""
+        with self._lock:
+            stored = self._manifests[repo][digest]
+            c = to_ticks(created)
+            self._manifests[repo][digest] = stored._replace(
+                created=c, updated=to_ticks(updated) if updated is not None else c
+            )
+
+    def manifests_of(self, repo: str) -> dict[str, StoredManifest]:
+        """Every manifest pushed through the stand-in to ``repo`` (by digest)."""
+        with self._lock:
+            return dict(self._manifests.get(repo, {}))
+
+    def set_read_enabled(self, repo: str, tag: str, enabled: bool) -> None:
+        """``changeableAttributes.readEnabled`` of a tag: ACR refuses pulls of an unreadable one."""
+        with self._lock:
+            (self._unreadable.discard if enabled else self._unreadable.add)((repo, tag))
+
+    def _record_manifest(self, repo: str, raw: bytes, media_type: str) -> StoredManifest:
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        now = _now_ticks()
+        with self._lock:
+            known = self._manifests.setdefault(repo, {})
+            old = known.get(digest)
+            stored = StoredManifest(raw, media_type, digest, old.created if old else now, now)
+            known[digest] = stored
+        return stored
 
     def _record_push(self, repo: str, tag: str) -> None:
         now = _now_ticks()
@@ -631,12 +710,18 @@ class AcrStandIn:
                 )
             elif kind == "token":
                 self._handle_token(h, query)
+            elif kind == "referrers" and self.referrers_api and h.command in ("GET", "HEAD"):
+                h.log_user = _jwt_subject(h.headers.get("Authorization"))
+                self._handle_referrers(h, repo or "", ref or "", query)
             elif path == "/v2" or path.startswith("/v2/"):
                 h.log_user = _jwt_subject(h.headers.get("Authorization"))
                 self._proxy(h, kind, repo, ref)
             elif kind == "acr_tags":
                 h.log_user = _jwt_subject(h.headers.get("Authorization"))
                 self._handle_acr_tags(h, repo or "", query)
+            elif kind == "acr_manifests":
+                h.log_user = _jwt_subject(h.headers.get("Authorization"))
+                self._handle_acr_manifests(h, repo or "", query)
             elif kind == "acr_catalog":
                 h.log_user = _jwt_subject(h.headers.get("Authorization"))
                 self._handle_acr_catalog(h, query)
@@ -695,28 +780,130 @@ class AcrStandIn:
             return None
         return min(n, MAX_PAGE), (params.get("last") or [""])[0], (params.get("orderby") or [""])[0]
 
+    def _require(self, h: _Handler, repo: str, action: str) -> bool:
+        """True if the request's Bearer token allows ``action`` on ``repo``; else answer 401."""
+        if self._allows(self._bearer_claims(h.headers.get("Authorization")), "repository", repo, action):
+            return True
+        h.send_json(
+            401,
+            {
+                "errors": [
+                    {
+                        "code": "UNAUTHORIZED",
+                        "message": _UNAUTHORIZED_MSG,
+                        "detail": [{"Type": "repository", "Name": repo, "Action": action}],
+                    }
+                ]
+            },
+            {"WWW-Authenticate": self._challenge(f"repository:{repo}:{action}", "invalid_token")},
+        )
+        return False
+
+    def _handle_referrers(self, h: _Handler, repo: str, digest: str, query: str) -> None:
+        """``GET /v2/<repo>/referrers/<digest>[?artifactType=]``: an OCI index of the referrers."""
+        h.drain_body()
+        if not self._require(h, repo, "pull"):
+            return
+        if not re.fullmatch(r"sha256:[a-f0-9]{64}", digest):
+            h.send_json(400, {"errors": [{"code": "DIGEST_INVALID", "message": "invalid digest"}]})
+            return
+        params = urllib.parse.parse_qs(query)
+        wanted = (params.get("artifactType") or [None])[0]
+        last = (params.get("last") or [""])[0]
+        with self._lock:
+            stored = sorted(self._manifests.get(repo, {}).values(), key=lambda m: m.digest)
+        entries = [m.referrer_descriptor() for m in stored if m.subject == digest]
+        headers = {"Content-Type": _OCI_INDEX}
+        if wanted is not None:
+            entries = [e for e in entries if e.get("artifactType") == wanted]
+            headers["OCI-Filters-Applied"] = "artifactType"
+        if last:
+            entries = [e for e in entries if e["digest"] > last]
+        page = entries[: self.referrers_page_size]
+        if len(entries) > len(page):
+            q = urllib.parse.urlencode({**({"artifactType": wanted} if wanted else {}), "last": page[-1]["digest"]})
+            headers["Link"] = f'</v2/{repo}/referrers/{digest}?{q}>; rel="next"'
+        body = json.dumps({"schemaVersion": 2, "mediaType": _OCI_INDEX, "manifests": page}).encode()
+        h.send_response(200)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            h.send_header(key, value)
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+
+    def _handle_acr_manifests(self, h: _Handler, repo: str, query: str) -> None:
+        """``/acr/v1/<repo>/_manifests``: every manifest, untagged ones included (ACR schema)."""
+        h.drain_body()
+        if not self._require(h, repo, "metadata_read"):
+            return
+        page = self._page_params(h, query)
+        if page is None:
+            return
+        n, last, orderby = page
+        tags = self._backend_tags(repo)
+        with self._lock:
+            stored = dict(self._manifests.get(repo, {}))
+        if tags is None and not stored:
+            h.send_json(404, {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry",
+                                          "detail": {"name": repo}}]})  # fmt: skip
+            return
+        times = self._times_for(repo, tags or [])
+        tags_of: dict[str, list[str]] = {}
+        for tag in tags or []:
+            digest = self._backend_digest(repo, tag)
+            if digest is not None:
+                tags_of.setdefault(digest, []).append(tag)
+        entries = []
+        for digest in sorted(set(stored) | set(tags_of)):
+            item = stored.get(digest)
+            tagged = sorted(tags_of.get(digest, []))
+            if item is not None:
+                created, updated, doc, media_type = item.created, item.updated, item.document, item.media_type
+                size = len(item.raw)
+            else:  # pushed straight to the backend: known by its tags only
+                created = min(times[t][0] for t in tagged)
+                updated = max(times[t][1] for t in tagged)
+                doc, media_type, size = {}, None, 0
+            entry: dict = {
+                "digest": digest,
+                "imageSize": size,
+                "createdTime": format_ticks(created),
+                "lastUpdateTime": format_ticks(updated),
+                "changeableAttributes": {"deleteEnabled": True, "writeEnabled": True, "readEnabled": True,
+                                         "listEnabled": True},
+            }  # fmt: skip
+            if media_type:
+                entry["mediaType"] = media_type
+            config = doc.get("config")
+            if isinstance(config, dict) and config.get("mediaType"):
+                entry["configMediaType"] = config["mediaType"]
+            if tagged:
+                entry["tags"] = tagged
+            if media_type in _INDEX_TYPES:
+                entry["references"] = [
+                    {"digest": c.get("digest"), **{k: (c.get("platform") or {}).get(k) for k in ("architecture", "os")}}
+                    for c in doc.get("manifests") or [] if isinstance(c, dict)
+                ]  # fmt: skip
+            entries.append((updated, entry))
+        if orderby == "timedesc":
+            entries.sort(key=lambda e: (e[0], e[1]["digest"]), reverse=True)
+        elif orderby == "timeasc":
+            entries.sort(key=lambda e: (e[0], e[1]["digest"]))
+        listed = [e for _, e in entries]
+        start = next((i + 1 for i, e in enumerate(listed) if e["digest"] == last), 0) if last else 0
+        page_entries = listed[start : start + n]
+        headers = {}
+        if start + n < len(listed) and page_entries:
+            q = urllib.parse.urlencode({"last": page_entries[-1]["digest"], "n": n, "orderby": orderby})
+            headers["Link"] = f'</acr/v1/{repo}/_manifests?{q}>; rel="next"'
+        h.send_json(200, {"registry": self.host, "imageName": repo, "manifests": page_entries}, headers)
+
     def _handle_acr_tags(self, h: _Handler, repo: str, query: str) -> None:
         h.drain_body()
         if h.command not in ("GET", "HEAD"):
             h.send_json(405, {"errors": [{"code": "UNSUPPORTED", "message": "method not allowed"}]})
             return
-        scope = f"repository:{repo}:metadata_read"
-        if not self._allows(
-            self._bearer_claims(h.headers.get("Authorization")), "repository", repo, "metadata_read"
-        ):
-            h.send_json(
-                401,
-                {
-                    "errors": [
-                        {
-                            "code": "UNAUTHORIZED",
-                            "message": _UNAUTHORIZED_MSG,
-                            "detail": [{"Type": "repository", "Name": repo, "Action": "metadata_read"}],
-                        }
-                    ]
-                },
-                {"WWW-Authenticate": self._challenge(scope, "invalid_token")},
-            )
+        if not self._require(h, repo, "metadata_read"):
             return
         page = self._page_params(h, query)
         if page is None:
@@ -790,7 +977,7 @@ class AcrStandIn:
                     "changeableAttributes": {
                         "deleteEnabled": True,
                         "writeEnabled": True,
-                        "readEnabled": True,
+                        "readEnabled": (repo, tag) not in self._unreadable,
                         "listEnabled": True,
                     },
                 }
@@ -836,6 +1023,19 @@ class AcrStandIn:
         return value
 
     def _proxy(self, h: _Handler, kind: str, repo: str | None, ref: str | None) -> None:
+        if kind == "manifest" and repo and ref and h.command in ("GET", "HEAD") and (repo, ref) in self._unreadable:
+            h.drain_body()
+            h.send_json(403, {"errors": [{"code": "DENIED", "message": "The operation is disallowed on this "
+                                          "image: read is disabled (changeableAttributes.readEnabled=false)"}]})  # fmt: skip
+            return
+        body: bytes | None = None  # a manifest PUT's body, kept to list it (_manifests, referrers)
+        if kind == "manifest" and h.command == "PUT":
+            length = int(h.headers.get("Content-Length") or 0)
+            body = h.rfile.read(length) if 0 < length <= _MAX_MANIFEST else None
+            if body is None:
+                h.drain_body()
+                h.send_json(400, {"errors": [{"code": "MANIFEST_INVALID", "message": "manifest size"}]})
+                return
         backend = self.backend
         conn = http.client.HTTPConnection("127.0.0.1", backend.port, timeout=120)
         try:
@@ -851,14 +1051,16 @@ class AcrStandIn:
                     ):
                         continue
                     conn.putheader(key, value)
-                chunked = "chunked" in (h.headers.get("Transfer-Encoding") or "").lower()
+                chunked = body is None and "chunked" in (h.headers.get("Transfer-Encoding") or "").lower()
                 length = int(h.headers.get("Content-Length") or 0) if not chunked else 0
                 if chunked:
                     conn.putheader("Transfer-Encoding", "chunked")
                 elif h.headers.get("Content-Length") is not None or h.command in ("PUT", "POST", "PATCH"):
                     conn.putheader("Content-Length", str(length))
                 conn.endheaders()
-                if chunked:
+                if body is not None:
+                    conn.send(body)
+                elif chunked:
                     for piece in h.iter_chunked_body():
                         conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
                     conn.send(b"0\r\n\r\n")
@@ -876,16 +1078,20 @@ class AcrStandIn:
                 h.send_json(502, {"errors": [{"code": "UNAVAILABLE", "message": f"backend: {exc}"}]})
                 return
 
-            if (
-                kind == "manifest"
-                and h.command == "PUT"
-                and resp.status == 201
-                and repo
-                and ref
-                and ":" not in ref
-            ):
-                self._record_push(repo, ref)  # before the client sees the 201
+            extra: dict[str, str] = {}
+            if kind == "manifest" and h.command == "PUT" and resp.status == 201 and repo and ref and body:
+                media_type = (h.headers.get("Content-Type") or "").split(";")[0].strip()
+                stored = self._record_manifest(repo, body, media_type)  # before the client sees the 201
+                if ":" not in ref:
+                    self._record_push(repo, ref)
+                if stored.subject and self.referrers_api:
+                    extra["OCI-Subject"] = stored.subject
+            if kind == "manifest" and h.command == "DELETE" and resp.status == 202 and repo and ref:
+                with self._lock:
+                    self._manifests.get(repo, {}).pop(ref, None)
             h.send_response(resp.status, resp.reason)
+            for key, value in extra.items():
+                h.send_header(key, value)
             has_length = False
             for key, value in resp.getheaders():
                 low = key.lower()
