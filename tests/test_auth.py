@@ -21,6 +21,7 @@ from sync_core.auth import (
     CredentialSource,
     StaticCredentials,
     Token,
+    merge_scopes,
     parse_challenge,
     token_expiry,
 )
@@ -87,6 +88,38 @@ def test_parse_challenge_keeps_to_the_first_of_several_challenges():
     )
     assert c.scheme == "bearer"
     assert c.params == {"realm": "https://auth.example.io/token", "service": "svc"}
+
+
+# -- merge_scopes ----------------------------------------------------------------------------------
+
+MERGE_SCOPES = [
+    # (scopes, merged)
+    pytest.param([], (), id="none"),
+    pytest.param(["repository:a:pull"], ("repository:a:pull",), id="one"),
+    pytest.param(["repository:a:pull", "repository:a:pull"], ("repository:a:pull",), id="duplicate"),
+    pytest.param(["repository:a:pull", "repository:a:push"], ("repository:a:pull,push",), id="actions-united"),
+    pytest.param(["repository:a:pull,push", "repository:a:push,pull"], ("repository:a:pull,push",),
+                 id="actions-in-any-order-are-one-scope"),  # fmt: skip
+    pytest.param(["repository:a:push,pull"], ("repository:a:push,pull",), id="actions-keep-their-first-order"),
+    pytest.param(["repository:a:pull,pull,,push"], ("repository:a:pull,push",), id="repeated-and-empty-actions"),
+    pytest.param(["repository:b:pull", "repository:a:pull", "repository:b:push"],
+                 ("repository:b:pull,push", "repository:a:pull"), id="resources-in-first-seen-order"),  # fmt: skip
+    pytest.param(["repository:localhost:5000/team/app:pull", "repository:localhost:5000/team/app:push",
+                  "repository:team/app:pull"],
+                 ("repository:localhost:5000/team/app:pull,push", "repository:team/app:pull"),
+                 id="host-port-names-split-on-the-last-colon"),  # fmt: skip
+    pytest.param(["registry:catalog:*", "repository:a:pull"], ("registry:catalog:*", "repository:a:pull"),
+                 id="catalog-scope"),  # fmt: skip
+    pytest.param(["repository:a:", "repository:a:pull"], ("repository:a:pull",), id="empty-actions"),
+    pytest.param(["repository:a:"], ("repository:a",), id="only-empty-actions"),
+    pytest.param(["pull", "pull"], ("pull",), id="no-colon-at-all"),
+]
+
+
+@pytest.mark.parametrize("scopes, merged", MERGE_SCOPES)
+def test_merge_scopes(scopes, merged):
+    assert merge_scopes(scopes) == merged
+    assert merge_scopes(merged) == merged  # merging again changes nothing
 
 
 # -- token answers and expiry ------------------------------------------------------------------------
