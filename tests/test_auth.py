@@ -113,6 +113,12 @@ MERGE_SCOPES = [
     pytest.param(["repository:a:", "repository:a:pull"], ("repository:a:pull",), id="empty-actions"),
     pytest.param(["repository:a:"], ("repository:a",), id="only-empty-actions"),
     pytest.param(["pull", "pull"], ("pull",), id="no-colon-at-all"),
+    pytest.param(["repository:a", "repository:b"], ("repository:a", "repository:b"),
+                 id="type-and-name-without-actions"),  # fmt: skip
+    pytest.param(["repository:a", "repository:a:pull"], ("repository:a:pull",), id="without-and-with-actions"),
+    pytest.param(["repository:localhost:5000/x", "repository:localhost:5000/y"],
+                 ("repository:localhost:5000/x", "repository:localhost:5000/y"),
+                 id="host-port-name-without-actions"),  # fmt: skip
 ]
 
 
