@@ -107,12 +107,14 @@ def merge_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     """Scopes with one entry per resource and its actions united, in a stable order.
 
     ``repository:a:pull,push`` and ``repository:a:push,pull`` (registries list actions in any
-    order) are the same scope. Names may contain ``host:port``, so split on the last colon.
+    order) are the same scope. Names may contain ``host:port``, so split on the last colon;
+    a scope is ``type:name:actions``, so with one colon (``repository:a``), or a last part that
+    is a path (``repository:localhost:5000/a``), it has no actions.
     """
     merged: dict[str, list[str]] = {}
     for scope in scopes:
-        resource, sep, actions = scope.rpartition(":")
-        if not sep or not resource:
+        resource, _, actions = scope.rpartition(":")
+        if ":" not in resource or "/" in actions:
             merged.setdefault(scope, [])
             continue
         known = merged.setdefault(resource, [])

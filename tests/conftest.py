@@ -13,6 +13,10 @@ Function fixtures:
   fresh_issuer         factory: fresh_issuer(**TokenIssuer kwargs) -> a new TokenIssuer (default
                        users STANDARD_USERS), stopped after the test; for tests that change
                        lifetime / fields / failures without disturbing the session issuer
+
+Everything else the tests share (scripted servers, the in-memory registry, deep verification,
+the recording transport) is imported from ``tests.harness`` modules (see its docstring); no test
+module imports another.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Unit-level checks use ``parse_challenge`` / ``token_expiry`` directly; the rest runs against the
 real docker-registry 2.8 + ``TokenIssuer`` of the harness, or against scripted local servers
-(``LocalServer``) where a registry or token service must answer something 2.8 never sends.
+(``ScriptedServer``) where a registry or token service must answer something 2.8 never sends.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sync_core.auth import (
     CredentialSource,
     StaticCredentials,
     Token,
+    merge_scopes,
     parse_challenge,
     token_expiry,
 )
@@ -29,7 +30,8 @@ from sync_core.registry import RegistryClient
 from sync_core.transport import Transport
 from tests.harness import ADMIN, BASIC, PUSHER, READER
 from tests.harness import images as img
-from tests.test_transport import LocalServer, RecordingTransport, Reply, Seen, Waits
+from tests.harness.recording import RecordingTransport, Waits
+from tests.harness.scripted import Reply, Request, ScriptedServer
 
 
 def creds(user_pw) -> StaticCredentials:
@@ -88,6 +90,44 @@ def test_parse_challenge_keeps_to_the_first_of_several_challenges():
     assert c.params == {"realm": "https://auth.example.io/token", "service": "svc"}
 
 
+# -- merge_scopes ----------------------------------------------------------------------------------
+
+MERGE_SCOPES = [
+    # (scopes, merged)
+    pytest.param([], (), id="none"),
+    pytest.param(["repository:a:pull"], ("repository:a:pull",), id="one"),
+    pytest.param(["repository:a:pull", "repository:a:pull"], ("repository:a:pull",), id="duplicate"),
+    pytest.param(["repository:a:pull", "repository:a:push"], ("repository:a:pull,push",), id="actions-united"),
+    pytest.param(["repository:a:pull,push", "repository:a:push,pull"], ("repository:a:pull,push",),
+                 id="actions-in-any-order-are-one-scope"),  # fmt: skip
+    pytest.param(["repository:a:push,pull"], ("repository:a:push,pull",), id="actions-keep-their-first-order"),
+    pytest.param(["repository:a:pull,pull,,push"], ("repository:a:pull,push",), id="repeated-and-empty-actions"),
+    pytest.param(["repository:b:pull", "repository:a:pull", "repository:b:push"],
+                 ("repository:b:pull,push", "repository:a:pull"), id="resources-in-first-seen-order"),  # fmt: skip
+    pytest.param(["repository:localhost:5000/team/app:pull", "repository:localhost:5000/team/app:push",
+                  "repository:team/app:pull"],
+                 ("repository:localhost:5000/team/app:pull,push", "repository:team/app:pull"),
+                 id="host-port-names-split-on-the-last-colon"),  # fmt: skip
+    pytest.param(["registry:catalog:*", "repository:a:pull"], ("registry:catalog:*", "repository:a:pull"),
+                 id="catalog-scope"),  # fmt: skip
+    pytest.param(["repository:a:", "repository:a:pull"], ("repository:a:pull",), id="empty-actions"),
+    pytest.param(["repository:a:"], ("repository:a",), id="only-empty-actions"),
+    pytest.param(["pull", "pull"], ("pull",), id="no-colon-at-all"),
+    pytest.param(["repository:a", "repository:b"], ("repository:a", "repository:b"),
+                 id="type-and-name-without-actions"),  # fmt: skip
+    pytest.param(["repository:a", "repository:a:pull"], ("repository:a:pull",), id="without-and-with-actions"),
+    pytest.param(["repository:localhost:5000/x", "repository:localhost:5000/y"],
+                 ("repository:localhost:5000/x", "repository:localhost:5000/y"),
+                 id="host-port-name-without-actions"),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("scopes, merged", MERGE_SCOPES)
+def test_merge_scopes(scopes, merged):
+    assert merge_scopes(scopes) == merged
+    assert merge_scopes(merged) == merged  # merging again changes nothing
+
+
 # -- token answers and expiry ------------------------------------------------------------------------
 
 
@@ -132,17 +172,17 @@ class ScriptedTokenAuth:
     def __init__(self, scope_in_challenge: str | None = None, extra_challenge: str = ""):
         self.count = 0
         self.answer = lambda n: {"access_token": f"opaque-{n}"}
-        self.token_server = LocalServer(self._token)
+        self.token_server = ScriptedServer(self._token)
         self.scope_in_challenge = scope_in_challenge
         self.extra_challenge = extra_challenge
-        self.registry = LocalServer(self._registry)
+        self.registry = ScriptedServer(self._registry)
 
-    def _token(self, seen: Seen) -> Reply:
+    def _token(self, request: Request) -> Reply:
         self.count += 1
         return Reply.json(self.answer(self.count))
 
-    def _registry(self, seen: Seen) -> Reply:
-        if seen.headers.get("authorization", "").startswith("Bearer "):
+    def _registry(self, request: Request) -> Reply:
+        if request.headers.get("authorization", "").startswith("Bearer "):
             return Reply.json({"name": "team/app", "tags": ["1.0"]})
         challenge = f'Bearer realm="{self.token_server.url}/token",service="svc"'
         if self.scope_in_challenge:
@@ -154,14 +194,14 @@ class ScriptedTokenAuth:
         )
 
     def token_queries(self) -> list[dict[str, list[str]]]:
-        return [urllib.parse.parse_qs(urllib.parse.urlsplit(s.path).query) for s in self.token_server.seen]
+        return [urllib.parse.parse_qs(urllib.parse.urlsplit(s.path).query) for s in self.token_server.requests]
 
     def bearer_sent(self) -> list[str]:
-        return [s.headers["authorization"] for s in self.registry.seen if "authorization" in s.headers]
+        return [s.headers["authorization"] for s in self.registry.requests if "authorization" in s.headers]
 
     def close(self) -> None:
-        self.registry.close()
-        self.token_server.close()
+        self.registry.stop()
+        self.token_server.stop()
 
 
 @pytest.fixture
@@ -202,7 +242,7 @@ def test_token_answer_shapes_and_their_lifetimes(scripted, answer, lifetime):
     client.list_tags("team/app")
     assert s.count == 2
     assert s.bearer_sent()[-1] == "Bearer opaque-2"
-    unauthenticated = [x for x in s.registry.seen if "authorization" not in x.headers]
+    unauthenticated = [x for x in s.registry.requests if "authorization" not in x.headers]
     assert len(unauthenticated) == 1  # only the very first request, which learned the challenge
 
 
@@ -235,7 +275,7 @@ def test_second_challenge_in_the_header_does_not_redirect_the_token_request(scri
 
 def test_plain_http_realm_on_another_host_is_refused_without_contacting_it():
     challenge = 'Bearer realm="http://auth.example.invalid/token",service="svc"'
-    with LocalServer(lambda seen: Reply(401, {"WWW-Authenticate": challenge})) as srv:
+    with ScriptedServer(lambda request: Reply(401, {"WWW-Authenticate": challenge})) as srv:
         transport = RecordingTransport(sleep=Waits())
         client = RegistryClient(srv.url, creds(READER), transport=transport)
         with pytest.raises(AuthError, match="plain http") as info:
@@ -252,7 +292,7 @@ def test_challenge_problems_are_auth_errors():
             Reply(401, {"WWW-Authenticate": 'Negotiate realm="x"'}),  # unsupported scheme
         ]
     )
-    with LocalServer(lambda seen: next(answers)) as srv:
+    with ScriptedServer(lambda request: next(answers)) as srv:
         for match in ("without an authentication challenge", "without a realm", "unsupported"):
             client = RegistryClient(srv.url, creds(READER), transport=Transport(sleep=Waits()))
             with pytest.raises(AuthError, match=match):

@@ -33,7 +33,8 @@ from sync_core.registry import RegistryClient
 from sync_core.retry import RetryPolicy
 from tests.harness import BASIC, PUSHER, READER, Pusher
 from tests.harness import images as img
-from tests.test_transport import LocalServer, RecordingTransport, Reply, Seen, Waits
+from tests.harness.recording import RecordingTransport, Waits
+from tests.harness.scripted import Reply, Request, ScriptedServer
 
 RUN = uuid.uuid4().hex[:8]  # keeps this run's destination repositories apart from other tests'
 FAST_RETRY = RetryPolicy(attempts=2, backoff_base=0.01)
@@ -446,14 +447,14 @@ def test_chunked_upload_sends_several_patches(fresh_registry, monkeypatch, chunk
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 
 
-def forward(upstream_host: str, seen: Seen) -> Reply:
+def forward(upstream_host: str, request: Request) -> Reply:
     """Pass one request on to the upstream registry (keeping the client's Host, so that the
     registry's absolute Locations point back at the proxy) and buffer its answer."""
     conn = http.client.HTTPConnection(upstream_host, timeout=30)
     try:
-        headers = {k: v for k, v in seen.headers.items() if k not in _HOP}
-        body = seen.body if seen.method in ("POST", "PUT", "PATCH") else None
-        conn.request(seen.method, seen.path, body=body, headers=headers)
+        headers = {k: v for k, v in request.headers.items() if k not in _HOP}
+        body = request.body if request.method in ("POST", "PUT", "PATCH") else None
+        conn.request(request.method, request.path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
         out = {k: v for k, v in response.getheaders() if k.lower() not in _HOP}
@@ -468,23 +469,23 @@ def test_blob_download_redirected_to_storage_without_registry_credentials(
     upstream = token_registry_src
     fetcher = upstream.pusher()
 
-    def storage(seen: Seen) -> Reply:
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(seen.path).query)
+    def storage(request: Request) -> Reply:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
         data = fetcher.fetch_blob(query["repo"][0], query["digest"][0])
         return Reply(200, {"Content-Type": "application/octet-stream"}, data)
 
-    with LocalServer(storage) as store:
+    with ScriptedServer(storage) as store:
 
-        def registry(seen: Seen) -> Reply:
-            parts = urllib.parse.urlsplit(seen.path).path.split("/blobs/")
-            authorized = seen.headers.get("authorization", "").startswith("Bearer ")
-            if seen.method == "GET" and len(parts) == 2 and parts[1].startswith("sha256:") and authorized:
+        def registry(request: Request) -> Reply:
+            parts = urllib.parse.urlsplit(request.path).path.split("/blobs/")
+            authorized = request.headers.get("authorization", "").startswith("Bearer ")
+            if request.method == "GET" and len(parts) == 2 and parts[1].startswith("sha256:") and authorized:
                 repo = parts[0].removeprefix("/v2/")
                 target = f"{store.url}/blob?repo={urllib.parse.quote(repo)}&digest={parts[1]}&sig=s3"
                 return Reply(307, {"Location": target})
-            return forward(upstream.host, seen)
+            return forward(upstream.host, request)
 
-        with LocalServer(registry) as proxy:
+        with ScriptedServer(registry) as proxy:
             dst_reg = fresh_registry()
             src = RegistryClient(
                 proxy.url,
@@ -499,12 +500,12 @@ def test_blob_download_redirected_to_storage_without_registry_credentials(
                 ]
     assert all(r.status == "copied" for r in results)
     app, legacy = seeded.manifest("team/app", "1.0.0"), seeded.manifest("team/legacy", "v1")
-    redirected = [s for s in proxy.seen if s.method == "GET" and "/blobs/sha256:" in s.path]
+    redirected = [s for s in proxy.requests if s.method == "GET" and "/blobs/sha256:" in s.path]
     wanted = {b.digest for b in app.all_blobs()} | {b.digest for b in legacy.all_blobs()}
     assert {s.path.rsplit("/", 1)[1] for s in redirected} == wanted
     assert all(s.headers["authorization"].startswith("Bearer ") for s in redirected)
-    assert len(store.seen) == len(redirected)
-    assert all("authorization" not in s.headers for s in store.seen)  # credentials stayed home
+    assert len(store.requests) == len(redirected)
+    assert all("authorization" not in s.headers for s in store.requests)  # credentials stayed home
     check = dst_reg.pusher()
     for blob in app.all_blobs() + legacy.all_blobs():
         assert (
@@ -521,12 +522,12 @@ def test_rejected_single_request_upload_falls_back_to_chunked(
     monkeypatch.setattr(copy_module, "CHUNK_SIZE", 3000)
     dst_reg = fresh_registry()
 
-    def registry(seen: Seen) -> Reply:
-        if seen.method == "PUT" and "/blobs/uploads/" in seen.path and seen.body:
+    def registry(request: Request) -> Reply:
+        if request.method == "PUT" and "/blobs/uploads/" in request.path and request.body:
             return Reply.json({"errors": [{"code": "SIZE_INVALID", "message": "use chunks"}]}, 413)
-        return forward(dst_reg.host, seen)
+        return forward(dst_reg.host, request)
 
-    with LocalServer(registry) as proxy:
+    with ScriptedServer(registry) as proxy:
         src = client(token_registry_src, READER)
         dst = RegistryClient(
             proxy.url,
@@ -538,9 +539,9 @@ def test_rejected_single_request_upload_falls_back_to_chunked(
             result = copier.copy("library/alpine", "3.19", "mirror/alpine")
     image = seeded.manifest("library/alpine", "3.19")
     assert result.status == "copied" and result.blobs_uploaded == len(image.all_blobs())
-    rejected = [s for s in proxy.seen if s.method == "PUT" and "/blobs/uploads/" in s.path and s.body]
+    rejected = [s for s in proxy.requests if s.method == "PUT" and "/blobs/uploads/" in s.path and s.body]
     assert len(rejected) == len(image.all_blobs())  # each blob tried whole once
-    assert len([s for s in proxy.seen if s.method == "PATCH"]) >= len(image.all_blobs())
+    assert len([s for s in proxy.requests if s.method == "PATCH"]) >= len(image.all_blobs())
     check = dst_reg.pusher()
     assert check.fetch_manifest("mirror/alpine", "3.19")[0] == image.raw
     for blob in image.all_blobs():

@@ -29,7 +29,7 @@ from sync_core.sync import Summary, Syncer
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
 from tests.harness.faultproxy import FaultProxy, FaultRule
-from tests.reliability_support import verify_present
+from tests.harness.verify import verify_present
 
 SRC_USER = ("mirror-reader", "mirror-reader-password")
 DST_USER = ("pusher", "pusher-pass")  # STANDARD_USERS of the harness: pull,push on everything

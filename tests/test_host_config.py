@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sync_core.config import APP_SETTINGS, LOCAL_ONLY_SETTINGS, Compare, load_config
-from tests.secret_values import looks_like_secret
+from tests.harness.secret_values import looks_like_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -34,7 +34,9 @@ from sync_core.retry import RetryPolicy
 from sync_core.sync import Syncer
 from sync_core.transport import Transport
 from tests.harness import images
-from tests.reliability_support import Answer, FakeRegistry, Request, ScriptedServer, sha256
+from tests.harness.fakeregistry import FakeRegistry
+from tests.harness.images import sha256_digest
+from tests.harness.scripted import Reply, Request, ScriptedServer
 
 FAST = RetryPolicy(attempts=2, backoff_base=0.0, backoff_cap=0.0, retry_after_cap=0.0)
 EXAMPLE_SECONDS = 20.0
@@ -61,7 +63,7 @@ def client(url: str) -> RegistryClient:
 @pytest.fixture(scope="module")
 def evil():
     """Another host: whatever a registry answer points at there must never be requested."""
-    with ScriptedServer(lambda r: Answer.json({"stolen": True})) as server:
+    with ScriptedServer(lambda r: Reply.json({"stolen": True})) as server:
         yield server
 
 
@@ -141,19 +143,19 @@ def manifest_answers(draw):
 def serve_manifest(answer):
     status, body, content_type, digest = answer
 
-    def hook(r: Request) -> Answer | None:
+    def hook(r: Request) -> Reply | None:
         if "/manifests/hostile" not in r.path:
             return None
         headers = {}
         if content_type:
             headers["Content-Type"] = content_type
         if digest == "right":
-            headers["Docker-Content-Digest"] = sha256(body)
+            headers["Docker-Content-Digest"] = sha256_digest(body)
         elif digest == "wrong":
-            headers["Docker-Content-Digest"] = VALID.digest if sha256(body) != VALID.digest else INDEX.digest
+            headers["Docker-Content-Digest"] = VALID.digest if sha256_digest(body) != VALID.digest else INDEX.digest
         elif digest == "garbage":
             headers["Docker-Content-Digest"] = "sha256:zz/../x"
-        return Answer(status, headers, body)
+        return Reply(status, headers, body)
 
     return hook
 
@@ -179,7 +181,7 @@ def test_any_manifest_answer_ends_in_a_verified_copy_or_a_clear_error(evil, src,
         assert status == 200 and len(body) <= 4 * 1024 * 1024
         pushed = [w for w in dst.writes() if w.method == "PUT" and w.path.endswith("/manifests/hostile")]
         assert [w.body for w in pushed] == [body], "the tag was not pushed with the exact source bytes"
-        assert result.digest == sha256(body)
+        assert result.digest == sha256_digest(body)
 
 
 # -- listings and paging ----------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def pages(draw):
 
 
 def serve_pages(registry: FakeRegistry, evil: ScriptedServer, script):
-    def hook(r: Request) -> Answer | None:
+    def hook(r: Request) -> Reply | None:
         if "/tags/list" not in r.path:
             return None
         page = int(r.path.split("page=")[1].split("&")[0]) if "page=" in r.path else 0
@@ -224,7 +226,7 @@ def serve_pages(registry: FakeRegistry, evil: ScriptedServer, script):
         headers = {"Content-Type": "application/json"}
         if target is not None:
             headers["Link"] = target if link == "garbage" else f'<{target}>; rel="next"'
-        return Answer(200, headers, body)
+        return Reply(200, headers, body)
 
     registry.hooks.append(hook)
 
@@ -259,14 +261,14 @@ def test_endless_pagination_is_cut_short_with_a_clear_error(evil, src, monkeypat
     monkeypatch.setattr(registry_module, "MAX_PAGES", 25)
     fresh(evil, src)
 
-    def hook(r: Request) -> Answer | None:
+    def hook(r: Request) -> Reply | None:
         if "/tags/list" not in r.path and "/_catalog" not in r.path:
             return None
         n = int(r.path.split("last=x")[1].split("&")[0]) if "last=x" in r.path else 0
         names = {"same-items": ["a", "b"], "empty": [], "fresh-items": [f"t{n}"]}[mode]
         key = "tags" if "/tags/list" in r.path else "repositories"
         base = r.path.split("?")[0]
-        return Answer.json({key: names}, headers={"Link": f'<{base}?last=x{n + 1}&n=2>; rel="next"'})
+        return Reply.json({key: names}, headers={"Link": f'<{base}?last=x{n + 1}&n=2>; rel="next"'})
 
     src.hooks.append(hook)
     started = time.monotonic()
@@ -304,7 +306,7 @@ def test_upload_locations_are_followed_only_on_the_registrys_own_host(evil, src,
             "missing": None,
         }[kind]
 
-    def hook(r: Request) -> Answer | None:
+    def hook(r: Request) -> Reply | None:
         if r.method in ("POST", "PATCH") and "/blobs/uploads/" in r.path:
             answer = dst.handle_default(r)
             uid = answer.headers["Location"].split("/uploads/")[1].split("?")[0]
@@ -313,7 +315,7 @@ def test_upload_locations_are_followed_only_on_the_registrys_own_host(evil, src,
             headers = {k: v for k, v in answer.headers.items() if k != "Location"}
             if value is not None:
                 headers["Location"] = value
-            return Answer(answer.status, headers, answer.body)
+            return Reply(answer.status, headers, answer.body)
         return None
 
     dst.hooks.append(hook)

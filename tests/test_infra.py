@@ -18,7 +18,7 @@ import yaml
 from pycep import BicepParser
 
 from sync_core.config import APP_SETTINGS, Compare, load_config
-from tests.secret_values import looks_like_secret
+from tests.harness.secret_values import looks_like_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"

@@ -27,7 +27,7 @@ import pytest
 from bench.latency_proxy import LatencyProxy
 from tests.harness import ADMIN, PUSHER, images
 from tests.harness.faultproxy import FaultProxy
-from tests.reliability_support import Incomplete, verify_present
+from tests.harness.verify import Incomplete, verify_present
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "k"

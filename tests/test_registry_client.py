@@ -11,7 +11,8 @@ from sync_core.errors import AuthError, ForeignHostError, InvalidContent, NotFou
 from sync_core.registry import RegistryClient, normalize_registry_url
 from tests.harness import ADMIN, PUSHER, READER
 from tests.harness import images as img
-from tests.test_transport import LocalServer, RecordingTransport, Reply, Seen, Waits
+from tests.harness.recording import RecordingTransport, Waits
+from tests.harness.scripted import Reply, Request, ScriptedServer
 
 
 def quiet_transport() -> RecordingTransport:
@@ -117,60 +118,60 @@ def test_tags_are_all_listed_and_a_missing_repository_is_none(fresh_registry):
 def test_relative_and_absolute_links_on_the_same_host_are_followed():
     holder = {}
 
-    def handler(seen: Seen) -> Reply:
+    def handler(request: Request) -> Reply:
         pages = {
             "/v2/_catalog?n=1": ("a", "/v2/_catalog?last=a&n=1"),  # relative
             "/v2/_catalog?last=a&n=1": ("b", f"{holder['url']}/v2/_catalog?last=b&n=1"),  # absolute
             "/v2/_catalog?last=b&n=1": ("c", "_catalog?last=c&n=1"),  # relative to the path
             "/v2/_catalog?last=c&n=1": ("d", None),
         }
-        name, target = pages[seen.path]
+        name, target = pages[request.path]
         headers = {"Link": f'<{target}>; rel="next"'} if target else {}
         return Reply.json({"repositories": [name]}, 200, headers)
 
-    with LocalServer(handler) as srv:
+    with ScriptedServer(handler) as srv:
         holder["url"] = srv.url
         client = RegistryClient(srv.url, transport=quiet_transport())
         assert client.list_repositories(page_size=1) == ["a", "b", "c", "d"]
-        assert len(srv.seen) == 4
+        assert len(srv.requests) == 4
 
 
 def test_link_to_another_host_is_refused():
-    with LocalServer(lambda seen: Reply.json({"repositories": ["x"]})) as other:
-        with LocalServer(
-            lambda seen: Reply.json(
+    with ScriptedServer(lambda request: Reply.json({"repositories": ["x"]})) as other:
+        with ScriptedServer(
+            lambda request: Reply.json(
                 {"repositories": ["a"]}, headers={"Link": f'<{other.url}/v2/_catalog?last=a>; rel="next"'}
             )
         ) as srv:
             client = RegistryClient(srv.url, transport=quiet_transport())
             with pytest.raises(ForeignHostError):
                 client.list_repositories()
-            assert other.seen == []  # never contacted
+            assert other.requests == []  # never contacted
 
 
 def test_link_looping_back_is_an_error():
-    def handler(seen: Seen) -> Reply:
-        nxt = "/v2/_catalog?last=b&n=1" if "last=a" in seen.path else "/v2/_catalog?last=a&n=1"
+    def handler(request: Request) -> Reply:
+        nxt = "/v2/_catalog?last=b&n=1" if "last=a" in request.path else "/v2/_catalog?last=a&n=1"
         return Reply.json({"repositories": ["x"]}, headers={"Link": f'<{nxt}>; rel="next"'})
 
-    with LocalServer(handler) as srv:
+    with ScriptedServer(handler) as srv:
         client = RegistryClient(srv.url, transport=quiet_transport())
         with pytest.raises(RegistryError, match="loops"):
             client.list_repositories(page_size=1)
-        assert len(srv.seen) == 3  # n=1 -> last=a -> last=b -> (last=a again: stop)
+        assert len(srv.requests) == 3  # n=1 -> last=a -> last=b -> (last=a again: stop)
 
-    with LocalServer(
-        lambda seen: Reply.json({"tags": ["t"]}, headers={"Link": f'<{seen.path}>; rel="next"'})
+    with ScriptedServer(
+        lambda request: Reply.json({"tags": ["t"]}, headers={"Link": f'<{request.path}>; rel="next"'})
     ) as srv:
         client = RegistryClient(srv.url, transport=quiet_transport())
         with pytest.raises(RegistryError, match="loops"):
             client.list_tags("team/app")
-        assert len(srv.seen) == 1
+        assert len(srv.requests) == 1
 
 
 def test_listing_answers_that_are_not_lists_of_strings_are_invalid():
     answers = iter([{"repositories": "a,b"}, {"repositories": [1, 2]}, ["not", "an", "object"]])
-    with LocalServer(lambda seen: Reply.json(next(answers))) as srv:
+    with ScriptedServer(lambda request: Reply.json(next(answers))) as srv:
         client = RegistryClient(srv.url, transport=quiet_transport())
         for _ in range(3):
             with pytest.raises(InvalidContent):

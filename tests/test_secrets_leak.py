@@ -43,8 +43,9 @@ from sync_core.sync import Summary, Syncer
 from sync_core.transport import Transport
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
+from tests.harness.fakeregistry import FakeRegistry, storage_server
 from tests.harness.keyvault import ACCESS_TOKEN, FakeAzureCredential, KeyVaultStub
-from tests.reliability_support import Answer, FakeRegistry, ScriptedServer, storage_server
+from tests.harness.scripted import Reply, ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT.parent / "shared" / "reference" / "events"
@@ -287,9 +288,9 @@ def test_authorization_goes_only_to_the_host_that_challenged_for_it(tmp_path):
     src.redirect_blobs_to = storage.url
     dst_token = "dst-token-" + pysecrets.token_hex(8)
     token_server = ScriptedServer(
-        lambda r: Answer.json({"token": dst_token, "expires_in": 300})
+        lambda r: Reply.json({"token": dst_token, "expires_in": 300})
         if r.headers.get("authorization") == "Basic " + base64.b64encode(f"{DST_USER}:{DST_SECRET}".encode()).decode()
-        else Answer.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401)
+        else Reply.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401)
     )
     dst = FakeRegistry(bearer=(f"{token_server.url}/token", dst_token))
     try:
@@ -347,7 +348,7 @@ TOKEN = "bearer-" + pysecrets.token_hex(6)
 
 @pytest.fixture
 def token_service():
-    with ScriptedServer(lambda r: Answer.json({"token": TOKEN})) as server:
+    with ScriptedServer(lambda r: Reply.json({"token": TOKEN})) as server:
         yield server
 
 

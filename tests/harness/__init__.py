@@ -1,7 +1,20 @@
 """Test harness: real ``docker-registry`` processes, a Docker token issuer, synthetic images.
 
-Independent of ``sync_core`` (the code under test). See the module docstrings of
-:mod:`.tokens`, :mod:`.registry`, :mod:`.images` and :mod:`.seed`.
+Everything the test modules share lives here; a test module imports from ``tests.harness``
+and its modules, never from another test module. Independent of ``sync_core`` (the code under
+test), except :mod:`.recording`, which instruments it (not re-exported here). Modules:
+
+* :mod:`.registry`, :mod:`.tokens`, :mod:`.images`, :mod:`.seed`: real registries, the token
+  issuer, synthetic images and the independent client ``Pusher``, the standard catalog
+* :mod:`.acr` (an ACR stand-in), :mod:`.keyvault` (a Key Vault stub over TLS),
+  :mod:`.faultproxy` (a fault-injecting reverse proxy)
+* :mod:`.scripted`: the one scripted HTTP server (``ScriptedServer``, ``Request``, ``Reply``)
+  for answers a real registry never sends; :mod:`.fakeregistry`: an in-memory registry and a
+  storage host built on it
+* :mod:`.verify`: ``deep_verify`` / ``verify_present``, does a tag resolve fully
+* :mod:`.recording`: ``RecordingTransport`` and ``Waits`` (retries without sleeping)
+* :mod:`.secret_values`: what a committed setting value must not look like
+* :mod:`.servers`: the HTTP server class every local server uses
 """
 
 from .images import ACCEPT, Blob, Manifest, Pusher, RegistryHTTPError
