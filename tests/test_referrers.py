@@ -1,0 +1,271 @@
+"""Referrers (signatures, SBOMs, attestations) and moving tags, end to end.
+
+The source is the ACR stand-in, which serves the OCI 1.1 referrers API and lists untagged
+manifests in ``_manifests`` as ACR does. Two targets: a plain ``distribution`` 2.8 registry (no
+referrers API: the sync maintains the referrers tag ``sha256-<hex>``) and a second ACR stand-in
+(answers ``OCI-Subject``: the referrers API lists what was pushed). Everything is checked with the
+harness's own clients, and discovery at each target the way cosign/notation/oras do it: the
+referrers API first, the referrers tag where there is none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+import requests
+
+from sync_core import handlers, messages
+from sync_core.config import load_config
+from sync_core.plan import Check
+from sync_core.sync import Syncer
+from tests.harness import PUSHER, images
+from tests.harness.acr import AcrStandIn
+
+NS = "gs"
+SOURCE_USER = ("sync", "sync-pw-7Qe")
+TARGET_USER = ("mirror-bot", "mirror-pw-3Kd")
+SPDX = "application/spdx+json"
+NOTATION = "application/vnd.cncf.notary.signature"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def artifact(seed: str, subject: images.Manifest, artifact_type: str, *, as_index: bool = False) -> images.Manifest:
+    """A referrer of ``subject``: an artifact manifest (empty config), or an index with a subject."""
+    if not as_index:
+        return images.signature(seed, subject, artifact_type)
+    part = images.oci_image(f"{seed}-part", (64,))
+    body = {
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": artifact_type,
+        "manifests": [part.descriptor()], "subject": subject.descriptor(),
+        "annotations": {"org.example.seed": seed},
+    }  # fmt: skip
+    return images.Manifest(json.dumps(body).encode(), OCI_INDEX, (), (part,), subject=subject)
+
+
+class World:
+    """The source and both targets, with what was pushed where."""
+
+    def __init__(self, source: AcrStandIn, plain, api: AcrStandIn):
+        self.source, self.plain, self.api = source, plain, api
+        self.pusher = source.pusher()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "SOURCE_REGISTRY": self.source.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": NS,
+            "SOURCE_USERNAME": SOURCE_USER[0], "SOURCE_PASSWORD": SOURCE_USER[1],
+            "PLAIN_USER": PUSHER[0], "PLAIN_PASS": PUSHER[1],
+            "API_USER": TARGET_USER[0], "API_PASS": TARGET_USER[1], **extra,
+        }  # fmt: skip
+
+    def config_file(self, tmp_path, **target_extra) -> str:
+        targets = [
+            {"name": "plain", "registry": self.plain.url, "namespace": "mirror",
+             "username_env": "PLAIN_USER", "password_env": "PLAIN_PASS", **target_extra.get("plain", {})},
+            {"name": "api", "registry": self.api.url, "namespace": "mirror",
+             "username_env": "API_USER", "password_env": "API_PASS", **target_extra.get("api", {})},
+        ]  # fmt: skip
+        path = tmp_path / "sync.json"
+        path.write_text(json.dumps({"targets": targets}))
+        return str(path)
+
+    def syncer(self, tmp_path, env_extra: dict | None = None, **target_extra) -> Syncer:
+        return Syncer(load_config(self.env(**(env_extra or {})), self.config_file(tmp_path, **target_extra)))
+
+
+def referrers_at(world: World, target: str, repo: str, digest: str) -> set[str]:
+    """Discovery as a client does it: the referrers API, else the referrers tag (404: none)."""
+    if target == "api":
+        token = world.api.mint([f"repository:{repo}:pull"])
+        r = requests.get(f"{world.api.url}/v2/{repo}/referrers/{digest}",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        assert r.status_code == 200 and r.headers["Content-Type"] == OCI_INDEX
+        return {m["digest"] for m in r.json()["manifests"]}
+    pusher = world.plain.pusher()
+    tag = images.digest_tag(digest, suffix="")
+    if not pusher.exists_manifest(repo, tag):
+        return set()
+    raw, content_type, _ = pusher.fetch_manifest(repo, tag)
+    index = json.loads(raw)
+    assert index["mediaType"] == OCI_INDEX == content_type.split(";")[0]
+    return {m["digest"] for m in index["manifests"]}
+
+
+def writes(acr: AcrStandIn) -> int:
+    return sum(1 for e in acr.log if e.method in ("PUT", "POST", "PATCH", "DELETE"))
+
+
+@pytest.fixture
+def world(token_issuer, fresh_registry):
+    users = {SOURCE_USER[0]: (SOURCE_USER[1], {"*": ["pull", "metadata_read"]})}
+    with AcrStandIn(users=users, issuer=token_issuer, name="ref-src") as source, AcrStandIn(
+        users={TARGET_USER[0]: (TARGET_USER[1], {"*": ["pull", "push"]})}, issuer=token_issuer, name="ref-api"
+    ) as api:
+        yield World(source, fresh_registry(), api)
+
+
+def seed_signed_image(world: World):
+    """``gs/app:1.0`` (two platforms + buildx attestations) with referrers of every kind."""
+    app = images.oci_index("ref-app", layer_sizes=(300,))
+    amd64 = app.children[0]
+    sig = artifact("ref-sig", app, images.COSIGN_SIG_ARTIFACT)  # signature of the index
+    sbom = artifact("ref-sbom", amd64, SPDX)  # SBOM of one platform
+    sbom_sig = artifact("ref-sbom-sig", sbom, NOTATION)  # a signature of the SBOM
+    bundle = artifact("ref-bundle", app, "application/vnd.example.bundle", as_index=True)  # an index referrer
+    world.pusher.push(f"{NS}/app", app, "1.0")
+    for referrer in (sig, sbom, sbom_sig, bundle):
+        world.pusher.push(f"{NS}/app", referrer)  # untagged: found through the referrers API only
+    return app, amd64, sig, sbom, sbom_sig, bundle
+
+
+def test_referrers_reach_both_kinds_of_target_and_a_second_run_writes_nothing(world, tmp_path):
+    app, amd64, sig, sbom, sbom_sig, bundle = seed_signed_image(world)
+    with world.syncer(tmp_path) as syncer:
+        first = syncer.run()
+    assert first.ok, first.failures
+    assert first.tags_copied == 2 and first.referrers_copied == 2 * 4, first.to_dict()
+
+    for target in ("plain", "api"):
+        assert referrers_at(world, target, "mirror/app", app.digest) == {sig.digest, bundle.digest}, target
+        assert referrers_at(world, target, "mirror/app", amd64.digest) == {sbom.digest}, target
+        assert referrers_at(world, target, "mirror/app", sbom.digest) == {sbom_sig.digest}, target
+        assert referrers_at(world, target, "mirror/app", sig.digest) == set(), target
+    # byte for byte, referrers included
+    for referrer in (sig, sbom, sbom_sig, bundle):
+        assert world.plain.pusher().fetch_manifest("mirror/app", referrer.digest)[0] == referrer.raw
+        assert world.api.pusher().fetch_manifest("mirror/app", referrer.digest)[0] == referrer.raw
+    # the registry with the referrers API got no referrers tag: it answered OCI-Subject
+    assert world.api.pusher().tags("mirror/app") == ["1.0"]
+    assert sorted(world.plain.pusher().tags("mirror/app")) == sorted(
+        ["1.0", *(images.digest_tag(d, suffix="") for d in (app.digest, amd64.digest, sbom.digest))]
+    )
+
+    world.source.reset_log()
+    world.api.reset_log()
+    with world.syncer(tmp_path) as syncer:
+        second = syncer.run()
+    assert second.ok and (second.tags_copied, second.referrers_copied, second.manifests_pushed) == (0, 0, 0)
+    assert writes(world.api) == 0
+    # no manifest, blob or referrers request at the source: the listings say it all
+    assert world.source.count(("manifest", "blob", "referrers")) == 0, world.source.log
+
+
+def test_a_referrer_pushed_later_follows_by_event_within_a_minute_and_by_the_timer(world, tmp_path):
+    app, *_ = seed_signed_image(world)
+    with world.syncer(tmp_path) as syncer:
+        assert syncer.run().ok
+    # a target-native referrer listed in the plain target's referrers tag must survive the merge
+    native = artifact("native-sig", app, NOTATION)
+    plain = world.plain.pusher()
+    plain.push("mirror/app", native)
+    tag = images.digest_tag(app.digest, suffix="")
+    listed = json.loads(plain.fetch_manifest("mirror/app", tag)[0])
+    listed["manifests"].append(
+        {"mediaType": native.media_type, "digest": native.digest, "size": native.size, "artifactType": NOTATION}
+    )
+    plain.put_manifest("mirror/app", images.Manifest(json.dumps(listed).encode(), OCI_INDEX), tag)
+
+    late = artifact("late-sig", app, NOTATION)
+    world.pusher.push(f"{NS}/app", late)
+    event = {
+        "id": "evt-late", "eventType": "Microsoft.ContainerRegistry.ImagePushed",
+        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "data": {"target": {"mediaType": late.media_type, "digest": late.digest, "repository": f"{NS}/app"},
+                 "request": {"host": world.source.host}},
+    }  # fmt: skip
+    with world.syncer(tmp_path) as syncer:
+        queued = handlers.event_messages(event, syncer.config)
+        assert [messages.parse_message(m, syncer.config).kind for m in queued] == ["referrer", "referrer"]
+        for message in queued:
+            summary, left = handlers.process_message(message, syncer)
+            assert summary.ok and left == [] and summary.referrers_copied == 1
+    for target in ("plain", "api"):
+        assert late.digest in referrers_at(world, target, "mirror/app", app.digest), target
+    assert native.digest in referrers_at(world, "plain", "mirror/app", app.digest)  # merged, not dropped
+
+    # missed event: the timer's next run finds the untagged manifest the source changed lately
+    missed = artifact("missed-sig", app, NOTATION)
+    world.pusher.push(f"{NS}/app", missed)
+    with world.syncer(tmp_path) as syncer:
+        run = syncer.run()
+    assert run.ok and run.referrers_copied == 2 and run.tags_copied == 0
+    for target in ("plain", "api"):
+        assert {late.digest, missed.digest} <= referrers_at(world, target, "mirror/app", app.digest)
+
+
+def test_an_untagged_child_event_is_ignored_by_the_worker(world, tmp_path):
+    app, amd64, *_ = seed_signed_image(world)
+    with world.syncer(tmp_path) as syncer:
+        assert syncer.run().ok
+        message = messages.WorkMessage("referrer", f"{NS}/app", "plain", digest=amd64.digest).dumps()
+        summary, _ = handlers.process_message(message, syncer)
+    assert summary.ok and summary.referrers_copied == 0 and summary.manifests_pushed == 0
+
+
+def test_referrers_policy_and_target_skip_rules_apply_to_each_referrer(world, tmp_path):
+    app, amd64, sig, sbom, sbom_sig, bundle = seed_signed_image(world)
+    with world.syncer(tmp_path, env_extra={"SYNC_REFERRERS": f"{images.COSIGN_SIG_ARTIFACT},{SPDX}"},
+                      plain={"skip_artifact_types": [SPDX]}) as syncer:  # fmt: skip
+        summary = syncer.run()
+    assert summary.ok, summary.failures
+    # policy: only signatures and SBOMs (not the bundle, and not the notation signature of the SBOM)
+    assert referrers_at(world, "api", "mirror/app", app.digest) == {sig.digest}
+    assert referrers_at(world, "api", "mirror/app", amd64.digest) == {sbom.digest}
+    assert referrers_at(world, "api", "mirror/app", sbom.digest) == set()
+    # the plain target skips SBOMs: the image and its signature are there, the SBOM is not
+    assert referrers_at(world, "plain", "mirror/app", app.digest) == {sig.digest}
+    assert referrers_at(world, "plain", "mirror/app", amd64.digest) == set()
+    assert world.plain.pusher().fetch_manifest("mirror/app", "1.0")[2] == app.digest
+    assert any(SPDX in w["warning"] for w in summary.warnings if w["target"] == "plain")
+
+    with world.syncer(tmp_path, env_extra={"SYNC_REFERRERS": "none"}) as syncer:
+        run = syncer.run()
+    assert run.ok and run.referrers_copied == 0
+
+
+def test_moved_tags_follow_within_one_run_and_old_ones_at_the_full_check(world, tmp_path):
+    first, second = images.oci_image("move-1", (100,)), images.oci_image("move-2", (120,))
+    world.pusher.push(f"{NS}/tool", first, "latest")
+    world.pusher.push(f"{NS}/tool", first, "stable")
+    with world.syncer(tmp_path) as syncer:
+        assert syncer.run().tags_copied == 4
+    world.pusher.push(f"{NS}/tool", second, "latest")  # re-pushed: lastUpdateTime is now
+    with world.syncer(tmp_path) as syncer:
+        run = syncer.run()
+    assert run.ok and run.tags_copied == 2  # both targets, within one run, by default
+    for target in (world.plain, world.api):
+        assert target.pusher().fetch_manifest("mirror/tool", "latest")[2] == second.digest
+
+    # a move the recheck window no longer covers (an event and runs missed for hours)
+    world.pusher.push(f"{NS}/tool", second, "stable")
+    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    world.source.set_tag_times(f"{NS}/tool", "stable", long_ago)
+    with world.syncer(tmp_path) as syncer:
+        quiet = syncer.run()
+        assert quiet.ok and quiet.tags_copied == 0
+        full = syncer.run(check=Check.FULL)
+    assert full.ok and full.tags_copied == 2
+    for target in (world.plain, world.api):
+        assert target.pusher().fetch_manifest("mirror/tool", "stable")[2] == second.digest
+
+
+def test_full_checks_are_spread_over_the_period_and_all_due_without_a_previous_run():
+    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
+    repos = [f"gs/repo-{i}" for i in range(400)]
+    assert all(handlers.full_check_due(r, None, now, 24) for r in repos)
+    assert all(handlers.full_check_due(r, now - dt.timedelta(hours=25), now, 24) for r in repos)
+    # 96 runs of 15 minutes cover a day: every repository is due exactly once
+    start = now - dt.timedelta(days=1)
+    due: dict[str, int] = dict.fromkeys(repos, 0)
+    for i in range(96):
+        previous, current = start + dt.timedelta(minutes=15 * i), start + dt.timedelta(minutes=15 * (i + 1))
+        for repo in repos:
+            due[repo] += handlers.full_check_due(repo, previous, current, 24)
+    assert set(due.values()) == {1}
+    per_run = [
+        sum(handlers.full_check_due(r, start + dt.timedelta(minutes=15 * i), start + dt.timedelta(minutes=15 * (i + 1)), 24)
+            for r in repos)
+        for i in range(96)
+    ]  # fmt: skip
+    assert max(per_run) < 20  # ~400/96 a run, not all at once
