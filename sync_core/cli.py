@@ -19,7 +19,7 @@ from .errors import ConfigError, InvalidContent, SetupError, SyncError
 from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
 from .names import ImageRef
 from .plan import Check
-from .report import Recorder, Summary
+from .report import Summary
 from .sync import Syncer
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -234,7 +234,7 @@ def copy_events(
     events: list[Any], syncer: Syncer, summary: Summary, targets: list[str] | None = None
 ) -> list[Decision]:
     """``event FILE``: decide each event as the Event Grid function does, then copy inline."""
-    recorder = Recorder(summary)
+    recorder = syncer.recorder(summary)
     decisions = []
     for event in events:
         decision = decide(event, syncer.config)

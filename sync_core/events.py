@@ -146,12 +146,13 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
             continue
         if tag is None:
             assert digest is not None
-            work.append(TagWork(t.name, repository, dst_repo, digest, digest, Reason.PUSHED, kind=WorkKind.REFERRER))
+            work.append(TagWork(t.name, repository, dst_repo, digest, digest, Reason.PUSHED, kind=WorkKind.REFERRER,
+                                pushed=pushed))  # fmt: skip
         elif subject is not None:
             work.append(TagWork(t.name, repository, dst_repo, subject, subject, Reason.PUSHED,
-                                kind=WorkKind.REFERRERS_OF))  # fmt: skip
+                                kind=WorkKind.REFERRERS_OF, pushed=pushed))  # fmt: skip
         else:
-            work.append(TagWork(t.name, repository, dst_repo, tag, digest, Reason.PUSHED))
+            work.append(TagWork(t.name, repository, dst_repo, tag, digest, Reason.PUSHED, pushed=pushed))
     if not work:
         return Decision(event_id, Action.IGNORE, "; ".join(reasons) or "no target", repository, tag, digest)
     return Decision(event_id, Action.COPY, "pushed", repository, tag, digest, tuple(work))

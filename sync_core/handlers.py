@@ -23,7 +23,7 @@ from .events import decide, load_events, log_decision
 from .messages import MessageKind, WorkMessage, parse_message
 from .names import fallback_tag, fallback_tag_subject
 from .plan import Check, Reason, TagWork, WorkKind, repository_wanted, target_repository
-from .report import Recorder, Summary
+from .report import Summary
 from .sync import Syncer
 
 log = logging.getLogger("sync_core.work")
@@ -109,9 +109,11 @@ def events_messages(payload: object, config: SyncConfig) -> list[str]:
 def _tag_message(work: TagWork) -> str:
     """The queue message for one work item (REFERRERS_OF travels as its referrers tag)."""
     if work.kind is WorkKind.REFERRER:
-        return WorkMessage(MessageKind.REFERRER, work.source_repository, work.target, digest=work.tag).dumps()
+        return WorkMessage(MessageKind.REFERRER, work.source_repository, work.target, digest=work.tag,
+                           pushed=work.pushed).dumps()  # fmt: skip
     tag = fallback_tag(work.tag) if work.kind is WorkKind.REFERRERS_OF else work.tag
-    return WorkMessage(MessageKind.TAG, work.source_repository, work.target, tag, work.digest).dumps()
+    return WorkMessage(MessageKind.TAG, work.source_repository, work.target, tag, work.digest,
+                       pushed=work.pushed).dumps()  # fmt: skip
 
 
 def process_message(
@@ -129,24 +131,23 @@ def process_message(
     started = time.monotonic()
     summary = Summary(repositories=1)
     target = config.target(message.target)
-    recorder = Recorder(summary)
+    recorder = syncer.recorder(summary)
     if message.kind is MessageKind.REPOSITORY:
         check = Check.FULL if message.full_check else None
         work = syncer.plan_repository(message.repository, summary, [target.name], check)
     elif message.kind is MessageKind.REFERRER:
         assert message.digest is not None
         work = syncer.planner.image(message.repository, message.digest, message.digest, Reason.QUEUED, recorder,
-                                    [target.name], WorkKind.REFERRER)  # fmt: skip
+                                    [target.name], WorkKind.REFERRER, message.pushed)  # fmt: skip
     else:
         assert message.tag is not None
         subject = fallback_tag_subject(message.tag)
         if subject is not None:
             work = syncer.planner.image(message.repository, subject, subject, Reason.QUEUED, recorder,
-                                        [target.name], WorkKind.REFERRERS_OF)  # fmt: skip
+                                        [target.name], WorkKind.REFERRERS_OF, message.pushed)  # fmt: skip
         else:
-            work = syncer.planner.image(
-                message.repository, message.tag, message.digest, Reason.QUEUED, recorder, [target.name]
-            )
+            work = syncer.planner.image(message.repository, message.tag, message.digest, Reason.QUEUED, recorder,
+                                        [target.name], pushed=message.pushed)  # fmt: skip
     left = syncer.execute(work, summary, deadline=deadline)
     summary.duration_seconds = time.monotonic() - started
     leftover = [_tag_message(w) for w in left]

@@ -7,11 +7,13 @@ names the field at fault and is never retried into success.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from .catalog import parse_time
 from .config import SyncConfig
 from .errors import InvalidContent
 from .jsondoc import parse_json
@@ -19,7 +21,7 @@ from .names import in_namespace, is_digest, is_repository, is_tag
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 48 * 1024  # Storage queue messages are at most 64 KiB (base64 adds a third)
-_FIELDS = frozenset({"v", "kind", "repository", "target", "tag", "digest", "check"})
+_FIELDS = frozenset({"v", "kind", "repository", "target", "tag", "digest", "check", "pushed"})
 
 
 class MessageKind(str, enum.Enum):
@@ -36,6 +38,7 @@ class WorkMessage:
     tag: str | None = None
     digest: str | None = None
     full_check: bool = False  # a repository message: compare everything the target has
+    pushed: dt.datetime | None = None  # when the source got it (the event's time): mirror lag
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", MessageKind(self.kind))
@@ -50,6 +53,8 @@ class WorkMessage:
             body["digest"] = self.digest
         if self.full_check:
             body["check"] = "full"
+        if self.pushed is not None:
+            body["pushed"] = self.pushed.isoformat()
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
 
@@ -91,4 +96,8 @@ def parse_message(text: str | bytes, config: SyncConfig) -> WorkMessage:
     check = body.get("check")
     if check is not None and (kind is not MessageKind.REPOSITORY or check != "full"):
         raise InvalidContent(f"message check {check!r} is not 'full' (repository messages only)")
-    return WorkMessage(kind, repository, target, tag, digest, check == "full")
+    pushed = body.get("pushed")
+    when = parse_time(pushed)
+    if pushed is not None and when is None:
+        raise InvalidContent(f"message pushed {pushed!r} is not an ISO 8601 time")
+    return WorkMessage(kind, repository, target, tag, digest, check == "full", when)

@@ -74,6 +74,7 @@ class TagWork:
     reason: Reason
     at_target: AtTarget = AtTarget.UNKNOWN
     kind: WorkKind = WorkKind.TAG
+    pushed: dt.datetime | None = None  # when the source got it (listing time or event time): mirror lag
 
     @property
     def is_tag(self) -> bool:
@@ -324,7 +325,8 @@ class Planner:
             for tag in readable:
                 if tag.name not in present:
                     work.append(
-                        TagWork(target.name, repository, dst_repo, tag.name, tag.digest, Reason.MISSING, absent)
+                        TagWork(target.name, repository, dst_repo, tag.name, tag.digest, Reason.MISSING, absent,
+                                pushed=tag.updated)  # fmt: skip
                     )
                 elif self._recheck(tag, check, now):
                     source_digest = tag.digest or self._source_digest(repository, tag.name)
@@ -332,7 +334,7 @@ class Planner:
                     if info is None or info.digest != source_digest:
                         work.append(
                             TagWork(target.name, repository, dst_repo, tag.name, source_digest,
-                                    Reason.DIGEST_DIFFERS, AtTarget.TAG_DIFFERS)
+                                    Reason.DIGEST_DIFFERS, AtTarget.TAG_DIFFERS, pushed=tag.updated)
                         )  # fmt: skip
                     elif check is Check.FULL and source_digest and candidates is None and self.config.referrers.enabled:
                         # a source without an untagged listing: ask it for this image's referrers
@@ -348,7 +350,8 @@ class Planner:
         recorder.summary.missing(target.name, sum(1 for w in work if w.kind is WorkKind.TAG))
         reason = Reason.FULL_CHECK if check is Check.FULL else Reason.RECENT
         work.extend(
-            TagWork(target.name, repository, dst_repo, e.digest, e.digest, reason, kind=WorkKind.REFERRER)
+            TagWork(target.name, repository, dst_repo, e.digest, e.digest, reason, kind=WorkKind.REFERRER,
+                    pushed=e.updated)
             for e in candidates or ()
         )
         return work
@@ -366,6 +369,7 @@ class Planner:
         recorder: Recorder,
         targets: Iterable[str] | None = None,
         kind: WorkKind = WorkKind.TAG,
+        pushed: dt.datetime | None = None,
     ) -> list[TagWork]:
         """One image for each target by name mapping alone (tag filters do not apply)."""
         work = []
@@ -376,5 +380,5 @@ class Planner:
                 sep = "@" if is_digest(reference) else ":"
                 recorder.skipped(f"{repository}{sep}{reference}", str(exc), target.name)
                 continue
-            work.append(TagWork(target.name, repository, dst_repo, reference, digest, reason, kind=kind))
+            work.append(TagWork(target.name, repository, dst_repo, reference, digest, reason, kind=kind, pushed=pushed))
         return work

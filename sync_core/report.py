@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .copy import CopyResult, CopyStatus
+from .errors import describe
 
 if TYPE_CHECKING:
     from .plan import TagWork
@@ -108,12 +109,20 @@ class Summary:
                 counts.unchanged += 1
             elif not tag and result.status is CopyStatus.COPIED:
                 self.referrers_copied += 1
-            self.referrers_copied += result.referrers_copied
-            self.manifests_pushed += result.manifests_pushed
-            self.blobs_uploaded += result.blobs_uploaded
-            self.blobs_mounted += result.blobs_mounted
-            self.blobs_skipped += result.blobs_skipped
-            self.bytes_uploaded += result.bytes_uploaded
+            self._add_work(result)
+
+    def add_partial(self, result: CopyResult) -> None:
+        """Count the work a failed copy did before it failed (bytes sent are bytes sent)."""
+        with self._lock:
+            self._add_work(result)
+
+    def _add_work(self, result: CopyResult) -> None:
+        self.referrers_copied += result.referrers_copied
+        self.manifests_pushed += result.manifests_pushed
+        self.blobs_uploaded += result.blobs_uploaded
+        self.blobs_mounted += result.blobs_mounted
+        self.blobs_skipped += result.blobs_skipped
+        self.bytes_uploaded += result.bytes_uploaded
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -177,6 +186,18 @@ class Recorder:
         """Unusual content that was copied anyway (exactly as the source serves it)."""
         self.summary.warn(where, warning, target)
         logs.decision(log, "warning", f"{where}: {warning}", level=logging.WARNING, item=where, target=target)
+
+    def outcome(self, work: TagWork, result: CopyResult) -> None:
+        """Everything one copy of ``work`` came to: warnings, failures (and their partial work)."""
+        for warning in result.warnings:
+            self.warned(work.item, warning, work.target)
+        for problem in result.referrer_errors:
+            self.failed(f"{work.item} -> {work.target}", problem, work.target, tags=0)
+        if result.error is not None:
+            self.summary.add_partial(result)
+            self.failed(f"{work.item} -> {work.target}", describe(result.error), work.target, tags=int(work.is_tag))
+            return
+        self.finished(work, result)
 
     def finished(self, work: TagWork, result: CopyResult) -> None:
         """A copy that ended without an error: copied, unchanged, skipped by a rule, or ignored."""

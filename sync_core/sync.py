@@ -16,8 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .catalog import make_source, source_actions
 from .config import SyncConfig
-from .copy import Copier, CopyResult, Destination, Placement
-from .errors import describe
+from .copy import Copier, Destination, Placement
 from .names import ImageRef
 from .plan import Check, Planner, Reason, TagWork, WorkKind, interleave, plan_concurrency
 from .registry import RegistryClient
@@ -78,6 +77,10 @@ class Syncer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def recorder(self, summary: Summary) -> Recorder:
+        """Where this process reports the outcomes of a run that counts into ``summary``."""
+        return Recorder(summary)
+
     # -- planning -------------------------------------------------------------------------
     def repositories(self) -> list[str]:
         return self.source.repositories()
@@ -90,7 +93,7 @@ class Syncer:
         check: Check | None = None,
     ) -> list[TagWork]:
         """What each target lacks of ``repository`` (failures and skips go into ``summary``)."""
-        return self.planner.plan_repository(repository, Recorder(summary), targets, check)
+        return self.planner.plan_repository(repository, self.recorder(summary), targets, check)
 
     # -- copying --------------------------------------------------------------------------
     def copy_group(self, group: list[TagWork], recorder: Recorder) -> None:
@@ -112,19 +115,7 @@ class Syncer:
         else:
             results = self.copier.copy_referrers_of(repo, first.tag, placements)
         for work, result in zip(group, results, strict=True):
-            self._record(work, result, recorder)
-
-    @staticmethod
-    def _record(work: TagWork, result: CopyResult, recorder: Recorder) -> None:
-        for warning in result.warnings:
-            recorder.warned(work.item, warning, work.target)
-        for problem in result.referrer_errors:
-            recorder.failed(f"{work.item} -> {work.target}", problem, work.target, tags=0)
-        if result.error is not None:
-            recorder.failed(f"{work.item} -> {work.target}", describe(result.error), work.target,
-                            tags=int(work.is_tag))  # fmt: skip
-            return
-        recorder.finished(work, result)
+            recorder.outcome(work, result)
 
     def copy_work(self, work: TagWork, recorder: Recorder) -> None:
         self.copy_group([work], recorder)
@@ -138,7 +129,7 @@ class Syncer:
         progress: Progress | None = None,
     ) -> list[TagWork]:
         """Copy every item; with a ``deadline`` (monotonic), start none after it. Returns the rest."""
-        recorder = Recorder(summary)
+        recorder = self.recorder(summary)
         left: list[TagWork] = []
         lock = threading.Lock()
 
@@ -169,7 +160,7 @@ class Syncer:
         started = time.monotonic()
         summary = Summary(dry_run=dry_run)
         tick = (lambda: progress(summary)) if progress else None
-        work = self.planner.plan(Recorder(summary), repositories, targets, tick, check)
+        work = self.planner.plan(self.recorder(summary), repositories, targets, tick, check)
         if dry_run:
             summary.planned = work
         else:
@@ -186,7 +177,7 @@ class Syncer:
         reason: Reason = Reason.REQUESTED,
     ) -> None:
         """Copy one image to each target (by name mapping; tag filters do not apply)."""
-        recorder = Recorder(summary)
+        recorder = self.recorder(summary)
         work = self.planner.image(ref.repository, ref.reference, digest, reason, recorder, targets)
         if work:
             self.copy_group(work, recorder)
