@@ -108,6 +108,9 @@ param tagMaxAgeDays string = ''
 @description('TAG_KEEP_LATEST: only the newest N tags per repository, N >= 1 (empty: no limit; ACR source only).')
 param tagKeepLatest string = ''
 
+@description('TAG_SEMVER: only tags inside this version range, e.g. ">=1.2.0 <2" (empty: no range).')
+param tagSemver string = ''
+
 @description('SYNC_COMPARE: name (only missing tags), recent (also tags and referrers the source changed within SYNC_RECHECK_HOURS, and everything once per SYNC_FULL_CHECK_HOURS) or digest (every tag, every run).')
 @allowed([
   'name'
@@ -474,6 +477,10 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         {
           name: 'TAG_KEEP_LATEST'
           value: tagKeepLatest
+        }
+        {
+          name: 'TAG_SEMVER'
+          value: tagSemver
         }
         {
           name: 'SYNC_COMPARE'

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from .config import load_config, settings_help
+from .config import SyncConfig, load_config, settings_help
 from .errors import ConfigError, InvalidContent, SetupError, SyncError
 from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
 from .names import ImageRef
@@ -86,6 +86,14 @@ def render_summary(summary: Summary) -> str:
             f"  target {name}: {counts['missing']} missing, {counts['copied']} copied, "
             f"{counts['skipped']} skipped, {counts['failed']} failed"
         )
+    if d["referrers"]["copied"]:
+        lines.append(f"  referrers copied   {d['referrers']['copied']}")
+    for entry in d["rewritten"]:
+        lines.append(
+            f"  rewritten [{entry['target']}] {entry['item']}: {entry['source_digest']} -> {entry['target_digest']}"
+        )
+    for entry in d["warnings"]:
+        lines.append(f"  warning [{entry['target']}] {entry['item']}: {entry['warning']}")
     for entry in d["skipped"]:
         lines.append(f"  skipped [{entry['target']}] {entry['item']}: {entry['reason']}")
     for entry in d["failures"]:
@@ -93,13 +101,26 @@ def render_summary(summary: Summary) -> str:
     return "\n".join(lines)
 
 
-def render_plan(summary: Summary) -> str:
+def render_plan(summary: Summary, config: SyncConfig | None = None) -> str:
     lines = []
+    for target, mapped in sorted(summary.mapped.items()):
+        if mapped:
+            lines.append(f"target {target}: repositories placed by mapping rules")
+            lines.extend(f"  {src} -> {dst}" for src, dst in sorted(mapped.items()))
     by_target: dict[str, list[Any]] = {}
     for work in summary.planned:
         by_target.setdefault(work.target, []).append(work)
     for target, items in sorted(by_target.items()):
-        lines.append(f"target {target}: {len(items)} tag(s) to copy")
+        tags = sum(1 for w in items if w.is_tag)
+        others = f" and {len(items) - tags} referrer item(s)" if len(items) > tags else ""
+        lines.append(f"target {target}: {tags} tag(s) to copy{others}")
+        rules = config.target(target) if config else None
+        if rules is not None and rules.rewrites_indexes:
+            narrowed = ", ".join(
+                ([f"platforms {', '.join(sorted(rules.platforms))}"] if rules.platforms else [])
+                + (["no attestations"] if rules.drop_attestations else [])
+            )
+            lines.append(f"  indexes with other entries are rewritten for {target} ({narrowed}): new digests")
         rows = [(w.item, w.target_repository + w.item[len(w.source_repository):], w.reason.value)
                 for w in sorted(items, key=lambda w: (w.source_repository, w.tag))]  # fmt: skip
         widths = [max(len(r[i]) for r in [("SOURCE", "DESTINATION", ""), *rows]) for i in (0, 1)]
@@ -188,7 +209,7 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, sort_keys=False))
     elif args.command == "plan":
-        print(render_plan(summary))
+        print(render_plan(summary, config))
     else:
         print(render_summary(summary))
     return EXIT_OK if summary.ok else EXIT_FAILED

@@ -30,8 +30,20 @@ from .registry import normalize_registry_url
 
 DOCKER_HUB = "https://registry-1.docker.io"
 _HOST_ALIASES = {"https://docker.io": DOCKER_HUB, "https://index.docker.io": DOCKER_HUB}
-# Registries that accept only namespace/repository (two path levels).
-_TWO_LEVEL_HOSTS = (re.compile(r"registry-1\.docker\.io"), re.compile(r"registry\.[a-z0-9-]+\.aliyuncs\.com"))
+# Registries that accept only namespace/repository (two path levels): Docker Hub, and every host
+# form of Alibaba Cloud ACR (personal edition old and new, international, VPC; Enterprise Edition
+# repositories are namespace/name too).
+_TWO_LEVEL_HOSTS = tuple(
+    re.compile(p)
+    for p in (
+        r"registry-1\.docker\.io",
+        r"registry(-vpc|-intl|-intl-vpc|-internal)?\.[a-z0-9-]+\.aliyuncs\.com",
+        r"crpi-[a-z0-9]+(-vpc)?\.[a-z0-9-]+\.personal\.cr\.aliyuncs\.com",
+        r"[a-z0-9][a-z0-9-]*-registry(-vpc)?\.[a-z0-9-]+\.cr\.aliyuncs\.com",
+    )
+)
+# A platform as a target's `platforms` list names it: os/architecture[/variant].
+_PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 DEFAULT_QUEUE = "sync-work"
 
 
@@ -71,6 +83,7 @@ class Filters:
     min_age_days: float | None = None
     max_age_days: float | None = None
     keep_latest: int | None = None
+    semver: SemverRange | None = None
 
     @property
     def needs_timestamps(self) -> bool:
@@ -105,6 +118,40 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class SemverRange:
+    """A version range such as ``>=1.2.0 <2`` (npm semantics: space = and, ``||`` = or).
+
+    Tags match with or without a ``v`` prefix (``v1.4.0``, ``1.4``); pre-releases (``1.4.0-rc.1``,
+    also ``1.4.0-alpine``) only when the range itself names a pre-release of that version.
+    """
+
+    text: str
+    spec: Any = field(compare=False)
+
+    def matches(self, tag: str) -> bool:
+        import semantic_version
+
+        if not _VERSION_TAG_RE.fullmatch(tag):
+            return False
+        try:
+            return bool(semantic_version.Version.coerce(tag.removeprefix("v")) in self.spec)
+        except ValueError:
+            return False
+
+
+_VERSION_TAG_RE = re.compile(r"v?\d+(\.\d+){0,2}(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+
+
+@dataclass(frozen=True)
+class MappingRule:
+    """One rule of ``mappings``: a source repository that fully matches ``match`` goes to ``replace``
+    (with ``\\1``-style references) at the target; ``replace`` None means: not mirrored there."""
+
+    match: re.Pattern[str]
+    replace: str | None
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     name: str
     registry: str
@@ -113,6 +160,14 @@ class TargetConfig:
     filters: Filters = Filters()
     max_path_depth: int | None = None
     skip_artifact_types: frozenset[str] = frozenset()
+    mappings: tuple[MappingRule, ...] = ()
+    platforms: frozenset[str] | None = None  # None: every platform (an exact copy)
+    drop_attestations: bool = False
+
+    @property
+    def rewrites_indexes(self) -> bool:
+        """Whether this target may get indexes rewritten to fewer entries (never by default)."""
+        return self.platforms is not None or self.drop_attestations
 
     @property
     def host(self) -> str:
@@ -132,6 +187,7 @@ class SyncConfig:
     key_vault_url: str | None = None
     queue: str = DEFAULT_QUEUE
     time_budget_seconds: float = 1500.0
+    mappings: tuple[MappingRule, ...] = ()
 
     def target(self, name: str) -> TargetConfig:
         for target in self.targets:
@@ -255,6 +311,79 @@ def _choice(kind: type[enum.Enum]) -> Parser:
     return parse
 
 
+def _boolean(value: Any, name: str, problems: Problems) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    problems.add(name, f"must be true or false, got {value!r}")
+    return None
+
+
+def _semver(value: Any, name: str, problems: Problems) -> SemverRange | None:
+    import semantic_version
+
+    if not isinstance(value, str):
+        problems.add(name, "must be a version range such as '>=1.2.0 <2'")
+        return None
+    text = re.sub(r"(^|[\s<>=~^|,-])v(?=\d)", r"\1", value)  # v1.2.0 -> 1.2.0 inside the range
+    try:
+        return SemverRange(value, semantic_version.NpmSpec(text))
+    except ValueError as exc:
+        problems.add(name, f"invalid version range {value!r}: {exc}")
+        return None
+
+
+def _platforms(value: Any, name: str, problems: Problems) -> frozenset[str] | None:
+    names = _string_list(value, name, problems)
+    if names is None:
+        return None
+    bad = [p for p in names if not _PLATFORM_RE.fullmatch(p)]
+    if bad or not names:
+        problems.add(name, f"must list platforms as os/architecture[/variant] (e.g. linux/amd64), got {bad or names!r}")
+        return None
+    return frozenset(names)
+
+
+def _mappings(value: Any, name: str, problems: Problems) -> tuple[MappingRule, ...] | None:
+    if not isinstance(value, list):
+        problems.add(name, "must be a list of {match: REGEX, replace: TEMPLATE or null}")
+        return None
+    rules: list[MappingRule] = []
+    for index, item in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(item, dict) or set(item) - {"match", "replace"} or "match" not in item or "replace" not in item:
+            problems.add(where, "must be {match: REGEX, replace: TEMPLATE or null} (replace null: not mirrored)")
+            continue
+        pattern = _regex(item["match"], f"{where}.match", problems)
+        replace = item["replace"]
+        if replace is not None and (not isinstance(replace, str) or not replace.strip()):
+            problems.add(f"{where}.replace", "must be a repository name template or null")
+            continue
+        if pattern is None:
+            continue
+        if replace is not None:
+            problem = _template_problem(pattern, replace)
+            if problem:
+                problems.add(f"{where}.replace", problem)
+                continue
+        rules.append(MappingRule(pattern, replace))
+    return tuple(rules)
+
+
+def _template_problem(pattern: re.Pattern[str], template: str) -> str | None:
+    """What is wrong with ``template`` for ``pattern`` (a group it names that does not exist)."""
+    for ref in re.findall(r"\\(\d+)|\\g<([^>]*)>", template):
+        number, named = ref
+        key = named or number
+        if key.isdigit():
+            if int(key) > pattern.groups:
+                return f"{template!r} refers to group {key}; the pattern has {pattern.groups}"
+        elif key not in pattern.groupindex:
+            return f"{template!r} refers to group {key!r}, which the pattern does not name"
+    return None
+
+
 def _referrers(value: Any, name: str, problems: Problems) -> ReferrerPolicy | None:
     if isinstance(value, str) and value.strip().lower() in ("all", "none"):
         return ReferrerPolicy(enabled=value.strip().lower() == "all")
@@ -351,6 +480,12 @@ SETTINGS: tuple[Setting, ...] = (
             scope=T, in_env=False, default_text="2 for Docker Hub and Alibaba personal edition, else unlimited"),
     Setting("skip_artifact_types", _types, "media/artifact types the target must not receive (comma-separated)",
             scope=T, default=frozenset()),
+    Setting("platforms", _platforms,
+            "only these platforms (`linux/amd64`, ...): an index with others is rewritten (new digest) for this target",
+            scope=T, in_env=False, default_text="all (exact copies)"),
+    Setting("drop_attestations", _boolean,
+            "leave buildx attestation manifests out of indexes (rewritten, new digest) for targets that refuse them",
+            scope=T, in_env=False, default=False, default_text="`false`"),
     Setting("username_secret", _text, "Key Vault secret name of the target user name", scope=T),
     Setting("password_secret", _text, "Key Vault secret name of the target password", scope=T),
     Setting("username", _text, "target user name (environment: local runs)", scope=T, local_only=True,
@@ -371,8 +506,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tag_max_age_days", _number(), "only tags last pushed at most this many days ago (ACR sources)",
             scope=GT),
     Setting("tag_keep_latest", _number(integer=True, minimum=1),
-            "only the N most recently pushed tags per repository (after the other filters; ACR sources)",
+            "only the N most recently pushed tags per repository (after the other filters; ACR sources); "
+            "signature, attestation and referrers tags follow their image instead",
             scope=GT, default_text="all"),
+    Setting("tag_semver", _semver,
+            "only tags inside this version range, e.g. `>=1.2.0 <2` (`v` prefix optional; pre-releases only "
+            "when the range names one)", scope=GT, default_text="all"),
+    Setting("mappings", _mappings,
+            "file only: `[{match: REGEX, replace: TEMPLATE}]`, full match on the source repository without the "
+            "source namespace; the template is the whole target repository (`\\1` refers to groups), `null` "
+            "skips; a target's own list is tried first; no match: target namespace + repository",
+            scope=GT, in_env=False, default=()),
     # the run
     Setting("sync_compare", _choice(Compare),
             "which tags the target has are compared with the source (one HEAD each): `name` none, "
@@ -487,6 +631,7 @@ def _read_filters(values: Mapping[str, Any], prefix: str, problems: Problems) ->
         min_age_days=read("tag_min_age_days"),
         max_age_days=read("tag_max_age_days"),
         keep_latest=read("tag_keep_latest"),
+        semver=read("tag_semver"),
     )
     if (
         filters.min_age_days is not None
@@ -624,6 +769,7 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
         key_vault_url=key_vault_url,
         queue=read("sync_queue"),
         time_budget_seconds=float(read("sync_time_budget_seconds")),
+        mappings=read("mappings"),
     )
     read("sync_schedule")  # validated here; the Functions host is what reads it
     if problems.items:
@@ -701,6 +847,9 @@ def _target(
         filters=_read_filters(values, setting_name(""), problems) if file_mode else Filters(),
         max_path_depth=int(depth) if depth is not None else (_default_depth(registry) if registry else None),
         skip_artifact_types=read("skip_artifact_types"),
+        mappings=read("mappings") if file_mode else (),
+        platforms=read("platforms") if file_mode else None,
+        drop_attestations=bool(read("drop_attestations")) if file_mode else False,
     )
 
 

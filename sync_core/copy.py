@@ -20,6 +20,7 @@ A target that fails does not stop the others: each gets its own :class:`CopyResu
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import threading
 import time
@@ -31,10 +32,21 @@ from dataclasses import dataclass, field
 import requests
 
 from .config import ReferrerPolicy
-from .errors import AuthError, InvalidContent, RegistryError, SkipImage, describe, is_transient
+from .errors import (
+    AuthError,
+    InvalidContent,
+    NotFound,
+    RegistryError,
+    SkipImage,
+    SourceGone,
+    TagConflict,
+    TargetRefused,
+    describe,
+    is_transient,
+)
 from .ledger import BlobLedger
-from .manifest import Descriptor, Manifest
-from .names import is_digest
+from .manifest import Descriptor, Manifest, parse_manifest
+from .names import digest_of, is_digest
 from .referrers import MAX_REFERRER_DEPTH, ReferrerFinder, list_in_fallback_tag
 from .registry import RegistryClient
 from .retry import RetryLater, RetryPolicy, retrying
@@ -93,6 +105,7 @@ class CopyResult:
     referrers_copied: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    rewritten_from: str | None = None  # the source index digest, when this target got a narrowed index
     error: BaseException | None = field(default=None, repr=False)  # what stopped this target
     referrer_errors: list[str] = field(default_factory=list)  # referrers that could not be mirrored
 
@@ -119,6 +132,19 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class TargetRules:
+    """What a target must not receive, and how its indexes may be narrowed (opt-in)."""
+
+    skip_types: frozenset[str] = frozenset()
+    platforms: frozenset[str] | None = None  # None: every platform
+    drop_attestations: bool = False
+
+    @property
+    def rewrites(self) -> bool:
+        return self.platforms is not None or self.drop_attestations
+
+
+@dataclass(frozen=True)
 class Placement:
     """Where one copy goes: a repository (and tag) at a destination, and that target's rules."""
 
@@ -126,7 +152,7 @@ class Placement:
     repository: str
     tag: str | None = None  # None: by digest (a referrer)
     at_target: AtTarget = AtTarget.UNKNOWN
-    skip_types: frozenset[str] = frozenset()
+    rules: TargetRules = TargetRules()
 
 
 @dataclass
@@ -229,7 +255,7 @@ class Copier:
         """Copy ``src_repo:reference`` to ``dst_repo`` at the single destination; raise on failure."""
         assert self.destination is not None, "Copier(source, destination) for copy(); else copy_to()"
         tag = dst_tag or (None if is_digest(reference) else reference)
-        placement = Placement(self.destination, dst_repo, tag, at_target, skip_media_types)
+        placement = Placement(self.destination, dst_repo, tag, at_target, TargetRules(skip_media_types))
         (result,) = self.copy_to(src_repo, reference, [placement], expected_digest=expected_digest)
         if result.error is not None:
             raise result.error
@@ -260,6 +286,9 @@ class Copier:
                     todo = self._not_up_to_date(todo, tree.top.digest)
                 self._copy_tree(src_repo, tree, todo)
                 self._mirror_referrers(src_repo, tree, _copied(todo), set(), 0)
+        except SkipImage as exc:  # the source's answer: the same for every target
+            for _, result in todo:
+                result.status, result.reason = CopyStatus.SKIPPED, str(exc)
         except Exception as exc:  # noqa: BLE001 - the source failed: every target still waiting fails
             for _, result in todo:
                 result.fail(exc)
@@ -291,6 +320,9 @@ class Copier:
                         waiting.append((placement, result))
                 self._copy_tree(src_repo, tree, waiting)
                 self._mirror_referrers(src_repo, tree, _copied(waiting), set(), 0)
+        except SkipImage as exc:
+            for _, result in todo:
+                result.status, result.reason = CopyStatus.SKIPPED, str(exc)
         except Exception as exc:  # noqa: BLE001
             for _, result in todo:
                 result.fail(exc)
@@ -325,7 +357,14 @@ class Copier:
     # -- the source tree --------------------------------------------------------------------
     def tree(self, src_repo: str, reference: str) -> ImageTree:
         """The manifest at ``reference`` and everything below it, validated (bytes verified)."""
-        tree = ImageTree(self._manifest(src_repo, reference))
+        try:
+            top = self._manifest(src_repo, reference)
+        except NotFound:
+            raise SourceGone(
+                f"{self.source.host}/{src_repo}{'@' if is_digest(reference) else ':'}{reference} is not at the "
+                "source (deleted since it was listed or pushed?)"
+            ) from None
+        tree = ImageTree(top)
         self._walk(src_repo, tree.top, tree, 0, {tree.top.digest})
         return tree
 
@@ -364,28 +403,61 @@ class Copier:
     # -- one tree to its placements ---------------------------------------------------------
     def _copy_tree(self, src_repo: str, tree: ImageTree, todo: list[tuple[Placement, CopyResult]]) -> None:
         """Skip rules, blobs, manifests (tag last) for each placement; failures stay per placement."""
-        active: list[tuple[Placement, CopyResult, list[Manifest]]] = []
+        active: list[tuple[Placement, CopyResult, ImageTree, list[Manifest]]] = []
         for placement, result in todo:
             result.digest, result.media_type = tree.top.digest, tree.top.media_type
             result.warnings.extend(tree.warnings)
             try:
-                self._check_skip(tree, placement.skip_types)
-                active.append((placement, result, self._missing_manifests(placement, tree)))
+                view = self._view(tree, placement.rules)
+                self._check_skip(view, placement.rules.skip_types)
+                if view is not tree:
+                    result.digest, result.rewritten_from = view.top.digest, tree.top.digest
+                    if self._up_to_date(placement, view.top.digest):
+                        result.status = CopyStatus.UNCHANGED
+                        continue
+                active.append((placement, result, view, self._missing_manifests(placement, view)))
             except SkipImage as exc:
                 result.status, result.reason = CopyStatus.SKIPPED, str(exc)
             except Exception as exc:  # noqa: BLE001 - this target only
                 result.fail(exc)
         if not active:
             return
-        self._copy_blobs(src_repo, tree, active)
-        for placement, result, missing in active:
+        self._copy_blobs(src_repo, active)
+        for placement, result, view, missing in active:
             if result.error is not None:
                 continue
             try:
-                self._push_manifests(placement, tree, missing, result)
+                self._push_manifests(placement, view, missing, result)
+            except SkipImage as exc:
+                result.status, result.reason = CopyStatus.SKIPPED, str(exc)
             except Exception as exc:  # noqa: BLE001
                 placement.destination.ledger.forget(placement.repository)  # not what we believed
                 result.fail(exc)
+
+    def _view(self, tree: ImageTree, rules: TargetRules) -> ImageTree:
+        """``tree`` as a target with ``platforms``/``drop_attestations`` gets it (usually: itself).
+
+        An index with entries the rules leave out becomes a new index (new digest) holding the kept
+        entries, the source index's digest recorded in an annotation; everything else is exact.
+        """
+        if not rules.rewrites or not tree.top.is_index:
+            return tree
+        narrowed = narrow_index(tree.top, rules)
+        if narrowed is None:
+            return tree
+        view = ImageTree(narrowed, warnings=list(tree.warnings))
+        kept = {c.digest for c in narrowed.children}
+        below = {m.digest: m for m in tree.manifests}
+        reachable = {d for digest in kept for d in _subtree(tree, digest)}
+        view.manifests = [m for m in tree.manifests if m.digest in reachable]
+        view.children_of = {d: c for d, c in tree.children_of.items() if d in reachable}
+        view.children_of[narrowed.digest] = [c.digest for c in narrowed.children]
+        for manifest in [narrowed, *(below[d] for d in reachable if d in below)]:
+            blobs = manifest.blobs
+            view.blobs_of[manifest.digest] = blobs
+            for blob in blobs:
+                view.blobs.setdefault(blob.digest, blob)
+        return view
 
     @staticmethod
     def _check_skip(tree: ImageTree, skip: frozenset[str]) -> None:
@@ -475,23 +547,57 @@ class Copier:
                 list_in_fallback_tag(destination.client, destination.ledger, repo, manifest.subject.digest, manifest)
 
     def _put(self, destination: Destination, repo: str, reference: str, manifest: Manifest) -> None:
-        answered = destination.client.put_manifest(repo, reference, manifest)
+        try:
+            answered = destination.client.put_manifest(repo, reference, manifest)
+        except RegistryError as exc:
+            raise self._refusal(destination, repo, reference, manifest, exc) from None
         if manifest.subject is not None and destination.referrers_api is None:
             destination.referrers_api = answered == manifest.subject.digest
 
+    def _refusal(
+        self, destination: Destination, repo: str, reference: str, manifest: Manifest, error: RegistryError
+    ) -> Exception:
+        """What a refused manifest PUT means: a conflict or a refused type (skips), or the error.
+
+        Docker Hub's immutable tags answer 403 DENIED ("... cannot be updated due to immutability
+        settings"), Alibaba Enterprise "The requested tag already exists and cannot be
+        overwritten"; Alibaba personal edition refuses other manifest classes with 403 DENIED
+        "unknown manifest class for <config type>". None of these changes by trying again.
+        """
+        text = str(error).lower()
+        if not is_digest(reference) and error.status in (400, 403, 409, 500) and (
+            "immutab" in text or "cannot be overwritten" in text or error.status in (403, 409)
+        ):
+            held = destination.client.head_manifest(repo, reference)
+            if held is not None and held.digest and held.digest != manifest.digest:
+                return TagConflict(
+                    f"conflict: {destination.host}/{repo}:{reference} refuses to be overwritten (immutable tag): "
+                    f"it holds {held.digest}, the source has {manifest.digest} ({describe(error)})"
+                )
+        if error.status in (400, 403, 415, 500) and any(
+            marker in text for marker in ("manifest class", "unsupported media type", "schema v1", "schema 1")
+        ):
+            return TargetRefused(
+                f"{destination.host} refuses {manifest.media_type} manifest {manifest.digest} ({describe(error)}); "
+                f"skip_artifact_types or drop_attestations can leave such content out for this target"
+            )
+        return error
+
     # -- blobs ------------------------------------------------------------------------------
     def _copy_blobs(
-        self, src_repo: str, tree: ImageTree, active: list[tuple[Placement, CopyResult, list[Manifest]]]
+        self, src_repo: str, active: list[tuple[Placement, CopyResult, ImageTree, list[Manifest]]]
     ) -> None:
         """Every blob each placement's missing manifests need, each blob in its own task."""
         needs: dict[str, list[tuple[Placement, CopyResult]]] = {}
-        for placement, result, missing in active:
-            wanted = {b.digest for m in [*missing, tree.top] for b in tree.blobs_of.get(m.digest, ())}
-            for digest in wanted:
-                needs.setdefault(digest, []).append((placement, result))
+        blobs: dict[str, Descriptor] = {}
+        for placement, result, view, missing in active:
+            for manifest in [*missing, view.top]:
+                for blob in view.blobs_of.get(manifest.digest, ()):
+                    blobs.setdefault(blob.digest, blob)
+                    if not any(r is result for _, r in needs.get(blob.digest, ())):
+                        needs.setdefault(blob.digest, []).append((placement, result))
         futures = [
-            self.pool.submit(self._place_blob, src_repo, tree.blobs[digest], targets)
-            for digest, targets in needs.items()
+            self.pool.submit(self._place_blob, src_repo, blobs[digest], targets) for digest, targets in needs.items()
         ]
         wait(futures)
         for future in futures:
@@ -561,9 +667,11 @@ class Copier:
         _check_size(blob, destination.ledger.size_of(blob.digest), f"{destination.host}/{holder}")
         try:
             mounted, location = destination.client.start_upload(repo, mount=blob.digest, mount_from=holder)
-        except AuthError as exc:
-            # Docker Hub answers 401/403 when the token may not pull from the other repository:
-            # the blob is then uploaded like any other.
+        except RegistryError as exc:
+            # Docker Hub answers 401/403 when the token may not pull from the other repository
+            # (its token service 400 when it dislikes the other name): upload like any other blob.
+            if is_transient(exc) or not (isinstance(exc, AuthError) or exc.status == 400):
+                raise
             log.info("%s refused to mount %s from %s (%s); uploading it", destination.host, blob.digest, holder, exc)
             return ""
         if mounted:
@@ -762,13 +870,73 @@ class Copier:
         )
 
 
+SOURCE_DIGEST_ANNOTATION = "io.registry-sync.source.digest"  # on a narrowed index: what it was narrowed from
+ATTESTATION_TYPE = "attestation-manifest"
+
+
+def _platform_name(entry: dict[str, object]) -> str | None:
+    platform = entry.get("platform")
+    if not isinstance(platform, dict):
+        return None
+    parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
+    return "/".join(str(p) for p in parts if p)
+
+
+def _is_attestation(entry: dict[str, object]) -> bool:
+    annotations = entry.get("annotations")
+    if isinstance(annotations, dict) and annotations.get("vnd.docker.reference.type") == ATTESTATION_TYPE:
+        return True
+    return _platform_name(entry) == "unknown/unknown"
+
+
+def _platform_kept(name: str | None, platforms: frozenset[str]) -> bool:
+    """``linux/arm64`` keeps ``linux/arm64/v8`` too; an entry without a platform is kept."""
+    return name is None or any(name == p or name.startswith(p + "/") for p in platforms)
+
+
+def narrow_index(index: Manifest, rules: TargetRules) -> Manifest | None:
+    """``index`` without the entries ``rules`` leave out; None when nothing is left out.
+
+    Raises :class:`SkipImage` when no runnable entry is left (no platform matches).
+    """
+    entries = index.document.get("manifests")
+    assert isinstance(entries, list)
+    dropped: set[object] = set()
+    kept: list[dict[str, object]] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or _is_attestation(entry):
+            continue
+        if rules.platforms is not None and not _platform_kept(_platform_name(entry), rules.platforms):
+            dropped.add(entry.get("digest"))
+        else:
+            kept.append(entry)
+    for entry in entries:
+        if isinstance(entry, dict) and _is_attestation(entry) and not rules.drop_attestations:
+            annotations = entry.get("annotations")
+            attests = annotations.get("vnd.docker.reference.digest") if isinstance(annotations, dict) else None
+            if attests not in dropped:
+                kept.append(entry)
+    if len(kept) == len(entries):
+        return None
+    if not any(not _is_attestation(e) for e in kept):
+        raise SkipImage(
+            f"index {index.digest} has no entry for the platforms {sorted(rules.platforms or ())} this target takes"
+        )
+    kept.sort(key=entries.index)  # the source's order
+    document = dict(index.document)
+    document["manifests"] = kept
+    document["annotations"] = {**(document.get("annotations") or {}), SOURCE_DIGEST_ANNOTATION: index.digest}
+    raw = json.dumps(document, separators=(",", ":")).encode()
+    return parse_manifest(raw, index.media_type, f"narrowed index of {index.digest}", digest_of(raw))
+
+
 def _copied(todo: list[tuple[Placement, CopyResult]]) -> list[tuple[Placement, CopyResult]]:
     return [(p, r) for p, r in todo if r.error is None and r.status is CopyStatus.COPIED]
 
 
 def _by_digest(placement: Placement) -> Placement:
     """The same target repository and rules, without a tag (referrers are pushed by digest)."""
-    return Placement(placement.destination, placement.repository, None, AtTarget.UNKNOWN, placement.skip_types)
+    return Placement(placement.destination, placement.repository, None, AtTarget.UNKNOWN, placement.rules)
 
 
 def _absorb(result: CopyResult, sub: CopyResult) -> None:

@@ -151,6 +151,18 @@ class NameRejected(SkipImage):
     """The target cannot hold this repository name (reason in the message)."""
 
 
+class SourceGone(SkipImage):
+    """What was listed (or pushed) is no longer at the source: nothing to mirror."""
+
+
+class TagConflict(SkipImage):
+    """The target refuses to move a tag it holds (immutable tags): reported, not retried."""
+
+
+class TargetRefused(SkipImage):
+    """The target refuses this kind of content (a manifest class, schema 1): reported, not retried."""
+
+
 # Exceptions of the HTTP stack itself: the connection broke, timed out, or a body ended early.
 _NETWORK_ERRORS = (
     requests.ConnectionError,
@@ -167,6 +179,17 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, SyncError):
         return error.transient
     return isinstance(error, _NETWORK_ERRORS)
+
+
+def worth_redelivering(error: BaseException) -> bool:
+    """Whether a queue message that failed this way should come back (and end in the poison queue).
+
+    Transient failures, and refusals of our credentials or rights (fixed by an operator, after
+    which the poisoned message is replayed). Conditions of the content itself (a refused media
+    type, an immutable tag, content that cannot be copied exactly, a tag gone from the source) are
+    reported as skips and never redelivered: trying again cannot change them.
+    """
+    return is_transient(error) or isinstance(error, (AuthError, SetupError))
 
 
 def describe(error: BaseException) -> str:

@@ -34,7 +34,7 @@ from .names import (
     is_repository,
     is_tag,
 )
-from .plan import Reason, TagWork, WorkKind, repository_wanted, target_repository, wanted_tags
+from .plan import Reason, TagWork, WorkKind, map_repository, repository_wanted, wanted_tags
 
 log = logging.getLogger("sync_core.events")
 
@@ -140,7 +140,7 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
             reasons.append(f"{t.name}: filtered out")
             continue
         try:
-            dst_repo = target_repository(repository, namespace, t)
+            dst_repo = map_repository(config, t, repository)
         except NameRejected as exc:
             reasons.append(f"{t.name}: {exc}")
             continue

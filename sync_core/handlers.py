@@ -22,7 +22,7 @@ from .errors import InvalidContent, NameRejected, SyncError
 from .events import decide, load_events, log_decision
 from .messages import MessageKind, WorkMessage, parse_message
 from .names import fallback_tag, fallback_tag_subject
-from .plan import Check, Reason, TagWork, WorkKind, repository_wanted, target_repository
+from .plan import Check, Reason, TagWork, WorkKind, check_mappings, map_repository, repository_wanted
 from .report import Summary
 from .sync import Syncer
 
@@ -65,7 +65,9 @@ def schedule_messages(
     now = now or syncer.clock()
     messages = []
     full = 0
-    for repository in syncer.repositories():
+    repositories = syncer.repositories()
+    check_mappings(config, repositories)  # two repositories onto one target repository: stop here
+    for repository in repositories:
         due = config.compare is Compare.RECENT and full_check_due(
             repository, previous, now, config.full_check_hours
         )
@@ -74,7 +76,7 @@ def schedule_messages(
             if not repository_wanted(config, target, repository):
                 continue
             try:
-                target_repository(repository, config.source.namespace, target)
+                map_repository(config, target, repository)
             except NameRejected as exc:
                 logs.decision(log, "ignored", f"not enqueued {repository} for {target.name}: {exc}",
                               repository=repository, target=target.name)  # fmt: skip
@@ -154,9 +156,14 @@ def process_message(
     if leftover:
         logs.decision(log, "enqueued", f"time budget reached: re-enqueued {len(leftover)} tags of {message.repository}",
                       repository=message.repository, target=target.name, count=len(leftover))  # fmt: skip
-    if not summary.ok:
+    if summary.retryable:
         reasons = "; ".join(f"{f['item']}: {f['reason']}" for f in summary.failures[:5])
         raise SyncError(
             f"{len(summary.failures)} failure(s) syncing {message.repository} to {target.name}: {reasons}"
         )
+    if not summary.ok:
+        # nothing a redelivery could change (a refusal, a permission): reported, never poisoned
+        logs.decision(log, "not-retried", f"{len(summary.failures)} permanent failure(s) syncing "
+                      f"{message.repository} to {target.name}: not retried by the queue",
+                      level=logging.ERROR, repository=message.repository, target=target.name)  # fmt: skip
     return summary, leftover

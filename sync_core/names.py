@@ -54,6 +54,15 @@ def is_fallback_tag(tag: str) -> bool:
     return _FALLBACK_TAG_RE.fullmatch(tag) is not None
 
 
+_ATTACHED_TAG_RE = re.compile(r"sha256-([a-f0-9]{64})\.(sig|att|sbom)")
+
+
+def attached_subject(tag: str) -> str | None:
+    """The image a cosign tag (``sha256-<hex>.sig``, ``.att``, ``.sbom``) belongs to, else None."""
+    match = _ATTACHED_TAG_RE.fullmatch(tag)
+    return f"sha256:{match.group(1)}" if match else None
+
+
 def relative_to_namespace(repository: str, namespace: str) -> str | None:
     """``repository`` without the ``namespace/`` prefix; None when it is outside the namespace."""
     if not namespace:

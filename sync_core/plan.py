@@ -15,13 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .catalog import ManifestEntry, Source, TagInfo
-from .config import Compare, Filters, SyncConfig, TargetConfig
+from .config import Compare, Filters, MappingRule, SyncConfig, TargetConfig
 from .copy import AtTarget
-from .errors import NameRejected, describe
+from .errors import ConfigError, NameRejected, describe
 from .names import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     MAX_REPOSITORY_LENGTH,
+    attached_subject,
     is_digest,
     is_fallback_tag,
     is_repository,
@@ -102,15 +103,27 @@ def repository_wanted(config: SyncConfig, target: TargetConfig, repository: str)
 
 
 def select_tags(tags: list[TagInfo], filters: Filters, now: dt.datetime) -> list[TagInfo]:
-    """The tags that pass ``filters``; keep-latest applies after the name and age filters.
+    """The tags that pass ``filters``; keep-latest applies after the name, age and version filters.
 
     Referrers tags (``sha256-<hex>``, the referrers tag schema) are never selected: they are
-    indexes of referrers, mirrored with their subject (``referrers.py``), not releases.
+    indexes of referrers, mirrored with their subject (``referrers.py``), not releases. Cosign
+    tags (``sha256-<hex>.sig``, ``.att``, ``.sbom``) are not releases either: where the listing
+    has digests (ACR) they follow the image they belong to, whatever the filters; elsewhere the
+    name filters decide as for any tag.
     """
+    releases = [t for t in tags if not is_fallback_tag(t.name)]
+    digests_known = any(t.digest for t in releases)
+    attached = [t for t in releases if digests_known and attached_subject(t.name)]
+    chosen = _filtered([t for t in releases if t not in attached], filters, now)
+    if attached:
+        images = {t.digest for t in chosen if t.digest}
+        chosen.extend(t for t in attached if attached_subject(t.name) in images)
+    return chosen
+
+
+def _filtered(tags: list[TagInfo], filters: Filters, now: dt.datetime) -> list[TagInfo]:
     chosen = []
     for tag in tags:
-        if is_fallback_tag(tag.name):
-            continue
         if filters.tag_include and not filters.tag_include.fullmatch(tag.name):
             continue
         if filters.tag_exclude and filters.tag_exclude.fullmatch(tag.name):
@@ -123,6 +136,8 @@ def select_tags(tags: list[TagInfo], filters: Filters, now: dt.datetime) -> list
                 continue
             if filters.max_age_days is not None and age_days > filters.max_age_days:
                 continue
+        if filters.semver is not None and not filters.semver.matches(tag.name):
+            continue
         chosen.append(tag)
     if filters.keep_latest is not None:
         dated = [t for t in chosen if t.updated is not None]
@@ -140,12 +155,29 @@ def wanted_tags(
     return select_tags(select_tags(tags, config.filters, now), target.filters, now)
 
 
-def target_repository(source_repo: str, source_namespace: str, target: TargetConfig) -> str:
-    """Target namespace + source repository without the source namespace."""
+def target_repository(
+    source_repo: str, source_namespace: str, target: TargetConfig, mappings: tuple[MappingRule, ...] = ()
+) -> str:
+    """Where ``source_repo`` goes at ``target``.
+
+    The source repository without the source namespace is matched (in full) against the target's
+    mapping rules, then the global ones (``mappings``); the first match's template is the whole
+    target repository (a ``null`` template: not mirrored there). Without a match: the target
+    namespace + the source repository without the source namespace. Raises :class:`NameRejected`
+    (a skip) when the target cannot hold the name or a rule says so.
+    """
     relative = relative_to_namespace(source_repo, source_namespace)
     if relative is None:
         raise NameRejected(f"{source_repo} is outside the source namespace {source_namespace}")
     name = f"{target.namespace}/{relative}" if target.namespace else relative
+    for rule in (*target.mappings, *mappings):
+        match = rule.match.fullmatch(relative)
+        if match is None:
+            continue
+        if rule.replace is None:
+            raise NameRejected(f"{source_repo}: a mapping rule ({rule.match.pattern!r}: null) leaves it out of {target.name}")
+        name = match.expand(rule.replace)
+        break
     if not is_repository(name) or len(name) > MAX_REPOSITORY_LENGTH:
         raise NameRejected(f"{name!r} is not a valid repository name at {target.host}")
     depth = name.count("/") + 1
@@ -154,6 +186,39 @@ def target_repository(source_repo: str, source_namespace: str, target: TargetCon
             f"{name} has {depth} path levels; {target.name} ({target.host}) accepts at most {target.max_path_depth}"
         )
     return name
+
+
+def map_repository(config: SyncConfig, target: TargetConfig, repository: str) -> str:
+    """:func:`target_repository` with the configuration's namespace and global mapping rules."""
+    return target_repository(repository, config.source.namespace, target, config.mappings)
+
+
+def check_mappings(config: SyncConfig, repositories: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``{target: {source repository: target repository}}`` for the repositories each target gets.
+
+    Two source repositories mapped to one target repository would overwrite each other's tags:
+    that is a configuration error (every such pair is listed), found before anything is copied.
+    """
+    problems = []
+    mapped: dict[str, dict[str, str]] = {}
+    for target in config.targets:
+        seen: dict[str, str] = {}
+        for repository in repositories:
+            if not repository_wanted(config, target, repository):
+                continue
+            try:
+                name = map_repository(config, target, repository)
+            except NameRejected:
+                continue
+            if name in seen:
+                problems.append(
+                    f"targets[{target.name}].mappings: {seen[name]} and {repository} both map to {name}"
+                )
+            seen.setdefault(name, repository)
+            mapped.setdefault(target.name, {})[repository] = name
+    if problems:
+        raise ConfigError(problems)
+    return mapped
 
 
 def interleave(work: list[TagWork], round_robin: bool = True) -> list[list[TagWork]]:
@@ -225,6 +290,11 @@ class Planner:
         """What every target lacks of ``repositories`` (default: the whole source catalog)."""
         repositories = self.source.repositories() if repositories is None else repositories
         recorder.summary.repositories = len(repositories)
+        mapped = check_mappings(self.config, repositories)
+        recorder.summary.mapped = {
+            target: {src: dst for src, dst in names.items() if dst != self._default_name(target, src)}
+            for target, names in mapped.items()
+        }
         work: list[TagWork] = []
         workers = min(plan_concurrency(self.config.concurrency), max(1, len(repositories)))
         with ThreadPoolExecutor(workers, thread_name_prefix="plan") as pool:
@@ -306,7 +376,7 @@ class Planner:
             return []
         recorder.summary.considered(target.name, len(selected))
         try:
-            dst_repo = target_repository(repository, self.config.source.namespace, target)
+            dst_repo = map_repository(self.config, target, repository)
         except NameRejected as exc:
             recorder.skipped(repository, str(exc), target.name, tags=len(selected))
             return []
@@ -356,6 +426,12 @@ class Planner:
         )
         return work
 
+    def _default_name(self, target: str, repository: str) -> str:
+        """Where ``repository`` would go without mapping rules (to show the rules' effect)."""
+        relative = relative_to_namespace(repository, self.config.source.namespace) or repository
+        namespace = self.config.target(target).namespace
+        return f"{namespace}/{relative}" if namespace else relative
+
     def _source_digest(self, repository: str, tag: str) -> str | None:
         info = self.source.client.head_manifest(repository, tag)
         return info.digest if info else None
@@ -375,7 +451,7 @@ class Planner:
         work = []
         for target in self.selected_targets(targets):
             try:
-                dst_repo = target_repository(repository, self.config.source.namespace, target)
+                dst_repo = map_repository(self.config, target, repository)
             except NameRejected as exc:
                 sep = "@" if is_digest(reference) else ":"
                 recorder.skipped(f"{repository}{sep}{reference}", str(exc), target.name)

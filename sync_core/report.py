@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .copy import CopyResult, CopyStatus
-from .errors import describe
+from .errors import InvalidContent, describe, is_transient, worth_redelivering
 
 if TYPE_CHECKING:
     from .plan import TagWork
@@ -53,7 +53,9 @@ class Summary:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    rewritten: list[dict[str, Any]] = field(default_factory=list)  # indexes narrowed for a target
     planned: list[TagWork] = field(default_factory=list)
+    mapped: dict[str, dict[str, str]] = field(default_factory=dict)  # target: {source: target repository} by rules
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -61,6 +63,11 @@ class Summary:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def retryable(self) -> bool:
+        """Some failure is worth trying the same work again (see ``errors.worth_redelivering``)."""
+        return any(f["retry"] for f in self.failures)
 
     def target(self, name: str) -> TargetCounts:
         return self.targets.setdefault(name, TargetCounts())
@@ -75,9 +82,11 @@ class Summary:
             self.tags_missing += tags
             self.target(target).missing += tags
 
-    def fail(self, where: str, reason: str, target: str | None = None, tags: int = 1) -> None:
+    def fail(
+        self, where: str, reason: str, target: str | None = None, tags: int = 1, retry: bool = True
+    ) -> None:
         with self._lock:
-            self.failures.append({"target": target, "item": where, "reason": reason})
+            self.failures.append({"target": target, "item": where, "reason": reason, "retry": retry})
             if target:
                 self.target(target).failed += tags
             self.tags_failed += tags
@@ -87,6 +96,12 @@ class Summary:
             entry = {"target": target, "item": where, "warning": warning}
             if entry not in self.warnings:
                 self.warnings.append(entry)
+
+    def rewrite(self, where: str, target: str, source_digest: str, target_digest: str | None) -> None:
+        with self._lock:
+            self.rewritten.append(
+                {"target": target, "item": where, "source_digest": source_digest, "target_digest": target_digest}
+            )
 
     def skip(self, where: str, reason: str, target: str, tags: int = 1) -> None:
         with self._lock:
@@ -150,6 +165,8 @@ class Summary:
             "skipped": self.skipped,
             "failures": self.failures,
             "warnings": self.warnings,
+            "rewritten": self.rewritten,
+            "mapped": self.mapped,
             "planned": [_planned(w) for w in self.planned] if self.dry_run else [],
         }
 
@@ -172,10 +189,12 @@ class Recorder:
     def __init__(self, summary: Summary) -> None:
         self.summary = summary
 
-    def failed(self, where: str, reason: str, target: str | None = None, tags: int = 1) -> None:
-        self.summary.fail(where, reason, target, tags)
+    def failed(
+        self, where: str, reason: str, target: str | None = None, tags: int = 1, retry: bool = True
+    ) -> None:
+        self.summary.fail(where, reason, target, tags, retry)
         logs.decision(
-            log, "failed", f"failed {where}: {reason}", level=logging.ERROR, item=where, target=target
+            log, "failed", f"failed {where}: {reason}", level=logging.ERROR, item=where, target=target, retry=retry
         )
 
     def skipped(self, where: str, reason: str, target: str, tags: int = 1) -> None:
@@ -193,9 +212,15 @@ class Recorder:
             self.warned(work.item, warning, work.target)
         for problem in result.referrer_errors:
             self.failed(f"{work.item} -> {work.target}", problem, work.target, tags=0)
-        if result.error is not None:
+        error = result.error
+        if error is not None:
             self.summary.add_partial(result)
-            self.failed(f"{work.item} -> {work.target}", describe(result.error), work.target, tags=int(work.is_tag))
+            if isinstance(error, InvalidContent) and not is_transient(error):
+                # content that cannot be copied exactly: refused for good, reported, not retried
+                self.skipped(work.item, f"refused: {describe(error)}", work.target, tags=int(work.is_tag))
+                return
+            self.failed(f"{work.item} -> {work.target}", describe(error), work.target, tags=int(work.is_tag),
+                        retry=worth_redelivering(error))  # fmt: skip
             return
         self.finished(work, result)
 
@@ -208,6 +233,8 @@ class Recorder:
             log.debug("ignored %s for %s: %s", work.item, work.target, result.reason)
             return
         self.summary.add_copy(work.target, result, tag=work.is_tag)
+        if result.rewritten_from and result.status is CopyStatus.COPIED:
+            self.summary.rewrite(work.item, work.target, result.rewritten_from, result.digest)
         if not work.is_tag and result.status is CopyStatus.UNCHANGED:
             return  # a referrer candidate the target holds: not a decision worth a line
         status = result.status.value

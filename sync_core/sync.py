@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .catalog import make_source, source_actions
 from .config import SyncConfig
-from .copy import Copier, Destination, Placement
+from .copy import Copier, Destination, Placement, TargetRules
 from .names import ImageRef
 from .plan import Check, Planner, Reason, TagWork, WorkKind, interleave, plan_concurrency
 from .registry import RegistryClient
@@ -103,10 +103,10 @@ class Syncer:
         for work in group:
             target = self.config.target(work.target)
             tag = work.tag if work.is_tag else None
+            rules = TargetRules(target.skip_artifact_types, target.platforms, target.drop_attestations)
             placements.append(
-                Placement(self.destinations[work.target], work.target_repository, tag, work.at_target,
-                          target.skip_artifact_types)
-            )  # fmt: skip
+                Placement(self.destinations[work.target], work.target_repository, tag, work.at_target, rules)
+            )
         repo = first.source_repository
         if first.kind is WorkKind.TAG:
             results = self.copier.copy_to(repo, first.tag, placements, expected_digest=first.digest)

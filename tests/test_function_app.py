@@ -12,6 +12,7 @@ from azure.functions.timer import TimerRequest
 
 import function_app
 from sync_core import handlers, messages, runtime
+from sync_core.retry import RetryPolicy
 from tests.harness.acr import AcrStandIn
 from tests.harness.images import oci_image, oci_index
 
@@ -193,9 +194,17 @@ def test_worker_re_enqueues_what_the_time_budget_leaves(app_env, acr, token_regi
     assert summary.tags_copied == 1 and leftover == []
 
 
-def test_worker_raises_on_failure_and_on_invalid_messages(app_env, acr):
+def test_worker_raises_on_transient_failures_and_invalid_messages_only(app_env, acr):
     with pytest.raises(Exception, match="version"):
         call("sync_worker", func.QueueMessage(id="bad", body=b'{"v": 9}'), Collect())
+    # a tag gone from the source: reported as a skip, never retried into the poison queue
     missing = messages.WorkMessage("tag", "giantswarm/app", "target", "does-not-exist").dumps()
+    summary, _ = handlers.process_message(missing, runtime.shared_syncer())
+    assert summary.ok and "not at the source" in summary.skipped[0]["reason"]
+    call("sync_worker", func.QueueMessage(id="m3", body=missing), Collect())  # does not raise
+    # a source that keeps answering 503: the host must retry the message (then poison it)
+    runtime.shared_syncer().source_client.transport.retry = RetryPolicy(attempts=2, backoff_base=0.0)
+    acr.fail_next(2, 503, kinds="manifest")
+    again = messages.WorkMessage("tag", "giantswarm/app", "target", "1.0").dumps()
     with pytest.raises(Exception, match="failure"):
-        call("sync_worker", func.QueueMessage(id="m3", body=missing), Collect())
+        call("sync_worker", func.QueueMessage(id="m4", body=again), Collect())
