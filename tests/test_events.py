@@ -14,8 +14,7 @@ from sync_core.config import load_config
 from sync_core.events import decide, load_events
 from sync_core.work import events_messages, parse_message
 
-# ../shared/reference/events from the project root (CI lays shared/ beside the clone too).
-EVENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "events"
+EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 
 
 def sample(name: str) -> dict:

@@ -15,7 +15,7 @@ from sync_core import work
 from tests.harness.acr import AcrStandIn
 from tests.harness.images import oci_image, oci_index
 
-EVENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "events"
+EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 ROOT_USER = ("sync-token", "sync-token-password")
 MIRROR = ("pusher", "pusher-pass")
 
