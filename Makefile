@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 include mk/infra.mk
+include mk/worker.mk
 
 .PHONY: test lint security unit demo bench system-deps venv clean
 
-test: system-deps venv tools-venv lint security unit
+# unit: the suite on Python 3.11 (.venv); worker-test: the app in the real Functions worker (mk/worker.mk)
+test: system-deps venv tools-venv lint security unit worker-test
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -33,7 +35,7 @@ unit: venv
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .venv-tools .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools $(WORKER_VENV) .pytest_cache .ruff_cache
 
 demo: system-deps venv
 	$(PY) scripts/demo.py
