@@ -4,8 +4,8 @@ Session fixtures:
   acr        ACR stand-in (tests/harness/acr.py) in front of a real docker-registry, seeded below
   target     token_registry_dst: an empty real docker-registry, the mirror
   started    the WorkerInitResponse of the real worker indexing function_app.py
-  worker     the started worker (fails every test that needs it when start-up failed), with the
-             app settings delivered by a FunctionEnvironmentReloadRequest and each function loaded
+  worker     the started worker (fails every test that needs it when start-up failed), its
+             functions listed (FunctionsMetadataRequest) and loaded (FunctionLoadRequest)
   rpc_logs   RpcLogs handler on the root logger (INFO, as the worker sets it)
 """
 
@@ -100,13 +100,18 @@ def rpc_logs():
 
 
 @pytest.fixture(scope="session")
-def _worker():
+def _worker(app_settings):
+    """Started once per process, like the worker the host launches with the app settings as its environment."""
+    saved = dict(os.environ)
+    os.environ.update(app_settings)
     worker = Worker()
     response = worker.start()
     try:
         yield worker, response
     finally:
         worker.close()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
@@ -115,13 +120,10 @@ def started(_worker):
 
 
 @pytest.fixture(scope="session")
-def worker(_worker, app_settings, rpc_logs):
+def worker(_worker, rpc_logs):
     worker, response = _worker
     if not ok(response.result):
         pytest.fail(f"the worker refused the app at start-up: {response.result.exception.message}")
-    reload = worker.reload({**os.environ, **app_settings})
-    if not ok(reload.result):
-        pytest.fail(f"FunctionEnvironmentReloadRequest failed: {reload.result.exception.message}")
     metadata = worker.metadata()
     assert ok(metadata.result)
     for name in worker.functions:

@@ -7,9 +7,8 @@ library worker's handlers: ``WorkerRequest(name, request=<StreamingMessage>, pro
 
 * ``start``   WorkerInitRequest: the worker indexes ``function_app.py`` with its own loader and
   registers every function in its own function registry (annotation and binding validation; a
-  refused function fails the whole start-up, as on Azure, where the host then finds no function);
-* ``reload``  FunctionEnvironmentReloadRequest: the app settings, as the host sends them when it
-  specialises an instance (the worker replaces ``os.environ`` with them and indexes again);
+  refused function fails the whole start-up, as on Azure, where the host then finds no function).
+  The app settings are the process environment, as when the host starts a worker;
 * ``metadata`` / ``load``  FunctionsMetadataRequest, FunctionLoadRequest;
 * ``invoke``  InvocationRequest: the worker decodes each ``TypedData`` input with the
   ``azure.functions`` converters, calls the function in its thread pool, encodes every ``Out``
@@ -186,20 +185,6 @@ class Worker:
             runtime.worker_init_request(WorkerRequest("WorkerInitRequest", message, self._properties()))
         )
 
-    def reload(self, environment: dict[str, str]):
-        """FunctionEnvironmentReloadRequest with these environment variables (the whole environment)."""
-        message = protos.StreamingMessage(
-            request_id=str(uuid.uuid4()),
-            function_environment_reload_request=protos.FunctionEnvironmentReloadRequest(
-                environment_variables=environment, function_app_directory=self.app_dir
-            ),
-        )
-        return self._run(
-            runtime.function_environment_reload_request(
-                WorkerRequest("FunctionEnvironmentReloadRequest", message, self._properties())
-            )
-        )
-
     def metadata(self):
         """FunctionsMetadataRequest; remembers each function's metadata by name."""
         message = protos.StreamingMessage(
@@ -227,10 +212,11 @@ class Worker:
             function_id=self.functions[name].function_id,
             input_data=[protos.ParameterBinding(name=k, data=v) for k, v in inputs.items()],
             trigger_metadata=trigger_metadata,
-            trace_context=protos.RpcTraceContext(
-                trace_parent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01", trace_state=""
-            ),
-            retry_context=protos.RetryContext(retry_count=0, max_retry_count=0),
+            trace_context={
+                "trace_parent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+                "trace_state": "",
+            },
+            retry_context={"retry_count": 0, "max_retry_count": 0},
         )
         message = protos.StreamingMessage(request_id=str(uuid.uuid4()), invocation_request=request)
         return self._run(runtime.invocation_request(WorkerRequest("FunctionInvocationRequest", message)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import re
 import sys
 import typing
@@ -24,6 +23,7 @@ import pytest
 from azure.functions.decorators.core import BindingDirection
 
 from sync_core import work
+from tests.harness.faultproxy import FaultProxy, FaultRule
 from tests.worker.conftest import NAMESPACE, SEEDED, TARGET_NAMESPACE
 from tests.worker.host import ROOT, event_grid_input, ok, protos, queue_input, timer_input
 
@@ -232,20 +232,27 @@ def test_worker_failure_fails_the_invocation_so_the_host_retries(worker):
     assert "failure" in failed.result.exception.message
 
 
-def test_worker_re_enqueues_what_its_time_budget_leaves(worker, app_settings):
-    worker.reload({**os.environ, **app_settings, "SYNC_TIME_BUDGET_SECONDS": "0"})
-    work.reset_shared_syncer()  # the app reads its settings once per process
-    try:
-        text = json.dumps(
-            {"v": 1, "kind": "repository", "repository": "giantswarm/budget", "target": "target"}
-        )
-        left = queue_messages(worker, worker.invoke("sync_worker", *queue_input(text, message_id="budget")))
-    finally:
-        worker.reload({**os.environ, **app_settings})
-        work.reset_shared_syncer()
-    assert sorted((m["kind"], m["repository"], m["tag"]) for m in left) == [
-        ("tag", "giantswarm/budget", "0.1"),
-        ("tag", "giantswarm/budget", "0.2"),
+def test_worker_re_enqueues_what_its_time_budget_leaves(worker, target, monkeypatch):
+    """A budget spent before any copy starts: every tag goes back on the queue as a tag message."""
+    slow = FaultRule("slow", method="GET", path=r"/v2/wk-mirror/budget/tags/list", count=1, delay_ms=10_500)
+    with FaultProxy(target.url, rules=[slow]) as proxy:
+        monkeypatch.setenv("TARGET_REGISTRY", proxy.url)  # the mirror answers its tag listing slowly
+        monkeypatch.setenv("SYNC_TIME_BUDGET_SECONDS", "10")  # the smallest budget the app accepts
+        work.reset_shared_syncer()  # the app reads its settings once per process: as if restarted
+        try:
+            text = json.dumps(
+                {"v": 1, "kind": "repository", "repository": "giantswarm/budget", "target": "target"}
+            )
+            left = queue_messages(
+                worker, worker.invoke("sync_worker", *queue_input(text, message_id="budget"))
+            )
+        finally:
+            monkeypatch.undo()
+            work.reset_shared_syncer()
+    assert slow.fired == 1
+    assert sorted((m["kind"], m["repository"], m["tag"], m["digest"]) for m in left) == [
+        ("tag", "giantswarm/budget", tag, manifest.digest)
+        for tag, manifest in sorted(SEEDED["giantswarm/budget"].items())
     ]
 
 
