@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import typing
 
 import azure.functions as func
 
@@ -20,11 +21,14 @@ log = logging.getLogger("sync_core.functions")
 
 QUEUE = "%SYNC_QUEUE%"
 STORAGE = "AzureWebJobsStorage"
+# Out[typing.List[str]], not Out[list[str]]: the Python worker (4.x and azure-functions-runtime)
+# refuses a builtin generic as a non-type annotation and then loads no function at all. ruff's
+# UP006 would rewrite it; pyproject.toml turns UP006 off for this file.
 
 
 @app.timer_trigger(schedule="%SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def sync_schedule(timer: func.TimerRequest, out: func.Out[list[str]]) -> None:
+def sync_schedule(timer: func.TimerRequest, out: func.Out[typing.List[str]]) -> None:
     if timer.past_due:
         log.warning("timer is past due; reconciling now")
     messages = work.schedule_messages(work.shared_syncer())
@@ -34,7 +38,7 @@ def sync_schedule(timer: func.TimerRequest, out: func.Out[list[str]]) -> None:
 
 @app.event_grid_trigger(arg_name="event")
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def on_image_pushed(event: func.EventGridEvent, out: func.Out[list[str]]) -> None:
+def on_image_pushed(event: func.EventGridEvent, out: func.Out[typing.List[str]]) -> None:
     try:
         data = event.get_json()
     except ValueError:
@@ -54,7 +58,7 @@ def on_image_pushed(event: func.EventGridEvent, out: func.Out[list[str]]) -> Non
 
 @app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE)
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def sync_worker(msg: func.QueueMessage, out: func.Out[list[str]]) -> None:
+def sync_worker(msg: func.QueueMessage, out: func.Out[typing.List[str]]) -> None:
     summary, leftover = work.process_message(msg.get_body(), work.shared_syncer())
     if leftover:
         out.set(leftover)

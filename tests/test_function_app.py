@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import azure.functions as func
@@ -199,3 +201,14 @@ def test_worker_raises_on_failure_and_on_invalid_messages(app_env, acr):
     missing = work.WorkMessage("tag", "giantswarm/app", "target", "does-not-exist").dumps()
     with pytest.raises(Exception, match="failure"):
         call("sync_worker", func.QueueMessage(id="m3", body=missing), Collect())
+
+
+def test_ruff_fix_keeps_the_annotations_the_worker_accepts():
+    """``ruff --fix`` must not turn Out[typing.List[str]] back into Out[list[str]] (pyproject.toml)."""
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run(
+        [str(ruff), "check", "--fix", "--diff", "function_app.py"],
+        cwd=Path(function_app.__file__).parent, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    assert "func.Out[typing.List[str]]" in Path(function_app.__file__).read_text()
