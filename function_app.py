@@ -2,13 +2,15 @@
 
 * ``sync_schedule``  (timer, ``%SYNC_SCHEDULE%``): lists the catalog, enqueues a message per
   repository and target. Copies nothing.
-* ``on_image_pushed`` (Event Grid): enqueues a message per target for a pushed tag.
+* ``on_image_pushed`` (Event Grid, EventGridSchema or CloudEvents): enqueues a message per target
+  for a pushed tag.
 * ``sync_worker``    (queue ``%SYNC_QUEUE%``): copies what one message asks for; re-enqueues
   what its time budget left over; raises on failure so the host retries, then poisons.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import typing
 
@@ -39,19 +41,7 @@ def sync_schedule(timer: func.TimerRequest, out: func.Out[typing.List[str]]) -> 
 @app.event_grid_trigger(arg_name="event")
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
 def on_image_pushed(event: func.EventGridEvent, out: func.Out[typing.List[str]]) -> None:
-    try:
-        data = event.get_json()
-    except ValueError:
-        data = None
-    envelope = {
-        "id": event.id,
-        "subject": event.subject,
-        "eventType": event.event_type,
-        "eventTime": event.event_time.isoformat() if event.event_time else None,
-        "dataVersion": event.data_version,
-        "data": data,
-    }
-    messages = work.event_messages(envelope, work.shared_syncer().config)
+    messages = work.event_messages(event_envelope(event), work.shared_syncer().config)
     if messages:
         out.set(messages)
 
@@ -68,3 +58,39 @@ def sync_worker(msg: func.QueueMessage, out: func.Out[typing.List[str]]) -> None
         f"{summary.tags_skipped} skipped, {summary.bytes_uploaded} bytes uploaded",
         message_id=msg.id, dequeue_count=msg.dequeue_count,
     )  # fmt: skip
+
+
+def event_envelope(event: func.EventGridEvent | func.CloudEvent) -> dict:
+    """The event as Event Grid delivered it, in its schema, for ``sync_core.events.decide``.
+
+    The worker decodes a delivery in CloudEvents 1.0 schema to ``func.CloudEvent`` (``type``,
+    ``time``, ``source``) whatever the annotation says, and one in EventGridSchema to
+    ``func.EventGridEvent`` (``event_type``, ``event_time``, ``topic``).
+    """
+    try:
+        data = event.get_json()
+    except ValueError:
+        data = None
+    if isinstance(event, func.CloudEvent):
+        return {
+            "specversion": event.specversion,
+            "id": event.id,
+            "source": event.source,
+            "subject": event.subject,
+            "type": event.type,
+            "time": _isoformat(event.time),
+            "data": data,
+        }
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "eventTime": _isoformat(event.event_time),
+        "dataVersion": event.data_version,
+        "data": data,
+    }
+
+
+def _isoformat(when: dt.datetime | None) -> str | None:
+    return when.isoformat() if when else None

@@ -212,3 +212,16 @@ def test_ruff_fix_keeps_the_annotations_the_worker_accepts():
     )  # fmt: skip
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
     assert "func.Out[typing.List[str]]" in Path(function_app.__file__).read_text()
+
+
+def test_cloudevents_delivery_gives_the_same_decision(app_env, acr):
+    raw = json.loads((EVENTS / "image-pushed.cloudevent.json").read_text())
+    raw["data"]["request"]["host"] = acr.host
+    event = func.CloudEvent(
+        id=raw["id"], source=raw["source"], type=raw["type"], specversion=raw["specversion"], time=None,
+        subject=raw["subject"], data=raw["data"],
+    )  # fmt: skip
+    out = Collect()
+    call("on_image_pushed", event, out)
+    (message,) = [work.parse_message(m, work.shared_syncer().config) for m in out.value]
+    assert (message.kind, message.repository, message.tag) == ("tag", "giantswarm/example-app", "1.4.3")
