@@ -6,6 +6,9 @@
   for a pushed tag.
 * ``sync_worker``    (queue ``%SYNC_QUEUE%``): copies what one message asks for; re-enqueues
   what its time budget left over; raises on failure so the host retries, then poisons.
+
+Each runs inside ``logs.invocation(context)``: log lines from the core's thread pools then reach
+the host tied to the invocation (the host drops worker log lines that name none).
 """
 
 from __future__ import annotations
@@ -30,34 +33,39 @@ STORAGE = "AzureWebJobsStorage"
 
 @app.timer_trigger(schedule="%SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def sync_schedule(timer: func.TimerRequest, out: func.Out[typing.List[str]]) -> None:
-    if timer.past_due:
-        log.warning("timer is past due; reconciling now")
-    messages = work.schedule_messages(work.shared_syncer())
-    if messages:
-        out.set(messages)
+def sync_schedule(timer: func.TimerRequest, out: func.Out[typing.List[str]], context: func.Context) -> None:
+    with logs.invocation(context):
+        if timer.past_due:
+            log.warning("timer is past due; reconciling now")
+        messages = work.schedule_messages(work.shared_syncer())
+        if messages:
+            out.set(messages)
 
 
 @app.event_grid_trigger(arg_name="event")
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def on_image_pushed(event: func.EventGridEvent, out: func.Out[typing.List[str]]) -> None:
-    messages = work.event_messages(event_envelope(event), work.shared_syncer().config)
-    if messages:
-        out.set(messages)
+def on_image_pushed(
+    event: func.EventGridEvent, out: func.Out[typing.List[str]], context: func.Context
+) -> None:
+    with logs.invocation(context):
+        messages = work.event_messages(event_envelope(event), work.shared_syncer().config)
+        if messages:
+            out.set(messages)
 
 
 @app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE)
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def sync_worker(msg: func.QueueMessage, out: func.Out[typing.List[str]]) -> None:
-    summary, leftover = work.process_message(msg.get_body(), work.shared_syncer())
-    if leftover:
-        out.set(leftover)
-    logs.decision(
-        log, "done",
-        f"worker done: {summary.tags_copied} copied, {summary.tags_unchanged} unchanged, "
-        f"{summary.tags_skipped} skipped, {summary.bytes_uploaded} bytes uploaded",
-        message_id=msg.id, dequeue_count=msg.dequeue_count,
-    )  # fmt: skip
+def sync_worker(msg: func.QueueMessage, out: func.Out[typing.List[str]], context: func.Context) -> None:
+    with logs.invocation(context):
+        summary, leftover = work.process_message(msg.get_body(), work.shared_syncer())
+        if leftover:
+            out.set(leftover)
+        logs.decision(
+            log, "done",
+            f"worker done: {summary.tags_copied} copied, {summary.tags_unchanged} unchanged, "
+            f"{summary.tags_skipped} skipped, {summary.bytes_uploaded} bytes uploaded",
+            message_id=msg.id, dequeue_count=msg.dequeue_count,
+        )  # fmt: skip
 
 
 def event_envelope(event: func.EventGridEvent | func.CloudEvent) -> dict:

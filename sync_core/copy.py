@@ -17,13 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 from dataclasses import asdict, dataclass
 
 import requests
 import urllib3
 
 from .errors import AuthError, DigestMismatch, InvalidContent, RegistryError, SkipImage, SyncError
+from .logs import InvocationPool
 from .manifest import Descriptor, Manifest
 from .names import is_digest, new_hasher
 from .registry import RegistryClient
@@ -251,7 +252,7 @@ class Copier:
         self.ledger = ledger or BlobLedger()
         self.retry = retry or RetryPolicy(attempts=4)
         self.chunked = chunked
-        self.pool = ThreadPoolExecutor(max_workers=max(1, blob_concurrency), thread_name_prefix="blob")
+        self.pool = InvocationPool(max_workers=max(1, blob_concurrency), thread_name_prefix="blob")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -8,7 +8,11 @@ untrusted input (events, registry answers) are escaped and cut to a bounded leng
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 MAX_VALUE = 300
 
@@ -25,3 +29,52 @@ def decision(
     dims = {"decision": what, **{k: v for k, v in fields.items() if v is not None}}
     tail = " ".join(f"{k}={clean(v)}" for k, v in dims.items())
     logger.log(level, "%s | %s", clean(message, 2000), tail, extra={"custom_dimensions": dims})
+
+
+# -- Functions invocations and threads --------------------------------------------------------------
+#
+# The Functions host keeps a worker's log record only when it names a running invocation. The
+# worker attaches the id to records written in the function's own thread. In other threads it
+# looks at ``context.thread_local_storage.invocation_id`` (worker 4.x, Python 3.10-3.12) or at a
+# context variable of its own (azure-functions-runtime, Python 3.13). :class:`InvocationPool`
+# carries both into its threads, so per-tag lines from the copy and plan pools reach Application
+# Insights under the invocation that wrote them.
+
+_invocation: contextvars.ContextVar[tuple[str, object] | None] = contextvars.ContextVar(
+    "sync_core_invocation", default=None
+)
+
+
+@contextlib.contextmanager
+def invocation(context) -> Iterator[None]:
+    """While the block runs, :class:`InvocationPool` threads log for this invocation.
+
+    ``context``: the function's ``azure.functions.Context`` (``invocation_id``,
+    ``thread_local_storage``).
+    """
+    token = _invocation.set((context.invocation_id, context.thread_local_storage))
+    try:
+        yield
+    finally:
+        _invocation.reset(token)
+
+
+def _run_in_invocation(fn, /, *args, **kwargs):
+    bound = _invocation.get()
+    if bound is None:  # not inside a function (CLI, tests): nothing to carry
+        return fn(*args, **kwargs)
+    invocation_id, storage = bound
+    previous = getattr(storage, "invocation_id", None)
+    storage.invocation_id = invocation_id
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        storage.invocation_id = previous
+
+
+class InvocationPool(ThreadPoolExecutor):
+    """The thread pool of sync_core: each task runs in a copy of its submitter's ``contextvars``
+    context and, inside a Functions invocation, with the worker's thread-local invocation id set."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(contextvars.copy_context().run, _run_in_invocation, fn, *args, **kwargs)

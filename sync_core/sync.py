@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import logs
@@ -302,7 +301,7 @@ class Syncer:
         summary.repositories = len(repositories)
         work: list[TagWork] = []
         workers = min(plan_concurrency(self.config.concurrency), max(1, len(repositories)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="plan") as pool:
+        with logs.InvocationPool(workers, thread_name_prefix="plan") as pool:
             for found in pool.map(lambda r: self.plan_repository(r, summary, targets), repositories):
                 work.extend(found)
                 if progress:
@@ -342,7 +341,7 @@ class Syncer:
                 progress(summary)
 
         try:
-            with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="copy") as pool:
+            with logs.InvocationPool(self.config.concurrency, thread_name_prefix="copy") as pool:
                 list(pool.map(run, interleave(work) if self.config.concurrency > 1 else work))
         finally:
             self._forget_new_repositories(work)

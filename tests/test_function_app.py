@@ -1,4 +1,8 @@
-"""The Functions app: binding metadata, and each function called with azure.functions objects."""
+"""The Functions app: binding metadata, and each function called with azure.functions objects.
+
+Called directly, as here, the functions prove their logic; the contract with the Functions worker
+(indexing, registration, binding converters, logging) is proven by the worker tier, tests/worker.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import logging
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import azure.functions as func
@@ -35,6 +41,43 @@ class Collect(func.Out):
         return self.value
 
 
+class Context(func.Context):
+    """What the worker passes as ``context``: an invocation id and its thread-local storage.
+
+    ``storage`` is one ``threading.local`` for the process, as in the worker (4.x reads
+    ``storage.invocation_id`` in any thread to tie a log record to an invocation).
+    """
+
+    storage = threading.local()
+
+    def __init__(self, invocation_id: str | None = None) -> None:
+        self._id = invocation_id or str(uuid.uuid4())
+
+    @property
+    def invocation_id(self) -> str:
+        return self._id
+
+    @property
+    def thread_local_storage(self):
+        return self.storage
+
+    @property
+    def function_name(self) -> str:
+        return "test"
+
+    @property
+    def function_directory(self) -> str:
+        return str(Path(function_app.__file__).parent)
+
+    @property
+    def trace_context(self):
+        return None
+
+    @property
+    def retry_context(self):
+        return None
+
+
 _FUNCTIONS = {
     f.get_function_name(): f for f in function_app.app.get_functions()
 }  # indexes once, as the host does
@@ -44,8 +87,8 @@ def functions() -> dict:
     return _FUNCTIONS
 
 
-def call(name: str, *args):
-    return functions()[name].get_user_function()(*args)
+def call(name: str, *args, context: Context | None = None):
+    return functions()[name].get_user_function()(*args, context or Context())
 
 
 def test_three_functions_with_expected_bindings():
@@ -203,17 +246,6 @@ def test_worker_raises_on_failure_and_on_invalid_messages(app_env, acr):
         call("sync_worker", func.QueueMessage(id="m3", body=missing), Collect())
 
 
-def test_ruff_fix_keeps_the_annotations_the_worker_accepts():
-    """``ruff --fix`` must not turn Out[typing.List[str]] back into Out[list[str]] (pyproject.toml)."""
-    ruff = Path(sys.executable).parent / "ruff"
-    result = subprocess.run(
-        [str(ruff), "check", "--fix", "--diff", "function_app.py"],
-        cwd=Path(function_app.__file__).parent, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
-    assert "func.Out[typing.List[str]]" in Path(function_app.__file__).read_text()
-
-
 def test_cloudevents_delivery_gives_the_same_decision(app_env, acr):
     raw = json.loads((EVENTS / "image-pushed.cloudevent.json").read_text())
     raw["data"]["request"]["host"] = acr.host
@@ -225,3 +257,47 @@ def test_cloudevents_delivery_gives_the_same_decision(app_env, acr):
     call("on_image_pushed", event, out)
     (message,) = [work.parse_message(m, work.shared_syncer().config) for m in out.value]
     assert (message.kind, message.repository, message.tag) == ("tag", "giantswarm/example-app", "1.4.3")
+
+
+class ThreadLocalIds(logging.Handler):
+    """Records, per log record, its thread and the invocation id the 4.x worker would read there."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("sync_core"):
+            found = getattr(Context.storage, "invocation_id", None)
+            self.seen.append((record.threadName, record.getMessage(), found))
+
+
+def test_copy_thread_log_lines_name_the_invocation(app_env, acr):
+    """The 4.x worker (Python 3.10-3.12) ties a record to an invocation by the thread-local id."""
+    handler = ThreadLocalIds()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    context = Context()
+    try:
+        body = work.WorkMessage("repository", "giantswarm/tools/deep", "target").dumps()
+        call("sync_worker", func.QueueMessage(id="deep", body=body), Collect(), context=context)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert any(thread.startswith("copy") and "copied" in message for thread, message, _ in handler.seen)
+    # In the function's own thread the worker sets the id itself; in the core's threads we must.
+    pool_lines = [s for s in handler.seen if s[0] != threading.current_thread().name]
+    assert pool_lines and [s for s in pool_lines if s[2] != context.invocation_id] == []
+
+
+def test_ruff_fix_keeps_the_annotations_the_worker_accepts():
+    """``ruff --fix`` must not turn Out[typing.List[str]] back into Out[list[str]] (pyproject.toml)."""
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run(
+        [str(ruff), "check", "--fix", "--diff", "function_app.py"],
+        cwd=Path(function_app.__file__).parent, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    assert "func.Out[typing.List[str]]" in Path(function_app.__file__).read_text()
