@@ -46,6 +46,9 @@ param maximumInstanceCount int = 10
 ])
 param instanceMemoryMB int = 2048
 
+@description('Key Vault purge protection. Off by default: `azd down --purge` then purges the vault, so `azd up` in the same environment can create it again under its name. Turn it on for production (infra/README.md): it cannot be turned off again, and a deleted vault then keeps its name for 90 days.')
+param keyVaultPurgeProtection bool = false
+
 @description('Log Analytics retention in days.')
 @minValue(30)
 @maxValue(730)
@@ -302,6 +305,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   properties: {
     //checkov:skip=CKV_AZURE_109:The Flex Consumption app has no VNet integration and is not a trusted Azure service for Key Vault; a deny-by-default firewall would block it. Access is RBAC-only (Key Vault Secrets User for the app identity).
     //checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the app reads secrets over the public endpoint with its managed identity.
+    //checkov:skip=CKV_AZURE_110:Purge protection is the parameter keyVaultPurgeProtection (on for production, infra/README.md); off by default so that azd down --purge + azd up can reuse an environment's vault name. Soft delete (90 days) stays on either way.
+    //checkov:skip=CKV_AZURE_42:Recoverable = soft delete + purge protection: soft delete is always on, purge protection follows keyVaultPurgeProtection (same reason as CKV_AZURE_110).
     tenantId: subscription().tenantId
     sku: {
       family: 'A'
@@ -310,7 +315,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: 90
-    enablePurgeProtection: true
+    // The API accepts only true here (enabling is irreversible); "off" is the property left out.
+    enablePurgeProtection: keyVaultPurgeProtection ? true : null
     enabledForDeployment: false
     enabledForDiskEncryption: false
     enabledForTemplateDeployment: false

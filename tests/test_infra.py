@@ -419,8 +419,27 @@ def test_key_vault_rbac_mode(main: dict[str, Any]) -> None:
     props = body(only(main, "Microsoft.KeyVault/vaults"))["properties"]
     assert props["enableRbacAuthorization"] is True
     assert props["enableSoftDelete"] is True
-    assert props["enablePurgeProtection"] is True
+    assert resolve(main, props["softDeleteRetentionInDays"]) == 90
     assert "accessPolicies" not in props
+
+
+def test_key_vault_purge_protection_is_a_parameter_off_by_default(main: dict[str, Any]) -> None:
+    """Off: `azd down --purge` + `azd up` reuse the environment's vault name. On: production.
+
+    The API takes only true for enablePurgeProtection (it cannot be undone): off leaves it out.
+    """
+    param = main["parameters"]["keyVaultPurgeProtection"]
+    assert (param["type"], param["default"]) == ("bool", False)
+    props = body(only(main, "Microsoft.KeyVault/vaults"))["properties"]
+    assert props["enablePurgeProtection"] == {
+        "operator": {
+            "type": "conditional",
+            "operands": {"condition": "keyVaultPurgeProtection", "true_value": True, "false_value": None},
+        }
+    }
+    # The example stays re-creatable; infra/README.md says to set true for production.
+    example = json.loads((INFRA / "main.parameters.example.json").read_text())["parameters"]
+    assert example["keyVaultPurgeProtection"]["value"] is False
 
 
 def test_workspace_based_application_insights(main: dict[str, Any]) -> None:
