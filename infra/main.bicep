@@ -1,4 +1,4 @@
-// registry-sync: Azure Functions app (Flex Consumption, Python 3.11) that mirrors images from an
+// registry-sync: Azure Functions app (Flex Consumption, Python 3.13) that mirrors images from an
 // Azure Container Registry to Docker Hub / Alibaba Cloud ACR.
 //
 // Deploy at resource-group scope (the app's resource group). The source registry may live in
@@ -381,9 +381,10 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
       }
+      // The Python the worker-contract tier tests (mk/worker.mk WORKER_PY_VERSION); see infra/README.md.
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.13'
       }
     }
     siteConfig: {

@@ -201,9 +201,16 @@ def test_function_app_basics(main: dict[str, Any], site: dict[str, Any]) -> None
     assert "'azd-service-name': 'sync'" in MAIN.read_text()
 
 
+def worker_tier_python() -> str:
+    m = re.search(r"^WORKER_PY_VERSION := (\S+)$", (ROOT / "mk" / "worker.mk").read_text(), re.M)
+    assert m, "WORKER_PY_VERSION not found in mk/worker.mk"
+    return m.group(1)
+
+
 def test_function_app_config(main: dict[str, Any], site: dict[str, Any]) -> None:
     fac = site["properties"]["functionAppConfig"]
-    assert fac["runtime"] == {"name": "python", "version": "3.11"}
+    # The Python the worker-contract tier runs (mk/worker.mk); tests/worker checks its interpreter.
+    assert fac["runtime"] == {"name": "python", "version": worker_tier_python()}
     scale = fac["scaleAndConcurrency"]
     assert resolve(main, scale["instanceMemoryMB"]) == 2048
     assert 1 <= resolve(main, scale["maximumInstanceCount"]) <= 1000
