@@ -10,7 +10,7 @@ include mk/worker.mk
 .PHONY: test lint security unit demo bench system-deps venv clean
 
 # unit: the suite on Python 3.11 (.venv); worker-test: the app in the real Functions worker (mk/worker.mk)
-test: system-deps venv tools-venv lint security unit worker-test
+test: system-deps venv tools-venv worker-venv lint security unit worker-test
 
 system-deps:
 	./scripts/install-system-deps.sh
