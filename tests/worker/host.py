@@ -43,7 +43,7 @@ import azure_functions_runtime as runtime
 from azure_functions_runtime.bindings import context as runtime_context
 from azure_functions_runtime.bindings.datumdef import Datum
 
-ROOT = Path(__file__).resolve().parents[1].parent
+ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 PROTOS_DIR = Path(sys.prefix) / "functionrpc" / "tests" / "protos"
 HOST_VERSION = "4.1044.0"
 
