@@ -11,7 +11,6 @@ import logging
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import azure.functions as func
@@ -20,6 +19,7 @@ from azure.functions.timer import TimerRequest
 
 import function_app
 from sync_core import work
+from tests.function_context import Context
 from tests.harness.acr import AcrStandIn
 from tests.harness.images import oci_image, oci_index
 
@@ -39,43 +39,6 @@ class Collect(func.Out):
 
     def get(self):
         return self.value
-
-
-class Context(func.Context):
-    """What the worker passes as ``context``: an invocation id and its thread-local storage.
-
-    ``storage`` is one ``threading.local`` for the process, as in the worker (4.x reads
-    ``storage.invocation_id`` in any thread to tie a log record to an invocation).
-    """
-
-    storage = threading.local()
-
-    def __init__(self, invocation_id: str | None = None) -> None:
-        self._id = invocation_id or str(uuid.uuid4())
-
-    @property
-    def invocation_id(self) -> str:
-        return self._id
-
-    @property
-    def thread_local_storage(self):
-        return self.storage
-
-    @property
-    def function_name(self) -> str:
-        return "test"
-
-    @property
-    def function_directory(self) -> str:
-        return str(Path(function_app.__file__).parent)
-
-    @property
-    def trace_context(self):
-        return None
-
-    @property
-    def retry_context(self):
-        return None
 
 
 _FUNCTIONS = {
