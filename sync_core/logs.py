@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 MAX_VALUE = 300
 
@@ -40,17 +42,30 @@ def decision(
 # carries both into its threads, so per-tag lines from the copy and plan pools reach Application
 # Insights under the invocation that wrote them.
 
-_invocation: contextvars.ContextVar[tuple[str, object] | None] = contextvars.ContextVar(
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class InvocationContext(Protocol):
+    """What :func:`invocation` reads of ``azure.functions.Context``."""
+
+    @property
+    def invocation_id(self) -> str: ...
+
+    @property
+    def thread_local_storage(self) -> Any: ...
+
+
+_invocation: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
     "sync_core_invocation", default=None
 )
 
 
 @contextlib.contextmanager
-def invocation(context) -> Iterator[None]:
+def invocation(context: InvocationContext) -> Iterator[None]:
     """While the block runs, :class:`InvocationPool` threads log for this invocation.
 
-    ``context``: the function's ``azure.functions.Context`` (``invocation_id``,
-    ``thread_local_storage``).
+    ``context``: the function's ``azure.functions.Context``.
     """
     token = _invocation.set((context.invocation_id, context.thread_local_storage))
     try:
@@ -59,15 +74,15 @@ def invocation(context) -> Iterator[None]:
         _invocation.reset(token)
 
 
-def _run_in_invocation(fn, /, *args, **kwargs):
+def _run_in_invocation(call: Callable[[], T]) -> T:
     bound = _invocation.get()
     if bound is None:  # not inside a function (CLI, tests): nothing to carry
-        return fn(*args, **kwargs)
+        return call()
     invocation_id, storage = bound
     previous = getattr(storage, "invocation_id", None)
     storage.invocation_id = invocation_id
     try:
-        return fn(*args, **kwargs)
+        return call()
     finally:
         storage.invocation_id = previous
 
@@ -76,5 +91,11 @@ class InvocationPool(ThreadPoolExecutor):
     """The thread pool of sync_core: each task runs in a copy of its submitter's ``contextvars``
     context and, inside a Functions invocation, with the worker's thread-local invocation id set."""
 
-    def submit(self, fn, /, *args, **kwargs):
-        return super().submit(contextvars.copy_context().run, _run_in_invocation, fn, *args, **kwargs)
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        context = contextvars.copy_context()  # one copy per task: a Context runs in one thread at a time
+        call = functools.partial(fn, *args, **kwargs)
+
+        def task() -> T:
+            return context.run(_run_in_invocation, call)
+
+        return super().submit(task)
