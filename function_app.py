@@ -1,15 +1,23 @@
 """Azure Functions entry points (Python v2 programming model). Thin: parse, call the core.
 
 * ``sync_schedule``  (timer, ``%SYNC_SCHEDULE%``): lists the catalog, enqueues a message per
-  repository and target. Copies nothing.
-* ``on_image_pushed`` (Event Grid): enqueues a message per target for a pushed tag.
+  repository and target (marking the repositories due for their periodic full check). Copies
+  nothing.
+* ``on_image_pushed`` (Event Grid, EventGridSchema or CloudEvents): enqueues a message per target
+  for a pushed tag, or for an untagged push (a referrer, decided by the worker).
 * ``sync_worker``    (queue ``%SYNC_QUEUE%``): copies what one message asks for; re-enqueues
-  what its time budget left over; raises on failure so the host retries, then poisons.
+  what its time budget left over; raises on a failure worth a redelivery (the host retries, then
+  poisons); a permanent condition of the content is reported as a skip instead.
+
+Each runs inside ``logs.invocation(context)``: log lines from the core's thread pools then reach
+the host tied to the invocation (the host drops worker log lines that name none).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import typing
 
 import azure.functions as func
 
@@ -20,47 +28,81 @@ log = logging.getLogger("sync_core.functions")
 
 QUEUE = "%SYNC_QUEUE%"
 STORAGE = "AzureWebJobsStorage"
+# Out[typing.List[str]], not Out[list[str]]: the Python worker (4.x and azure-functions-runtime)
+# refuses a builtin generic as a non-type annotation and then loads no function at all. ruff's
+# UP006 would rewrite it; pyproject.toml turns UP006 off for this file.
 
 
 @app.timer_trigger(schedule="%SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def sync_schedule(timer: func.TimerRequest, out: func.Out[list[str]]) -> None:
-    if timer.past_due:
-        log.warning("timer is past due; reconciling now")
-    messages = handlers.schedule_messages(runtime.shared_syncer(), handlers.last_run(getattr(timer, "schedule_status", None)))
-    if messages:
-        out.set(messages)
+def sync_schedule(timer: func.TimerRequest, out: func.Out[typing.List[str]], context: func.Context) -> None:
+    with logs.invocation(context):
+        if timer.past_due:
+            log.warning("timer is past due; reconciling now")
+        messages = handlers.schedule_messages(
+            runtime.shared_syncer(), handlers.last_run(getattr(timer, "schedule_status", None))
+        )
+        if messages:
+            out.set(messages)
 
 
 @app.event_grid_trigger(arg_name="event")
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def on_image_pushed(event: func.EventGridEvent, out: func.Out[list[str]]) -> None:
-    try:
-        data = event.get_json()
-    except ValueError:
-        data = None
-    envelope = {
-        "id": event.id,
-        "subject": event.subject,
-        "eventType": event.event_type,
-        "eventTime": event.event_time.isoformat() if event.event_time else None,
-        "dataVersion": event.data_version,
-        "data": data,
-    }
-    messages = handlers.event_messages(envelope, runtime.shared_config())
-    if messages:
-        out.set(messages)
+def on_image_pushed(
+    event: func.EventGridEvent, out: func.Out[typing.List[str]], context: func.Context
+) -> None:
+    with logs.invocation(context):
+        messages = handlers.event_messages(event_envelope(event), runtime.shared_config())
+        if messages:
+            out.set(messages)
 
 
 @app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE)
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
-def sync_worker(msg: func.QueueMessage, out: func.Out[list[str]]) -> None:
-    summary, leftover = handlers.process_message(msg.get_body(), runtime.shared_syncer())
-    if leftover:
-        out.set(leftover)
-    logs.decision(
-        log, "done",
-        f"worker done: {summary.tags_copied} copied, {summary.tags_unchanged} unchanged, "
-        f"{summary.tags_skipped} skipped, {summary.bytes_uploaded} bytes uploaded",
-        message_id=msg.id, dequeue_count=msg.dequeue_count,
-    )  # fmt: skip
+def sync_worker(msg: func.QueueMessage, out: func.Out[typing.List[str]], context: func.Context) -> None:
+    with logs.invocation(context):
+        summary, leftover = handlers.process_message(msg.get_body(), runtime.shared_syncer())
+        if leftover:
+            out.set(leftover)
+        logs.decision(
+            log, "done",
+            f"worker done: {summary.tags_copied} copied, {summary.tags_unchanged} unchanged, "
+            f"{summary.tags_skipped} skipped, {summary.bytes_uploaded} bytes uploaded",
+            message_id=msg.id, dequeue_count=msg.dequeue_count,
+        )  # fmt: skip
+
+
+def event_envelope(event: func.EventGridEvent | func.CloudEvent) -> dict[str, typing.Any]:
+    """The event as Event Grid delivered it, in its schema, for ``sync_core.events.decide``.
+
+    The worker decodes a delivery in CloudEvents 1.0 schema to ``func.CloudEvent`` (``type``,
+    ``time``, ``source``) whatever the annotation says, and one in EventGridSchema to
+    ``func.EventGridEvent`` (``event_type``, ``event_time``, ``topic``).
+    """
+    try:
+        data = event.get_json()
+    except ValueError:
+        data = None
+    if isinstance(event, func.CloudEvent):
+        return {
+            "specversion": event.specversion,
+            "id": event.id,
+            "source": event.source,
+            "subject": event.subject,
+            "type": event.type,
+            "time": _isoformat(event.time),
+            "data": data,
+        }
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "eventTime": _isoformat(event.event_time),
+        "dataVersion": event.data_version,
+        "data": data,
+    }
+
+
+def _isoformat(when: dt.datetime | None) -> str | None:
+    return when.isoformat() if when else None

@@ -1,4 +1,4 @@
-// registry-sync: Azure Functions app (Flex Consumption, Python 3.11) that mirrors images from an
+// registry-sync: Azure Functions app (Flex Consumption, Python 3.13) that mirrors images from an
 // Azure Container Registry to Docker Hub / Alibaba Cloud ACR.
 //
 // Deploy at resource-group scope (the app's resource group). The source registry may live in
@@ -45,6 +45,9 @@ param maximumInstanceCount int = 10
   4096
 ])
 param instanceMemoryMB int = 2048
+
+@description('Key Vault purge protection. Off by default: `azd down --purge` then purges the vault, so `azd up` in the same environment can create it again under its name. Turn it on for production (infra/README.md): it cannot be turned off again, and a deleted vault then keeps its name for 90 days.')
+param keyVaultPurgeProtection bool = false
 
 @description('Log Analytics retention in days.')
 @minValue(30)
@@ -315,6 +318,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   properties: {
     //checkov:skip=CKV_AZURE_109:The Flex Consumption app has no VNet integration and is not a trusted Azure service for Key Vault; a deny-by-default firewall would block it. Access is RBAC-only (Key Vault Secrets User for the app identity).
     //checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the app reads secrets over the public endpoint with its managed identity.
+    //checkov:skip=CKV_AZURE_110:Purge protection is the parameter keyVaultPurgeProtection (on for production, infra/README.md); off by default so that azd down --purge + azd up can reuse an environment's vault name. Soft delete (90 days) stays on either way.
+    //checkov:skip=CKV_AZURE_42:Recoverable = soft delete + purge protection: soft delete is always on, purge protection follows keyVaultPurgeProtection (same reason as CKV_AZURE_110).
     tenantId: subscription().tenantId
     sku: {
       family: 'A'
@@ -323,7 +328,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: 90
-    enablePurgeProtection: true
+    // The API accepts only true here (enabling is irreversible); "off" is the property left out.
+    enablePurgeProtection: keyVaultPurgeProtection ? true : null
     enabledForDeployment: false
     enabledForDiskEncryption: false
     enabledForTemplateDeployment: false
@@ -388,9 +394,10 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
       }
+      // The Python the worker-contract tier tests (mk/worker.mk WORKER_PY_VERSION); see infra/README.md.
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.13'
       }
     }
     siteConfig: {

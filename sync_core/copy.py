@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 
 import requests
@@ -45,6 +45,7 @@ from .errors import (
     is_transient,
 )
 from .ledger import BlobLedger
+from .logs import InvocationPool
 from .manifest import Descriptor, Manifest, parse_manifest
 from .names import digest_of, is_digest
 from .referrers import MAX_REFERRER_DEPTH, ReferrerFinder, list_in_fallback_tag
@@ -226,9 +227,9 @@ class Copier:
         self.finder = ReferrerFinder(source, referrers or ReferrerPolicy())
         self.manifests = ManifestCache()
         workers = max(1, blob_concurrency)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob")
+        self.pool = InvocationPool(max_workers=workers, thread_name_prefix="blob")
         # Uploads fed by a Tee run beside the blob task that reads the source (one per extra target).
-        self.uploads = ThreadPoolExecutor(max_workers=workers * 2, thread_name_prefix="upload")
+        self.uploads = InvocationPool(max_workers=workers * 2, thread_name_prefix="upload")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .catalog import ManifestEntry, Source, TagInfo
 from .config import Compare, Filters, MappingRule, SyncConfig, TargetConfig
 from .copy import AtTarget
 from .errors import ConfigError, NameRejected, describe
+from .logs import InvocationPool
 from .names import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -297,7 +297,7 @@ class Planner:
         }
         work: list[TagWork] = []
         workers = min(plan_concurrency(self.config.concurrency), max(1, len(repositories)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="plan") as pool:
+        with InvocationPool(workers, thread_name_prefix="plan") as pool:
             for found in pool.map(lambda r: self.plan_repository(r, recorder, targets, check), repositories):
                 work.extend(found)
                 if progress:

@@ -12,11 +12,11 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from .catalog import make_source, source_actions
 from .config import SyncConfig
 from .copy import Copier, Destination, Placement, TargetRules
+from .logs import InvocationPool
 from .names import ImageRef
 from .plan import Check, Planner, Reason, TagWork, WorkKind, interleave, plan_concurrency
 from .registry import RegistryClient
@@ -142,7 +142,7 @@ class Syncer:
             if progress:
                 progress(summary)
 
-        with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="copy") as pool:
+        with InvocationPool(self.config.concurrency, thread_name_prefix="copy") as pool:
             list(pool.map(run, interleave(work, round_robin=self.config.concurrency > 1)))
         return left
 

@@ -21,6 +21,7 @@ module imports another.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -38,6 +39,10 @@ from tests.harness import (  # noqa: E402
     seed_standard,
     stop_all,
 )
+
+# tests/worker is the worker-contract tier: it runs in .venv-worker (Python 3.13, the real Functions
+# worker) through `make worker-test`, which `make test` runs too. The main run does not collect it.
+collect_ignore = [] if importlib.util.find_spec("azure_functions_runtime") else ["worker"]
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -15,8 +15,7 @@ from sync_core.events import decide, load_events
 from sync_core.handlers import events_messages
 from sync_core.messages import parse_message
 
-# ../shared/reference/events from the project root (CI lays shared/ beside the clone too).
-EVENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "events"
+EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 
 
 def sample(name: str) -> dict:

@@ -1,9 +1,16 @@
-"""The Functions app: binding metadata, and each function called with azure.functions objects."""
+"""The Functions app: binding metadata, and each function called with azure.functions objects.
+
+Called directly, as here, the functions prove their logic; the contract with the Functions worker
+(indexing, registration, binding converters, logging) is proven by the worker tier, tests/worker.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import azure.functions as func
@@ -13,10 +20,11 @@ from azure.functions.timer import TimerRequest
 import function_app
 from sync_core import handlers, messages, runtime
 from sync_core.retry import RetryPolicy
+from tests.harness.function_context import Context
 from tests.harness.acr import AcrStandIn
 from tests.harness.images import oci_image, oci_index
 
-EVENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "events"
+EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 ROOT_USER = ("sync-token", "sync-token-password")
 MIRROR = ("pusher", "pusher-pass")
 
@@ -43,8 +51,8 @@ def functions() -> dict:
     return _FUNCTIONS
 
 
-def call(name: str, *args):
-    return functions()[name].get_user_function()(*args)
+def call(name: str, *args, context: Context | None = None):
+    return functions()[name].get_user_function()(*args, context or Context())
 
 
 def test_three_functions_with_expected_bindings():
@@ -208,3 +216,60 @@ def test_worker_raises_on_transient_failures_and_invalid_messages_only(app_env, 
     again = messages.WorkMessage("tag", "giantswarm/app", "target", "1.0").dumps()
     with pytest.raises(Exception, match="failure"):
         call("sync_worker", func.QueueMessage(id="m4", body=again), Collect())
+
+
+def test_cloudevents_delivery_gives_the_same_decision(app_env, acr):
+    raw = json.loads((EVENTS / "image-pushed.cloudevent.json").read_text())
+    raw["data"]["request"]["host"] = acr.host
+    event = func.CloudEvent(
+        id=raw["id"], source=raw["source"], type=raw["type"], specversion=raw["specversion"], time=None,
+        subject=raw["subject"], data=raw["data"],
+    )  # fmt: skip
+    out = Collect()
+    call("on_image_pushed", event, out)
+    (message,) = [messages.parse_message(m, runtime.shared_syncer().config) for m in out.value]
+    assert (message.kind, message.repository, message.tag) == ("tag", "giantswarm/example-app", "1.4.3")
+
+
+class ThreadLocalIds(logging.Handler):
+    """Records, per log record, its thread and the invocation id the 4.x worker would read there."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("sync_core"):
+            found = getattr(Context.storage, "invocation_id", None)
+            self.seen.append((record.threadName, record.getMessage(), found))
+
+
+def test_copy_thread_log_lines_name_the_invocation(app_env, acr):
+    """The 4.x worker (Python 3.10-3.12) ties a record to an invocation by the thread-local id."""
+    handler = ThreadLocalIds()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    context = Context()
+    try:
+        body = messages.WorkMessage("repository", "giantswarm/tools/deep", "target").dumps()
+        call("sync_worker", func.QueueMessage(id="deep", body=body), Collect(), context=context)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert any(thread.startswith("copy") and "copied" in message for thread, message, _ in handler.seen)
+    # In the function's own thread the worker sets the id itself; in the core's threads we must.
+    pool_lines = [s for s in handler.seen if s[0] != threading.current_thread().name]
+    assert pool_lines and [s for s in pool_lines if s[2] != context.invocation_id] == []
+
+
+def test_ruff_fix_keeps_the_annotations_the_worker_accepts():
+    """``ruff --fix`` must not turn Out[typing.List[str]] back into Out[list[str]] (pyproject.toml)."""
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run(
+        [str(ruff), "check", "--fix", "--diff", "function_app.py"],
+        cwd=Path(function_app.__file__).parent, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    assert "func.Out[typing.List[str]]" in Path(function_app.__file__).read_text()

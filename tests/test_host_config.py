@@ -75,6 +75,8 @@ def test_local_settings_have_every_setting(local_values: dict[str, str]) -> None
     missing = [s for s in (*APP_SETTINGS, *LOCAL_ONLY_SETTINGS) if s not in local_values]
     assert not missing, f"local.settings.json.example lacks {missing}"
     assert local_values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    # The host indexes v2-model Python apps through the worker without it: the flag is obsolete.
+    assert "AzureWebJobsFeatureFlags" not in local_values
     assert local_values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
     assert local_values["SYNC_QUEUE"] == "sync-work"
     assert local_values["SOURCE_KIND"] in {"acr", "oci"}

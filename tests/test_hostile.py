@@ -33,6 +33,7 @@ from sync_core.registry import RegistryClient
 from sync_core.retry import RetryPolicy
 from sync_core.sync import Syncer
 from sync_core.transport import Transport
+from tests.harness.function_context import Context
 from tests.harness import images
 from tests.harness.fakeregistry import FakeRegistry
 from tests.harness.images import sha256_digest
@@ -521,7 +522,7 @@ def test_the_event_grid_function_never_raises_on_hostile_events(function_env, da
     out = Out()
     event = func.EventGridEvent(id="e", data=data, topic="t", subject="s", event_type=event_type,
                                 event_time=None, data_version="1")  # fmt: skip
-    function_app.on_image_pushed(event, out)
+    function_app.on_image_pushed(event, out, Context())
     config = function_env
     for text in out.value or []:
         message = parse_message(text, config)

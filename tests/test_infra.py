@@ -201,9 +201,16 @@ def test_function_app_basics(main: dict[str, Any], site: dict[str, Any]) -> None
     assert "'azd-service-name': 'sync'" in MAIN.read_text()
 
 
+def worker_tier_python() -> str:
+    m = re.search(r"^WORKER_PY_VERSION := (\S+)$", (ROOT / "mk" / "worker.mk").read_text(), re.M)
+    assert m, "WORKER_PY_VERSION not found in mk/worker.mk"
+    return m.group(1)
+
+
 def test_function_app_config(main: dict[str, Any], site: dict[str, Any]) -> None:
     fac = site["properties"]["functionAppConfig"]
-    assert fac["runtime"] == {"name": "python", "version": "3.11"}
+    # The Python the worker-contract tier runs (mk/worker.mk); tests/worker checks its interpreter.
+    assert fac["runtime"] == {"name": "python", "version": worker_tier_python()}
     scale = fac["scaleAndConcurrency"]
     assert resolve(main, scale["instanceMemoryMB"]) == 2048
     assert 1 <= resolve(main, scale["maximumInstanceCount"]) <= 1000
@@ -419,8 +426,27 @@ def test_key_vault_rbac_mode(main: dict[str, Any]) -> None:
     props = body(only(main, "Microsoft.KeyVault/vaults"))["properties"]
     assert props["enableRbacAuthorization"] is True
     assert props["enableSoftDelete"] is True
-    assert props["enablePurgeProtection"] is True
+    assert resolve(main, props["softDeleteRetentionInDays"]) == 90
     assert "accessPolicies" not in props
+
+
+def test_key_vault_purge_protection_is_a_parameter_off_by_default(main: dict[str, Any]) -> None:
+    """Off: `azd down --purge` + `azd up` reuse the environment's vault name. On: production.
+
+    The API takes only true for enablePurgeProtection (it cannot be undone): off leaves it out.
+    """
+    param = main["parameters"]["keyVaultPurgeProtection"]
+    assert (param["type"], param["default"]) == ("bool", False)
+    props = body(only(main, "Microsoft.KeyVault/vaults"))["properties"]
+    assert props["enablePurgeProtection"] == {
+        "operator": {
+            "type": "conditional",
+            "operands": {"condition": "keyVaultPurgeProtection", "true_value": True, "false_value": None},
+        }
+    }
+    # The example stays re-creatable; infra/README.md says to set true for production.
+    example = json.loads((INFRA / "main.parameters.example.json").read_text())["parameters"]
+    assert example["keyVaultPurgeProtection"]["value"] is False
 
 
 def test_workspace_based_application_insights(main: dict[str, Any]) -> None:

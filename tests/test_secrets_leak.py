@@ -48,7 +48,7 @@ from tests.harness.keyvault import ACCESS_TOKEN, FakeAzureCredential, KeyVaultSt
 from tests.harness.scripted import Reply, ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent
-EVENTS = ROOT.parent / "shared" / "reference" / "events"
+EVENTS = ROOT / "tests" / "fixtures" / "events"
 FAST = RetryPolicy(attempts=2, backoff_base=0.0, backoff_cap=0.0, retry_after_cap=0.0)
 
 SRC_USER, SRC_SECRET = "acr-sync-token", "src-Pa55-" + pysecrets.token_hex(8)

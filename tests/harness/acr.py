@@ -6,7 +6,7 @@
         requests.get(f"{acr.url}/acr/v1/team/app/_tags", headers=...)
 
 One threaded HTTP server on 127.0.0.1 (ephemeral port) that behaves like ACR where registry-sync
-cares (see ``/work/shared/reference/README.md``, section ACR):
+cares (the ACR data-plane behaviour documented by Microsoft, summarised per endpoint below):
 
 ``GET /oauth2/token?service=<host>&scope=<scope>`` (scope repeatable, comma lists of actions)
     HTTP Basic auth with an ACR "token" user; answers exactly ``{"access_token": "<JWT>"}``.
