@@ -20,8 +20,8 @@ from azure.functions.timer import TimerRequest
 import function_app
 from sync_core import handlers, messages, runtime
 from sync_core.retry import RetryPolicy
-from tests.harness.function_context import Context
 from tests.harness.acr import AcrStandIn
+from tests.harness.function_context import Context
 from tests.harness.images import oci_image, oci_index
 
 EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"

@@ -33,9 +33,9 @@ from sync_core.registry import RegistryClient
 from sync_core.retry import RetryPolicy
 from sync_core.sync import Syncer
 from sync_core.transport import Transport
-from tests.harness.function_context import Context
 from tests.harness import images
 from tests.harness.fakeregistry import FakeRegistry
+from tests.harness.function_context import Context
 from tests.harness.images import sha256_digest
 from tests.harness.scripted import Reply, Request, ScriptedServer
 

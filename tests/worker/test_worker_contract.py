@@ -160,12 +160,14 @@ def _pushed(acr, name: str, repository: str, tag: str) -> dict:
 def test_pushed_event_enqueues_a_tag_message_that_the_worker_copies(worker, acr, target, name, tag, body):
     event = _pushed(acr, name, "giantswarm/example-app", tag)
     (message,) = queue_messages(worker, worker.invoke("on_image_pushed", *event_grid_input(event)))
+    pushed = message.pop("pushed")  # the event's push time travels with the work (mirror lag)
+    assert pushed.startswith(event["data"]["timestamp"][:19])
     assert message == {
         "v": 1, "kind": "tag", "repository": "giantswarm/example-app", "target": "target", "tag": tag,
         "digest": SEEDED["giantswarm/example-app"][tag].digest,
     }  # fmt: skip
     # The host puts that message on the queue; sync_worker gets it back as text or bytes.
-    text = json.dumps(message, separators=(",", ":"))
+    text = json.dumps({**message, "pushed": pushed}, separators=(",", ":"))
     payload = text.encode() if body is bytes else text
     response = worker.invoke("sync_worker", *queue_input(payload, message_id=str(uuid.uuid4())))
     assert queue_messages(worker, response) == []
@@ -175,7 +177,6 @@ def test_pushed_event_enqueues_a_tag_message_that_the_worker_copies(worker, acr,
 @pytest.mark.parametrize(
     "name, host, reason",
     [
-        ("image-pushed-child.eventgrid.json", "acr", "untagged"),
         ("image-deleted.eventgrid.json", "acr", "not propagated"),
         ("image-pushed.eventgrid.json", None, "not the source"),  # gsoci.azurecr.io is not our source here
         ("image-pushed.cloudevent.json", None, "not the source"),
@@ -191,6 +192,21 @@ def test_events_without_work_enqueue_nothing(worker, acr, rpc_logs, name, host, 
     assert any(
         reason in s.rpc.message and s.rpc.invocation_id == invocation_id for s in rpc_logs.of("sync_core")
     )
+
+
+def test_untagged_push_goes_to_the_worker_which_ignores_a_child_manifest(worker, acr, target):
+    """An untagged push may be a referrer: the worker fetches the manifest once and decides."""
+    child = SEEDED["giantswarm/example-app"]["1.4.2"].children[0]
+    event = copy.deepcopy(sample("image-pushed-child.eventgrid.json"))
+    event["data"]["request"]["host"] = acr.host
+    event["data"]["target"].update(repository="giantswarm/example-app", digest=child.digest)
+    (message,) = queue_messages(worker, worker.invoke("on_image_pushed", *event_grid_input(event)))
+    assert (message["kind"], message["digest"]) == ("referrer", child.digest)
+    acr.reset_log()
+    response = worker.invoke("sync_worker", *queue_input(json.dumps(message), message_id=str(uuid.uuid4())))
+    assert response.result.status == protos.StatusResult.Success
+    assert queue_messages(worker, response) == []
+    assert acr.count("manifest", repo="giantswarm/example-app") <= 1  # fetched once (if the target lacks it)
 
 
 # -- the queue worker --------------------------------------------------------------------------------
@@ -220,14 +236,21 @@ def test_worker_message_as_text_or_bytes_with_queue_metadata(worker, acr, target
     assert all(s.rpc.invocation_id == invocation_id for s in done if message_id in s.rpc.message)
 
 
-def test_worker_failure_fails_the_invocation_so_the_host_retries(worker):
+def test_worker_failure_fails_the_invocation_so_the_host_retries(worker, acr):
     bad = worker.invoke("sync_worker", *queue_input('{"v": 9}', message_id="bad"))
     assert bad.result.status == protos.StatusResult.Failure
     assert "version" in bad.result.exception.message
+    # a tag gone from the source is a permanent condition: reported, the invocation succeeds
     missing = json.dumps(
         {"v": 1, "kind": "tag", "repository": "giantswarm/multi", "target": "target", "tag": "9.9"}
     )
-    failed = worker.invoke("sync_worker", *queue_input(missing.encode(), message_id="missing"))
+    skipped = worker.invoke("sync_worker", *queue_input(missing.encode(), message_id="missing"))
+    assert skipped.result.status == protos.StatusResult.Success
+    # a source answering 503 to every retry: the invocation fails, so the host redelivers it
+    acr.fail_next(5, 503, kinds="manifest")
+    tag = sorted(SEEDED["giantswarm/multi"])[0]
+    flaky = json.dumps({"v": 1, "kind": "tag", "repository": "giantswarm/multi", "target": "target", "tag": tag})
+    failed = worker.invoke("sync_worker", *queue_input(flaky.encode(), message_id="flaky"))
     assert failed.result.status == protos.StatusResult.Failure
     assert "failure" in failed.result.exception.message
 
