@@ -708,7 +708,7 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
 
     def read(key: str) -> Any:
         setting = next(s for s in GLOBAL_SETTINGS if s.key == key)
-        return _read(settings, setting, setting.env_name, problems)
+        return _read(settings, setting, setting.env_name if setting.in_env else setting.key, problems)
 
     source_registry = read("source_registry")
     kind = read("source_kind")

@@ -82,7 +82,7 @@ class AtTarget(enum.Enum):
 
     @property
     def tag_known_absent(self) -> bool:
-        return self is not AtTarget.UNKNOWN
+        return self in (AtTarget.TAG_ABSENT, AtTarget.REPOSITORY_ABSENT)
 
     @property
     def repository_empty(self) -> bool:
@@ -424,16 +424,23 @@ class Copier:
         if not active:
             return
         self._copy_blobs(src_repo, active)
-        for placement, result, view, missing in active:
-            if result.error is not None:
-                continue
-            try:
-                self._push_manifests(placement, view, missing, result)
-            except SkipImage as exc:
-                result.status, result.reason = CopyStatus.SKIPPED, str(exc)
-            except Exception as exc:  # noqa: BLE001
-                placement.destination.ledger.forget(placement.repository)  # not what we believed
-                result.fail(exc)
+        # each target's manifests in parallel: a slow target does not hold the others back
+        pushes = [
+            self.uploads.submit(self._push_all, placement, view, missing, result)
+            for placement, result, view, missing in active
+            if result.error is None
+        ]
+        for push in pushes:
+            push.result()
+
+    def _push_all(self, placement: Placement, view: ImageTree, missing: list[Manifest], result: CopyResult) -> None:
+        try:
+            self._push_manifests(placement, view, missing, result)
+        except SkipImage as exc:
+            result.status, result.reason = CopyStatus.SKIPPED, str(exc)
+        except Exception as exc:  # noqa: BLE001
+            placement.destination.ledger.forget(placement.repository)  # not what we believed
+            result.fail(exc)
 
     def _view(self, tree: ImageTree, rules: TargetRules) -> ImageTree:
         """``tree`` as a target with ``platforms``/``drop_attestations`` gets it (usually: itself).

@@ -196,3 +196,65 @@ def test_app_settings_are_every_declared_environment_setting_but_local_credentia
     assert set(LOCAL_ONLY_SETTINGS) == {"SOURCE_USERNAME", "SOURCE_PASSWORD", "TARGET_USERNAME", "TARGET_PASSWORD"}
     assert not set(APP_SETTINGS) & set(LOCAL_ONLY_SETTINGS)
     assert len(set(APP_SETTINGS)) == len(APP_SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "host, depth",
+    [
+        ("docker.io", 2),
+        ("registry.cn-shanghai.aliyuncs.com", 2),
+        ("registry-vpc.cn-hangzhou.aliyuncs.com", 2),
+        ("registry-intl.ap-southeast-1.aliyuncs.com", 2),
+        ("registry-intl-vpc.ap-southeast-1.aliyuncs.com", 2),
+        ("crpi-abc123xyz.cn-hangzhou.personal.cr.aliyuncs.com", 2),
+        ("crpi-abc123xyz-vpc.cn-hangzhou.personal.cr.aliyuncs.com", 2),
+        ("giantswarm-registry.cn-shanghai.cr.aliyuncs.com", 2),
+        ("giantswarm-registry-vpc.cn-shanghai.cr.aliyuncs.com", 2),
+        ("quay.io", None),
+        ("evil.aliyuncs.com.example.org", None),
+    ],
+)
+def test_two_level_registries_are_recognised_in_every_host_form(host, depth):
+    assert load_config(dict(BASE, TARGET_REGISTRY=host)).targets[0].max_path_depth == depth
+
+
+def test_target_rules_from_the_file(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text(
+        r"""
+source_registry: gsoci.azurecr.io
+tag_semver: ">=1.2.0 <2"
+mappings:
+  - {match: 'charts/giantswarm/(.+)', replace: 'giantswarmcharts/\1'}
+targets:
+  - name: ali
+    registry: registry.cn-shanghai.aliyuncs.com
+    platforms: [linux/amd64, linux/arm64]
+    drop_attestations: true
+    mappings:
+      - {match: "charts/.*", replace: null}
+"""
+    )
+    config = load_config({}, str(path))
+    (ali,) = config.targets
+    assert ali.platforms == {"linux/amd64", "linux/arm64"} and ali.drop_attestations and ali.rewrites_indexes
+    assert [(r.match.pattern, r.replace) for r in ali.mappings] == [("charts/.*", None)]
+    assert [(r.match.pattern, r.replace) for r in config.mappings] == [("charts/giantswarm/(.+)", r"giantswarmcharts/\1")]
+    assert config.filters.semver is not None and config.filters.semver.matches("v1.4.0")
+
+
+def test_bad_target_rules_name_the_field(tmp_path):
+    path = tmp_path / "sync.json"
+    path.write_text(json.dumps({
+        "source_registry": "gsoci.azurecr.io",
+        "tag_semver": ">=banana",
+        "mappings": [{"match": "(", "replace": "x"}, {"match": "a/(.+)", "replace": r"b/\2"}, {"match": "x"}],
+        "targets": [{"name": "t", "registry": "docker.io", "platforms": ["amd64"], "drop_attestations": "maybe",
+                     "mappings": "charts"}],
+    }))  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_config({}, str(path))
+    problems = "\n".join(info.value.problems)
+    for field in ("TAG_SEMVER", "mappings[0].match", "mappings[1].replace", "mappings[2]", "targets[t].platforms",
+                  "targets[t].drop_attestations", "targets[t].mappings"):  # fmt: skip
+        assert field in problems, (field, problems)

@@ -10,7 +10,6 @@ downloads redirected to a "storage" host, forced chunked uploads.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from sync_core.registry import RegistryClient
 from sync_core.retry import RetryPolicy
 from tests.harness import BASIC, PUSHER, READER, Pusher
 from tests.harness import images as img
+from tests.harness.front import forward
 from tests.harness.recording import RecordingTransport, Waits
 from tests.harness.scripted import Reply, Request, ScriptedServer
 
@@ -444,23 +444,6 @@ def test_chunked_upload_sends_several_patches(fresh_registry, monkeypatch, chunk
 
 # -- a proxy in front of a real registry -------------------------------------------------------------
 
-_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
-
-
-def forward(upstream_host: str, request: Request) -> Reply:
-    """Pass one request on to the upstream registry (keeping the client's Host, so that the
-    registry's absolute Locations point back at the proxy) and buffer its answer."""
-    conn = http.client.HTTPConnection(upstream_host, timeout=30)
-    try:
-        headers = {k: v for k, v in request.headers.items() if k not in _HOP}
-        body = request.body if request.method in ("POST", "PUT", "PATCH") else None
-        conn.request(request.method, request.path, body=body, headers=headers)
-        response = conn.getresponse()
-        data = response.read()
-        out = {k: v for k, v in response.getheaders() if k.lower() not in _HOP}
-        return Reply(response.status, out, data)
-    finally:
-        conn.close()
 
 
 def test_blob_download_redirected_to_storage_without_registry_credentials(

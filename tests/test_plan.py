@@ -13,7 +13,7 @@ import re
 import pytest
 
 from sync_core.catalog import TagInfo
-from sync_core.config import Filters, SourceConfig, SourceKind, SyncConfig, TargetConfig
+from sync_core.config import Filters, Problems, SourceConfig, SourceKind, SyncConfig, TargetConfig, _semver
 from sync_core.errors import NameRejected
 from sync_core.plan import Reason, TagWork, interleave, select_tags, target_repository, wanted_tags
 
@@ -88,6 +88,51 @@ SELECT = [
 @pytest.mark.parametrize("given, how, expected", SELECT)
 def test_select_tags(given, how, expected):
     assert [t.name for t in select_tags(given, how, NOW)] == expected
+
+
+def semver(text: str) -> Filters:
+    problems = Problems()
+    parsed = _semver(text, "TAG_SEMVER", problems)
+    assert parsed is not None, problems.items
+    return Filters(semver=parsed)
+
+
+SEMVER = [
+    # (range, tags, selected)
+    pytest.param(">=1.2.0 <2", "1.1.9 1.2.0 1.9.9 2.0.0 latest", ["1.2.0", "1.9.9"], id="and-range"),
+    pytest.param(">=1.2.0 <2", "v1.2.0 v1.3 1.4", ["v1.2.0", "v1.3", "1.4"], id="v-prefix-and-short-versions"),
+    pytest.param(">=v1.2.0 <v2", "1.5.0 2.1.0", ["1.5.0"], id="v-prefix-in-the-range"),
+    pytest.param(">=1.2.0 <2", "1.3.0-rc.1 1.3.0-alpine 1.3.0", ["1.3.0"], id="pre-releases-excluded"),
+    pytest.param(">=1.3.0-rc.0 <2", "1.3.0-rc.1 1.4.0-rc.1 1.3.0", ["1.3.0-rc.1", "1.3.0"],
+                 id="pre-releases-of-the-version-the-range-names"),  # fmt: skip
+    pytest.param("^1.2.0 || >=3", "1.1.0 1.2.5 2.0.0 3.1.0", ["1.2.5", "3.1.0"], id="or-and-caret"),
+    pytest.param(">=1.0.0", "1.0.0.1 1.0.0-x.y+build sha256-abc", [],
+                 id="four-parts-and-non-versions-never-match"),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("text, names, expected", SEMVER)
+def test_semver_selection(text, names, expected):
+    given = [TagInfo(n, None, NOW) for n in names.split()]
+    assert [t.name for t in select_tags(given, semver(text), NOW)] == expected
+
+
+DIGEST_A, DIGEST_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def test_cosign_tags_follow_their_image_and_do_not_count_for_keep_latest():
+    listed = [
+        TagInfo("1.0", DIGEST_A, NOW - dt.timedelta(days=3)),
+        TagInfo("2.0", DIGEST_B, NOW - dt.timedelta(days=2)),
+        TagInfo(f"sha256-{'a' * 64}.sig", "sha256:" + "c" * 64, NOW),  # signature of 1.0, pushed last
+        TagInfo(f"sha256-{'b' * 64}.att", "sha256:" + "d" * 64, NOW),
+        TagInfo(f"sha256-{'b' * 64}", "sha256:" + "e" * 64, NOW),  # a referrers tag: never a release
+    ]
+    chosen = select_tags(listed, Filters(keep_latest=1, tag_include=re.compile(r"\d+\.\d+")), NOW)
+    assert [t.name for t in chosen] == ["2.0", f"sha256-{'b' * 64}.att"]
+    # without digests (a plain OCI listing) the name filters decide, as for any tag
+    bare = [TagInfo(t.name, None, t.updated) for t in listed]
+    assert [t.name for t in select_tags(bare, Filters(tag_include=re.compile(r"\d+\.\d+")), NOW)] == ["1.0", "2.0"]
 
 
 # -- wanted_tags ---------------------------------------------------------------------------------

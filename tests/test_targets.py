@@ -1,0 +1,206 @@
+"""Mirrors as they really are: mapping rules, two-level names, narrowed indexes, target refusals, fan-out.
+
+The source is the ACR stand-in holding images (``giantswarm/<app>``) and Helm charts three levels
+deep (``charts/giantswarm/<chart>``), as gsoci does. The targets are real ``distribution``
+registries behind :class:`~tests.harness.front.RegistryFront`, which answers exactly as Docker Hub
+(refused cross-repository mounts, immutable tags) or Alibaba's personal edition (unknown manifest
+classes: attestations) do.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+
+from sync_core import cli
+from sync_core.config import load_config
+from sync_core.errors import ConfigError
+from sync_core.sync import Syncer
+from tests.harness import PUSHER, images
+from tests.harness.acr import AcrStandIn
+from tests.harness.front import IMAGE_CLASSES, RegistryFront
+
+SOURCE_USER = ("sync", "sync-pw-4Rt")
+CHART_RULE = {"match": "charts/giantswarm/(.+)", "replace": "giantswarmcharts/\\1"}
+SOURCE_DIGEST = "io.registry-sync.source.digest"
+
+
+@pytest.fixture
+def source(token_issuer):
+    users = {SOURCE_USER[0]: (SOURCE_USER[1], {"*": ["pull", "metadata_read"]})}
+    with AcrStandIn(users=users, issuer=token_issuer, name="targets-src") as acr:
+        pusher = acr.pusher()
+        acr.app = images.oci_index("tg-app", layer_sizes=(2000,))  # two platforms + buildx attestations
+        acr.tool = images.docker_image("tg-tool", (1500,))
+        acr.chart = images.helm_chart("tg-hello", "hello", "0.1.0")
+        pusher.push("giantswarm/app", acr.app, "1.0")
+        pusher.push("giantswarm/tool", acr.tool, "2.0")
+        pusher.push("charts/giantswarm/hello", acr.chart, "0.1.0")
+        pusher.push("other/thing", images.oci_image("tg-other", (64,)), "1")
+        yield acr
+
+
+def env(source: AcrStandIn, **extra: str) -> dict[str, str]:
+    return {
+        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "acr",
+        "SOURCE_USERNAME": SOURCE_USER[0], "SOURCE_PASSWORD": SOURCE_USER[1],
+        "REPOSITORY_INCLUDE": "giantswarm/.+|charts/giantswarm/.+",
+        "MIRROR_USER": PUSHER[0], "MIRROR_PASS": PUSHER[1], **extra,
+    }  # fmt: skip
+
+
+def config_file(tmp_path, targets: list[dict], **top) -> str:
+    for target in targets:
+        target.setdefault("username_env", "MIRROR_USER")
+        target.setdefault("password_env", "MIRROR_PASS")
+    path = tmp_path / "sync.json"
+    path.write_text(json.dumps({"targets": targets, **top}))
+    return str(path)
+
+
+def test_charts_and_images_reach_a_hub_like_and_an_alibaba_like_mirror_reading_each_blob_once(
+    source, fresh_registry, tmp_path, capsys
+):
+    with RegistryFront(fresh_registry(name="hub"), refuse_mounts=True, immutable_tags=True) as hub, \
+            RegistryFront(fresh_registry(name="ali"), manifest_classes=IMAGE_CLASSES) as ali:  # fmt: skip
+        path = config_file(
+            tmp_path,
+            [
+                {"name": "hub", "registry": hub.url, "max_path_depth": 2},
+                {"name": "ali", "registry": ali.url, "max_path_depth": 2, "drop_attestations": True},
+            ],
+            mappings=[CHART_RULE],
+        )
+        environment = env(source)
+
+        # plan: the mapping and the narrowing are visible before anything is copied
+        assert cli.main(["plan", "--config", path], environ=environment) == cli.EXIT_OK
+        plan = capsys.readouterr().out
+        assert "charts/giantswarm/hello -> giantswarmcharts/hello" in plan
+        assert "indexes with other entries are rewritten for ali (no attestations)" in plan
+
+        source.reset_log()
+        with Syncer(load_config(environment, path)) as syncer:
+            summary = syncer.run()
+        assert summary.ok, summary.failures
+        assert summary.tags_copied == 6  # 3 tags x 2 targets
+        hub_check, ali_check = hub.registry.pusher(), ali.registry.pusher()
+        # exact copies at the hub; the chart under its mapped two-level name
+        assert hub_check.fetch_manifest("giantswarm/app", "1.0")[0] == source.app.raw
+        assert hub_check.fetch_manifest("giantswarmcharts/hello", "0.1.0")[0] == source.chart.raw
+        assert ali_check.fetch_manifest("giantswarmcharts/hello", "0.1.0")[0] == source.chart.raw
+        assert ali_check.fetch_manifest("giantswarm/tool", "2.0")[0] == source.tool.raw
+        # Alibaba: the index without its attestations, the source digest recorded
+        raw, _, digest = ali_check.fetch_manifest("giantswarm/app", "1.0")
+        narrowed = json.loads(raw)
+        assert narrowed["annotations"][SOURCE_DIGEST] == source.app.digest
+        platforms = [c for c in source.app.children if c.platform and c.platform["os"] != "unknown"]
+        assert [m["digest"] for m in narrowed["manifests"]] == [c.digest for c in platforms]
+        for child in platforms:
+            assert ali_check.fetch_manifest("giantswarm/app", child.digest)[0] == child.raw
+        assert ali.refused == {}  # nothing refused: the attestations never reached it
+        assert [(r["target"], r["item"], r["source_digest"], r["target_digest"]) for r in summary.rewritten] == [
+            ("ali", "giantswarm/app:1.0", source.app.digest, digest)
+        ]
+        # each blob read from the source once for both mirrors
+        blob_reads = collections.Counter(e.ref for e in source.log if e.kind == "blob" and e.method == "GET")
+        assert blob_reads and set(blob_reads.values()) == {1}, blob_reads
+
+        # a second run writes nothing, narrowed index included
+        with Syncer(load_config(environment, path)) as syncer:
+            again = syncer.run()
+        assert again.ok and (again.tags_copied, again.manifests_pushed, again.bytes_uploaded) == (0, 0, 0)
+
+
+def test_without_drop_attestations_the_alibaba_refusal_is_a_skip_that_names_it(source, fresh_registry, tmp_path):
+    with RegistryFront(fresh_registry(name="ali"), manifest_classes=IMAGE_CLASSES) as ali:
+        path = config_file(tmp_path, [{"name": "ali", "registry": ali.url}])
+        with Syncer(load_config(env(source, REPOSITORY_INCLUDE="giantswarm/app"), path)) as syncer:
+            summary = syncer.run()
+            assert summary.ok and summary.tags_skipped == 1
+            (skip,) = summary.skipped
+            assert "unknown manifest class" in skip["reason"] and "drop_attestations" in skip["reason"]
+            assert ali.refused["class"] >= 1
+            assert syncer.run().tags_skipped == 1  # the same, every run: never a failure, never retried
+
+
+def test_a_refused_mount_falls_back_to_an_upload(source, fresh_registry, tmp_path):
+    base = images.layer("tg-shared-base", 3000)
+    pusher = source.pusher()
+    pusher.push("giantswarm/one", images.oci_image("tg-one", (100,), base_layer=base), "1")
+    pusher.push("giantswarm/two", images.oci_image("tg-two", (120,), base_layer=base), "1")
+    with RegistryFront(fresh_registry(name="hub"), refuse_mounts=True) as hub:
+        path = config_file(tmp_path, [{"name": "hub", "registry": hub.url}])
+        settings = env(source, REPOSITORY_INCLUDE="giantswarm/(one|two)", SYNC_CONCURRENCY="1")
+        with Syncer(load_config(settings, path)) as syncer:
+            summary = syncer.run()
+        assert summary.ok, summary.failures
+        assert hub.refused["mount"] >= 1 and summary.blobs_mounted == 0
+        for repo in ("giantswarm/one", "giantswarm/two"):
+            assert hub.registry.pusher().fetch_blob(repo, base.digest) == base.data
+
+
+def test_an_immutable_tag_is_a_conflict_reported_with_both_digests_not_a_failure(source, fresh_registry, tmp_path):
+    with RegistryFront(fresh_registry(name="hub"), immutable_tags=True) as hub:
+        path = config_file(tmp_path, [{"name": "hub", "registry": hub.url}])
+        settings = env(source, REPOSITORY_INCLUDE="giantswarm/tool")
+        with Syncer(load_config(settings, path)) as syncer:
+            assert syncer.run().tags_copied == 1
+        moved = images.docker_image("tg-tool-moved", (1600,))
+        source.pusher().push("giantswarm/tool", moved, "2.0")  # the source moves the tag
+        with Syncer(load_config(settings, path)) as syncer:
+            summary = syncer.run()
+        assert summary.ok and summary.tags_skipped == 1 and hub.refused["immutable"] == 1
+        (skip,) = summary.skipped
+        assert "conflict" in skip["reason"] and source.tool.digest in skip["reason"] and moved.digest in skip["reason"]
+        assert hub.registry.pusher().fetch_manifest("giantswarm/tool", "2.0")[2] == source.tool.digest
+
+
+def test_platform_selection_narrows_indexes_for_one_target_only(source, fresh_registry, tmp_path):
+    narrow, full = fresh_registry(name="narrow"), fresh_registry(name="full")
+    path = config_file(
+        tmp_path,
+        [{"name": "narrow", "registry": narrow.url, "platforms": ["linux/amd64"]},
+         {"name": "full", "registry": full.url}],
+    )  # fmt: skip
+    with Syncer(load_config(env(source, REPOSITORY_INCLUDE="giantswarm/(app|tool)"), path)) as syncer:
+        summary = syncer.run()
+    assert summary.ok, summary.failures
+    amd64 = next(c for c in source.app.children if c.platform == {"os": "linux", "architecture": "amd64"})
+    document = json.loads(narrow.pusher().fetch_manifest("giantswarm/app", "1.0")[0])
+    # the amd64 image and its attestation (it attests amd64); arm64 and its attestation are gone
+    kept = {m["digest"] for m in document["manifests"]}
+    assert amd64.digest in kept and len(kept) == 2
+    assert document["annotations"][SOURCE_DIGEST] == source.app.digest
+    assert full.pusher().fetch_manifest("giantswarm/app", "1.0")[0] == source.app.raw
+    # a single-platform image is never rewritten
+    assert narrow.pusher().fetch_manifest("giantswarm/tool", "2.0")[0] == source.tool.raw
+
+
+def test_two_repositories_mapped_to_one_stop_the_run_before_anything_is_copied(source, fresh_registry, tmp_path):
+    dst = fresh_registry()
+    path = config_file(
+        tmp_path,
+        [{"name": "hub", "registry": dst.url,
+          "mappings": [{"match": "giantswarm/(app|tool)", "replace": "giantswarm/everything"}]}],
+    )  # fmt: skip
+    with Syncer(load_config(env(source), path)) as syncer, pytest.raises(ConfigError) as info:
+        syncer.run()
+    (problem,) = info.value.problems
+    assert "giantswarm/app" in problem and "giantswarm/tool" in problem and "giantswarm/everything" in problem
+    assert dst.pusher().catalog() == []
+    assert cli.main(["sync", "--config", path], environ=env(source)) == cli.EXIT_CONFIG
+
+
+def test_a_null_mapping_leaves_a_repository_out_of_one_target(source, fresh_registry, tmp_path):
+    dst = fresh_registry()
+    path = config_file(
+        tmp_path, [{"name": "hub", "registry": dst.url, "mappings": [{"match": "charts/.*", "replace": None}]}]
+    )
+    with Syncer(load_config(env(source), path)) as syncer:
+        summary = syncer.run()
+    assert summary.ok and summary.tags_copied == 2
+    assert sorted(dst.pusher().catalog()) == ["giantswarm/app", "giantswarm/tool"]
+    assert any("leaves it out" in s["reason"] for s in summary.skipped)
