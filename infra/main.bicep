@@ -111,6 +111,9 @@ param tagMaxAgeDays string = ''
 @description('TAG_KEEP_LATEST: only the newest N tags per repository, N >= 1 (empty: no limit; ACR source only).')
 param tagKeepLatest string = ''
 
+@description('SOURCE_ALLOW_EMPTY: true if an empty source catalog is expected (by default it fails the run: it usually means the token sees nothing).')
+param sourceAllowEmpty bool = false
+
 @description('TAG_SEMVER: only tags inside this version range, e.g. ">=1.2.0 <2" (empty: no range).')
 param tagSemver string = ''
 
@@ -488,6 +491,10 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         {
           name: 'TAG_SEMVER'
           value: tagSemver
+        }
+        {
+          name: 'SOURCE_ALLOW_EMPTY'
+          value: string(sourceAllowEmpty)
         }
         {
           name: 'SYNC_COMPARE'

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from .config import SourceConfig, SourceKind
-from .errors import AuthError, CatalogForbidden, CredentialsRefused, InvalidContent, NotFound
+from .errors import AuthError, CatalogForbidden, CredentialsRefused, InvalidContent, NotFound, SetupError
 from .names import check_repository, in_namespace, is_digest, is_repository, is_tag
 from .registry import CATALOG_SCOPE, RegistryClient, repository_scope
 
@@ -75,7 +75,16 @@ class Source:
                     f"{CATALOG_SCOPE}; list the repositories to sync in SOURCE_REPOSITORIES instead.",
                     status=exc.status,
                 ) from None
-        return sorted({n for n in names if is_repository(n) and in_namespace(n, self.config.namespace)})
+        found = sorted({n for n in names if is_repository(n) and in_namespace(n, self.config.namespace)})
+        if not found and not self.config.allow_empty:
+            where = f" under {self.config.namespace}/" if self.config.namespace else ""
+            raise SetupError(
+                f"SOURCE_ALLOW_EMPTY: {self.client.host} listed no repository{where}. ACR answers HTTP 200 "
+                "with an empty catalog when the token's scope map covers no repository: check the scope map "
+                "of the source token (and SOURCE_NAMESPACE); set SOURCE_ALLOW_EMPTY=true if the source is "
+                "really empty"
+            )
+        return found
 
     def _catalog(self) -> list[str]:
         return self.client.list_repositories()

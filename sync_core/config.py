@@ -115,6 +115,7 @@ class SourceConfig:
     namespace: str = ""
     repositories: tuple[str, ...] = ()
     credentials: CredentialSpec = CredentialSpec()
+    allow_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -464,6 +465,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source_repositories", _repositories,
             "explicit repository list (comma-separated), for tokens that may not list the catalog",
             default=(), default_text="catalog"),
+    Setting("source_allow_empty", _boolean,
+            "an empty catalog is not an error (by default it is: ACR answers a token that may see nothing "
+            "with an empty list)", default=False, default_text="`false`"),
     Setting("source_username_secret", _text, "Key Vault secret name of the source (ACR token) user name"),
     Setting("source_password_secret", _text, "Key Vault secret name of the source (ACR token) password"),
     Setting("source_username", _text, "source user name from the environment (local runs)", local_only=True,
@@ -719,6 +723,7 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
         kind=kind or SourceKind.OCI,
         namespace=read("source_namespace"),
         repositories=read("source_repositories"),
+        allow_empty=bool(read("source_allow_empty")),
         credentials=_credentials(
             _strip_prefix(settings, "source_"), lambda k: f"SOURCE_{k.upper()}", problems, env, file_mode=False
         ),

@@ -46,7 +46,7 @@ from .errors import (
 )
 from .ledger import BlobLedger
 from .logs import InvocationPool
-from .manifest import Descriptor, Manifest, parse_manifest
+from .manifest import UNKNOWN_SIZE, Descriptor, Manifest, parse_manifest
 from .names import digest_of, is_digest
 from .referrers import MAX_REFERRER_DEPTH, ReferrerFinder, list_in_fallback_tag
 from .registry import RegistryClient
@@ -126,6 +126,7 @@ class Destination:
         self.ledger = ledger or BlobLedger()
         self.chunked = chunked  # learned when a single-request upload is refused
         self.referrers_api: bool | None = None  # learned from the first OCI-Subject answer
+        self.refused_types: set[str] = set()  # manifest media types it refused (schema 1)
 
     @property
     def host(self) -> str:
@@ -380,6 +381,8 @@ class Copier:
 
     def _walk(self, src_repo: str, manifest: Manifest, tree: ImageTree, depth: int, seen: set[str]) -> None:
         blobs = manifest.blobs
+        if any(b.size == UNKNOWN_SIZE for b in blobs):  # schema 1: no sizes in the manifest
+            blobs = list(self.pool.map(lambda b: self._sized(src_repo, b), blobs))
         tree.blobs_of[manifest.digest] = blobs
         for blob in blobs:
             tree.blobs.setdefault(blob.digest, blob)
@@ -401,6 +404,16 @@ class Copier:
             self._walk(src_repo, child, tree, depth + 1, seen)
             tree.manifests.append(child)
 
+    def _sized(self, src_repo: str, blob: Descriptor) -> Descriptor:
+        if blob.size != UNKNOWN_SIZE:
+            return blob
+        size = self.source.blob_size(src_repo, blob.digest)
+        if size is None or size < 0:
+            raise InvalidContent(
+                f"schema 1 layer {blob.digest} is {'not at the source' if size is None else 'of unknown size there'}"
+            )
+        return Descriptor(blob.media_type, blob.digest, size)
+
     # -- one tree to its placements ---------------------------------------------------------
     def _copy_tree(self, src_repo: str, tree: ImageTree, todo: list[tuple[Placement, CopyResult]]) -> None:
         """Skip rules, blobs, manifests (tag last) for each placement; failures stay per placement."""
@@ -411,6 +424,11 @@ class Copier:
             try:
                 view = self._view(tree, placement.rules)
                 self._check_skip(view, placement.rules.skip_types)
+                refused = {m.media_type for m in view.all_manifests} & placement.destination.refused_types
+                if refused:
+                    raise TargetRefused(
+                        f"{placement.destination.host} refused {sorted(refused)[0]} manifests earlier in this process"
+                    )
                 if view is not tree:
                     result.digest, result.rewritten_from = view.top.digest, tree.top.digest
                     if self._up_to_date(placement, view.top.digest):
@@ -582,6 +600,13 @@ class Copier:
                     f"conflict: {destination.host}/{repo}:{reference} refuses to be overwritten (immutable tag): "
                     f"it holds {held.digest}, the source has {manifest.digest} ({describe(error)})"
                 )
+        if manifest.is_schema1 and error.status not in (408, 429, 502, 503, 504):
+            # distribution without schema 1 support answers 500 UNKNOWN "unknown error"
+            destination.refused_types.add(manifest.media_type)
+            return TargetRefused(
+                f"{destination.host} does not take Docker schema 1 manifests ({describe(error)}); "
+                f"{manifest.digest} stays at the source only"
+            )
         if error.status in (400, 403, 415, 500) and any(
             marker in text for marker in ("manifest class", "unsupported media type", "schema v1", "schema 1")
         ):

@@ -6,6 +6,8 @@ digest at the destination is the digest at the source.
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -13,11 +15,15 @@ from typing import Any
 from .errors import InvalidContent
 from .jsondoc import parse_json
 from .names import (
+    DOCKER_LAYER,
     DOCKER_MANIFEST,
     IMAGE_TYPES,
     INDEX_TYPES,
     MANIFEST_TYPES,
     OCI_ARTIFACT,
+    SCHEMA1,
+    SCHEMA1_SIGNED,
+    SCHEMA1_TYPES,
     check_digest,
     digest_of,
     verify_digest,
@@ -103,9 +109,13 @@ class Manifest:
         """The manifests an index refers to (entries of a manifest media type)."""
         return [e for e in self.entries if e.media_type in MANIFEST_TYPES]
 
+    @property
+    def is_schema1(self) -> bool:
+        return self.media_type in SCHEMA1_TYPES
+
     @cached_property
     def config(self) -> Descriptor | None:
-        if self.is_index or self.media_type == OCI_ARTIFACT:
+        if self.is_index or self.media_type == OCI_ARTIFACT or self.is_schema1:
             return None
         return Descriptor.parse(self.document.get("config"), f"manifest {self.digest} config")
 
@@ -114,6 +124,8 @@ class Manifest:
         """Layers of an image manifest; the ``blobs`` of an OCI 1.1-rc artifact manifest."""
         if self.is_index:
             return []
+        if self.is_schema1:
+            return _schema1_layers(self.document, self.digest)
         key = "blobs" if self.media_type == OCI_ARTIFACT else "layers"
         entries = self.document.get(key)
         if entries is None and self.media_type != DOCKER_MANIFEST:
@@ -191,6 +203,52 @@ class Manifest:
         return self
 
 
+UNKNOWN_SIZE = -1  # schema 1 lists no blob sizes: the copier asks the source
+
+
+def _schema1_layers(document: dict[str, Any], digest: str) -> list[Descriptor]:
+    """The distinct ``fsLayers`` of a schema 1 manifest (sizes unknown, ``UNKNOWN_SIZE``)."""
+    layers = document.get("fsLayers")
+    if not isinstance(layers, list) or not layers:
+        raise InvalidContent(f"schema 1 manifest {digest} has no fsLayers list")
+    found: dict[str, Descriptor] = {}
+    for i, layer in enumerate(layers):
+        blob = layer.get("blobSum") if isinstance(layer, dict) else None
+        try:
+            found.setdefault(check_digest(blob), Descriptor(DOCKER_LAYER, check_digest(blob), UNKNOWN_SIZE))
+        except InvalidContent:
+            raise InvalidContent(f"schema 1 manifest {digest} fsLayers[{i}]: invalid blobSum {blob!r}") from None
+    return list(found.values())
+
+
+def schema1_payload(raw: bytes, where: str) -> bytes:
+    """What a signed schema 1 manifest's digest is computed over: the bytes without the JWS.
+
+    The first signature's protected header names how long the payload is (``formatLength``) and
+    the text that closes it (``formatTail``, base64url), as libtrust writes them.
+    """
+    try:
+        signatures = json.loads(raw)["signatures"]
+        header = signatures[0]["protected"]
+        protected = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+        length, tail = protected["formatLength"], protected["formatTail"]
+        if not isinstance(length, int) or not 0 < length <= len(raw):
+            raise ValueError("formatLength")
+        return raw[:length] + base64.urlsafe_b64decode(tail + "=" * (-len(tail) % 4))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise InvalidContent(f"{where}: signed schema 1 manifest with an unreadable signature ({exc})") from None
+
+
+def _schema1_payload_digest(raw: bytes, where: str, expected: str) -> str | None:
+    """The payload digest if ``raw`` is a signed schema 1 manifest, else None."""
+    if b'"signatures"' not in raw:
+        return None
+    try:
+        return digest_of(schema1_payload(raw, where), expected.split(":", 1)[0])
+    except InvalidContent:
+        return None
+
+
 def parse_manifest(
     raw: bytes, content_type: str | None, where: str, expected_digest: str | None = None
 ) -> Manifest:
@@ -199,17 +257,25 @@ def parse_manifest(
         raise InvalidContent(
             f"{where}: manifest is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} byte limit"
         )
-    if expected_digest:
-        verify_digest(raw, expected_digest, f"{where}: manifest")
-        digest = expected_digest
-    else:
-        digest = digest_of(raw)
+    # bytes damaged on the way are a DigestMismatch (retried), whatever they look like now
+    if expected_digest and digest_of(raw, check_digest(expected_digest).split(":", 1)[0]) != expected_digest:
+        if _schema1_payload_digest(raw, where, expected_digest) != expected_digest:
+            verify_digest(raw, expected_digest, f"{where}: manifest")  # raises DigestMismatch
     document = parse_json(raw, f"{where}: manifest", dict)
     declared = document.get("mediaType")
     header = (content_type or "").split(";", 1)[0].strip()
     media_type = declared if isinstance(declared, str) and declared else header
-    if document.get("schemaVersion") != 2 and not (media_type == OCI_ARTIFACT and "schemaVersion" not in document):
-        raise InvalidContent(f"{where}: unsupported manifest schemaVersion {document.get('schemaVersion')!r}")
+    if document.get("schemaVersion") == 1:
+        media_type = SCHEMA1_SIGNED if "signatures" in document else SCHEMA1
+    schema = document.get("schemaVersion")
+    if not (schema == 2 or (schema == 1 and media_type in SCHEMA1_TYPES) or (
+        media_type == OCI_ARTIFACT and "schemaVersion" not in document
+    )):  # fmt: skip
+        raise InvalidContent(f"{where}: unsupported manifest schemaVersion {schema!r}")
+    if media_type in SCHEMA1_TYPES and schema != 1:
+        raise InvalidContent(f"{where}: manifest declares {media_type} but is schemaVersion {schema!r}")
+    # a signed schema 1 manifest's digest is that of its payload (registries compute it so)
+    digest = expected_digest or digest_of(schema1_payload(raw, where) if media_type == SCHEMA1_SIGNED else raw)
     if media_type not in MANIFEST_TYPES:
         raise InvalidContent(f"{where}: unsupported manifest media type {media_type!r}")
     manifest = Manifest(raw, media_type, digest)

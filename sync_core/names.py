@@ -25,10 +25,17 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 # The OCI 1.1 release candidates' artifact manifest (removed before 1.1.0; ACR still serves old ones).
 OCI_ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+# Docker image manifest schema 1 (deprecated, still held by old registries): signed or not.
+SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+SCHEMA1_TYPES = frozenset({SCHEMA1_SIGNED, SCHEMA1})
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES | {OCI_ARTIFACT}
-MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, OCI_ARTIFACT])
+MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES | {OCI_ARTIFACT} | SCHEMA1_TYPES
+# Schema 1 last: a registry that can convert (distribution) only does so for clients that do not
+# accept schema 2; we accept every type and always get what the registry holds.
+MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, OCI_ARTIFACT, SCHEMA1_SIGNED, SCHEMA1])
 # The referrers tag schema (distribution-spec 1.1): <alg>-<first 64 characters of the digest's hex>.
 _FALLBACK_TAG_RE = re.compile(r"(sha256|sha512)-([a-f0-9]{64})")
 

@@ -364,7 +364,8 @@ def test_a_hostile_catalog_never_leads_to_a_copy_outside_the_namespaces(evil, ds
                     if is_tag(tag):
                         source.push(repo, VALID, tag)
         env = {"SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": "gs",
-               "TARGET_REGISTRY": dst.url, "TARGET_NAMESPACE": "mirror", "SYNC_CONCURRENCY": "2"}  # fmt: skip
+               "TARGET_REGISTRY": dst.url, "TARGET_NAMESPACE": "mirror", "SYNC_CONCURRENCY": "2",
+               "SOURCE_ALLOW_EMPTY": "true"}  # fmt: skip
         with Syncer(load_config(env)) as syncer:
             for c in (syncer.source_client, *syncer.target_clients.values()):
                 c.transport.retry = FAST

@@ -202,11 +202,12 @@ INVALID = [
     pytest.param(padded(MAX_MANIFEST_BYTES + 1), OCI_MANIFEST, f"over the {MAX_MANIFEST_BYTES} byte limit",
                  id="one-byte-over-the-size-limit"),  # fmt: skip
     # schemaVersion
-    pytest.param({**image(), "schemaVersion": 1}, OCI_MANIFEST, "schemaVersion 1", id="schema-version-1"),
+    pytest.param({**image(), "schemaVersion": 3}, OCI_MANIFEST, "schemaVersion 3", id="schema-version-3"),
+    pytest.param({**image(), "schemaVersion": 1}, OCI_MANIFEST, "no fsLayers", id="schema-1-without-layers"),
     pytest.param({**image(), "schemaVersion": "2"}, OCI_MANIFEST, "schemaVersion '2'", id="schema-version-string"),
     pytest.param(without(image(), "schemaVersion"), OCI_MANIFEST, "schemaVersion None", id="schema-version-missing"),
     # media type
-    pytest.param(image(DOCKER_SCHEMA1), DOCKER_SCHEMA1, "unsupported manifest media type", id="docker-schema1-type"),
+    pytest.param(image(DOCKER_SCHEMA1), DOCKER_SCHEMA1, "but is schemaVersion 2", id="docker-schema1-type-on-schema-2"),
     pytest.param(image(None), None, "unsupported manifest media type ''", id="no-type-anywhere"),
     pytest.param(image(None), "application/json", "unsupported manifest media type 'application/json'",
                  id="generic-json-header-only"),  # fmt: skip
@@ -263,7 +264,7 @@ def test_the_size_limit_is_inclusive():
     "doc, match",
     [
         pytest.param(b"{", "not valid JSON", id="json"),
-        pytest.param({**image(), "schemaVersion": 1}, "schemaVersion", id="schema-version"),
+        pytest.param({**image(), "schemaVersion": 3}, "schemaVersion", id="schema-version"),
         pytest.param(image(None), "media type", id="media-type"),
         pytest.param(padded(MAX_MANIFEST_BYTES + 1), "byte limit", id="size"),
     ],

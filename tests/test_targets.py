@@ -16,7 +16,7 @@ import pytest
 
 from sync_core import cli
 from sync_core.config import load_config
-from sync_core.errors import ConfigError
+from sync_core.errors import ConfigError, SetupError
 from sync_core.sync import Syncer
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
@@ -204,3 +204,47 @@ def test_a_null_mapping_leaves_a_repository_out_of_one_target(source, fresh_regi
     assert summary.ok and summary.tags_copied == 2
     assert sorted(dst.pusher().catalog()) == ["giantswarm/app", "giantswarm/tool"]
     assert any("leaves it out" in s["reason"] for s in summary.skipped)
+
+
+def test_schema1_is_mirrored_where_the_target_takes_it_and_skipped_once_where_it_does_not(
+    token_issuer, fresh_registry, tmp_path
+):
+    schema1 = {"compatibility": {"schema1": {"enabled": True}}}
+    users = {SOURCE_USER[0]: (SOURCE_USER[1], {"*": ["pull", "metadata_read"]})}
+    with AcrStandIn(users=users, issuer=token_issuer, name="s1-src", backend_config=schema1) as acr:
+        legacy = images.schema1_image("tg-legacy", "giantswarm/legacy", "0.9", (700, 300))
+        acr.pusher().push("giantswarm/legacy", legacy, "0.9")
+        takes, refuses = fresh_registry(name="takes", extra_config=schema1), fresh_registry(name="refuses")
+        path = config_file(tmp_path, [{"name": "takes", "registry": takes.url}, {"name": "refuses", "registry": refuses.url}])
+        with Syncer(load_config(env(acr), path)) as syncer:
+            for target in syncer.target_clients.values():
+                target.transport.sleep = lambda seconds: None
+            summary = syncer.run()
+            assert summary.ok, summary.failures  # a refusal is a skip, not a failure
+            raw, content_type, digest = takes.pusher().fetch_manifest("giantswarm/legacy", "0.9")
+            assert digest == legacy.digest and content_type.startswith("application/vnd.docker.distribution.manifest.v1")
+            for blob in legacy.blobs:
+                assert takes.pusher().fetch_blob("giantswarm/legacy", blob.digest) == blob.data
+            (skip,) = summary.skipped
+            assert skip["target"] == "refuses" and "schema 1" in skip["reason"]
+            assert not refuses.pusher().exists_manifest("giantswarm/legacy", "0.9")
+            # the same process does not try again: it learned the target refuses schema 1
+            again = syncer.run()
+        assert again.ok and again.tags_skipped == 1 and again.tags_copied == 0
+        assert "earlier in this process" in again.skipped[0]["reason"]
+
+
+def test_an_empty_catalog_fails_the_run_naming_the_token_scope_unless_allowed(token_issuer, fresh_registry):
+    users = {"narrow": ("narrow-pw", {"repo/*": ["pull", "metadata_read"]})}
+    with AcrStandIn(users=users, issuer=token_issuer, name="empty-src") as acr:
+        acr.catalog_filtered = True  # ACR: HTTP 200 and an empty list for a token that sees nothing
+        acr.pusher().push("giantswarm/app", images.oci_image("tg-empty", (64,)), "1")
+        settings = {"SOURCE_REGISTRY": acr.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": "giantswarm",
+                    "SOURCE_USERNAME": "narrow", "SOURCE_PASSWORD": "narrow-pw",
+                    "TARGET_REGISTRY": fresh_registry().url}  # fmt: skip
+        with Syncer(load_config(settings)) as syncer, pytest.raises(SetupError, match="scope map"):
+            syncer.run()
+        assert cli.main(["sync"], environ=settings) == cli.EXIT_CONFIG
+        with Syncer(load_config(dict(settings, SOURCE_ALLOW_EMPTY="true"))) as syncer:
+            summary = syncer.run()
+        assert summary.ok and summary.repositories == 0

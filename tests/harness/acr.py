@@ -236,7 +236,8 @@ class AcrStandIn:
     wildcard (grants ``registry:catalog:*``). ``issuer``: a :class:`TokenIssuer` whose key signs
     the JWTs (default: a private one, stopped with the stand-in). ``token_lifetime``: seconds,
     mutable at runtime like :attr:`users` (use :meth:`set_user`) and
-    :attr:`grant_wildcard_requests`.
+    :attr:`grant_wildcard_requests`. ``backend_config``: more ``docker-registry`` configuration for
+    the backend (e.g. ``{"compatibility": {"schema1": {"enabled": True}}}`` to hold schema 1).
     """
 
     def __init__(
@@ -247,6 +248,7 @@ class AcrStandIn:
         *,
         grant_wildcard_requests: bool = False,
         name: str = "acr",
+        backend_config: Mapping | None = None,
     ):
         self.users: dict[str, tuple[str, dict[str, list[str]]]] = {}
         for user, (password, scope_map) in (users or {}).items():
@@ -266,6 +268,10 @@ class AcrStandIn:
         self.referrers_api = True
         #: page size of the referrers API (ACR pages long lists with a ``Link`` header)
         self.referrers_page_size = 100
+        #: every user may list the catalog, and sees only the repositories its scope map covers
+        #: (HTTP 200 with an empty list for a map such as ``{"repo/*": ...}``), as the issue reports
+        #: of ACR; False (default): only root-wildcard users get ``registry:catalog:*``
+        self.catalog_filtered = False
         self._admin_tokens: dict[str, tuple[str, float, str]] = {}
         self._local = threading.local()
         self._stopped = False
@@ -286,7 +292,10 @@ class AcrStandIn:
             self._backend = _BackendRegistry(
                 token_issuer=self._issuer,
                 name=f"{name}-backend",
-                extra_config={"auth": {"token": {"realm": self.realm, "service": self.host}}},
+                extra_config={
+                    **(backend_config or {}),
+                    "auth": {"token": {"realm": self.realm, "service": self.host}},
+                },
             )
             self._backend.standin = self
             self._thread = threading.Thread(
@@ -410,8 +419,8 @@ class AcrStandIn:
         with self._lock:
             (self._unreadable.discard if enabled else self._unreadable.add)((repo, tag))
 
-    def _record_manifest(self, repo: str, raw: bytes, media_type: str) -> StoredManifest:
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    def _record_manifest(self, repo: str, raw: bytes, media_type: str, digest: str | None = None) -> StoredManifest:
+        digest = digest or "sha256:" + hashlib.sha256(raw).hexdigest()  # schema 1: the registry's digest
         now = _now_ticks()
         with self._lock:
             known = self._manifests.setdefault(repo, {})
@@ -574,7 +583,7 @@ class AcrStandIn:
         repo_requests: list[Scope] = []
         for s in requested:
             if s.type == "registry":
-                if s.name == "catalog" and "*" in scope_map and "*" in s.actions:
+                if s.name == "catalog" and ("*" in scope_map or self.catalog_filtered) and "*" in s.actions:
                     if not any(g.type == "registry" and g.name == "catalog" for g in out):
                         out.append(Scope("registry", "catalog", ("*",)))
             elif s.type == "repository":
@@ -710,6 +719,9 @@ class AcrStandIn:
                 )
             elif kind == "token":
                 self._handle_token(h, query)
+            elif kind == "catalog" and self.catalog_filtered:
+                h.log_user = _jwt_subject(h.headers.get("Authorization"))
+                self._handle_filtered_catalog(h)
             elif kind == "referrers" and self.referrers_api and h.command in ("GET", "HEAD"):
                 h.log_user = _jwt_subject(h.headers.get("Authorization"))
                 self._handle_referrers(h, repo or "", ref or "", query)
@@ -798,6 +810,18 @@ class AcrStandIn:
             {"WWW-Authenticate": self._challenge(f"repository:{repo}:{action}", "invalid_token")},
         )
         return False
+
+    def _handle_filtered_catalog(self, h: _Handler) -> None:
+        """``/v2/_catalog`` as the user's scope map sees it (one page: enough for tests)."""
+        h.drain_body()
+        claims = self._bearer_claims(h.headers.get("Authorization"))
+        if not self._allows(claims, "registry", "catalog", "*"):
+            h.send_json(401, {"errors": [{"code": "UNAUTHORIZED", "message": _UNAUTHORIZED_MSG}]},
+                        {"WWW-Authenticate": self._challenge(CATALOG_SCOPE, "invalid_token")})  # fmt: skip
+            return
+        scope_map = self.users.get(claims.get("sub", "") if claims else "", ("", {}))[1]
+        visible = [r for r in self._backend_catalog() if any(fnmatch.fnmatchcase(r, g) for g in scope_map)]
+        h.send_json(200, {"repositories": visible})
 
     def _handle_referrers(self, h: _Handler, repo: str, digest: str, query: str) -> None:
         """``GET /v2/<repo>/referrers/<digest>[?artifactType=]``: an OCI index of the referrers."""
@@ -1081,7 +1105,9 @@ class AcrStandIn:
             extra: dict[str, str] = {}
             if kind == "manifest" and h.command == "PUT" and resp.status == 201 and repo and ref and body:
                 media_type = (h.headers.get("Content-Type") or "").split(";")[0].strip()
-                stored = self._record_manifest(repo, body, media_type)  # before the client sees the 201
+                stored = self._record_manifest(  # before the client sees the 201
+                    repo, body, media_type, resp.getheader("Docker-Content-Digest")
+                )
                 if ":" not in ref:
                     self._record_push(repo, ref)
                 if stored.subject and self.referrers_api:

@@ -14,6 +14,7 @@ any code that re-serializes a manifest will change its digest and be caught.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -118,10 +119,11 @@ class Manifest:
     children: tuple[Manifest, ...] = ()
     subject: Manifest | None = None
     platform: dict | None = field(default=None, compare=False)
+    payload: bytes | None = field(default=None, repr=False)  # signed schema 1: what the digest covers
 
     @cached_property
     def digest(self) -> str:
-        return sha256_digest(self.raw)
+        return sha256_digest(self.raw if self.payload is None else self.payload)
 
     @property
     def size(self) -> int:
@@ -464,6 +466,46 @@ def signature(seed: str, subject: Manifest, artifact_type: str = COSIGN_SIG_ARTI
         "annotations": {"org.opencontainers.image.created": _CREATED},
     }
     return Manifest(_dump(body), OCI_MANIFEST, (config, payload), subject=subject)
+
+
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def schema1_image(seed: str, name: str, tag: str, layer_sizes: Sequence[int] = (512,)) -> Manifest:
+    """A signed Docker schema 1 manifest (libtrust JWS, ES256), as old registries still hold.
+
+    Its digest is that of the payload: the bytes without the ``signatures`` member, which the
+    protected header describes (``formatLength``, ``formatTail``).
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    layers = [layer(f"{seed}-{i}", size, DOCKER_LAYER) for i, size in enumerate(layer_sizes)]
+    body = {
+        "schemaVersion": 1, "name": name, "tag": tag, "architecture": "amd64",
+        "fsLayers": [{"blobSum": b.digest} for b in reversed(layers)],
+        "history": [{"v1Compatibility": json.dumps({"id": hashlib.sha256(f"{seed}{i}".encode()).hexdigest()})}
+                    for i in range(len(layers))],
+    }  # fmt: skip
+    payload = json.dumps(body, indent=3).encode()
+    key = ec.generate_private_key(ec.SECP256R1())
+    numbers = key.public_key().public_numbers()
+    jwk = {"crv": "P-256", "kty": "EC", "x": _b64url(numbers.x.to_bytes(32, "big")),
+           "y": _b64url(numbers.y.to_bytes(32, "big"))}  # fmt: skip
+    cut = len(payload) - 2  # formatLength: up to the closing "\n}"
+    protected = _b64url(json.dumps({"formatLength": cut, "formatTail": _b64url(payload[cut:]),
+                                    "time": _CREATED}).encode())  # fmt: skip
+    r, s = decode_dss_signature(key.sign(f"{protected}.{_b64url(payload)}".encode(), ec.ECDSA(hashes.SHA256())))
+    signatures = [{"header": {"jwk": jwk, "alg": "ES256"}, "protected": protected,
+                   "signature": _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))}]  # fmt: skip
+    raw = payload[:cut] + b',\n   "signatures": ' + json.dumps(signatures, indent=3).replace("\n", "\n   ").encode()
+    raw += payload[cut:]
+    return Manifest(raw, DOCKER_SCHEMA1_SIGNED, tuple(layers), payload=payload)
 
 
 def digest_tag(digest: str, suffix: str = "sig") -> str:
