@@ -236,7 +236,8 @@ class AcrStandIn:
     wildcard (grants ``registry:catalog:*``). ``issuer``: a :class:`TokenIssuer` whose key signs
     the JWTs (default: a private one, stopped with the stand-in). ``token_lifetime``: seconds,
     mutable at runtime like :attr:`users` (use :meth:`set_user`) and
-    :attr:`grant_wildcard_requests`.
+    :attr:`grant_wildcard_requests`. ``backend_config``: more ``extra_config`` for the backend
+    registry (e.g. ``registry.FOREIGN_URLS_ALLOWED``).
     """
 
     def __init__(
@@ -247,6 +248,7 @@ class AcrStandIn:
         *,
         grant_wildcard_requests: bool = False,
         name: str = "acr",
+        backend_config: Mapping | None = None,
     ):
         self.users: dict[str, tuple[str, dict[str, list[str]]]] = {}
         for user, (password, scope_map) in (users or {}).items():
@@ -286,7 +288,10 @@ class AcrStandIn:
             self._backend = _BackendRegistry(
                 token_issuer=self._issuer,
                 name=f"{name}-backend",
-                extra_config={"auth": {"token": {"realm": self.realm, "service": self.host}}},
+                extra_config={
+                    **(backend_config or {}),
+                    "auth": {"token": {"realm": self.realm, "service": self.host}},
+                },
             )
             self._backend.standin = self
             self._thread = threading.Thread(
@@ -667,6 +672,19 @@ class AcrStandIn:
         return list(r.json().get("tags") or [])
 
     def _backend_digest(self, repo: str, tag: str) -> str | None:
+        """The digest ``repo:tag`` points at, read where the backend keeps it (its filesystem
+        storage: the tag's ``current/link``, exactly what the backend reads to answer); a HEAD
+        when that file is not there. Listings of 1,500 tags need that many lookups per page."""
+        link = (
+            self.backend.storage_dir / "docker/registry/v2/repositories" / repo / "_manifests/tags" / tag
+            / "current/link"
+        )  # fmt: skip
+        try:
+            digest = link.read_text().strip()
+        except OSError:
+            digest = ""
+        if re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            return digest
         r = self._backend_get(
             "HEAD", f"/v2/{repo}/manifests/{tag}", f"repository:{repo}:pull", {"Accept": ACCEPT}
         )
