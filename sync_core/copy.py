@@ -342,7 +342,13 @@ class Copier:
         blobs = manifest.blobs
         tree.blobs_of[manifest.digest] = blobs
         for blob in blobs:
-            tree.blobs.setdefault(blob.digest, blob)
+            # one descriptor per blob is placed and checked: the others must say the same size
+            first = tree.blobs.setdefault(blob.digest, blob)
+            if first.size != blob.size:
+                raise InvalidContent(
+                    f"manifest {manifest.digest} describes blob {blob.digest} as {blob.size} bytes, "
+                    f"another descriptor in the same image as {first.size} bytes"
+                )
         if not manifest.is_index:
             return
         if depth >= MAX_INDEX_DEPTH:
