@@ -358,6 +358,15 @@ class Copier:
         seen.update(c.digest for c in children)
         # fetched in parallel (round trips dominate); the walk goes on in this thread
         fetched = list(self.pool.map(lambda c: self._manifest(src_repo, c.digest), children))
+        sizes = {c.digest: c.size for c in fetched}
+        for descriptor in manifest.children:  # every descriptor, also of a child met before
+            known = self.manifests.get(descriptor.digest)
+            size = sizes.get(descriptor.digest, known.size if known is not None else None)
+            if size is not None and size != descriptor.size:
+                raise InvalidContent(
+                    f"index {manifest.digest} describes manifest {descriptor.digest} as "
+                    f"{descriptor.size} bytes, the manifest is {size} bytes"
+                )
         for descriptor, child in zip(children, fetched, strict=True):
             if child.media_type != descriptor.media_type:
                 tree.warnings.append(
