@@ -8,7 +8,8 @@ Order of work for one image and any number of targets (:meth:`Copier.copy_to`):
 3. make every blob present at each target that lacks it: known (this process verified it),
    mounted from another repository that holds it, found by a HEAD, else uploaded from the
    source; a blob several targets need is read from the source once (:class:`~.stream.Tee`).
-   Every path checks the descriptor's size (and an upload its digest) the same way;
+   Every path checks the descriptor's size (and an upload its digest) the same way, and the
+   blobs below manifests a target already holds are size-checked too (not placed again);
 4. per target, push child manifests, then the top manifest with the exact source bytes: the tag
    is written last, so a target tag never points at content that is not all there;
 5. mirror the referrers of every manifest of the tree (signatures, SBOMs, attestations), each
@@ -385,7 +386,9 @@ class Copier:
             result.warnings.extend(tree.warnings)
             try:
                 self._check_skip(tree, placement.skip_types)
-                active.append((placement, result, self._missing_manifests(placement, tree)))
+                missing = self._missing_manifests(placement, tree)
+                self._check_held(placement, tree, missing)
+                active.append((placement, result, missing))
             except SkipImage as exc:
                 result.status, result.reason = CopyStatus.SKIPPED, str(exc)
             except Exception as exc:  # noqa: BLE001 - this target only
@@ -432,6 +435,37 @@ class Copier:
             if held:
                 present.update(_subtree(tree, digest))
         return [m for m in tree.manifests if m.digest not in present]
+
+    def _check_held(self, placement: Placement, tree: ImageTree, missing: list[Manifest]) -> None:
+        """Check the size of every blob below the manifests the target already holds.
+
+        Those blobs are not placed again, but their descriptors are checked as if they were: a
+        manifest at the target with a wrong-size descriptor (put there by another client, or by
+        a mount that did not check) must not make the outcome differ from an empty target's.
+        A size this process verified costs nothing; else one HEAD per blob, in parallel.
+        """
+        placed = {b.digest for m in [*missing, tree.top] for b in tree.blobs_of.get(m.digest, ())}
+        below = {m.digest for m in missing}
+        held = {
+            b.digest: b for m in tree.manifests if m.digest not in below
+            for b in tree.blobs_of.get(m.digest, ()) if b.digest not in placed
+        }  # fmt: skip
+        if not held:
+            return
+        destination, repo = placement.destination, placement.repository
+
+        def size(blob: Descriptor) -> int | None:
+            known = destination.ledger.size_of(blob.digest)
+            if known is not None:
+                return known
+            found = destination.client.blob_size(repo, blob.digest)
+            if found is None or found < 0:
+                return None  # not there, or no size told: nothing to compare
+            destination.ledger.record(repo, blob.digest, found)
+            return found
+
+        for blob, found in zip(held.values(), self.pool.map(size, held.values()), strict=True):
+            _check_size(blob, found, f"{destination.host}/{repo}")
 
     def _holds(self, placement: Placement, digest: str) -> bool:
         """The target repository holds manifest ``digest`` (this process knows it, or a HEAD says)."""
