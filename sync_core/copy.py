@@ -66,16 +66,14 @@ class AtTarget(enum.Enum):
     UNKNOWN = "unknown"  # nothing: ask the target (an event, a queued tag, `copy`)
     TAG_ABSENT = "tag absent"  # the repository's tag listing did not have the tag
     TAG_DIFFERS = "tag differs"  # the tag is there with another digest
-    REPOSITORY_ABSENT = "repository absent"  # the tag listing answered 404
+    # The tag listing answered 404. Not proof of an empty repository: distribution answers 404
+    # for one that holds blobs or untagged manifests (a failed copy's), so blobs and manifests
+    # are still HEADed before they are placed.
+    REPOSITORY_ABSENT = "repository absent"
 
     @property
     def tag_known_absent(self) -> bool:
         return self is not AtTarget.UNKNOWN
-
-    @property
-    def repository_empty(self) -> bool:
-        """No manifest to HEAD for: the repository holds no tag (blobs are still HEADed)."""
-        return self is AtTarget.REPOSITORY_ABSENT
 
 
 @dataclass
@@ -472,8 +470,6 @@ class Copier:
         ledger = placement.destination.ledger
         if ledger.known(placement.repository, digest):
             return True
-        if placement.at_target.repository_empty:
-            return False
         info = placement.destination.client.head_manifest(placement.repository, digest)
         if info is not None:
             ledger.record(placement.repository, digest)
