@@ -493,6 +493,14 @@ def annotated(manifest: Manifest, annotations: dict) -> Manifest:
                     manifest.platform)  # fmt: skip
 
 
+def index_of(children: Sequence[Manifest], entries: Sequence[dict] | None = None) -> Manifest:
+    """An OCI index of ``children`` (each described with its platform), or of ``entries`` as
+    given (descriptors of ``children`` altered on purpose)."""
+    listed = [c.descriptor(platform=c.platform) for c in children] if entries is None else list(entries)
+    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed}
+    return Manifest(_dump(body), OCI_INDEX, (), tuple(children))
+
+
 def misdescribed(manifest: Manifest, blob: Blob, size: int) -> Manifest:
     """``manifest`` whose descriptors of ``blob`` (config or layer) say ``size`` bytes.
 
