@@ -8,7 +8,8 @@ Order of work for one image and any number of targets (:meth:`Copier.copy_to`):
 3. make every blob present at each target that lacks it: known (this process verified it),
    mounted from another repository that holds it, found by a HEAD, else uploaded from the
    source; a blob several targets need is read from the source once (:class:`~.stream.Tee`).
-   Every path checks the descriptor's size (and an upload its digest) the same way;
+   Every path checks the descriptor's size (and an upload its digest) the same way, and the
+   blobs below manifests a target already holds are size-checked too (not placed again);
 4. per target, push child manifests, then the top manifest with the exact source bytes: the tag
    is written last, so a target tag never points at content that is not all there;
 5. mirror the referrers of every manifest of the tree (signatures, SBOMs, attestations), each
@@ -78,16 +79,14 @@ class AtTarget(enum.Enum):
     UNKNOWN = "unknown"  # nothing: ask the target (an event, a queued tag, `copy`)
     TAG_ABSENT = "tag absent"  # the repository's tag listing did not have the tag
     TAG_DIFFERS = "tag differs"  # the tag is there with another digest
-    REPOSITORY_ABSENT = "repository absent"  # the tag listing answered 404
+    # The tag listing answered 404. Not proof of an empty repository: distribution answers 404
+    # for one that holds blobs or untagged manifests (a failed copy's), so blobs and manifests
+    # are still HEADed before they are placed.
+    REPOSITORY_ABSENT = "repository absent"
 
     @property
     def tag_known_absent(self) -> bool:
         return self in (AtTarget.TAG_ABSENT, AtTarget.REPOSITORY_ABSENT)
-
-    @property
-    def repository_empty(self) -> bool:
-        """No manifest to HEAD for: the repository holds no tag (blobs are still HEADed)."""
-        return self is AtTarget.REPOSITORY_ABSENT
 
 
 @dataclass
@@ -385,7 +384,13 @@ class Copier:
             blobs = list(self.pool.map(lambda b: self._sized(src_repo, b), blobs))
         tree.blobs_of[manifest.digest] = blobs
         for blob in blobs:
-            tree.blobs.setdefault(blob.digest, blob)
+            # one descriptor per blob is placed and checked: the others must say the same size
+            first = tree.blobs.setdefault(blob.digest, blob)
+            if first.size != blob.size:
+                raise InvalidContent(
+                    f"manifest {manifest.digest} describes blob {blob.digest} as {blob.size} bytes, "
+                    f"another descriptor in the same image as {first.size} bytes"
+                )
         if not manifest.is_index:
             return
         if depth >= MAX_INDEX_DEPTH:
@@ -395,6 +400,15 @@ class Copier:
         seen.update(c.digest for c in children)
         # fetched in parallel (round trips dominate); the walk goes on in this thread
         fetched = list(self.pool.map(lambda c: self._manifest(src_repo, c.digest), children))
+        sizes = {c.digest: c.size for c in fetched}
+        for descriptor in manifest.children:  # every descriptor, also of a child met before
+            known = self.manifests.get(descriptor.digest)
+            size = sizes.get(descriptor.digest, known.size if known is not None else None)
+            if size is not None and size != descriptor.size:
+                raise InvalidContent(
+                    f"index {manifest.digest} describes manifest {descriptor.digest} as "
+                    f"{descriptor.size} bytes, the manifest is {size} bytes"
+                )
         for descriptor, child in zip(children, fetched, strict=True):
             if child.media_type != descriptor.media_type:
                 tree.warnings.append(
@@ -434,7 +448,9 @@ class Copier:
                     if self._up_to_date(placement, view.top.digest):
                         result.status = CopyStatus.UNCHANGED
                         continue
-                active.append((placement, result, view, self._missing_manifests(placement, view)))
+                missing = self._missing_manifests(placement, view)
+                self._check_held(placement, view, missing)
+                active.append((placement, result, view, missing))
             except SkipImage as exc:
                 result.status, result.reason = CopyStatus.SKIPPED, str(exc)
             except Exception as exc:  # noqa: BLE001 - this target only
@@ -516,13 +532,42 @@ class Copier:
                 present.update(_subtree(tree, digest))
         return [m for m in tree.manifests if m.digest not in present]
 
+    def _check_held(self, placement: Placement, tree: ImageTree, missing: list[Manifest]) -> None:
+        """Check the size of every blob below the manifests the target already holds.
+
+        Those blobs are not placed again, but their descriptors are checked as if they were: a
+        manifest at the target with a wrong-size descriptor (put there by another client, or by
+        a mount that did not check) must not make the outcome differ from an empty target's.
+        A size this process verified costs nothing; else one HEAD per blob, in parallel.
+        """
+        placed = {b.digest for m in [*missing, tree.top] for b in tree.blobs_of.get(m.digest, ())}
+        below = {m.digest for m in missing}
+        held = {
+            b.digest: b for m in tree.manifests if m.digest not in below
+            for b in tree.blobs_of.get(m.digest, ()) if b.digest not in placed
+        }  # fmt: skip
+        if not held:
+            return
+        destination, repo = placement.destination, placement.repository
+
+        def size(blob: Descriptor) -> int | None:
+            known = destination.ledger.size_of(blob.digest)
+            if known is not None:
+                return known
+            found = destination.client.blob_size(repo, blob.digest)
+            if found is None or found < 0:
+                return None  # not there, or no size told: nothing to compare
+            destination.ledger.record(repo, blob.digest, found)
+            return found
+
+        for blob, found in zip(held.values(), self.pool.map(size, held.values()), strict=True):
+            _check_size(blob, found, f"{destination.host}/{repo}")
+
     def _holds(self, placement: Placement, digest: str) -> bool:
         """The target repository holds manifest ``digest`` (this process knows it, or a HEAD says)."""
         ledger = placement.destination.ledger
         if ledger.known(placement.repository, digest):
             return True
-        if placement.at_target.repository_empty:
-            return False
         info = placement.destination.client.head_manifest(placement.repository, digest)
         if info is not None:
             ledger.record(placement.repository, digest)

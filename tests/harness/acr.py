@@ -237,7 +237,8 @@ class AcrStandIn:
     the JWTs (default: a private one, stopped with the stand-in). ``token_lifetime``: seconds,
     mutable at runtime like :attr:`users` (use :meth:`set_user`) and
     :attr:`grant_wildcard_requests`. ``backend_config``: more ``docker-registry`` configuration for
-    the backend (e.g. ``{"compatibility": {"schema1": {"enabled": True}}}`` to hold schema 1).
+    the backend (e.g. ``{"compatibility": {"schema1": {"enabled": True}}}`` to hold schema 1, or
+    ``registry.FOREIGN_URLS_ALLOWED``).
     """
 
     def __init__(
@@ -676,6 +677,19 @@ class AcrStandIn:
         return list(r.json().get("tags") or [])
 
     def _backend_digest(self, repo: str, tag: str) -> str | None:
+        """The digest ``repo:tag`` points at, read where the backend keeps it (its filesystem
+        storage: the tag's ``current/link``, exactly what the backend reads to answer); a HEAD
+        when that file is not there. Listings of 1,500 tags need that many lookups per page."""
+        link = (
+            self.backend.storage_dir / "docker/registry/v2/repositories" / repo / "_manifests/tags" / tag
+            / "current/link"
+        )  # fmt: skip
+        try:
+            digest = link.read_text().strip()
+        except OSError:
+            digest = ""
+        if re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            return digest
         r = self._backend_get(
             "HEAD", f"/v2/{repo}/manifests/{tag}", f"repository:{repo}:pull", {"Accept": ACCEPT}
         )

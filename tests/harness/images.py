@@ -35,16 +35,23 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+#: The OCI 1.1 release candidates' artifact manifest (``blobs``, no ``config``; removed in 1.1.0).
+OCI_ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 IN_TOTO = "application/vnd.in-toto+json"
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 HELM_CHART = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 COSIGN_SIG_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
 COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
+BUILDKIT_CACHE_CONFIG = "application/vnd.buildkit.cacheconfig.v0"
 
 MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 #: The Accept header sent on every manifest GET/HEAD.
@@ -255,8 +262,12 @@ def oci_image(
     base_layer: Blob | None = None,
     platform: str = "linux/amd64",
     annotations: dict | None = None,
+    layer_type: str = OCI_LAYER,
 ) -> Manifest:
-    """OCI single-platform image: config + ``base_layer`` (if any) + one layer per size."""
+    """OCI single-platform image: config + ``base_layer`` (if any) + one layer per size.
+
+    ``layer_type``: e.g. :data:`OCI_LAYER_ZSTD` for a ``buildx --output compression=zstd`` image.
+    """
     return _single_image(
         seed,
         layer_sizes,
@@ -265,7 +276,7 @@ def oci_image(
         annotations,
         manifest_type=OCI_MANIFEST,
         config_type=OCI_CONFIG,
-        layer_type=OCI_LAYER,
+        layer_type=layer_type,
     )
 
 
@@ -512,6 +523,239 @@ def digest_tag(digest: str, suffix: str = "sig") -> str:
     """The cosign / referrers-fallback tag for a digest: ``sha256-<hex>.sig``."""
     alg, _, hexpart = digest.partition(":")
     return f"{alg}-{hexpart}.{suffix}" if suffix else f"{alg}-{hexpart}"
+
+
+# -- real-world shapes (tests/test_shapes.py) ------------------------------------------------------
+
+
+def annotated(manifest: Manifest, annotations: dict) -> Manifest:
+    """``manifest`` with ``annotations`` added: another digest, the same blobs and children."""
+    body = manifest.json | {"annotations": {**manifest.json.get("annotations", {}), **annotations}}
+    return Manifest(_dump(body), manifest.media_type, manifest.blobs, manifest.children, manifest.subject,
+                    manifest.platform)  # fmt: skip
+
+
+def index_of(children: Sequence[Manifest], entries: Sequence[dict] | None = None) -> Manifest:
+    """An OCI index of ``children`` (each described with its platform), or of ``entries`` as
+    given (descriptors of ``children`` altered on purpose)."""
+    listed = [c.descriptor(platform=c.platform) for c in children] if entries is None else list(entries)
+    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed}
+    return Manifest(_dump(body), OCI_INDEX, (), tuple(children))
+
+
+def misdescribed(manifest: Manifest, blob: Blob, size: int) -> Manifest:
+    """``manifest`` whose descriptors of ``blob`` (config or layer) say ``size`` bytes.
+
+    distribution 2.8 stores such a manifest (it checks that blobs exist, not their sizes).
+    """
+    body = manifest.json
+    for entry in [body.get("config") or {}, *body.get("layers", ())]:
+        if entry.get("digest") == blob.digest:
+            entry["size"] = size
+    return Manifest(_dump(body), manifest.media_type, manifest.blobs, platform=manifest.platform)
+
+
+def foreign_layer_image(seed: str, layer_sizes: Sequence[int] = (512,), *, oci: bool = False) -> Manifest:
+    """A Windows-style image whose base layer is foreign (non-distributable): described with
+    ``urls`` and never pushed to a registry, so it is not among ``blobs``.
+
+    Docker v2 with ``application/vnd.docker.image.rootfs.foreign.diff.tar.gzip`` (``oci``: OCI
+    with the non-distributable layer type). distribution 2.8 refuses such manifests unless
+    ``validation.manifests.urls.allow`` admits the URL (see ``registry.FOREIGN_URLS_ALLOWED``).
+    """
+    foreign = layer(f"{seed}:foreign", 4096, OCI_NONDISTRIBUTABLE if oci else DOCKER_FOREIGN_LAYER)
+    layers = [layer(f"{seed}:{i}", n, OCI_LAYER if oci else DOCKER_LAYER) for i, n in enumerate(layer_sizes)]
+    config = Blob(
+        _image_config(seed, [foreign, *layers], "windows", "amd64", None),
+        OCI_CONFIG if oci else DOCKER_CONFIG,
+    )
+    media_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
+    url = f"https://mcr.microsoft.com/v2/windows/servercore/blobs/{foreign.digest}"
+    body = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": config.descriptor(),
+        "layers": [{**foreign.descriptor(), "urls": [url]}, *(b.descriptor() for b in layers)],
+    }
+    return Manifest(_dump(body), media_type, (config, *layers), platform=_platform("windows", "amd64"))
+
+
+def buildkit_cache_index(
+    seed: str, layer_sizes: Sequence[int] = (300, 200), media_type: str = OCI_INDEX
+) -> Manifest:
+    """A BuildKit registry cache (``--cache-to type=registry``, ``image-manifest=false``): an
+    index whose ``manifests`` are the cached layer *blobs* and the cache config, not manifests
+    (``media_type``: :data:`DOCKER_LIST` with ``oci-mediatypes=false``)."""
+    layers = [layer(f"{seed}:{i}", n) for i, n in enumerate(layer_sizes)]
+    config = Blob(
+        _dump({
+            "layers": [{"blob": b.digest, "parent": i - 1} for i, b in enumerate(layers)],
+            "records": [{"digest": sha256_digest(f"{seed}:record:{i}".encode()), "layers": [{"layer": i}]}
+                        for i in range(len(layers))],
+        }),
+        BUILDKIT_CACHE_CONFIG,
+    )  # fmt: skip
+    entries = [
+        b.descriptor(
+            {"buildkit/createdat": _CREATED, "containerd.io/uncompressed": sha256_digest(b.data[::-1])}
+        )
+        for b in layers
+    ]
+    body = {"schemaVersion": 2, "mediaType": media_type, "manifests": [*entries, config.descriptor()]}
+    return Manifest(_dump(body), media_type, (*layers, config))
+
+
+def oci_artifact(
+    seed: str,
+    artifact_type: str,
+    subject: Manifest | None = None,
+    blob_sizes: Sequence[int] = (200,),
+    blob_type: str = "application/vnd.example.data.v1",
+) -> Manifest:
+    """An OCI 1.1 artifact as ``oras push --artifact-type`` writes it: an image manifest with
+    ``artifactType``, the empty config (``application/vnd.oci.empty.v1+json``) and ``subject``
+    when given."""
+    blobs = [layer(f"{seed}:{i}", n, blob_type) for i, n in enumerate(blob_sizes)]
+    config = empty_blob()
+    body: dict = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": config.descriptor(),
+        "layers": [
+            b.descriptor({"org.opencontainers.image.title": f"{seed}-{i}"}) for i, b in enumerate(blobs)
+        ],
+    }
+    if subject is not None:
+        body["subject"] = subject.descriptor()
+    body["annotations"] = {"org.opencontainers.image.created": _CREATED}
+    return Manifest(_dump(body), OCI_MANIFEST, (config, *blobs), subject=subject)
+
+
+def artifact_manifest(
+    seed: str,
+    subject: Manifest | None = None,
+    artifact_type: str = "application/vnd.example.sbom.v1",
+    blob_sizes: Sequence[int] = (200,),
+) -> Manifest:
+    """An OCI 1.1-rc artifact manifest (``application/vnd.oci.artifact.manifest.v1+json``):
+    ``blobs`` instead of config and layers, no ``schemaVersion``. oras 1.0-rc pushed these and
+    ACR still serves them; distribution 2.8 refuses to store one (400 MANIFEST_INVALID)."""
+    blobs = [layer(f"{seed}:{i}", n, "application/vnd.example.data.v1") for i, n in enumerate(blob_sizes)]
+    body: dict = {
+        "mediaType": OCI_ARTIFACT,
+        "artifactType": artifact_type,
+        "blobs": [b.descriptor() for b in blobs],
+    }
+    if subject is not None:
+        body["subject"] = subject.descriptor()
+    body["annotations"] = {"org.opencontainers.artifact.created": _CREATED}
+    return Manifest(_dump(body), OCI_ARTIFACT, tuple(blobs), subject=subject)
+
+
+def referrer_type(manifest: Manifest) -> str | None:
+    """The artifact type a referrers listing shows: ``artifactType``, else the config's type."""
+    return manifest.artifact_type or (manifest.json.get("config") or {}).get("mediaType")
+
+
+def referrers_index(referrers: Sequence[Manifest]) -> Manifest:
+    """The referrers tag schema's index (tagged ``sha256-<hex of the subject>``) listing
+    ``referrers`` (its children: pushing it pushes them first)."""
+    entries = []
+    for referrer in referrers:
+        entry = referrer.descriptor(artifact_type=referrer_type(referrer))
+        if referrer.json.get("annotations"):
+            entry["annotations"] = referrer.json["annotations"]
+        entries.append(entry)
+    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    return Manifest(_dump(body), OCI_INDEX, (), tuple(referrers))
+
+
+def referrer_index(seed: str, subject: Manifest, artifact_type: str, parts: int = 2) -> Manifest:
+    """An index that is itself a referrer (``subject``, ``artifactType``): e.g. a bundle of
+    per-platform SBOMs attached to a multi-platform image."""
+    children = [oci_image(f"{seed}:part{i}", (64,)) for i in range(parts)]
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "artifactType": artifact_type,
+        "manifests": [c.descriptor() for c in children],
+        "subject": subject.descriptor(),
+        "annotations": {"org.opencontainers.image.created": _CREATED},
+    }
+    return Manifest(_dump(body), OCI_INDEX, (), tuple(children), subject=subject)
+
+
+def nested_index(seed: str, depth: int, leaf: Manifest | None = None) -> Manifest:
+    """``depth`` indexes, each the only child of the one above (depth 1: an index of ``leaf``)."""
+    current = leaf or oci_image(f"{seed}:leaf", (128,))
+    for level in range(depth):
+        body = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [current.descriptor(platform=current.platform)],
+            "annotations": {"org.example.level": str(depth - level)},
+        }
+        current = Manifest(_dump(body), OCI_INDEX, (), (current,))
+    return current
+
+
+def ggcr_index(seed: str, child: Manifest) -> Manifest:
+    """An index whose descriptor says OCI manifest for a ``child`` served as Docker v2 (as some
+    go-containerregistry versions wrote them): the descriptor's type is not the served one."""
+    entry = child.descriptor(platform=child.platform or _platform("linux", "amd64"))
+    entry["mediaType"] = OCI_MANIFEST
+    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry],
+            "annotations": {"org.example.seed": seed}}  # fmt: skip
+    return Manifest(_dump(body), OCI_INDEX, (), (child,))
+
+
+def _cosign_manifest(seed: str, subject: Manifest, layer_blob: Blob, annotations: dict) -> Manifest:
+    config = Blob(
+        json.dumps({
+            "architecture": "", "created": "0001-01-01T00:00:00Z", "history": [{"created": "0001-01-01T00:00:00Z"}],
+            "os": "", "rootfs": {"type": "layers", "diff_ids": [layer_blob.digest]}, "config": {},
+        }, separators=(",", ":")).encode(),
+        OCI_CONFIG,
+    )  # fmt: skip
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.descriptor(),
+        "layers": [layer_blob.descriptor(annotations)],
+    }
+    return Manifest(json.dumps(body, separators=(",", ":")).encode(), OCI_MANIFEST, (config, layer_blob))
+
+
+def cosign_signature(seed: str, subject: Manifest) -> Manifest:
+    """cosign's tag-based signature (tag ``sha256-<hex>.sig``): no ``subject``, a simplesigning
+    layer with the signature in an annotation. Compact JSON, as cosign writes it."""
+    payload = Blob(
+        json.dumps({
+            "critical": {"identity": {"docker-reference": "synthetic"},
+                         "image": {"docker-manifest-digest": subject.digest},
+                         "type": "cosign container image signature"},
+            "optional": None,
+        }, separators=(",", ":")).encode(),
+        COSIGN_SIMPLESIGNING,
+    )  # fmt: skip
+    signature_ = pseudo_random(f"cosign-sig:{seed}", 70).hex()
+    return _cosign_manifest(seed, subject, payload, {"dev.cosignproject.cosign/signature": signature_})
+
+
+def cosign_attestation(seed: str, subject: Manifest) -> Manifest:
+    """cosign's tag-based attestation (tag ``sha256-<hex>.att``): a DSSE envelope layer."""
+    statement = json.dumps({
+        "_type": "https://in-toto.io/Statement/v0.1", "predicateType": "https://slsa.dev/provenance/v0.2",
+        "subject": [{"name": "synthetic", "digest": {"sha256": subject.digest[7:]}}],
+        "predicate": {"seed": seed},
+    }).encode()  # fmt: skip
+    envelope = Blob(
+        json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": statement.hex(),
+                    "signatures": [{"sig": pseudo_random(f"cosign-att:{seed}", 64).hex()}]}).encode(),
+        DSSE_ENVELOPE,
+    )  # fmt: skip
+    return _cosign_manifest(seed, subject, envelope, {"predicateType": "https://slsa.dev/provenance/v0.2"})
 
 
 # -- pusher ---------------------------------------------------------------------------------------

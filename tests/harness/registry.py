@@ -17,6 +17,7 @@ import atexit
 import copy
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +40,15 @@ if TYPE_CHECKING:
     from .tokens import TokenIssuer
 
 REGISTRY_BINARY = os.environ.get("REGISTRY_SYNC_TEST_REGISTRY_BIN", "/usr/bin/docker-registry")
+
+#: ``extra_config`` for a registry that stores manifests with foreign (non-distributable) layers:
+#: distribution 2.8 refuses their ``urls`` unless ``validation.manifests.urls.allow`` admits them.
+FOREIGN_URLS_ALLOWED = {"validation": {"manifests": {"urls": {"allow": ["^https?://"]}}}}
+WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
+
+_ACCESS_LINE = re.compile(
+    r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) '
+)
 
 _live: set[Registry] = set()
 _live_lock = threading.Lock()
@@ -237,6 +248,32 @@ class Registry:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    # -- request log ------------------------------------------------------------------------------
+
+    def access_log(self) -> list[tuple[str, str, int]]:
+        """``(method, path, status)`` of every request answered so far, oldest first.
+
+        From the access log distribution writes to its stdout (Apache combined format). A request
+        is logged just after its answer is sent, so a marker request is sent first and waited for:
+        everything answered before this call is in the list.
+        """
+        marker = f"/v2/?access-log-marker={uuid.uuid4().hex}"
+        requests.get(self.url + marker, timeout=5)
+        deadline = time.monotonic() + 5
+        while True:
+            entries = [
+                (m["method"], m["path"], int(m["status"]))
+                for m in map(_ACCESS_LINE.match, self.log_path.read_text(errors="replace").splitlines())
+                if m is not None
+            ]
+            if any(path == marker for _, path, _ in entries) or time.monotonic() > deadline:
+                return [e for e in entries if "access-log-marker=" not in e[1]]
+            time.sleep(0.01)
+
+    def writes(self, since: int = 0) -> list[tuple[str, str, int]]:
+        """The PUT/POST/PATCH/DELETE requests of :meth:`access_log` from entry ``since`` on."""
+        return [e for e in self.access_log()[since:] if e[0] in WRITE_METHODS]
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
