@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from .config import load_config, settings_help
+from . import metrics
+from .config import SyncConfig, load_config, settings_help
 from .errors import ConfigError, InvalidContent, SetupError, SyncError
 from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
+from .metrics import Trigger
 from .names import ImageRef
 from .plan import Check
 from .report import Summary
@@ -86,6 +88,11 @@ def render_summary(summary: Summary) -> str:
             f"  target {name}: {counts['missing']} missing, {counts['copied']} copied, "
             f"{counts['skipped']} skipped, {counts['failed']} failed"
         )
+    for name, figures in d["metrics"].items():
+        lag = figures["lag_seconds"]
+        if lag["count"]:
+            lines.append(f"  mirror lag {name}: avg {lag['avg']:.1f}s, min {lag['min']:.1f}s, max {lag['max']:.1f}s "
+                         f"over {lag['count']} copies")  # fmt: skip
     for entry in d["skipped"]:
         lines.append(f"  skipped [{entry['target']}] {entry['item']}: {entry['reason']}")
     for entry in d["failures"]:
@@ -176,6 +183,17 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    sink = metrics.current()
+    started, code = time.monotonic(), EXIT_FAILED
+    try:
+        code = _command(args, config)
+        return code
+    finally:
+        sink.run(Trigger.CLI, code == EXIT_OK, time.monotonic() - started)
+        sink.flush()  # a short process: export before it ends
+
+
+def _command(args: argparse.Namespace, config: SyncConfig) -> int:
     try:
         with Syncer(config) as syncer:
             summary = _run(args, syncer)

@@ -1,20 +1,24 @@
 """What a run did: counts per run and per target, skips and failures (:class:`Summary`).
 
 :class:`Summary` only counts. :class:`Recorder` is what the planner and the executor report to:
-it counts in the summary and writes the decision log line (``logs``), so that no outcome is
-counted without being logged or logged without being counted.
+it counts in the summary, writes the decision log line (``logs``) and gives the figures to the
+metrics (``metrics.RunMeter``: the run's figures and the OpenTelemetry instruments), so that no
+outcome is counted without being logged and measured, or logged without being counted.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .copy import CopyResult, CopyStatus
 from .errors import describe
+from .metrics import Figures, Metrics, Outcome, RunMeter
 
 if TYPE_CHECKING:
     from .plan import TagWork
@@ -54,6 +58,7 @@ class Summary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     planned: list[TagWork] = field(default_factory=list)
+    figures: Figures = field(default_factory=Figures)  # per target, as given to the metrics
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -94,10 +99,11 @@ class Summary:
             self.target(target).skipped += tags
             self.tags_skipped += tags
 
-    def add_copy(self, target: str, result: CopyResult, tag: bool = True) -> None:
+    def add_copy(self, target: str, result: CopyResult, tag: bool = True, referrer: bool = False) -> None:
         """Count a finished copy (a skipped one is counted by :meth:`skip`).
 
-        ``tag``: the copy was of a tag (else of a referrer by digest: only its work counts).
+        ``tag``: the copy was of a tag (else by digest: only its work counts); ``referrer``: it
+        was of a referrer (counted itself; the referrers *of* a digest count only as its work).
         """
         with self._lock:
             counts = self.target(target)
@@ -107,7 +113,7 @@ class Summary:
             elif tag and result.status is CopyStatus.UNCHANGED:
                 self.tags_unchanged += 1
                 counts.unchanged += 1
-            elif not tag and result.status is CopyStatus.COPIED:
+            elif referrer and result.status is CopyStatus.COPIED:
                 self.referrers_copied += 1
             self._add_work(result)
 
@@ -151,6 +157,7 @@ class Summary:
             "failures": self.failures,
             "warnings": self.warnings,
             "planned": [_planned(w) for w in self.planned] if self.dry_run else [],
+            "metrics": self.figures.to_dict(self.targets),
         }
 
 
@@ -167,19 +174,31 @@ def _planned(work: TagWork) -> dict[str, Any]:
 
 
 class Recorder:
-    """Where a run reports each outcome: counted in ``summary`` and logged as a decision."""
+    """Where a run reports each outcome: counted in ``summary``, logged as a decision, measured.
 
-    def __init__(self, summary: Summary) -> None:
+    ``metrics``: the process's instruments (default: none); ``clock``: now, for the mirror lag.
+    """
+
+    def __init__(
+        self,
+        summary: Summary,
+        metrics: Metrics | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
         self.summary = summary
+        self.meter = RunMeter(summary.figures, metrics or Metrics())
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
 
     def failed(self, where: str, reason: str, target: str | None = None, tags: int = 1) -> None:
         self.summary.fail(where, reason, target, tags)
+        self.meter.tags(target, Outcome.FAILED, tags)
         logs.decision(
             log, "failed", f"failed {where}: {reason}", level=logging.ERROR, item=where, target=target
         )
 
     def skipped(self, where: str, reason: str, target: str, tags: int = 1) -> None:
         self.summary.skip(where, reason, target, tags)
+        self.meter.tags(target, Outcome.SKIPPED, tags)
         logs.decision(log, "skipped", f"skipped {where}: {reason}", item=where, target=target)
 
     def warned(self, where: str, warning: str, target: str) -> None:
@@ -195,6 +214,7 @@ class Recorder:
             self.failed(f"{work.item} -> {work.target}", problem, work.target, tags=0)
         if result.error is not None:
             self.summary.add_partial(result)
+            self.meter.work(work.target, result)
             self.failed(f"{work.item} -> {work.target}", describe(result.error), work.target, tags=int(work.is_tag))
             return
         self.finished(work, result)
@@ -207,7 +227,9 @@ class Recorder:
         if result.status is CopyStatus.IGNORED:
             log.debug("ignored %s for %s: %s", work.item, work.target, result.reason)
             return
-        self.summary.add_copy(work.target, result, tag=work.is_tag)
+        referrer = work.kind.value == "referrer"  # WorkKind.REFERRER (plan.py imports this module)
+        self.summary.add_copy(work.target, result, tag=work.is_tag, referrer=referrer)
+        self._measure(work, result, referrer)
         if not work.is_tag and result.status is CopyStatus.UNCHANGED:
             return  # a referrer candidate the target holds: not a decision worth a line
         status = result.status.value
@@ -220,3 +242,12 @@ class Recorder:
             target_repository=work.target_repository, bytes_uploaded=result.bytes_uploaded,
             referrers=result.referrers_copied or None,
         )  # fmt: skip
+
+    def _measure(self, work: TagWork, result: CopyResult, referrer: bool) -> None:
+        """The figures of a copy that ended without an error (copied or unchanged)."""
+        copied = result.status is CopyStatus.COPIED
+        if work.is_tag:
+            self.meter.tags(work.target, Outcome.COPIED if copied else Outcome.UNCHANGED)
+        self.meter.work(work.target, result, referrers=int(referrer and copied))
+        if copied and work.pushed is not None:  # now at the target: pushed at the source -> here
+            self.meter.lag(work.target, (self.clock() - work.pushed).total_seconds())
