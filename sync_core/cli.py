@@ -1,6 +1,7 @@
-"""Command line: ``python -m sync_core {sync,plan,copy,event} ...``.
+"""Command line: ``python -m sync_core {sync,plan,copy,event,verify} ...``.
 
 Exit codes: 0 all succeeded, 1 something failed (the summary says what), 2 configuration error.
+``verify``: 0 complete, 1 incomplete (the table says what), 2 configuration error.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from . import metrics
+from . import metrics, verify
 from .config import SyncConfig, load_config, settings_help
 from .errors import ConfigError, InvalidContent, SetupError, SyncError
 from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
@@ -165,6 +166,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "file", metavar="FILE", help="JSON file with one event or an array of events ('-' for stdin)"
     )
+    p = command("verify", "check that every selected tag and referrer is at each target with the source digest",
+                "Check, without writing anything, that every tag sync would mirror (and its referrers) is at "
+                "each target with the source digest. Exit 0: complete; 1: a table says what is missing or "
+                "differs.\n\n" + verify.COST)  # fmt: skip
+    p.add_argument("--repository", **only_repo)
+    p.add_argument("--deep", action="store_true",
+                   help="also fetch every manifest at the target and HEAD every child manifest and blob")  # fmt: skip
     return parser
 
 
@@ -183,6 +191,8 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "verify":
+        return verify_command(args, config)
     sink = metrics.current()
     started, code = time.monotonic(), EXIT_FAILED
     try:
@@ -210,6 +220,21 @@ def _command(args: argparse.Namespace, config: SyncConfig) -> int:
     else:
         print(render_summary(summary))
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def verify_command(args: argparse.Namespace, config: SyncConfig) -> int:
+    """``verify``: 0 complete, 1 incomplete, 2 configuration error (nothing is written)."""
+    try:
+        with Syncer(config, metrics=metrics.Metrics()) as syncer:  # measures nothing: no exporter
+            report = verify.Verifier(syncer, deep=args.deep).run(args.repository, args.target)
+    except (ConfigError, SetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(report.to_dict(), indent=2) if args.json else verify.render(report))
+    return EXIT_OK if report.complete else EXIT_FAILED
 
 
 def _run(args: argparse.Namespace, syncer: Syncer) -> Summary:
