@@ -40,7 +40,8 @@ from .registry import RegistryClient
 from .sync import Syncer
 
 COST = """\
-Cost in requests (besides tokens, the catalog listing and one tag listing per repository):
+Cost in requests (besides tokens, each registry's first auth challenge, the catalog listing and
+one tag listing per repository):
   per tag and target     1 HEAD of the tag at the target (--deep: 1 GET of its manifest instead)
   per tag                1 HEAD at the source for a plain OCI source (ACR listings carry digests)
   referrers (unless SYNC_REFERRERS=none), per tag and per referrer found:
