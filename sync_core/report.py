@@ -250,4 +250,5 @@ class Recorder:
             self.meter.tags(work.target, Outcome.COPIED if copied else Outcome.UNCHANGED)
         self.meter.work(work.target, result, referrers=int(referrer and copied))
         if copied and work.pushed is not None:  # now at the target: pushed at the source -> here
-            self.meter.lag(work.target, (self.clock() - work.pushed).total_seconds())
+            pushed = work.pushed if work.pushed.tzinfo else work.pushed.replace(tzinfo=dt.timezone.utc)
+            self.meter.lag(work.target, (self.clock() - pushed).total_seconds())
