@@ -8,6 +8,7 @@ Scenarios (each runs registry-sync, then skopeo, against the same mirror behind 
 registry-sync writes under ``rs/``, skopeo under ``sk/``):
 
   initial      sync the platform catalog into an empty mirror
+  verify       ``verify`` and ``verify --deep`` of that mirror (registry-sync only: requests, seconds)
   noop         the same sync again: nothing to do
   incremental  a few new tags appear at the source
   big          one image with a 1 GiB layer (registry-sync sync vs ``skopeo copy --all``)
@@ -213,6 +214,7 @@ class Bench:
         self.scenario_pair("initial", ns, repos)
         problems = self.verify_mirror(self.corpus.images)
         self.facts["verify_initial"] = problems or "all tags byte-identical at rs/ and sk/"
+        self.scenario_verify(ns)
         self.scenario_pair("noop", ns, repos)
         corpora.push_all(self.world.source_pusher, self.corpus.new_images)
         new = list(self.corpus.new_images.values())
@@ -223,6 +225,26 @@ class Bench:
         self.scenario_pair("incremental", ns, repos)
         problems = self.verify_mirror(self.corpus.new_images)
         self.facts["verify_incremental"] = problems or "all new tags byte-identical at rs/ and sk/"
+
+    def scenario_verify(self, ns: str) -> None:
+        """``verify`` (and ``--deep``) of the complete mirror: what it costs, and that it says complete."""
+        for deep in (False, True):
+            scenario = "verify-deep" if deep else "verify"
+            self.world.reset_counters()
+            self.log(f"{scenario}: registry-sync ...")
+            result, report = self.rs.verify(ns, "rs", TIMEOUT, deep=deep)
+            row = _row(scenario, "registry-sync", result, self.world.counters(), summary=report)
+            if not report.get("complete"):
+                row.ok = False
+                row.note += f" verify found: {report.get('findings', [])[:3]}"
+            self.log(f"{scenario}: registry-sync {row.seconds:.2f}s ok={row.ok} {row.note}")
+            self.rows.append(row)
+        # what --deep must look at: each is checked once per target repository
+        children = {(repo, m.digest) for (repo, _), image in self.corpus.images.items() for m in image.walk()
+                    if m is not image}  # fmt: skip
+        blobs = {(repo, b.digest) for (repo, _), image in self.corpus.images.items() for b in image.all_blobs()}
+        self.facts["verify"] = {"tags": len(self.corpus.images), "child_manifests": len(children),
+                                "blobs": len(blobs)}  # fmt: skip
 
     def scenario_big(self) -> None:
         rs = self.run_rs("big", "big", "rs")
@@ -324,6 +346,28 @@ class Bench:
             unique = self.facts["incremental"]["new_unique_blob_bytes"]
             out.append(("incremental bytes to mirror <= 1.02 x new unique blobs", rs.bytes_to_mirror <= 1.02 * unique,
                         f"{rs.bytes_to_mirror} / {unique} = {rs.bytes_to_mirror / max(1, unique):.4f}"))  # fmt: skip
+        for scenario, deep in (("verify", False), ("verify-deep", True)):
+            row = get(scenario, "registry-sync")
+            if row is None:
+                continue
+            facts = self.facts["verify"]
+            tags, children, src, dst = facts["tags"], facts["child_manifests"], row.source_by_class, row.mirror_by_class
+            # the cost verify --help states, for this plain OCI source without the referrers API:
+            # mirror: 1 HEAD (--deep: GET) per tag; --deep: 1 GET per child manifest, 1 HEAD per
+            # blob (distinct per repository). Source: 1 HEAD per tag and 1 referrers request per
+            # tag (--deep: and per child manifest; here a GET of the referrers tag, after the API
+            # answered 404). Plus the first request's auth challenge at each registry.
+            want_mirror = tags + (children + facts["blobs"] if deep else 0)
+            want_source = 2 * tags + (children if deep else 0)
+            got_mirror = dst.get("manifest", 0) + dst.get("blob", 0)
+            got_source = src.get("manifest", 0)
+            out.append((f"{scenario}: requests as verify --help states", row.ok and got_mirror <= want_mirror + 1
+                        and got_source <= want_source + 1,
+                        f"{tags} tags: mirror {got_mirror} manifest/blob requests (stated {want_mirror} + 1 auth "
+                        f"challenge), source {got_source} manifest requests (stated {want_source}) and "
+                        f"{src.get('referrers', 0)} referrers API probe(s); {row.source_requests + row.mirror_requests} "
+                        f"requests in all with listings and challenges, {row.source_tokens + row.mirror_tokens} "
+                        f"token fetches, {row.seconds:.2f}s"))  # fmt: skip
         rss = max((r.max_rss_bytes for r in self.rows if r.tool == "registry-sync"), default=0)
         out.append(("peak RSS <= 150 MB (every registry-sync run)", rss <= 150 * MB, f"{rss / MB:.1f} MB"))
         rs, sk = get("big", "registry-sync"), get("big", "skopeo")

@@ -121,6 +121,18 @@ class RegistrySync:
             summary = {}
         return result, summary
 
+    def verify(
+        self, source_namespace: str, target_namespace: str, timeout: float, *, deep: bool = False
+    ) -> tuple[ProcessResult, dict]:
+        """``python -m sync_core verify --json [--deep]``: its report (exit 0 when complete)."""
+        command = [sys.executable, "-m", "sync_core", "verify", "--json", *(["--deep"] if deep else [])]
+        result = run_measured(command, self.env(source_namespace, target_namespace), timeout)
+        try:
+            report = json.loads(result.stdout)
+        except ValueError:
+            report = {}
+        return result, report
+
 
 class Skopeo:
     """``skopeo sync --all`` (the replaced tool's method) and ``skopeo copy --all``.

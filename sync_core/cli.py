@@ -1,6 +1,7 @@
-"""Command line: ``python -m sync_core {sync,plan,copy,event} ...``.
+"""Command line: ``python -m sync_core {sync,plan,copy,event,verify} ...``.
 
 Exit codes: 0 all succeeded, 1 something failed (the summary says what), 2 configuration error.
+``verify``: 0 complete, 1 incomplete (the table says what), 2 configuration error.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from . import metrics, verify
 from .config import SyncConfig, load_config, settings_help
 from .errors import ConfigError, InvalidContent, SetupError, SyncError
 from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
+from .metrics import Trigger
 from .names import ImageRef
 from .plan import Check
 from .report import Summary
@@ -94,6 +97,11 @@ def render_summary(summary: Summary) -> str:
         )
     for entry in d["warnings"]:
         lines.append(f"  warning [{entry['target']}] {entry['item']}: {entry['warning']}")
+    for name, figures in d["metrics"].items():
+        lag = figures["lag_seconds"]
+        if lag["count"]:
+            lines.append(f"  mirror lag {name}: avg {lag['avg']:.1f}s, min {lag['min']:.1f}s, max {lag['max']:.1f}s "
+                         f"over {lag['count']} copies")  # fmt: skip
     for entry in d["skipped"]:
         lines.append(f"  skipped [{entry['target']}] {entry['item']}: {entry['reason']}")
     for entry in d["failures"]:
@@ -179,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "file", metavar="FILE", help="JSON file with one event or an array of events ('-' for stdin)"
     )
+    p = command("verify", "check that every selected tag and referrer is at each target with the source digest",
+                "Check, without writing anything, that every tag sync would mirror (and its referrers) is at "
+                "each target with the source digest. Exit 0: complete; 1: a table says what is missing or "
+                "differs.\n\n" + verify.COST)  # fmt: skip
+    p.add_argument("--repository", **only_repo)
+    p.add_argument("--deep", action="store_true",
+                   help="also fetch every manifest at the target and HEAD every child manifest and blob")  # fmt: skip
     return parser
 
 
@@ -197,6 +212,19 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "verify":
+        return verify_command(args, config)
+    sink = metrics.current()
+    started, code = time.monotonic(), EXIT_FAILED
+    try:
+        code = _command(args, config)
+        return code
+    finally:
+        sink.run(Trigger.CLI, code == EXIT_OK, time.monotonic() - started)
+        sink.flush()  # a short process: export before it ends
+
+
+def _command(args: argparse.Namespace, config: SyncConfig) -> int:
     try:
         with Syncer(config) as syncer:
             summary = _run(args, syncer)
@@ -213,6 +241,21 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
     else:
         print(render_summary(summary))
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def verify_command(args: argparse.Namespace, config: SyncConfig) -> int:
+    """``verify``: 0 complete, 1 incomplete, 2 configuration error (nothing is written)."""
+    try:
+        with Syncer(config, metrics=metrics.Metrics()) as syncer:  # measures nothing: no exporter
+            report = verify.Verifier(syncer, deep=args.deep).run(args.repository, args.target)
+    except (ConfigError, SetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(report.to_dict(), indent=2) if args.json else verify.render(report))
+    return EXIT_OK if report.complete else EXIT_FAILED
 
 
 def _run(args: argparse.Namespace, syncer: Syncer) -> Summary:

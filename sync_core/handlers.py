@@ -4,29 +4,52 @@
 * Event Grid: validate the event, one tag message per target; copies nothing;
 * queue worker: run one message within a time budget; re-enqueue what is left; raise on failure
   so that the host retries the message and finally moves it to the poison queue.
+
+Each invocation records its duration (``registry_sync.run.duration``, trigger timer|event|worker).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from . import logs
+from . import logs, metrics
 from .catalog import parse_time
 from .config import Compare, SyncConfig
 from .errors import InvalidContent, NameRejected, SyncError
-from .events import decide, load_events, log_decision
+from .events import Action, decide, load_events, log_decision
 from .messages import MessageKind, WorkMessage, parse_message
+from .metrics import Trigger
 from .names import fallback_tag, fallback_tag_subject
 from .plan import Check, Reason, TagWork, WorkKind, check_mappings, map_repository, repository_wanted
 from .report import Summary
 from .sync import Syncer
 
 log = logging.getLogger("sync_core.work")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _timed(trigger: Trigger) -> Callable[[F], F]:
+    """Record each call's duration with the Syncer's metrics (else the process's): ok unless it raises."""
+
+    def wrap(function: F) -> F:
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            syncers = [a for a in (*args, *kwargs.values()) if isinstance(a, Syncer)]
+            sink = syncers[0].metrics if syncers else metrics.current()
+            with sink.timed(trigger):
+                return function(*args, **kwargs)
+
+        return timed  # type: ignore[return-value]
+
+    return wrap
 
 
 def full_check_due(repository: str, previous: dt.datetime | None, now: dt.datetime, hours: float) -> bool:
@@ -53,6 +76,7 @@ def last_run(schedule_status: object) -> dt.datetime | None:
     return when if when is not None and when.year > 2000 else None
 
 
+@_timed(Trigger.TIMER)
 def schedule_messages(
     syncer: Syncer, previous: dt.datetime | None = None, now: dt.datetime | None = None
 ) -> list[str]:
@@ -89,7 +113,9 @@ def schedule_messages(
 
 def event_messages(event: dict[str, Any], config: SyncConfig) -> list[str]:
     """Event Grid: one tag message per target for a pushed tag; [] for anything ignored."""
-    decision = decide(event, config)
+    with metrics.current().timed(Trigger.EVENT) as run:
+        decision = decide(event, config)
+        run.ok = decision.action is not Action.ERROR
     log_decision(decision)
     messages = [_tag_message(w) for w in decision.work]
     for work in decision.work:
@@ -118,6 +144,7 @@ def _tag_message(work: TagWork) -> str:
                        pushed=work.pushed).dumps()  # fmt: skip
 
 
+@_timed(Trigger.WORKER)
 def process_message(
     text: str | bytes, syncer: Syncer, *, budget_seconds: float | None = None
 ) -> tuple[Summary, list[str]]:

@@ -1,20 +1,24 @@
 """What a run did: counts per run and per target, skips and failures (:class:`Summary`).
 
 :class:`Summary` only counts. :class:`Recorder` is what the planner and the executor report to:
-it counts in the summary and writes the decision log line (``logs``), so that no outcome is
-counted without being logged or logged without being counted.
+it counts in the summary, writes the decision log line (``logs``) and gives the figures to the
+metrics (``metrics.RunMeter``: the run's figures and the OpenTelemetry instruments), so that no
+outcome is counted without being logged and measured, or logged without being counted.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .copy import CopyResult, CopyStatus
 from .errors import InvalidContent, describe, is_transient, worth_redelivering
+from .metrics import Figures, Metrics, Outcome, RunMeter
 
 if TYPE_CHECKING:
     from .plan import TagWork
@@ -53,9 +57,10 @@ class Summary:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
-    rewritten: list[dict[str, Any]] = field(default_factory=list)  # indexes narrowed for a target
     planned: list[TagWork] = field(default_factory=list)
+    rewritten: list[dict[str, Any]] = field(default_factory=list)  # indexes narrowed for a target
     mapped: dict[str, dict[str, str]] = field(default_factory=dict)  # target: {source: target repository} by rules
+    figures: Figures = field(default_factory=Figures)  # per target, as given to the metrics
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -63,11 +68,6 @@ class Summary:
     @property
     def ok(self) -> bool:
         return not self.failures
-
-    @property
-    def retryable(self) -> bool:
-        """Some failure is worth trying the same work again (see ``errors.worth_redelivering``)."""
-        return any(f["retry"] for f in self.failures)
 
     def target(self, name: str) -> TargetCounts:
         return self.targets.setdefault(name, TargetCounts())
@@ -81,6 +81,11 @@ class Summary:
         with self._lock:
             self.tags_missing += tags
             self.target(target).missing += tags
+
+    @property
+    def retryable(self) -> bool:
+        """Some failure is worth trying the same work again (see ``errors.worth_redelivering``)."""
+        return any(f["retry"] for f in self.failures)
 
     def fail(
         self, where: str, reason: str, target: str | None = None, tags: int = 1, retry: bool = True
@@ -109,10 +114,11 @@ class Summary:
             self.target(target).skipped += tags
             self.tags_skipped += tags
 
-    def add_copy(self, target: str, result: CopyResult, tag: bool = True) -> None:
+    def add_copy(self, target: str, result: CopyResult, tag: bool = True, referrer: bool = False) -> None:
         """Count a finished copy (a skipped one is counted by :meth:`skip`).
 
-        ``tag``: the copy was of a tag (else of a referrer by digest: only its work counts).
+        ``tag``: the copy was of a tag (else by digest: only its work counts); ``referrer``: it
+        was of a referrer (counted itself; the referrers *of* a digest count only as its work).
         """
         with self._lock:
             counts = self.target(target)
@@ -122,7 +128,7 @@ class Summary:
             elif tag and result.status is CopyStatus.UNCHANGED:
                 self.tags_unchanged += 1
                 counts.unchanged += 1
-            elif not tag and result.status is CopyStatus.COPIED:
+            elif referrer and result.status is CopyStatus.COPIED:
                 self.referrers_copied += 1
             self._add_work(result)
 
@@ -165,9 +171,10 @@ class Summary:
             "skipped": self.skipped,
             "failures": self.failures,
             "warnings": self.warnings,
+            "planned": [_planned(w) for w in self.planned] if self.dry_run else [],
             "rewritten": self.rewritten,
             "mapped": self.mapped,
-            "planned": [_planned(w) for w in self.planned] if self.dry_run else [],
+            "metrics": self.figures.to_dict(self.targets),
         }
 
 
@@ -184,21 +191,33 @@ def _planned(work: TagWork) -> dict[str, Any]:
 
 
 class Recorder:
-    """Where a run reports each outcome: counted in ``summary`` and logged as a decision."""
+    """Where a run reports each outcome: counted in ``summary``, logged as a decision, measured.
 
-    def __init__(self, summary: Summary) -> None:
+    ``metrics``: the process's instruments (default: none); ``clock``: now, for the mirror lag.
+    """
+
+    def __init__(
+        self,
+        summary: Summary,
+        metrics: Metrics | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
         self.summary = summary
+        self.meter = RunMeter(summary.figures, metrics or Metrics())
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
 
     def failed(
         self, where: str, reason: str, target: str | None = None, tags: int = 1, retry: bool = True
     ) -> None:
         self.summary.fail(where, reason, target, tags, retry)
+        self.meter.tags(target, Outcome.FAILED, tags)
         logs.decision(
             log, "failed", f"failed {where}: {reason}", level=logging.ERROR, item=where, target=target, retry=retry
         )
 
     def skipped(self, where: str, reason: str, target: str, tags: int = 1) -> None:
         self.summary.skip(where, reason, target, tags)
+        self.meter.tags(target, Outcome.SKIPPED, tags)
         logs.decision(log, "skipped", f"skipped {where}: {reason}", item=where, target=target)
 
     def warned(self, where: str, warning: str, target: str) -> None:
@@ -215,6 +234,7 @@ class Recorder:
         error = result.error
         if error is not None:
             self.summary.add_partial(result)
+            self.meter.work(work.target, result)
             if isinstance(error, InvalidContent) and not is_transient(error):
                 # content that cannot be copied exactly: refused for good, reported, not retried
                 self.skipped(work.item, f"refused: {describe(error)}", work.target, tags=int(work.is_tag))
@@ -232,7 +252,9 @@ class Recorder:
         if result.status is CopyStatus.IGNORED:
             log.debug("ignored %s for %s: %s", work.item, work.target, result.reason)
             return
-        self.summary.add_copy(work.target, result, tag=work.is_tag)
+        referrer = work.kind.value == "referrer"  # WorkKind.REFERRER (plan.py imports this module)
+        self.summary.add_copy(work.target, result, tag=work.is_tag, referrer=referrer)
+        self._measure(work, result, referrer)
         if result.rewritten_from and result.status is CopyStatus.COPIED:
             self.summary.rewrite(work.item, work.target, result.rewritten_from, result.digest)
         if not work.is_tag and result.status is CopyStatus.UNCHANGED:
@@ -247,3 +269,13 @@ class Recorder:
             target_repository=work.target_repository, bytes_uploaded=result.bytes_uploaded,
             referrers=result.referrers_copied or None,
         )  # fmt: skip
+
+    def _measure(self, work: TagWork, result: CopyResult, referrer: bool) -> None:
+        """The figures of a copy that ended without an error (copied or unchanged)."""
+        copied = result.status is CopyStatus.COPIED
+        if work.is_tag:
+            self.meter.tags(work.target, Outcome.COPIED if copied else Outcome.UNCHANGED)
+        self.meter.work(work.target, result, referrers=int(referrer and copied))
+        if copied and work.pushed is not None:  # now at the target: pushed at the source -> here
+            pushed = work.pushed if work.pushed.tzinfo else work.pushed.replace(tzinfo=dt.timezone.utc)
+            self.meter.lag(work.target, (self.clock() - pushed).total_seconds())

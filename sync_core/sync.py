@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from . import metrics as metrics_
 from .catalog import make_source, source_actions
 from .config import SyncConfig
 from .copy import Copier, Destination, Placement, TargetRules
@@ -41,8 +42,10 @@ class Syncer:
         *,
         secrets: SecretStore | None = None,
         clock: Callable[[], dt.datetime] | None = None,
+        metrics: metrics_.Metrics | None = None,
     ):
         self.config = config
+        self.metrics = metrics or metrics_.current()  # the process's instruments (or a no-op)
         self.secrets = secrets or SecretStore(config.key_vault_url)
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         # Connections per host: every planning or copying thread and blob transfer may hold one
@@ -79,7 +82,7 @@ class Syncer:
 
     def recorder(self, summary: Summary) -> Recorder:
         """Where this process reports the outcomes of a run that counts into ``summary``."""
-        return Recorder(summary)
+        return Recorder(summary, self.metrics, self.clock)
 
     # -- planning -------------------------------------------------------------------------
     def repositories(self) -> list[str]:
