@@ -144,15 +144,23 @@ def _tag_message(work: TagWork) -> str:
                        pushed=work.pushed).dumps()  # fmt: skip
 
 
-@_timed(Trigger.WORKER)
 def process_message(
     text: str | bytes, syncer: Syncer, *, budget_seconds: float | None = None
 ) -> tuple[Summary, list[str]]:
     """Worker: run one message. Returns the summary and messages for work left over.
 
-    Raises :class:`SyncError` when anything failed, so the host retries the message and, after
-    ``maxDequeueCount`` tries, moves it to the poison queue. An invalid message raises too.
+    Raises :class:`SyncError` when a failure is worth a redelivery (transient, or refused
+    credentials), so the host retries the message and, after ``maxDequeueCount`` tries, moves it
+    to the poison queue; an invalid message raises too. The run is measured as failed when
+    anything failed, raised or not.
     """
+    with syncer.metrics.timed(Trigger.WORKER) as timer:
+        summary, leftover = _process(text, syncer, budget_seconds)
+        timer.ok = summary.ok
+        return summary, leftover
+
+
+def _process(text: str | bytes, syncer: Syncer, budget_seconds: float | None) -> tuple[Summary, list[str]]:
     config = syncer.config
     message = parse_message(text, config)
     budget = config.time_budget_seconds if budget_seconds is None else budget_seconds

@@ -237,14 +237,16 @@ def test_event_worker_and_timer_invocations_record_duration_lag_from_the_event_a
         summary, _ = handlers.process_message(queued[0], syncer)  # delivered twice: the target has it
         assert summary.tags_unchanged == 1
         handlers.event_messages({"id": "bad", "eventType": "Microsoft.ContainerRegistry.ImagePushed"}, syncer.config)
-        broken = messages.WorkMessage("tag", f"{NS}/app", "plain", "no-such-tag").dumps()
+        gone = messages.WorkMessage("tag", f"{NS}/app", "plain", "no-such-tag").dumps()
+        summary, _ = handlers.process_message(gone, syncer)  # gone from the source: a skip, ok
+        assert summary.ok and summary.tags_skipped == 1
         with pytest.raises(SyncError):
-            handlers.process_message(broken, syncer)
+            handlers.process_message('{"v": 9}', syncer)  # invalid: raises, measured as failed
         assert handlers.schedule_messages(syncer)
     found = points(reader)
     assert histogram(found, metrics.RUN_DURATION, trigger="event", ok="true").count == 1
     assert histogram(found, metrics.RUN_DURATION, trigger="event", ok="false").count == 1  # not an ACR event
-    assert histogram(found, metrics.RUN_DURATION, trigger="worker", ok="true").count == 3
+    assert histogram(found, metrics.RUN_DURATION, trigger="worker", ok="true").count == 4
     assert histogram(found, metrics.RUN_DURATION, trigger="worker", ok="false").count == 1
     assert histogram(found, metrics.RUN_DURATION, trigger="timer", ok="true").count == 1
     for target in ("plain", "api"):
@@ -253,8 +255,8 @@ def test_event_worker_and_timer_invocations_record_duration_lag_from_the_event_a
         assert lag.count == 3 and 40 <= lag.max < 160, lag.max  # the event's time, not the listing's
     assert value(found, metrics.TAGS, target="plain", outcome="unchanged") == 1
     assert histogram(found, metrics.MIRROR_LAG, target="plain").count == 3  # no lag for what was there
-    assert value(found, metrics.TAGS, target="plain", outcome="failed") == 1
-    assert value(found, metrics.TAGS, target="api", outcome="failed") == 0
+    assert value(found, metrics.TAGS, target="plain", outcome="skipped") == 1  # the tag gone from the source
+    assert value(found, metrics.TAGS, target="api", outcome="skipped") == 0
 
 
 def test_referrers_found_by_a_full_check_count_once(token_issuer, fresh_registry, reader, tmp_path):
