@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 include mk/infra.mk
+include mk/azurite.mk
 
 .PHONY: test lint typecheck security unit demo bench system-deps venv clean
 
-test: system-deps venv tools-venv lint typecheck security unit
+test: system-deps venv tools-venv azurite lint typecheck security unit
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -37,7 +38,7 @@ unit: venv
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .venv-tools .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools .tools .pytest_cache .ruff_cache
 
 demo: system-deps venv
 	$(PY) scripts/demo.py
