@@ -1,7 +1,7 @@
 """Azure Functions entry points (Python v2 programming model). Thin: parse, call the core.
 
 * ``sync_schedule``  (timer, ``%SYNC_SCHEDULE%``): lists the catalog, enqueues a message per
-  repository and target. Copies nothing.
+  repository and target. Copies nothing. Logs the poison queue's depth (the alert's signal).
 * ``on_image_pushed`` (Event Grid): enqueues a message per target for a pushed tag.
 * ``sync_worker``    (queue ``%SYNC_QUEUE%``): copies what one message asks for; re-enqueues
   what its time budget left over; raises on failure so the host retries, then poisons.
@@ -13,7 +13,7 @@ import logging
 
 import azure.functions as func
 
-from sync_core import handlers, logs, runtime
+from sync_core import handlers, logs, poison, runtime
 
 app = func.FunctionApp()
 log = logging.getLogger("sync_core.functions")
@@ -27,6 +27,7 @@ STORAGE = "AzureWebJobsStorage"
 def sync_schedule(timer: func.TimerRequest, out: func.Out[list[str]]) -> None:
     if timer.past_due:
         log.warning("timer is past due; reconciling now")
+    poison.poison_depth(runtime.shared_config().queue)  # never raises; "poison queue not empty" alert
     messages = handlers.schedule_messages(runtime.shared_syncer(), handlers.last_run(getattr(timer, "schedule_status", None)))
     if messages:
         out.set(messages)

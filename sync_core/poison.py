@@ -32,6 +32,7 @@ import binascii
 import datetime as dt
 import enum
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -622,7 +623,9 @@ class PoisonQueue:
 # -- the timer's signal ---------------------------------------------------------------------------
 
 
-def poison_depth(queue: str, env: Mapping[str, str], *, access: QueueAccess | None = None) -> int | None:
+def poison_depth(
+    queue: str, env: Mapping[str, str] | None = None, *, access: QueueAccess | None = None
+) -> int | None:
     """Log the poison queue's approximate depth as a decision line; the count, or None if unknown.
 
     The timer calls this every run: ``decision=poison_depth queue=<name> count=<n>`` (a warning
@@ -631,7 +634,7 @@ def poison_depth(queue: str, env: Mapping[str, str], *, access: QueueAccess | No
     """
     name = poison_queue_name(queue)
     try:
-        access = access or access_from_env(env)
+        access = access or access_from_env(os.environ if env is None else env)
         if access is None:
             raise ConfigError(f"no storage setting ({HOST_STORAGE} or {HOST_STORAGE}__accountName)")
         with access.client(name, retries=1) as client:

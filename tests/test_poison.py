@@ -18,10 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import azure.functions as func
 import pytest
+from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
-from sync_core import cli, poison
+from sync_core import cli, poison, runtime
 from sync_core.config import load_config
 from sync_core.messages import MessageKind, WorkMessage, parse_message
 from tests.harness.azurite import ACCOUNT_KEY, Azurite
@@ -386,6 +388,37 @@ def test_poison_depth_is_logged_for_the_alert(azurite, queue_name, caplog):
     assert time.monotonic() - started < 20, "the timer is not held up"
     unknown = [r for r in caplog.records if "decision=poison_depth" in r.getMessage()]
     assert len(unknown) == 2 and all(r.levelno == logging.WARNING and "count=" not in r.getMessage() for r in unknown)
+
+
+class Out(func.Out):
+    def __init__(self) -> None:
+        self.value = None
+
+    def set(self, val) -> None:
+        self.value = val
+
+    def get(self):
+        return self.value
+
+
+def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, monkeypatch, caplog):
+    import function_app
+
+    caplog.set_level(logging.INFO)
+    q = Queues(azurite, queue_name)
+    q.put(tag_message())
+    env = {**settings(queue_name), "SOURCE_REGISTRY": anon_registry.url, "TARGET_REGISTRY": anon_registry.url,
+           "TARGET_NAMESPACE": "mirror", "AzureWebJobsStorage": q.connection_string}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    runtime.reset()
+    try:
+        timer = {f.get_function_name(): f for f in function_app.app.get_functions()}["sync_schedule"]
+        timer.get_user_function()(TimerRequest(past_due=False), Out())
+    finally:
+        runtime.reset()
+    (line,) = [r.getMessage() for r in caplog.records if "decision=poison_depth" in r.getMessage()]
+    assert f"queue={queue_name}-poison count=1" in line
 
 
 def test_cli_in_a_real_process(azurite, queue_name):
