@@ -411,6 +411,12 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'Authorization=AAD'
         }
+        // host.json telemetryMode OpenTelemetry: the Python worker exports its own logs and metrics
+        // (azure-monitor-opentelemetry, requirements.txt) instead of the host relaying them.
+        {
+          name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY'
+          value: 'true'
+        }
         {
           name: 'SYNC_SCHEDULE'
           value: syncSchedule
