@@ -413,8 +413,10 @@ def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, mon
         monkeypatch.setenv(key, value)
     runtime.reset()
     try:
-        timer = {f.get_function_name(): f for f in function_app.app.get_functions()}["sync_schedule"]
-        timer.get_user_function()(TimerRequest(past_due=False), Out())
+        # the decorated function itself: app.get_functions() indexes once per process (as the
+        # host does), and tests/test_function_app.py may have done it already
+        timer = function_app.sync_schedule._function.get_user_function()
+        timer(TimerRequest(past_due=False), Out())
     finally:
         runtime.reset()
     (line,) = [r.getMessage() for r in caplog.records if "decision=poison_depth" in r.getMessage()]
