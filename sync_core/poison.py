@@ -1,8 +1,9 @@
 """The poison queue: list, replay and drop what the worker gave up on; its depth for the timer.
 
 After ``maxDequeueCount`` failed tries (host.json) the Functions host moves a work message to
-``<SYNC_QUEUE>-poison``, stored as it was: base64 of the UTF-8 JSON (host.json
-``messageEncoding: base64``). Nothing reads that queue. This module, used by
+``<SYNC_QUEUE>-poison``, presumably stored as it was: base64 of the UTF-8 JSON (host.json
+``messageEncoding: base64``); a valid message stored as plain text is accepted as well. Nothing
+reads that queue. This module, used by
 ``python -m sync_core poison list|replay|drop`` and by the timer:
 
 * **list** peeks (no side effect; the Storage API shows at most 32 messages that way) or, with
@@ -214,13 +215,19 @@ class PoisonMessage:
     """One message of the poison queue, decoded and validated as the worker would."""
 
     id: str
-    content: str = field(repr=False)  # as stored (base64 text): what replay sends back
+    content: str = field(repr=False)  # as stored (base64 text, or plain text: ``plain``)
     inserted_on: dt.datetime | None = None
     dequeue_count: int | None = None
     body: str | None = None  # the decoded text, when it decodes
     work: WorkMessage | None = None
     problem: str | None = None
     fields: dict[str, str] = field(default_factory=dict)  # kind/repository/target/tag/digest shown
+    plain: bool = False  # stored as plain text, not base64
+
+    @property
+    def to_send(self) -> str:
+        """What replay puts on the work queue: the stored base64 text unchanged, or the plain text encoded."""
+        return base64.b64encode(self.content.encode("utf-8")).decode("ascii") if self.plain else self.content
 
     @property
     def status(self) -> Status:
@@ -240,6 +247,7 @@ class PoisonMessage:
             "inserted_on": self.inserted_on.isoformat() if self.inserted_on else None,
             "dequeue_count": self.dequeue_count,
             "status": self.status.value,
+            "stored_as": "text" if self.plain else "base64",
             "problem": self.problem,
             **{k: self.fields.get(k) for k in ("kind", "repository", "target", "tag", "digest")},
             "body": self.body[:_BODY_LIMIT] if self.body is not None else None,
@@ -248,17 +256,23 @@ class PoisonMessage:
 
 def inspect(message_id: str, content: str, config: SyncConfig, *, inserted_on: dt.datetime | None = None,
             dequeue_count: int | None = None) -> PoisonMessage:  # fmt: skip
-    """Decode (base64, UTF-8) and validate one stored message."""
+    """Decode (base64, UTF-8) and validate one stored message.
+
+    A message stored as plain text (not base64) that is otherwise valid is accepted too (``plain``):
+    whether the host keeps the base64 text when it moves a message to the poison queue is not
+    something this code relies on. Replay always sends base64, what the worker decodes.
+    """
     common: dict[str, Any] = {"inserted_on": inserted_on, "dequeue_count": dequeue_count}
     try:
-        raw = base64.b64decode(content.strip(), validate=True)
-        body = raw.decode("utf-8")
+        body = base64.b64decode(content.strip(), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):
-        return PoisonMessage(
-            message_id, content, body=content, fields=_shown_fields(content),
-            problem="not base64 (host.json messageEncoding is base64): not a message the app wrote",
-            **common,
-        )  # fmt: skip
+        fields = _shown_fields(content)
+        try:
+            work = parse_message(content, config)
+        except InvalidContent as exc:
+            return PoisonMessage(message_id, content, body=content, fields=fields, plain=True,
+                                 problem=f"not base64, and as plain text: {exc}", **common)  # fmt: skip
+        return PoisonMessage(message_id, content, body=content, work=work, fields=fields, plain=True, **common)
     fields = _shown_fields(body)
     try:
         work = parse_message(body, config)
@@ -358,7 +372,7 @@ class Listing:
         if not self.complete and self.approximate_count > len(self.messages):
             lines.append(f"  (a peek shows the first {PAGE} only; `poison list --all` scans them all)")
         if self.messages:
-            rows = [_row(m) + [m.problem or "ok"] for m in self.messages]
+            rows = [_row(m) + [m.problem or ("ok (stored as plain text)" if m.plain else "ok")] for m in self.messages]
             lines += _table(["ID", "INSERTED", "KIND", "REPOSITORY", "TARGET", "TAG", "STATUS"], rows)
         return "\n".join(lines)
 
@@ -546,7 +560,7 @@ class PoisonQueue:
         if result.dry_run:
             return Outcome(message.id, Action.WOULD_REPLAY, f"to {self.queue}", message)
         try:
-            self.work.send_message(message.content)
+            self.work.send_message(message.to_send)
         except AzureError as exc:
             result.error = str(self._error(exc, "sending", self.queue))
             return Outcome(message.id, Action.FAILED, "not sent; still in the poison queue", message)

@@ -115,13 +115,14 @@ def test_list_decodes_validates_and_explains(azurite, queue_name, capsys):
     not_json = q.put("{not json")
     future = q.put(json.dumps({"v": 2, "kind": "repository", "repository": "giantswarm/app", "target": "target"}))
     unknown_target = q.put(repo_message(target="elsewhere"))
-    plain = q.put(repo_message(), encode=False)  # not base64: not what the host stores
+    plain = q.put(repo_message(), encode=False)  # plain text: accepted, in case the host stores that
+    garbage = q.put("plain {text}", encode=False)
 
     code, out, _ = run_cli(q, capsys, "list", "--json")
     assert code == 0
     listing = json.loads(out)
     assert listing["poison_queue"] == f"{queue_name}-poison"
-    assert listing["approximate_count"] == 6 and listing["complete"] is False
+    assert listing["approximate_count"] == 7 and listing["complete"] is False
     by_id = {m["id"]: m for m in listing["messages"]}
     assert by_id[valid]["status"] == "valid" and by_id[valid]["problem"] is None
     assert (by_id[valid]["repository"], by_id[valid]["target"], by_id[valid]["kind"]) == (
@@ -132,13 +133,16 @@ def test_list_decodes_validates_and_explains(azurite, queue_name, capsys):
     assert by_id[future]["problem"] == "message version 2 is not supported (expected 1)"
     assert by_id[future]["repository"] == "giantswarm/app", "fields shown even when invalid"
     assert "'elsewhere' is not a configured target" in by_id[unknown_target]["problem"]
-    assert by_id[plain]["problem"].startswith("not base64")
+    assert (by_id[plain]["status"], by_id[plain]["stored_as"]) == ("valid", "text")
+    assert by_id[valid]["stored_as"] == "base64"
+    assert by_id[garbage]["problem"] == "not base64, and as plain text: message: not valid JSON"
 
     # a peek has no side effect: nothing hidden, no dequeue counted
     assert {m.dequeue_count for m in q.poison.peek_messages(max_messages=32)} == {0}
     code, out, _ = run_cli(q, capsys, "list")
     assert code == 0
-    assert out.splitlines()[0] == f"poison queue {queue_name}-poison: about 6 message(s), 6 shown"
+    assert out.splitlines()[0] == f"poison queue {queue_name}-poison: about 7 message(s), 7 shown"
+    assert re.search(rf"{plain}\s.*ok \(stored as plain text\)$", out, re.M)
     assert re.search(rf"{valid}\s+\S+ \S+\s+repository\s+giantswarm/app\s+target\s+ok$", out, re.M)
     assert re.search(rf"{future}\s.*message version 2 is not supported", out)
 
@@ -168,20 +172,26 @@ def test_replay_moves_valid_messages_unchanged_and_skips_invalid(azurite, queue_
     bodies = [repo_message(), tag_message(), tag_message(tag="2.0.0")]
     ids = [q.put(b) for b in bodies]
     stored = sorted(m.content for m in q.poison.peek_messages(max_messages=32))
+    plain_body = tag_message(tag="3.0.0")
+    ids.append(q.put(plain_body, encode=False))
+    stored = sorted([*stored, base64.b64encode(plain_body.encode()).decode()])  # sent base64-encoded
+    bodies.append(plain_body)
     q.put("{not json")
     q.put(json.dumps({"v": 99}))
 
     code, out, _ = run_cli(q, capsys, "replay", "--all", "--dry-run")
     assert code == 0
     assert "(dry run: nothing sent or deleted)" in out
-    assert out.count("  would replay  ") == 3 and out.count("  skipped  ") == 2
-    assert out.rstrip().endswith("OK: 3 would replay, 2 skipped")
-    assert q.work_contents() == [] and len(q.poison_bodies()) == 5, "a dry run changes nothing"
+    assert out.count("  would replay  ") == 4 and out.count("  skipped  ") == 2
+    assert out.rstrip().endswith("OK: 4 would replay, 2 skipped")
+    assert q.work_contents() == [] and q.poison.get_queue_properties().approximate_message_count == 6, (
+        "a dry run changes nothing"
+    )
 
     code, out, _ = run_cli(q, capsys, "replay", "--all", "--json")
     assert code == 0
     result = json.loads(out)
-    assert result["ok"] is True and result["counts"] == {"replayed": 3, "skipped": 2}
+    assert result["ok"] is True and result["counts"] == {"replayed": 4, "skipped": 2}
     assert {r["id"] for r in result["results"] if r["action"] == "replayed"} == set(ids)
     # sent as stored (base64 text, what the host decodes), and valid for the worker
     assert sorted(q.work_contents()) == stored
