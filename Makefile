@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 include mk/infra.mk
 include mk/worker.mk
+include mk/azurite.mk
 
 .PHONY: test lint typecheck security unit demo bench system-deps venv clean
 
 # unit: the suite on Python 3.11 (.venv); worker-test: the app in the real Functions worker (mk/worker.mk)
-test: system-deps venv tools-venv worker-venv lint typecheck security unit worker-test
+test: system-deps venv tools-venv worker-venv azurite lint typecheck security unit worker-test
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -39,7 +40,7 @@ unit: venv
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .venv-tools $(WORKER_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools $(WORKER_VENV) .tools .pytest_cache .ruff_cache
 
 demo: system-deps venv
 	$(PY) scripts/demo.py

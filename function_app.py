@@ -2,7 +2,7 @@
 
 * ``sync_schedule``  (timer, ``%SYNC_SCHEDULE%``): lists the catalog, enqueues a message per
   repository and target (marking the repositories due for their periodic full check). Copies
-  nothing.
+  nothing. Logs the poison queue's depth (the signal of the "poison queue not empty" alert).
 * ``on_image_pushed`` (Event Grid, EventGridSchema or CloudEvents): enqueues a message per target
   for a pushed tag, or for an untagged push (a referrer, decided by the worker).
 * ``sync_worker``    (queue ``%SYNC_QUEUE%``): copies what one message asks for; re-enqueues
@@ -21,7 +21,7 @@ import typing
 
 import azure.functions as func
 
-from sync_core import handlers, logs, runtime
+from sync_core import handlers, logs, poison, runtime
 
 app = func.FunctionApp()
 log = logging.getLogger("sync_core.functions")
@@ -39,6 +39,7 @@ def sync_schedule(timer: func.TimerRequest, out: func.Out[typing.List[str]], con
     with logs.invocation(context):
         if timer.past_due:
             log.warning("timer is past due; reconciling now")
+        poison.poison_depth(runtime.shared_config().queue)  # never raises; "poison queue not empty" alert
         messages = handlers.schedule_messages(
             runtime.shared_syncer(), handlers.last_run(getattr(timer, "schedule_status", None))
         )

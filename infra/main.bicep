@@ -158,6 +158,30 @@ param targetUsernameSecretName string = 'target-username'
 @description('Key Vault secret holding the target password / access token (TARGET_PASSWORD_SECRET).')
 param targetPasswordSecretName string = 'target-password'
 
+// ---- alerts (modules/alerts.bicep; infra/README.md "Alerts") ----
+
+@description('Create the alert rules: poison queue not empty, failed runs, no successful timer run, mirror lag.')
+param deployAlerts bool = true
+
+@description('Alerts: e-mail address notified through a new action group (empty: no e-mail; the alerts still show in Azure Monitor).')
+param alertEmail string = ''
+
+@description('Alerts: resource id of an existing action group to notify instead (wins over alertEmail).')
+param alertActionGroupId string = ''
+
+@description('Alerts: minutes between two timer runs, as syncSchedule says; no successful run for two periods fires the dead-man alert.')
+@minValue(5)
+@maxValue(720)
+param syncSchedulePeriodMinutes int = 15
+
+@description('Alerts: mirror lag (source push to target tag) above this many minutes fires the lag alert.')
+@minValue(1)
+param mirrorLagThresholdMinutes int = 60
+
+@description('Alerts: failed runs of one trigger within an hour that fire the failure alert.')
+@minValue(1)
+param failedRunsThreshold int = 3
+
 // ---------------------------------------------------------------------------------------------
 // Names and constants
 // ---------------------------------------------------------------------------------------------
@@ -424,6 +448,12 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'Authorization=AAD'
         }
+        // host.json telemetryMode OpenTelemetry: the Python worker exports its own logs and metrics
+        // (azure-monitor-opentelemetry, requirements.txt) instead of the host relaying them.
+        {
+          name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY'
+          value: 'true'
+        }
         {
           name: 'SYNC_SCHEDULE'
           value: syncSchedule
@@ -638,6 +668,26 @@ module acrEvents 'modules/acr-events.bicep' = {
     deployEventSubscription: deployEventSubscription
     functionAppId: functionApp.id
     sourceNamespace: sourceNamespace
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alerts: log search alerts on Application Insights (+ an action group when alertEmail is set)
+// ---------------------------------------------------------------------------------------------
+
+module alerts 'modules/alerts.bicep' = if (deployAlerts) {
+  name: 'registry-sync-alerts'
+  params: {
+    location: location
+    tags: tags
+    namePrefix: namePrefix
+    suffix: suffix
+    appInsightsId: appInsights.id
+    alertEmail: alertEmail
+    actionGroupId: alertActionGroupId
+    syncSchedulePeriodMinutes: syncSchedulePeriodMinutes
+    mirrorLagThresholdMinutes: mirrorLagThresholdMinutes
+    failedRunsThreshold: failedRunsThreshold
   }
 }
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m sync_core {sync,plan,copy,event,verify} ...``.
+"""Command line: ``python -m sync_core {sync,plan,copy,event,verify,poison} ...``.
 
 Exit codes: 0 all succeeded, 1 something failed (the summary says what), 2 configuration error.
 ``verify``: 0 complete, 1 incomplete (the table says what), 2 configuration error.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_
 from .metrics import Trigger
 from .names import ImageRef
 from .plan import Check
+from .poison import PoisonQueue, QueueAccess, Selector, access_from_env
 from .report import Summary
 from .sync import Syncer
 
@@ -194,7 +196,101 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", **only_repo)
     p.add_argument("--deep", action="store_true",
                    help="also fetch every manifest at the target and HEAD every child manifest and blob")  # fmt: skip
+    _poison_parser(sub)
     return parser
+
+
+POISON_HELP = """\
+storage access (first found): --connection-string, --account-url, --account-name, then the
+environment: AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT, and the app's own
+AzureWebJobsStorage / AzureWebJobsStorage__accountName. An account URL or name signs in with
+DefaultAzureCredential (az login); the identity needs Storage Queue Data Contributor.
+Connection strings hold keys: prefer the environment variable to the command line.
+
+The queue is SYNC_QUEUE (its poison queue is <SYNC_QUEUE>-poison). Messages are validated with
+the app's configuration (the same settings or SYNC_CONFIG file as the other commands), as the
+worker does: an invalid message is never replayed, drop it instead.
+
+exit codes: 0 done, 1 a storage operation failed (what is left stays in the poison queue),
+2 configuration, access or permission problem
+"""
+
+
+def _poison_parser(sub: Any) -> None:
+    p = sub.add_parser("poison", help="list, replay or drop the messages of the poison queue",
+                       description="The messages the worker gave up on (<SYNC_QUEUE>-poison).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=POISON_HELP)  # fmt: skip
+    actions = p.add_subparsers(dest="poison_command", required=True, metavar="ACTION")
+
+    def action(name: str, summary: str) -> argparse.ArgumentParser:
+        a: argparse.ArgumentParser = actions.add_parser(
+            name, help=summary, description=summary, epilog=POISON_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        a.add_argument("--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)")
+        a.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+        where = a.add_mutually_exclusive_group()
+        where.add_argument("--connection-string", metavar="TEXT", help="storage connection string (Azurite, keys)")
+        where.add_argument("--account-url", metavar="URL", help="https://<account>.queue.core.windows.net")
+        where.add_argument("--account-name", metavar="NAME", help="storage account name (Entra ID sign-in)")
+        return a
+
+    a = action("list", "show the messages: decoded, validated, with the reason an invalid one is invalid")
+    a.add_argument("--all", action="store_true",
+                   help="scan the whole queue (each message is hidden for a moment and its dequeue count "
+                        "grows by one) instead of peeking at the first 32")  # fmt: skip
+    a.set_defaults(target=None)
+    for name, summary in (("replay", "send messages back to the work queue, then delete them here"),
+                          ("drop", "delete messages from the poison queue")):  # fmt: skip
+        a = action(name, summary)
+        a.add_argument("ids", nargs="*", metavar="ID", help="message ids (see `poison list`)")
+        a.add_argument("--all", action="store_true", help="every message (that the other options let through)")
+        a.add_argument("--repository", action="append", metavar="REPO", help="only messages for this source "
+                       "repository (repeatable)")  # fmt: skip
+        a.add_argument("--target", action="append", metavar="NAME", help="only messages for this target (repeatable)")
+        if name == "drop":
+            a.add_argument("--invalid", action="store_true", help="only messages that are not valid")
+        a.add_argument("--dry-run", action="store_true",
+                       help="show what would be done; nothing is sent or deleted (the scan still hides each "
+                            "message for a moment)")  # fmt: skip
+
+
+def _poison(args: argparse.Namespace, config: Any, environ: dict[str, str] | None) -> int:
+    """``poison list|replay|drop``: exit 0 done, 1 a storage operation failed, 2 configuration/access."""
+    env = dict(os.environ if environ is None else environ)
+    report: Any
+    try:
+        if args.connection_string:
+            access = QueueAccess(connection_string=args.connection_string)
+        elif args.account_url:
+            access = QueueAccess(account_url=args.account_url)
+        elif args.account_name:
+            access = QueueAccess.for_account(args.account_name)
+        else:
+            found = access_from_env(env)
+            if found is None:
+                raise ConfigError("storage: give --account-name NAME (Azure: signs in with DefaultAzureCredential) "
+                                  "or set AZURE_STORAGE_CONNECTION_STRING (Azurite)")  # fmt: skip
+            access = found
+        selector = None
+        if args.poison_command != "list":
+            selector = Selector(frozenset(args.ids), args.all, frozenset(args.repository or ()),
+                                frozenset(args.target or ()), getattr(args, "invalid", False))  # fmt: skip
+        with PoisonQueue(access, config.queue, config) as queues:
+            if selector is None:
+                report = queues.listing(scan=args.all)
+            elif args.poison_command == "replay":
+                report = queues.replay(selector, dry_run=args.dry_run)
+            else:
+                report = queues.drop(selector, dry_run=args.dry_run)
+    except (ConfigError, SetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    return EXIT_OK if getattr(report, "ok", True) else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None) -> int:
@@ -214,6 +310,8 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
         return EXIT_CONFIG
     if args.command == "verify":
         return verify_command(args, config)
+    if args.command == "poison":
+        return _poison(args, config, environ)
     sink = metrics.current()
     started, code = time.monotonic(), EXIT_FAILED
     try:

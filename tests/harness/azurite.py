@@ -1,0 +1,172 @@
+"""Run a real ``azurite-queue`` (the Azure Storage emulator, npm package ``azurite``) for tests.
+
+    with Azurite() as azurite:
+        conn = azurite.connection_string()                  # the well-known devstoreaccount1
+        conn = azurite.connection_string(proxy.url)         # the same account through a FaultProxy
+        azurite.stop_process(); ...; azurite.start()        # an outage; data and port are kept
+
+The binary comes from ``make azurite`` (``.tools/azurite``, see mk/azurite.mk) or
+``REGISTRY_SYNC_TEST_AZURITE_BIN``. It listens on 127.0.0.1 on an ephemeral port, keeps its data
+in a temp dir (removed by :meth:`Azurite.stop`), skips the API version check (the SDK may be
+newer than the emulator) and sends no telemetry.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .registry import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+AZURITE_QUEUE = Path(
+    os.environ.get("REGISTRY_SYNC_TEST_AZURITE_BIN", ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-queue")
+)
+
+#: The emulator's well-known development account (public, documented by Microsoft; not a secret).
+ACCOUNT = "devstoreaccount1"
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+_live: set[Azurite] = set()
+_live_lock = threading.Lock()
+
+
+def ensure_installed() -> Path:
+    """The azurite-queue binary, installed with ``make azurite`` when missing."""
+    if not os.access(AZURITE_QUEUE, os.X_OK):
+        make = shutil.which("make")
+        assert make, "make is needed to install azurite into .tools/azurite"
+        subprocess.run([make, "-C", str(ROOT), "-f", "mk/azurite.mk", "azurite"], check=True, timeout=900)
+    assert os.access(AZURITE_QUEUE, os.X_OK), f"{AZURITE_QUEUE} missing (make azurite)"
+    return AZURITE_QUEUE
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Azurite:
+    """A running ``azurite-queue``: ``port``, ``url`` (the account's queue endpoint), ``location``."""
+
+    def __init__(self, *, startup_timeout: float = 30.0) -> None:
+        self.binary = ensure_installed()
+        self.startup_timeout = startup_timeout
+        self._tmp = Path(tempfile.mkdtemp(prefix="azurite-"))
+        self.location = self._tmp / "data"
+        self.location.mkdir()
+        self.log_path = self._tmp / "azurite.log"
+        self.port = 0
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+        with _live_lock:
+            _live.add(self)
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def connection_string(self, endpoint: str | None = None) -> str:
+        """Shared-key connection string; ``endpoint`` (``http://host:port``) routes it elsewhere."""
+        queue_endpoint = f"{endpoint.rstrip('/')}/{ACCOUNT}" if endpoint else self.url
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"QueueEndpoint={queue_endpoint};"
+        )
+
+    def start(self) -> None:
+        """Start (again) on the same port if it had one; the data in ``location`` is kept."""
+        if self.running:
+            return
+        self.port = self.port or free_port()
+        self._log = open(self.log_path, "ab")
+        self._proc = subprocess.Popen(
+            [
+                str(self.binary), "--queueHost", "127.0.0.1", "--queuePort", str(self.port),
+                "--location", str(self.location), "--skipApiVersionCheck", "--loose", "--disableTelemetry",
+            ],  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self._tmp,
+            preexec_fn=_pdeathsig
+            if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+            else None,
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"azurite-queue exited with {self._proc.returncode}:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"azurite-queue did not listen on {self.port} in {self.startup_timeout}s")
+            time.sleep(0.05)
+
+    def stop_process(self) -> None:
+        """Stop the process (an outage); :meth:`start` brings it back with its data."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        """Stop the process and remove its data. Idempotent."""
+        self.stop_process()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        with _live_lock:
+            _live.discard(self)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> Azurite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_all() -> None:
+    with _live_lock:
+        running = list(_live)
+    for azurite in running:
+        azurite.stop()
+
+
+atexit.register(stop_all)
