@@ -283,14 +283,16 @@ def _poison(args: argparse.Namespace, config: Any, environ: dict[str, str] | Non
                 report = queues.replay(selector, dry_run=args.dry_run)
             else:
                 report = queues.drop(selector, dry_run=args.dry_run)
-    except (ConfigError, SetupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except SyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _error(exc)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return EXIT_OK if getattr(report, "ok", True) else EXIT_FAILED
+
+
+def _error(exc: SyncError) -> int:
+    """Print what stopped a command; exit 2 when the fix is in the settings or permissions, else 1."""
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG if isinstance(exc, (ConfigError, SetupError)) else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None) -> int:
@@ -326,12 +328,8 @@ def _command(args: argparse.Namespace, config: SyncConfig) -> int:
     try:
         with Syncer(config) as syncer:
             summary = _run(args, syncer)
-    except (ConfigError, SetupError) as exc:  # fixed in the settings or permissions
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except SyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _error(exc)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, sort_keys=False))
     elif args.command == "plan":
@@ -346,12 +344,8 @@ def verify_command(args: argparse.Namespace, config: SyncConfig) -> int:
     try:
         with Syncer(config, metrics=metrics.Metrics()) as syncer:  # measures nothing: no exporter
             report = verify.Verifier(syncer, deep=args.deep).run(args.repository, args.target)
-    except (ConfigError, SetupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except SyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _error(exc)
     print(json.dumps(report.to_dict(), indent=2) if args.json else verify.render(report))
     return EXIT_OK if report.complete else EXIT_FAILED
 

@@ -20,13 +20,14 @@ A target that fails does not stop the others: each gets its own :class:`CopyResu
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import wait
 from dataclasses import dataclass, field
 
@@ -275,26 +276,17 @@ class Copier:
         ``expected_digest`` (known from a listing) lets an up-to-date target be detected with one
         HEAD and no source request at all.
         """
-        started = time.monotonic()
         results = [self._result(src_repo, reference, p) for p in placements]
-        todo = list(zip(placements, results, strict=True))
-        try:
+        with self._settling(results) as pending:
+            pending[:] = zip(placements, results, strict=True)
             if expected_digest:
-                todo = self._not_up_to_date(todo, expected_digest)
-            if todo:
+                pending[:] = self._not_up_to_date(pending, expected_digest)
+            if pending:
                 tree = self.tree(src_repo, reference)
                 if tree.top.digest != expected_digest:
-                    todo = self._not_up_to_date(todo, tree.top.digest)
-                self._copy_tree(src_repo, tree, todo)
-                self._mirror_referrers(src_repo, tree, _copied(todo), set(), 0)
-        except SkipImage as exc:  # the source's answer: the same for every target
-            for _, result in todo:
-                result.status, result.reason = CopyStatus.SKIPPED, str(exc)
-        except Exception as exc:  # noqa: BLE001 - the source failed: every target still waiting fails
-            for _, result in todo:
-                result.fail(exc)
-        for result in results:
-            result.seconds = round(time.monotonic() - started, 3)
+                    pending[:] = self._not_up_to_date(pending, tree.top.digest)
+                self._copy_tree(src_repo, tree, pending)
+                self._mirror_referrers(src_repo, tree, _copied(pending), set(), 0)
         return results
 
     def copy_referrer(self, src_repo: str, digest: str, placements: list[Placement]) -> list[CopyResult]:
@@ -303,16 +295,16 @@ class Copier:
         For an untagged ImagePushed event, and for untagged manifests the source changed lately.
         A target that holds it already costs one HEAD and no source request.
         """
-        started = time.monotonic()
         results = [self._result(src_repo, digest, p) for p in placements]
-        todo = self._not_up_to_date(list(zip(placements, results, strict=True)), digest)
-        try:
-            if todo:
+        with self._settling(results) as pending:
+            pending[:] = self._not_up_to_date(list(zip(placements, results, strict=True)), digest)
+            if pending:
                 tree = self.tree(src_repo, digest)
                 subject = tree.top.subject
-                why = self._not_a_wanted_referrer(tree.top)
+                unwanted = self._not_a_wanted_referrer(tree.top)
                 waiting = []
-                for placement, result in todo:
+                for placement, result in pending:
+                    why = unwanted
                     if why is None and subject is not None and not self._holds(placement, subject.digest):
                         why = f"its subject {subject.digest} is not at the target (a referrer follows its subject)"
                     if why is not None:
@@ -321,39 +313,46 @@ class Copier:
                         waiting.append((placement, result))
                 self._copy_tree(src_repo, tree, waiting)
                 self._mirror_referrers(src_repo, tree, _copied(waiting), set(), 0)
-        except SkipImage as exc:
-            for _, result in todo:
-                result.status, result.reason = CopyStatus.SKIPPED, str(exc)
-        except Exception as exc:  # noqa: BLE001
-            for _, result in todo:
-                result.fail(exc)
-        for result in results:
-            result.seconds = round(time.monotonic() - started, 3)
         return results
 
     def copy_referrers_of(self, src_repo: str, subject: str, placements: list[Placement]) -> list[CopyResult]:
         """Mirror the referrers the source lists for ``subject`` to targets that hold the subject."""
-        started = time.monotonic()
         results = [self._result(src_repo, subject, p) for p in placements]
         for result in results:
             result.status = CopyStatus.UNCHANGED
-        todo = []
-        try:
+        with self._settling(results) as pending:
             for placement, result in zip(placements, results, strict=True):
                 if self._holds(placement, subject):
-                    todo.append((placement, result))
+                    pending.append((placement, result))
                 else:
                     result.status, result.reason = CopyStatus.IGNORED, "the subject is not at the target"
-            if todo:
-                self._referrers_of(src_repo, subject, todo, set(), 0)
-        except Exception as exc:  # noqa: BLE001
-            for _, result in todo:
-                result.fail(exc)
+            if pending:
+                self._referrers_of(src_repo, subject, pending, set(), 0)
         for result in results:
             if result.referrers_copied:
                 result.status = CopyStatus.COPIED
-            result.seconds = round(time.monotonic() - started, 3)
         return results
+
+    @contextlib.contextmanager
+    def _settling(self, results: list[CopyResult]) -> Iterator[list[tuple[Placement, CopyResult]]]:
+        """Run one copy: the block keeps the yielded list at the placements still undecided.
+
+        What the source answers is the same for every target: a skip or a failure raised in the
+        block applies to every placement in the list then. Each result gets the elapsed time.
+        """
+        started = time.monotonic()
+        pending: list[tuple[Placement, CopyResult]] = []
+        try:
+            yield pending
+        except SkipImage as exc:
+            for _, result in pending:
+                result.status, result.reason = CopyStatus.SKIPPED, str(exc)
+        except Exception as exc:  # noqa: BLE001 - the source failed: every target still waiting fails
+            for _, result in pending:
+                result.fail(exc)
+        finally:
+            for result in results:
+                result.seconds = round(time.monotonic() - started, 3)
 
     # -- the source tree --------------------------------------------------------------------
     def tree(self, src_repo: str, reference: str) -> ImageTree:
@@ -1017,12 +1016,18 @@ def _by_digest(placement: Placement) -> Placement:
     return Placement(placement.destination, placement.repository, None, AtTarget.UNKNOWN, placement.rules)
 
 
+# The work a copy did, as CopyResult and Summary both count it.
+WORK_COUNTS = ("manifests_pushed", "blobs_uploaded", "blobs_mounted", "blobs_skipped", "bytes_uploaded")
+
+
+def add_work(into: object, work: CopyResult) -> None:
+    """Add ``work``'s counts (:data:`WORK_COUNTS`) to ``into`` (a result or a summary)."""
+    for name in WORK_COUNTS:
+        setattr(into, name, getattr(into, name) + getattr(work, name))
+
+
 def _absorb(result: CopyResult, sub: CopyResult) -> None:
-    result.manifests_pushed += sub.manifests_pushed
-    result.blobs_uploaded += sub.blobs_uploaded
-    result.blobs_mounted += sub.blobs_mounted
-    result.blobs_skipped += sub.blobs_skipped
-    result.bytes_uploaded += sub.bytes_uploaded
+    add_work(result, sub)
     result.warnings.extend(w for w in sub.warnings if w not in result.warnings)
 
 

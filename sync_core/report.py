@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import logs
-from .copy import CopyResult, CopyStatus
+from .copy import CopyResult, CopyStatus, add_work
 from .errors import InvalidContent, describe, is_transient, worth_redelivering
 from .metrics import Figures, Metrics, Outcome, RunMeter
 
@@ -139,11 +139,7 @@ class Summary:
 
     def _add_work(self, result: CopyResult) -> None:
         self.referrers_copied += result.referrers_copied
-        self.manifests_pushed += result.manifests_pushed
-        self.blobs_uploaded += result.blobs_uploaded
-        self.blobs_mounted += result.blobs_mounted
-        self.blobs_skipped += result.blobs_skipped
-        self.bytes_uploaded += result.bytes_uploaded
+        add_work(self, result)
 
     def to_dict(self) -> dict[str, Any]:
         return {

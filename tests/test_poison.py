@@ -28,6 +28,7 @@ from sync_core.config import load_config
 from sync_core.messages import MessageKind, WorkMessage, parse_message
 from tests.harness.azurite import ACCOUNT_KEY, Azurite
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.function_context import Context
 
 ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count(1)
@@ -418,7 +419,7 @@ def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, mon
     q = Queues(azurite, queue_name)
     q.put(tag_message())
     env = {**settings(queue_name), "SOURCE_REGISTRY": anon_registry.url, "TARGET_REGISTRY": anon_registry.url,
-           "TARGET_NAMESPACE": "mirror", "AzureWebJobsStorage": q.connection_string}  # fmt: skip
+           "TARGET_NAMESPACE": "mirror", "SOURCE_ALLOW_EMPTY": "true", "AzureWebJobsStorage": q.connection_string}  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     runtime.reset()
@@ -426,7 +427,7 @@ def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, mon
         # the decorated function itself: app.get_functions() indexes once per process (as the
         # host does), and tests/test_function_app.py may have done it already
         timer = function_app.sync_schedule._function.get_user_function()
-        timer(TimerRequest(past_due=False), Out())
+        timer(TimerRequest(past_due=False), Out(), Context())
     finally:
         runtime.reset()
     (line,) = [r.getMessage() for r in caplog.records if "decision=poison_depth" in r.getMessage()]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .registry import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 AZURITE_QUEUE = Path(
     os.environ.get("REGISTRY_SYNC_TEST_AZURITE_BIN", ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-queue")
 )
