@@ -27,6 +27,7 @@ from .logs import clean
 from .names import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
+    attached_subject,
     fallback_tag_subject,
     in_namespace,
     is_digest,
@@ -132,7 +133,9 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
     work: list[TagWork] = []
     reasons: list[str] = []
     for t in config.targets:
-        if tag is None or subject is not None:  # a manifest by digest: the repository filters only
+        if tag is None or subject is not None or attached_subject(tag):
+            # a manifest by digest, a referrers tag or a cosign tag (``sha256-<hex>.sig``): these
+            # follow an image, not a release, so the repository filters alone decide
             wanted = repository_wanted(config, t, repository)
         else:
             wanted = bool(wanted_tags(config, t, repository, [TagInfo(tag, digest, pushed)], now))

@@ -194,6 +194,35 @@ def test_a_referrer_pushed_later_follows_by_event_within_a_minute_and_by_the_tim
         assert {late.digest, missed.digest} <= referrers_at(world, target, "mirror/app", app.digest)
 
 
+def test_a_cosign_tag_pushed_later_follows_by_event_whatever_the_tag_filters(world, tmp_path):
+    # cosign attaches by tag (``sha256-<hex>.sig``): its event carries a tag no release filter
+    # would let through, yet it belongs to an image that is mirrored, so it follows at once
+    app = images.oci_index("cosign-app", layer_sizes=(200,))
+    world.pusher.push(f"{NS}/app", app, "1.0")
+    env = {"TAG_INCLUDE": r"\d+\.\d+"}
+    with world.syncer(tmp_path, env_extra=env) as syncer:
+        assert syncer.run().ok
+    sig_tag = images.digest_tag(app.digest, "sig")
+    sig = images.cosign_signature("cosign-late", app)
+    world.pusher.push(f"{NS}/app", sig, sig_tag)
+    event = {
+        "id": "evt-cosign", "eventType": "Microsoft.ContainerRegistry.ImagePushed",
+        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "data": {"target": {"mediaType": sig.media_type, "digest": sig.digest, "repository": f"{NS}/app",
+                            "tag": sig_tag},
+                 "request": {"host": world.source.host}},
+    }  # fmt: skip
+    with world.syncer(tmp_path, env_extra=env) as syncer:
+        queued = handlers.event_messages(event, syncer.config)
+        parsed = [messages.parse_message(m, syncer.config) for m in queued]
+        assert {(m.kind, m.tag, m.target) for m in parsed} == {("tag", sig_tag, "plain"), ("tag", sig_tag, "api")}
+        for message in queued:
+            summary, left = handlers.process_message(message, syncer)
+            assert summary.ok and left == [] and summary.tags_copied == 1, summary.to_dict()
+    for target in (world.plain, world.api):
+        assert target.pusher().fetch_manifest("mirror/app", sig_tag)[2] == sig.digest
+
+
 def test_an_untagged_child_event_is_ignored_by_the_worker(world, tmp_path):
     app, amd64, *_ = seed_signed_image(world)
     with world.syncer(tmp_path) as syncer:
