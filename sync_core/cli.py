@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from . import metrics, verify
 from .config import SyncConfig, load_config, settings_help
+from .copy import TargetRules
 from .errors import ConfigError, InvalidContent, SetupError, SyncError
 from .events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
 from .metrics import Trigger
@@ -125,7 +126,7 @@ def render_plan(summary: Summary, config: SyncConfig | None = None) -> str:
         others = f" and {len(items) - tags} referrer item(s)" if len(items) > tags else ""
         lines.append(f"target {target}: {tags} tag(s) to copy{others}")
         rules = config.target(target) if config else None
-        if rules is not None and rules.rewrites_indexes:
+        if rules is not None and TargetRules.of(rules).rewrites:
             narrowed = ", ".join(
                 ([f"platforms {', '.join(sorted(rules.platforms))}"] if rules.platforms else [])
                 + (["no attestations"] if rules.drop_attestations else [])
@@ -398,9 +399,8 @@ def copy_events(
         decisions.append(decision)
         if decision.action is Action.ERROR:
             recorder.failed(f"event {decision.event_id}", decision.reason)
-        for work in decision.work:
-            if targets and work.target not in targets:
-                continue
-            syncer.copy_work(work, recorder)
+        chosen = [work for work in decision.work if not targets or work.target in targets]
+        if chosen:
+            syncer.copy_group(chosen, recorder)
     summary.repositories = len({d.repository for d in decisions if d.work})
     return decisions

@@ -166,11 +166,6 @@ class TargetConfig:
     drop_attestations: bool = False
 
     @property
-    def rewrites_indexes(self) -> bool:
-        """Whether this target may get indexes rewritten to fewer entries (never by default)."""
-        return self.platforms is not None or self.drop_attestations
-
-    @property
     def host(self) -> str:
         return urlsplit(self.registry).netloc
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from .config import ReferrerPolicy
+from .config import ReferrerPolicy, TargetConfig
 from .errors import (
     AuthError,
     InvalidContent,
@@ -141,8 +141,13 @@ class TargetRules:
     platforms: frozenset[str] | None = None  # None: every platform
     drop_attestations: bool = False
 
+    @classmethod
+    def of(cls, target: TargetConfig) -> TargetRules:
+        return cls(target.skip_artifact_types, target.platforms, target.drop_attestations)
+
     @property
     def rewrites(self) -> bool:
+        """Whether this target may get indexes rewritten to fewer entries (never by default)."""
         return self.platforms is not None or self.drop_attestations
 
 

@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .catalog import ManifestEntry, Source, TagInfo
 from .config import Compare, Filters, MappingRule, SyncConfig, TargetConfig
@@ -30,6 +31,8 @@ from .names import (
 )
 from .registry import RegistryClient
 from .report import Recorder
+
+_T = TypeVar("_T")
 
 DOCKER_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_LIST})
 UNREADABLE = "ACR refuses to serve it (changeableAttributes.readEnabled=false)"
@@ -221,6 +224,18 @@ def check_mappings(config: SyncConfig, repositories: Iterable[str]) -> dict[str,
     return mapped
 
 
+def _unique(items: Iterable[_T], key: Callable[[_T], str]) -> list[_T]:
+    """``items`` without repeats of a key (the first one stays). A listing paged while the source
+    changes can name a tag or manifest twice; two works for one tag at one target would race."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            out.append(item)
+    return out
+
+
 def interleave(work: list[TagWork], round_robin: bool = True) -> list[list[TagWork]]:
     """Work grouped per source image; with ``round_robin``, the groups alternate repositories.
 
@@ -322,8 +337,10 @@ class Planner:
             return []  # excluded everywhere: not even listed (ACR read quota; may be unreadable)
         now = self.clock()
         try:
-            tags = self.source.tags(repository)
+            tags = _unique(self.source.tags(repository), lambda t: t.name)
             candidates = self._untagged(repository, check, now)
+            if candidates:
+                candidates = _unique(candidates, lambda e: e.digest)
         except Exception as exc:  # noqa: BLE001 - one repository's failure must not stop the rest
             for target in chosen:
                 recorder.failed(repository, f"listing source tags: {describe(exc)}", target.name)

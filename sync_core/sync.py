@@ -102,11 +102,15 @@ class Syncer:
     def copy_group(self, group: list[TagWork], recorder: Recorder) -> None:
         """One source image (or digest) to every target of ``group`` (one source read per blob)."""
         first = group[0]
-        placements = []
+        placements: list[Placement] = []
+        slot: dict[tuple[str, str, str], int] = {}  # one placement per (target, repository, tag)
         for work in group:
-            target = self.config.target(work.target)
+            key = (work.target, work.target_repository, work.tag)
+            if key in slot:
+                continue  # the same work twice: it would wait for its own upload claim
+            slot[key] = len(placements)
             tag = work.tag if work.is_tag else None
-            rules = TargetRules(target.skip_artifact_types, target.platforms, target.drop_attestations)
+            rules = TargetRules.of(self.config.target(work.target))
             placements.append(
                 Placement(self.destinations[work.target], work.target_repository, tag, work.at_target, rules)
             )
@@ -117,11 +121,12 @@ class Syncer:
             results = self.copier.copy_referrer(repo, first.tag, placements)
         else:
             results = self.copier.copy_referrers_of(repo, first.tag, placements)
-        for work, result in zip(group, results, strict=True):
-            recorder.outcome(work, result)
-
-    def copy_work(self, work: TagWork, recorder: Recorder) -> None:
-        self.copy_group([work], recorder)
+        done: set[int] = set()
+        for work in group:
+            index = slot[(work.target, work.target_repository, work.tag)]
+            if index not in done:
+                done.add(index)
+                recorder.outcome(work, results[index])
 
     def execute(
         self,

@@ -16,6 +16,7 @@ from sync_core.config import (
     load_config,
     settings_markdown,
 )
+from sync_core.copy import TargetRules
 from sync_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +238,7 @@ targets:
     )
     config = load_config({}, str(path))
     (ali,) = config.targets
-    assert ali.platforms == {"linux/amd64", "linux/arm64"} and ali.drop_attestations and ali.rewrites_indexes
+    assert ali.platforms == {"linux/amd64", "linux/arm64"} and ali.drop_attestations and TargetRules.of(ali).rewrites
     assert [(r.match.pattern, r.replace) for r in ali.mappings] == [("charts/.*", None)]
     assert [(r.match.pattern, r.replace) for r in config.mappings] == [("charts/giantswarm/(.+)", r"giantswarmcharts/\1")]
     assert config.filters.semver is not None and config.filters.semver.matches("v1.4.0")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 import json
+import threading
 
 import pytest
 
 from sync_core import cli
 from sync_core.config import load_config
 from sync_core.errors import ConfigError, SetupError
+from sync_core.report import Summary
 from sync_core.sync import Syncer
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
@@ -248,3 +250,23 @@ def test_an_empty_catalog_fails_the_run_naming_the_token_scope_unless_allowed(to
         with Syncer(load_config(dict(settings, SOURCE_ALLOW_EMPTY="true"))) as syncer:
             summary = syncer.run()
         assert summary.ok and summary.repositories == 0
+
+
+@pytest.mark.timeout(90)  # the old failure was a hang
+def test_a_tag_listed_twice_is_planned_once_and_a_doubled_work_item_does_not_hang(source, fresh_registry, tmp_path):
+    # ACR pages tags newest first: a re-push while the listing is paged can name a tag twice.
+    # Two works for one tag at one target would each wait for the other's upload claim.
+    mirror = fresh_registry(name="twice")
+    path = config_file(tmp_path, [{"name": "mirror", "registry": mirror.url}])
+    with Syncer(load_config(env(source, REPOSITORY_INCLUDE="giantswarm/app"), path)) as syncer:
+        listed = syncer.source.tags
+        syncer.source.tags = lambda repository: listed(repository) * 2  # type: ignore[method-assign]
+        planned = syncer.plan_repository("giantswarm/app", Summary())
+        assert [(w.tag, w.target) for w in planned] == [("1.0", "mirror")]
+        summary = Summary()
+        copying = threading.Thread(target=syncer.copy_group, args=(planned * 2, syncer.recorder(summary)), daemon=True)
+        copying.start()
+        copying.join(60)
+        assert not copying.is_alive(), "a doubled work item waits for itself"
+    assert summary.ok and summary.tags_copied == 1, summary.to_dict()
+    assert mirror.pusher().fetch_manifest("giantswarm/app", "1.0")[2] == source.app.digest
