@@ -150,6 +150,12 @@ class TargetRules:
         """Whether this target may get indexes rewritten to fewer entries (never by default)."""
         return self.platforms is not None or self.drop_attestations
 
+    @property
+    def narrowing(self) -> str:
+        """The narrowing rules as a narrowed index records them (:data:`NARROWED_ANNOTATION`)."""
+        platforms = ",".join(sorted(self.platforms)) if self.platforms is not None else "all"
+        return f"platforms={platforms};attestations={'dropped' if self.drop_attestations else 'kept'}"
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -953,6 +959,7 @@ class Copier:
 
 
 SOURCE_DIGEST_ANNOTATION = "io.registry-sync.source.digest"  # on a narrowed index: what it was narrowed from
+NARROWED_ANNOTATION = "io.registry-sync.narrowed"  # ... and by which rules (TargetRules.narrowing)
 ATTESTATION_TYPE = "attestation-manifest"
 
 
@@ -1007,9 +1014,27 @@ def narrow_index(index: Manifest, rules: TargetRules) -> Manifest | None:
     kept.sort(key=entries.index)  # the source's order
     document = dict(index.document)
     document["manifests"] = kept
-    document["annotations"] = {**(document.get("annotations") or {}), SOURCE_DIGEST_ANNOTATION: index.digest}
+    document["annotations"] = {
+        **(document.get("annotations") or {}),
+        SOURCE_DIGEST_ANNOTATION: index.digest,
+        NARROWED_ANNOTATION: rules.narrowing,
+    }
     raw = json.dumps(document, separators=(",", ":")).encode()
     return parse_manifest(raw, index.media_type, f"narrowed index of {index.digest}", digest_of(raw))
+
+
+def narrowed_from(manifest: Manifest, rules: TargetRules) -> str | None:
+    """The source digest ``manifest`` (at a target) was narrowed from by ``rules``; None when it
+    is not such an index (another tool's, or narrowed by rules since changed).
+
+    A target with narrowing rules holds a tag under another digest than the source's: this is
+    how the planner, the copier and ``verify`` know it is up to date without the source's tree.
+    """
+    annotations = manifest.annotations
+    if not manifest.is_index or annotations.get(NARROWED_ANNOTATION) != rules.narrowing:
+        return None
+    source = annotations.get(SOURCE_DIGEST_ANNOTATION)
+    return source if source and is_digest(source) else None
 
 
 def _copied(todo: list[tuple[Placement, CopyResult]]) -> list[tuple[Placement, CopyResult]]:

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 from .catalog import ManifestEntry, Source, TagInfo
 from .config import Compare, Filters, MappingRule, SyncConfig, TargetConfig
-from .copy import AtTarget
-from .errors import ConfigError, NameRejected, describe
+from .copy import AtTarget, TargetRules, narrowed_from
+from .errors import ConfigError, NameRejected, NotFound, describe
 from .logs import InvocationPool
 from .names import (
     DOCKER_LIST,
@@ -418,7 +418,7 @@ class Planner:
                 elif self._recheck(tag, check, now):
                     source_digest = tag.digest or self._source_digest(repository, tag.name)
                     info = client.head_manifest(dst_repo, tag.name)
-                    if info is None or info.digest != source_digest:
+                    if info is None or not self._same(client, target, dst_repo, tag.name, info.digest, source_digest):
                         work.append(
                             TagWork(target.name, repository, dst_repo, tag.name, source_digest,
                                     Reason.DIGEST_DIFFERS, AtTarget.TAG_DIFFERS, pushed=tag.updated)
@@ -442,6 +442,22 @@ class Planner:
             for e in candidates or ()
         )
         return work
+
+    @staticmethod
+    def _same(
+        client: RegistryClient, target: TargetConfig, repository: str, tag: str, held: str | None, source: str | None
+    ) -> bool:
+        """Whether the target's ``tag`` (digest ``held``) is the source's ``source``: the same digest,
+        or, at a target that narrows indexes, an index narrowed from it by the current rules (one GET)."""
+        if held is not None and held == source:
+            return True
+        rules = TargetRules.of(target)
+        if not rules.rewrites or source is None:
+            return False
+        try:
+            return narrowed_from(client.get_manifest(repository, tag), rules) == source
+        except NotFound:
+            return False  # deleted since the HEAD: missing
 
     def _default_name(self, target: str, repository: str) -> str:
         """Where ``repository`` would go without mapping rules (to show the rules' effect)."""

@@ -30,11 +30,11 @@ from typing import Any
 
 from .catalog import TagInfo
 from .config import ReferrerPolicy, TargetConfig
-from .copy import Copier
+from .copy import Copier, TargetRules, narrowed_from
 from .errors import NameRejected, NotFound, SkipImage, describe
 from .manifest import Manifest
 from .names import fallback_tag
-from .plan import plan_concurrency, repository_wanted, target_repository, wanted_tags
+from .plan import map_repository, plan_concurrency, repository_wanted, wanted_tags
 from .referrers import MAX_REFERRER_DEPTH, ReferrerFinder
 from .registry import RegistryClient
 from .sync import Syncer
@@ -208,7 +208,7 @@ class Verifier:
             if not selected:
                 continue
             try:
-                dst_repo = target_repository(repository, self.config.source.namespace, target)
+                dst_repo = map_repository(self.config, target, repository)
             except NameRejected:
                 self._count(target.name, "skipped", len(selected))
                 continue
@@ -256,14 +256,23 @@ class Verifier:
             if not self._skipped_there(target, repository, tag):
                 self._find(Finding(target.name, item, "tag", Status.MISSING, expected=digest))
             return
-        if actual != digest:
+        narrowed = False
+        if actual != digest and TargetRules.of(target).rewrites:
+            # a target that narrows indexes holds an index of its own, annotated with the source's
+            manifest = manifest or client.get_manifest(dst_repo, tag)
+            narrowed = narrowed_from(manifest, TargetRules.of(target)) == digest
+        if actual != digest and not narrowed:
             self._find(Finding(target.name, item, "tag", Status.DIFFERS, expected=digest, actual=actual))
             return
         self._count(target.name, "tags")
         subjects = [digest]
-        if manifest is not None:
-            self._first(target.name, dst_repo, digest)
-            subjects = self._walk(target, client, dst_repo, manifest, item)
+        if manifest is not None and narrowed:
+            # the source has no referrers of the narrowed index; its entries are the source's own
+            subjects = [child.digest for child in manifest.children]
+        if manifest is not None and self.deep:
+            self._first(target.name, dst_repo, manifest.digest)
+            found = self._walk(target, client, dst_repo, manifest, item)
+            subjects = [d for d in found if d != manifest.digest] if narrowed else found
         seen: set[str] = set()
         for subject in subjects:
             where = item if subject == digest else f"{dst_repo}@{subject}"

@@ -18,6 +18,7 @@ import pytest
 from sync_core import cli
 from sync_core.config import load_config
 from sync_core.errors import ConfigError, SetupError
+from sync_core.plan import Check
 from sync_core.report import Summary
 from sync_core.sync import Syncer
 from tests.harness import PUSHER, images
@@ -179,6 +180,15 @@ def test_platform_selection_narrows_indexes_for_one_target_only(source, fresh_re
     assert full.pusher().fetch_manifest("giantswarm/app", "1.0")[0] == source.app.raw
     # a single-platform image is never rewritten
     assert narrow.pusher().fetch_manifest("giantswarm/tool", "2.0")[0] == source.tool.raw
+
+    # the next runs (a recheck, a full check) see the narrowed index as up to date: its
+    # annotations name the source digest and the rules, so the source's tree is not fetched again
+    for check in (Check.RECENT, Check.FULL):
+        source.reset_log()
+        with Syncer(load_config(env(source, REPOSITORY_INCLUDE="giantswarm/(app|tool)"), path)) as syncer:
+            again = syncer.run(check=check)
+        assert again.ok and again.tags_copied == 0 and again.manifests_pushed == 0, (check, again.to_dict())
+        assert source.count(("manifest", "blob")) == 0, (check, source.log)
 
 
 def test_two_repositories_mapped_to_one_stop_the_run_before_anything_is_copied(source, fresh_registry, tmp_path):

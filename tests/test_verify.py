@@ -35,9 +35,9 @@ class World:
         self.tmp_path = tmp_path
         self.write_config()
 
-    def write_config(self, **plain_extra) -> None:
+    def write_config(self, top: dict | None = None, **plain_extra) -> None:
         self.config = self.tmp_path / "targets.json"
-        self.config.write_text(json.dumps({"targets": [
+        self.config.write_text(json.dumps({**(top or {}), "targets": [
             {"name": "plain", "registry": self.plain.url, "namespace": "mirror",
              "username_env": "PLAIN_USER", "password_env": "PLAIN_PASS", **plain_extra},
             {"name": "api", "registry": self.api.url, "namespace": "mirror",
@@ -204,6 +204,39 @@ def test_a_plain_oci_source_is_asked_for_each_digest(token_issuer, fresh_registr
     (finding,) = json.loads(capsys.readouterr().out)["findings"]
     assert (finding["item"], finding["status"], finding["expected"], finding["actual"]) == (
         "mirror/app:1.0", "differs", second.digest, first.digest)
+
+
+def test_global_mapping_rules_place_repositories_as_sync_does(world, capsys):
+    app, sig, sbom, tool1, tool2 = seed(world)
+    world.write_config(top={"mappings": [{"match": "tool", "replace": "mirror/tools/the-tool"}]})
+    world.sync()
+    assert world.plain.pusher().exists_manifest("mirror/tools/the-tool", "2.0")
+    code, report = verify(world, capsys)
+    assert code == 0 and report["complete"], report
+    assert report["targets"]["plain"]["tags"] == 3 and report["targets"]["plain"]["skipped"] == 0
+    world.plain.pusher().delete_manifest("mirror/tools/the-tool", tool2.digest)
+    code, report = verify(world, capsys)
+    assert code == 1 and rows(report) == {("plain", "mirror/tools/the-tool:2.0", "missing", tool2.digest, None)}
+
+
+def test_a_target_that_narrows_indexes_verifies_against_the_index_narrowed_from_the_source(world, capsys):
+    app, sig, sbom, tool1, tool2 = seed(world)
+    amd64 = next(c for c in app.children if c.platform["architecture"] == "amd64")
+    world.write_config(platforms=["linux/amd64"])
+    world.sync()
+    held = json.loads(world.plain.pusher().fetch_manifest("mirror/app", "1.0")[0])
+    assert [m["digest"] for m in held["manifests"]] == [amd64.digest]
+    for args in ((), ("--deep",)):
+        code, report = verify(world, capsys, *args)
+        assert code == 0 and report["complete"], (args, report)
+        assert report["targets"]["plain"]["tags"] == 3
+    # the rules change: what the target holds was narrowed by the old ones, and sync re-narrows
+    world.write_config(platforms=["linux/arm64"])
+    code, report = verify(world, capsys)
+    assert code == 1 and {(f["item"], f["status"]) for f in report["findings"]} == {("mirror/app:1.0", "differs")}
+    world.sync()
+    code, report = verify(world, capsys)
+    assert code == 0 and report["complete"], report
 
 
 def test_configuration_errors_exit_2(world, capsys):
