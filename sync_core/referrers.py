@@ -32,8 +32,10 @@ MAX_REFERRER_DEPTH = 8  # a signature of an SBOM of an attestation ...: deeper i
 class ReferrerFinder:
     """The referrers of a manifest at one (source) registry, filtered by a :class:`ReferrerPolicy`.
 
-    Whether the registry has the referrers API is learned from its first answer. Answers are kept
-    for ``ttl`` seconds: tags sharing an index within one run ask once.
+    Whether the registry has the referrers API is learned from its answers: the first list it
+    serves settles "yes" for good, an answer from no such route "no". A repository or manifest
+    the API does not know (``NAME_UNKNOWN``: deleted since it was listed) settles nothing.
+    Answers are kept for ``ttl`` seconds: tags sharing an index within one run ask once.
     """
 
     def __init__(
@@ -69,11 +71,18 @@ class ReferrerFinder:
 
     def _list(self, repository: str, digest: str) -> list[Descriptor]:
         if self.api is not False:
-            listed = self.client.referrers(repository, digest)
-            if listed is not None:
-                self.api = True
-                return listed
-            self.api = False
+            try:
+                listed = self.client.referrers(repository, digest)
+            except NotFound:
+                if self.api:
+                    return []  # the API, about something it does not know
+                listed = None  # not settled: this once, the referrers tag too
+            else:
+                if listed is not None:
+                    self.api = True
+                    return listed
+                if not self.api:
+                    self.api = False
         try:
             index = self.client.get_manifest(repository, fallback_tag(digest))
         except NotFound:

@@ -250,7 +250,9 @@ class RegistryClient:
         """The referrers API's list for ``digest``; None when the registry has no referrers API.
 
         Every page is read (``Link``); ``artifactType`` filtering is left to the caller (registries
-        may ignore the filter). A 404, or an answer that is not an index, means "no API".
+        may ignore the filter). A 404 without an OCI error code (no such route), or an answer that
+        is not an index, means "no API". A 404 with ``NAME_UNKNOWN`` / ``MANIFEST_UNKNOWN`` is the
+        API answering about a repository or manifest it does not know: :class:`NotFound`.
         """
         check_repository(repository)
         where = f"referrers of {repository}@{check_digest(digest)}"
@@ -267,6 +269,8 @@ class RegistryClient:
         except InvalidContent:
             return None  # not JSON: not the referrers API either
         except RegistryError as exc:
+            if isinstance(exc, NotFound) and exc.code in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN"):
+                raise
             if exc.status in (400, 404, 405, 406):
                 return None
             raise

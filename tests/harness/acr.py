@@ -849,7 +849,11 @@ class AcrStandIn:
         wanted = (params.get("artifactType") or [None])[0]
         last = (params.get("last") or [""])[0]
         with self._lock:
+            known = repo in self._manifests
             stored = sorted(self._manifests.get(repo, {}).values(), key=lambda m: m.digest)
+        if not known:  # as every ACR route answers for a repository it does not have
+            h.send_json(404, {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]})
+            return
         entries = [m.referrer_descriptor() for m in stored if m.subject == digest]
         headers = {"Content-Type": _OCI_INDEX}
         if wanted is not None:
