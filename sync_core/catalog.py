@@ -31,7 +31,6 @@ class ManifestEntry:
     tags: tuple[str, ...] = ()
     references: tuple[str, ...] = ()  # the children of an index
     media_type: str | None = None
-    config_media_type: str | None = None
     updated: dt.datetime | None = None
     readable: bool = True
 
@@ -164,13 +163,12 @@ def _acr_manifest(entry: object) -> ManifestEntry | None:
     children = tuple(
         r["digest"] for r in references if isinstance(r, dict) and isinstance(r.get("digest"), str)
     ) if isinstance(references, list) else ()  # fmt: skip
-    media_type, config_type = entry.get("mediaType"), entry.get("configMediaType")
+    media_type = entry.get("mediaType")
     return ManifestEntry(
         digest,
         tuple(t for t in _strings(entry.get("tags")) if is_tag(t)),
         children,
         media_type if isinstance(media_type, str) else None,
-        config_type if isinstance(config_type, str) else None,
         parse_time(entry.get("lastUpdateTime")) or parse_time(entry.get("createdTime")),
         _readable(entry),
     )

@@ -69,9 +69,6 @@ def poison_queue_name(queue: str) -> str:
 # -- storage access -------------------------------------------------------------------------------
 
 
-_SECRET_KEYS = {"accountkey", "sharedaccesssignature"}
-
-
 def _connection_fields(connection_string: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     for part in connection_string.split(";"):
