@@ -90,6 +90,17 @@ class AtTarget(enum.Enum):
         return self in (AtTarget.TAG_ABSENT, AtTarget.REPOSITORY_ABSENT)
 
 
+@dataclass(frozen=True)
+class ReferrerFailure:
+    """A referrer that could not be mirrored with its subject, and why (the class decides retries)."""
+
+    digest: str
+    error: BaseException
+
+    def __str__(self) -> str:
+        return f"referrer {self.digest}: {describe(self.error)}"
+
+
 @dataclass
 class CopyResult:
     source: str
@@ -108,7 +119,7 @@ class CopyResult:
     warnings: list[str] = field(default_factory=list)
     rewritten_from: str | None = None  # the source index digest, when this target got a narrowed index
     error: BaseException | None = field(default=None, repr=False)  # what stopped this target
-    referrer_errors: list[str] = field(default_factory=list)  # referrers that could not be mirrored
+    referrer_errors: list[ReferrerFailure] = field(default_factory=list)  # referrers that could not be mirrored
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -940,7 +951,7 @@ class Copier:
                     sub.fail(exc)
             for (_, sub), (_, result) in zip(subs, todo, strict=True):
                 if sub.error is not None:
-                    result.referrer_errors.append(f"referrer {descriptor.digest}: {describe(sub.error)}")
+                    result.referrer_errors.append(ReferrerFailure(descriptor.digest, sub.error))
                 elif sub.status is CopyStatus.COPIED:
                     result.referrers_copied += 1 + sub.referrers_copied
                     _absorb(result, sub)

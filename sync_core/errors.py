@@ -135,12 +135,15 @@ class DigestMismatch(InvalidContent):
     """The bytes received do not hash to the digest that was asked for.
 
     Transient: bytes damaged on the way hash differently; a few retries tell that apart from a
-    source that really stores damaged content (then the last attempt's error is reported).
+    source that really stores damaged content. When every attempt gave a mismatch
+    (``exhausted``, set by :func:`~sync_core.retry.retrying`) it is the content itself: refused.
     """
+
+    exhausted = False
 
     @property
     def transient(self) -> bool:
-        return True
+        return not self.exhausted
 
 
 class SkipImage(SyncError):
@@ -179,6 +182,11 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, SyncError):
         return error.transient
     return isinstance(error, _NETWORK_ERRORS)
+
+
+def refused(error: BaseException) -> bool:
+    """Content that cannot be copied exactly, for good: reported as a skip, never retried."""
+    return isinstance(error, InvalidContent) and not is_transient(error)
 
 
 def worth_redelivering(error: BaseException) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .copy import CopyResult, CopyStatus, add_work
-from .errors import InvalidContent, describe, is_transient, worth_redelivering
+from .errors import describe, refused, worth_redelivering
 from .metrics import Figures, Metrics, Outcome, RunMeter
 
 if TYPE_CHECKING:
@@ -226,12 +226,17 @@ class Recorder:
         for warning in result.warnings:
             self.warned(work.item, warning, work.target)
         for problem in result.referrer_errors:
-            self.failed(f"{work.item} -> {work.target}", problem, work.target, tags=0)
+            if refused(problem.error):  # a damaged referrer, or a referrers tag that is not ours
+                self.skipped(f"{work.item} (referrer {problem.digest})", f"refused: {describe(problem.error)}",
+                             work.target, tags=0)  # fmt: skip
+            else:
+                self.failed(f"{work.item} -> {work.target}", str(problem), work.target, tags=0,
+                            retry=worth_redelivering(problem.error))  # fmt: skip
         error = result.error
         if error is not None:
             self.summary.add_partial(result)
             self.meter.work(work.target, result)
-            if isinstance(error, InvalidContent) and not is_transient(error):
+            if refused(error):
                 # content that cannot be copied exactly: refused for good, reported, not retried
                 self.skipped(work.item, f"refused: {describe(error)}", work.target, tags=int(work.is_tag))
                 return

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import is_transient
+from .errors import DigestMismatch, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def retrying(
             delay = policy.delay(attempt, later.delay)
             error: BaseException = later
         except Exception as exc:
+            if attempt > 0 and attempt + 1 >= attempts and isinstance(exc, DigestMismatch):
+                exc.exhausted = True  # the same mismatch every time: the content, not the wire
             if attempt + 1 >= attempts or not transient(exc) or getattr(exc, "exhausted", False):
                 raise
             delay = policy.delay(attempt)

@@ -27,7 +27,7 @@ import requests
 from sync_core import copy as copy_module
 from sync_core.auth import Credentials, StaticCredentials
 from sync_core.copy import Copier, CopyResult
-from sync_core.errors import DigestMismatch
+from sync_core.errors import DigestMismatch, refused, worth_redelivering
 from sync_core.registry import RegistryClient
 from sync_core.retry import RetryPolicy
 from tests.harness import BASIC, PUSHER, READER, Pusher
@@ -276,6 +276,8 @@ def test_source_serving_wrong_bytes_fails_with_digest_mismatch(fresh_registry, s
         with pytest.raises(DigestMismatch) as info:
             copier.copy("team/app", "1.0", "mirror/app")
     assert victim.digest in str(info.value)
+    # the same mismatch on every attempt: the content itself, refused for good (a skip, no redelivery)
+    assert info.value.exhausted and refused(info.value) and not worth_redelivering(info.value)
     gets = [e for e in src.transport.log if e[0] == "GET" and victim.digest in e[1]]
     assert len(gets) == FAST_RETRY.attempts  # restarted once, then gave up
 

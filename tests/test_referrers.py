@@ -298,3 +298,19 @@ def test_full_checks_are_spread_over_the_period_and_all_due_without_a_previous_r
         for i in range(96)
     ]  # fmt: skip
     assert max(per_run) < 20  # ~400/96 a run, not all at once
+
+
+def test_a_referrers_tag_that_is_not_ours_is_a_refusal_reported_not_a_failure_to_redeliver(world, tmp_path):
+    app, amd64, sig, sbom, sbom_sig, bundle = seed_signed_image(world)
+    # someone else's image sits under the tag name the referrers tag schema reserves for app's referrers
+    squatter = images.oci_image("ref-squatter", (32,))
+    tag = images.digest_tag(app.digest, suffix="")
+    world.plain.pusher().push("mirror/app", squatter, tag)
+    with world.syncer(tmp_path) as syncer:
+        summary = syncer.run()
+    assert summary.ok and summary.failures == [], summary.failures
+    refusals = [s for s in summary.skipped if s["target"] == "plain" and "refused" in s["reason"]]
+    assert {r["item"] for r in refusals} == {f"{NS}/app:1.0 (referrer {d})" for d in (sig.digest, bundle.digest)}
+    assert all("not an OCI image index" in r["reason"] for r in refusals)
+    assert world.plain.pusher().fetch_manifest("mirror/app", tag)[2] == squatter.digest  # left alone
+    assert referrers_at(world, "api", "mirror/app", app.digest) == {sig.digest, bundle.digest}

@@ -244,6 +244,18 @@ OTHERS = [
 ]
 
 
+def test_a_digest_mismatch_on_every_attempt_is_the_content_itself():
+    failures = [DigestMismatch(f"attempt {i}") for i in range(3)]
+
+    def operation(attempt: int):
+        raise failures[attempt]
+
+    with pytest.raises(DigestMismatch) as info:
+        retrying(operation, policy(3), what="damaged at the source", sleep=lambda _: None)
+    assert info.value is failures[-1] and info.value.exhausted and not is_transient(info.value)
+    assert not any(f.exhausted for f in failures[:-1])  # those were retried as damage on the way
+
+
 @pytest.mark.parametrize("error, transient", OTHERS)
 def test_is_transient(error, transient):
     assert is_transient(error) is transient
