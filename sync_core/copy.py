@@ -41,6 +41,7 @@ from .errors import (
     RegistryError,
     SkipImage,
     SourceGone,
+    SourceStreamError,
     TagConflict,
     TargetRefused,
     describe,
@@ -53,7 +54,7 @@ from .names import digest_of, is_digest
 from .referrers import MAX_REFERRER_DEPTH, ReferrerFinder, list_in_fallback_tag
 from .registry import RegistryClient
 from .retry import RetryLater, RetryPolicy, retrying
-from .stream import Slice, Tee, TeeBody, VerifyingReader
+from .stream import STALL_SECONDS, Slice, Tee, TeeBody, VerifyingReader
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,10 @@ class Copier:
         chunked: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         referrers: ReferrerPolicy | None = None,
+        stall: float = STALL_SECONDS,
     ):
         self.source = source
+        self.stall = stall  # how long one target's upload may hold a shared blob read back
         self.destination = (
             Destination("target", destination, ledger=ledger, chunked=chunked) if destination else None
         )
@@ -251,7 +254,9 @@ class Copier:
         self.manifests = ManifestCache()
         workers = max(1, blob_concurrency)
         self.pool = InvocationPool(max_workers=workers, thread_name_prefix="blob")
-        # Uploads fed by a Tee run beside the blob task that reads the source (one per extra target).
+        # Each target's manifest pushes (a slow target does not hold the others back). The uploads
+        # a Tee feeds get threads of their own for each blob (_upload_together): queued behind
+        # other work here, they would count as stalled and be dropped.
         self.uploads = InvocationPool(max_workers=workers * 2, thread_name_prefix="upload")
 
     def close(self) -> None:
@@ -810,10 +815,10 @@ class Copier:
                 result.fail(exc)
             return []
         retry: list[tuple[Placement, CopyResult, str | None]] = []
-        with response:
-            tee = Tee(VerifyingReader(response.raw, blob, where), len(uploads))
+        with response, InvocationPool(max_workers=len(uploads), thread_name_prefix="tee") as teed:
+            tee = Tee(VerifyingReader(response.raw, blob, where), len(uploads), stall=self.stall)
             futures = [
-                self.uploads.submit(self._put_teed, placement, blob, location, tee.body(index))
+                teed.submit(self._put_teed, placement, blob, location, tee.body(index))
                 for index, (placement, _, location) in enumerate(uploads)
             ]
             try:
@@ -837,6 +842,8 @@ class Copier:
     def _put_teed(self, placement: Placement, blob: Descriptor, location: str | None, body: TeeBody) -> None:
         try:
             client, repo = placement.destination.client, placement.repository
+            if body.tee.dropped[body.index]:  # already dropped: open no session to abandon
+                raise SourceStreamError(f"blob {blob.digest}: the upload to {placement.destination.host} fell behind")
             if not location:
                 _, location = client.start_upload(repo)
             assert location is not None

@@ -7,14 +7,18 @@ never completed at a destination.
 :class:`Tee` feeds one :class:`VerifyingReader` to several uploads at once (one per target), so
 that a blob several targets need is read from the source once. Memory is bounded (``depth``
 blocks of ``READ_SIZE`` per upload). An upload that stops reading (it failed) is dropped at
-once; one that falls behind is dropped after ``stall`` seconds, so a slow or failing target
-holds the others back by at most that long; a dropped upload is then retried on its own.
+once. The time the source read spends waiting for each upload's full buffer is added up per
+upload; once an upload has held the others back for ``stall`` seconds in all, stalled or merely
+slower, it is dropped: one blob's uploads are delayed by a slow or failing target by at most
+``stall`` seconds. A dropped upload is then retried on its own (a second source read, for it
+alone). When every upload has stopped, the source is not read further.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 import requests
@@ -110,6 +114,7 @@ class Tee:
         self.stall = stall
         self.queues: list[queue.Queue[object]] = [queue.Queue(maxsize=depth) for _ in range(count)]
         self.dropped = [False] * count  # fell behind, or stopped reading
+        self.held_back = [0.0] * count  # seconds the source read waited for each upload
         self.error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -123,9 +128,14 @@ class Tee:
         _drain(self.queues[index])
 
     def pump(self) -> None:
-        """Read the source to the end, handing each block to every upload still reading."""
+        """Read the source to the end, handing each block to every upload still reading.
+
+        Raises :class:`SourceStreamError` when every upload has stopped (nobody to read for).
+        """
         try:
             while True:
+                if all(self.dropped):
+                    raise SourceStreamError(f"{self.reader.where}: every upload stopped; the source read ends")
                 data = self.reader.read_at_most(READ_SIZE)
                 for index in range(len(self.queues)):
                     self._put(index, data if data else _END)
@@ -141,10 +151,22 @@ class Tee:
     def _put(self, index: int, item: object) -> None:
         if self.dropped[index]:
             return
+        q = self.queues[index]
         try:
-            self.queues[index].put(item, timeout=self.stall)
+            q.put_nowait(item)
+            return
         except queue.Full:
-            self.drop(index)  # fell behind: it will start over on its own
+            pass
+        allowed = self.stall - self.held_back[index]
+        started = time.monotonic()
+        try:
+            if allowed <= 0:
+                raise queue.Full
+            q.put(item, timeout=allowed)
+        except queue.Full:
+            self.drop(index)  # held the others back long enough: it starts over on its own
+        finally:
+            self.held_back[index] += time.monotonic() - started
 
 
 class TeeBody:
@@ -171,6 +193,8 @@ class TeeBody:
         return data
 
     def _next(self) -> bytes:
+        # the source read may wait up to ``stall`` for each of the other uploads, then its own read
+        patience = self.tee.stall * (len(self.tee.queues) + 1)
         waited = 0.0
         while True:
             if self.tee.dropped[self.index]:
@@ -179,7 +203,7 @@ class TeeBody:
                 item = self.tee.queues[self.index].get(timeout=0.5)
             except queue.Empty:
                 waited += 0.5
-                if waited > 2 * self.tee.stall:
+                if waited > patience:
                     raise SourceStreamError(f"{self.tee.reader.where}: the source stalled") from None
                 continue
             if item is _END:
