@@ -121,10 +121,18 @@ class CopyResult:
     rewritten_from: str | None = None  # the source index digest, when this target got a narrowed index
     error: BaseException | None = field(default=None, repr=False)  # what stopped this target
     referrer_errors: list[ReferrerFailure] = field(default_factory=list)  # referrers that could not be mirrored
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def fail(self, error: BaseException) -> None:
-        if self.error is None:
-            self.error = error
+        with self._lock:
+            if self.error is None:
+                self.error = error
+
+    def count(self, **figures: int) -> None:
+        """Add to the work counts (the blob threads of one copy share a result)."""
+        with self._lock:
+            for name, n in figures.items():
+                setattr(self, name, getattr(self, name) + n)
 
 
 class Destination:
@@ -663,15 +671,15 @@ class Copier:
         """
         text = str(error).lower()
         if not is_digest(reference) and error.status in (400, 403, 409, 500) and (
-            "immutab" in text or "cannot be overwritten" in text or error.status in (403, 409)
-        ):
+            "immutab" in text or "cannot be overwritten" in text or error.status == 409
+        ):  # a bare 403 is a refusal of our rights (an AuthError to fix), not of the tag
             held = destination.client.head_manifest(repo, reference)
             if held is not None and held.digest and held.digest != manifest.digest:
                 return TagConflict(
                     f"conflict: {destination.host}/{repo}:{reference} refuses to be overwritten (immutable tag): "
                     f"it holds {held.digest}, the source has {manifest.digest} ({describe(error)})"
                 )
-        if manifest.is_schema1 and error.status not in (408, 429, 502, 503, 504):
+        if manifest.is_schema1 and error.status in (400, 415, 500):  # not a network failure, not a 401/403
             # distribution without schema 1 support answers 500 UNKNOWN "unknown error"
             destination.refused_types.add(manifest.media_type)
             return TargetRefused(
@@ -736,13 +744,13 @@ class Copier:
         while True:
             if ledger.known(repo, blob.digest):
                 _check_size(blob, ledger.size_of(blob.digest), f"{destination.host}/{repo}")
-                result.blobs_skipped += 1
+                result.count(blobs_skipped=1)
                 return None
             holder = ledger.holder(blob.digest, exclude=repo)
             if holder is not None:
                 location = self._mount(placement, blob, holder)
                 if location is None:
-                    result.blobs_mounted += 1
+                    result.count(blobs_mounted=1)
                     return None
                 other = ledger.begin_upload(blob.digest)
                 if other is None:
@@ -761,7 +769,7 @@ class Copier:
                 ledger.end_upload(blob.digest)
                 _check_size(blob, size if size >= 0 else None, f"{destination.host}/{repo}")
                 ledger.record(repo, blob.digest, size if size >= 0 else None)
-                result.blobs_skipped += 1
+                result.count(blobs_skipped=1)
                 return None
             other.wait(timeout=3600)  # then mount from where it went (or claim it if that failed)
 
@@ -798,8 +806,7 @@ class Copier:
 
     def _uploaded(self, placement: Placement, blob: Descriptor, result: CopyResult) -> None:
         placement.destination.ledger.record(placement.repository, blob.digest, blob.size)
-        result.blobs_uploaded += 1
-        result.bytes_uploaded += blob.size
+        result.count(blobs_uploaded=1, bytes_uploaded=blob.size)
 
     def _upload_together(
         self, src_repo: str, blob: Descriptor, uploads: list[tuple[Placement, CopyResult, str | None]]

@@ -161,6 +161,21 @@ def test_an_immutable_tag_is_a_conflict_reported_with_both_digests_not_a_failure
         assert hub.registry.pusher().fetch_manifest("giantswarm/tool", "2.0")[2] == source.tool.digest
 
 
+def test_a_bare_403_on_a_moved_tag_is_a_failure_of_our_rights_not_an_immutable_tag(source, fresh_registry, tmp_path):
+    with RegistryFront(fresh_registry(name="hub"), deny_tag_writes=False) as hub:
+        path = config_file(tmp_path, [{"name": "hub", "registry": hub.url}])
+        settings = env(source, REPOSITORY_INCLUDE="giantswarm/tool")
+        with Syncer(load_config(settings, path)) as syncer:
+            assert syncer.run().tags_copied == 1
+        source.pusher().push("giantswarm/tool", images.docker_image("tg-tool-moved-2", (1600,)), "2.0")
+        hub.deny_tag_writes = True  # the push credential lost its write rights meanwhile
+        with Syncer(load_config(settings, path)) as syncer:
+            summary = syncer.run()
+    assert not summary.ok and summary.tags_skipped == 0 and hub.refused["denied"] >= 1
+    (failure,) = summary.failures
+    assert "403" in failure["reason"] and "conflict" not in failure["reason"] and failure["retry"], failure
+
+
 def test_platform_selection_narrows_indexes_for_one_target_only(source, fresh_registry, tmp_path):
     narrow, full = fresh_registry(name="narrow"), fresh_registry(name="full")
     path = config_file(

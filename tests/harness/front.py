@@ -17,6 +17,10 @@ error body the real registry documents or is reported to send:
     is answered ``403 DENIED`` "requested access to the resource is denied - This tag is already
     assigned to an image in this repository and cannot be updated due to immutability settings.
     To push this image, use a different tag." (the same digest is accepted).
+``deny_tag_writes``
+    A push credential that lost its write rights (Docker Hub, Alibaba, GHCR, Quay): every manifest
+    PUT by tag is answered ``403 DENIED`` "requested access to the resource is denied", with no
+    word about immutability.
 ``manifest_classes``
     Alibaba ACR personal edition: an image manifest whose config media type is not in this set, or
     that carries in-toto attestation layers, is answered ``403 DENIED`` "unknown manifest class for
@@ -74,11 +78,13 @@ class RegistryFront:
         *,
         refuse_mounts: bool = False,
         immutable_tags: bool = False,
+        deny_tag_writes: bool = False,
         manifest_classes: frozenset[str] | None = None,
     ):
         self.registry = registry
         self.refuse_mounts = refuse_mounts
         self.immutable_tags = immutable_tags
+        self.deny_tag_writes = deny_tag_writes
         self.manifest_classes = manifest_classes
         self.refused: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
@@ -137,6 +143,8 @@ class RegistryFront:
             refused = config if config not in self.manifest_classes else (IN_TOTO if IN_TOTO in layers else None)
             if refused:
                 return self._refuse("class", _error(403, "DENIED", f"unknown manifest class for {refused}"))
+        if self.deny_tag_writes and not reference.startswith("sha256:"):
+            return self._refuse("denied", _error(403, "DENIED", "requested access to the resource is denied"))
         if self.immutable_tags and not reference.startswith("sha256:"):
             headers = {k: v for k, v in request.headers.items() if k in ("authorization", "host")}
             head = forward(
