@@ -50,8 +50,8 @@ from .errors import (
 from .ledger import BlobLedger
 from .logs import InvocationPool
 from .manifest import UNKNOWN_SIZE, Descriptor, Manifest, parse_manifest
-from .names import digest_of, is_digest
-from .referrers import MAX_REFERRER_DEPTH, ReferrerFinder, list_in_fallback_tag
+from .names import digest_of, fallback_tag, is_digest
+from .referrers import MAX_REFERRER_DEPTH, ReferrerFinder, ReferrersTags
 from .registry import RegistryClient
 from .retry import RetryLater, RetryPolicy, retrying
 from .stream import STALL_SECONDS, Slice, Tee, TeeBody, VerifyingReader
@@ -146,6 +146,7 @@ class Destination:
         self.ledger = ledger or BlobLedger()
         self.chunked = chunked  # learned when a single-request upload is refused
         self.referrers_api: bool | None = None  # learned from the first OCI-Subject answer
+        self.referrers_tags = ReferrersTags(client, self.ledger)  # where it has no referrers API
         self.refused_types: set[str] = set()  # manifest media types it refused (schema 1)
 
     @property
@@ -332,7 +333,11 @@ class Copier:
         """
         results = [self._result(src_repo, digest, p) for p in placements]
         with self._settling(results) as pending:
-            pending[:] = self._not_up_to_date(list(zip(placements, results, strict=True)), digest)
+            everything = list(zip(placements, results, strict=True))
+            pending[:] = self._not_up_to_date(everything, digest)
+            for placement, result in everything:
+                if result.status is CopyStatus.UNCHANGED and result.error is None:
+                    self._keep_listed(src_repo, placement, result, digest)
             if pending:
                 tree = self.tree(src_repo, digest)
                 subject = tree.top.subject
@@ -356,13 +361,14 @@ class Copier:
         for result in results:
             result.status = CopyStatus.UNCHANGED
         with self._settling(results) as pending:
+            tree = self.tree(src_repo, subject)  # its children too: their referrers count as well
             for placement, result in zip(placements, results, strict=True):
-                if self._holds(placement, subject):
+                if self._holds(placement, self._view(tree, placement.rules).top.digest):
                     pending.append((placement, result))
                 else:
                     result.status, result.reason = CopyStatus.IGNORED, "the subject is not at the target"
             if pending:
-                self._referrers_of(src_repo, subject, pending, set(), 0)
+                self._mirror_referrers(src_repo, tree, pending, set(), 0)
         for result in results:
             if result.referrers_copied:
                 result.status = CopyStatus.COPIED
@@ -628,8 +634,15 @@ class Copier:
             return self._holds(placement, digest)
         if placement.at_target.tag_known_absent:
             return False
-        info = placement.destination.client.head_manifest(placement.repository, placement.tag)
-        return info is not None and info.digest == digest
+        client = placement.destination.client
+        info = client.head_manifest(placement.repository, placement.tag)
+        if info is None:
+            return False
+        if info.digest == digest:
+            return True
+        # a target that narrows indexes holds its own index, annotated with the source digest
+        return placement.rules.rewrites and narrowed_from(client.get_manifest(placement.repository, placement.tag),
+                                                          placement.rules) == digest  # fmt: skip
 
     def _push_manifests(
         self, placement: Placement, tree: ImageTree, missing: list[Manifest], result: CopyResult
@@ -649,7 +662,7 @@ class Copier:
         result.manifests_pushed += 1
         for manifest in [*missing, tree.top]:
             if manifest.subject is not None and not destination.referrers_api:
-                list_in_fallback_tag(destination.client, destination.ledger, repo, manifest.subject.digest, manifest)
+                destination.referrers_tags.add(repo, manifest.subject.digest, manifest)
 
     def _put(self, destination: Destination, repo: str, reference: str, manifest: Manifest) -> None:
         try:
@@ -936,11 +949,18 @@ class Copier:
     def _mirror_referrers(
         self, src_repo: str, tree: ImageTree, todo: list[tuple[Placement, CopyResult]], seen: set[str], depth: int
     ) -> None:
-        """The referrers of every manifest of ``tree`` (just placed at each target), recursively."""
+        """The referrers of every manifest of ``tree`` (placed at each target), recursively.
+
+        A target that narrows indexes gets the referrers of the manifests it holds only: not those
+        of the source index (its own index has another digest) or of the platforms it leaves out.
+        """
         if not todo or not self.finder.policy.enabled:
             return
+        held = [{m.digest for m in self._view(tree, p.rules).all_manifests} for p, _ in todo]
         for manifest in tree.all_manifests:
-            self._referrers_of(src_repo, manifest.digest, todo, seen, depth)
+            there = [item for item, digests in zip(todo, held, strict=True) if manifest.digest in digests]
+            if there:
+                self._referrers_of(src_repo, manifest.digest, there, seen, depth)
 
     def _referrers_of(
         self, src_repo: str, subject: str, todo: list[tuple[Placement, CopyResult]], seen: set[str], depth: int
@@ -955,6 +975,9 @@ class Copier:
             seen.add(descriptor.digest)
             subs = [(_by_digest(p), self._result(src_repo, descriptor.digest, p)) for p, _ in todo]
             waiting = self._not_up_to_date(subs, descriptor.digest)
+            for placement, sub in subs:
+                if sub.status is CopyStatus.UNCHANGED and sub.error is None:
+                    self._keep_listed(src_repo, placement, sub, descriptor.digest, subject)
             try:
                 if waiting:
                     tree = self.tree(src_repo, descriptor.digest)
@@ -972,6 +995,41 @@ class Copier:
                 result.referrer_errors.extend(sub.referrer_errors)
                 if sub.status is CopyStatus.SKIPPED:
                     result.warnings.append(f"referrer {descriptor.digest} not mirrored: {sub.reason}")
+
+    def _keep_listed(
+        self, src_repo: str, placement: Placement, result: CopyResult, referrer: str, subject: str | None = None
+    ) -> None:
+        """A referrer the target holds already: at a target without the referrers API, make sure
+        its subject's referrers tag lists it (a run that died between the two PUTs, a failed tag
+        PUT or another process's write may have left it out). Reads the tag (once a minute per
+        subject); the source is asked only for an entry to add. A failure is this referrer's.
+        """
+        destination, repo = placement.destination, placement.repository
+        if destination.referrers_api:
+            return
+        try:
+            if subject is None:  # the referrer's own manifest names it: read it where it is
+                found = destination.client.get_manifest(repo, referrer).subject
+                if found is None:
+                    return  # not a referrer there
+                subject = found.digest
+            api = destination.referrers_api  # read once: another thread may learn it meanwhile
+            if api is None:  # nothing pushed there yet: ask
+                try:
+                    api = destination.referrers_api = destination.client.referrers(repo, subject) is not None
+                except NotFound:
+                    return
+            if api:
+                return
+            if referrer in destination.referrers_tags.listed(repo, subject):
+                return
+            if destination.referrers_tags.add(repo, subject, self._manifest(src_repo, referrer)):
+                result.count(manifests_pushed=1)
+                result.status = CopyStatus.COPIED  # the mirror changed: the referrer is visible now
+                log.info("listed referrer %s in %s/%s:%s (it was missing)", referrer, destination.host, repo,
+                         fallback_tag(subject))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - this referrer at this target
+            result.fail(exc)
 
     # -- helpers -----------------------------------------------------------------------------
     def _result(self, src_repo: str, reference: str, placement: Placement) -> CopyResult:

@@ -6,9 +6,10 @@ index of referrers) where a registry has no API, as the distribution spec tells 
 
 At a target, a referrer is pushed like any manifest, after its subject. A registry with the
 referrers API answers that push with ``OCI-Subject`` and needs nothing more. Elsewhere
-(distribution 2.8, ...) :func:`list_in_fallback_tag` maintains the referrers tag as the
-distribution spec describes for clients: read it (404: start empty), add the referrer's
-descriptor unless it is there, write it back; entries already there are kept as they are.
+(distribution 2.8, ...) :class:`ReferrersTags` maintains the referrers tag as the distribution
+spec describes for clients: read it (404: start empty), add the referrer's descriptor unless it
+is there, write it back (and read it again: another writer may have replaced it); entries
+already there are kept as they are.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ReferrerPolicy
-from .errors import InvalidContent, NotFound
+from .errors import InvalidContent, NotFound, RegistryError
 from .ledger import BlobLedger
 from .manifest import Descriptor, Manifest, parse_manifest
 from .names import OCI_INDEX, digest_of, fallback_tag
@@ -92,33 +93,77 @@ class ReferrerFinder:
         return index.children
 
 
-def list_in_fallback_tag(
-    client: RegistryClient, ledger: BlobLedger, repository: str, subject: str, referrer: Manifest
-) -> bool:
-    """Add ``referrer`` to the referrers tag of ``subject`` at a target without the referrers API.
+class ReferrersTags:
+    """The referrers tags (``sha256-<hex>``) of one target without the referrers API.
 
-    Returns True when the tag was written, False when the referrer was listed already. Raises
-    :class:`InvalidContent` when the tag holds something other than an OCI index (it is then
-    left alone: it is not ours to overwrite).
+    What a tag lists is read once per ``ttl`` seconds (a run that finds many referrers of one
+    subject present reads it once). :meth:`add` is the read-modify-write the distribution spec
+    asks of clients, under the process's manifest lock for the repository; another process can
+    still write between our read and our PUT, so the tag is read again after the PUT and the
+    merge repeated when our entry is gone (a lost update). An entry lost anyway is found missing
+    the next time the referrer is seen present, and listed then.
     """
-    tag = fallback_tag(subject)
-    with ledger.manifest_writes(repository):
+
+    ATTEMPTS = 3
+
+    def __init__(
+        self, client: RegistryClient, ledger: BlobLedger, *, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.client = client
+        self.ledger = ledger
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def listed(self, repository: str, subject: str) -> frozenset[str]:
+        """The digests the referrers tag of ``subject`` lists (none when there is no such tag)."""
+        key = (repository, subject)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and self.clock() - cached[0] < self.ttl:
+            return cached[1]
+        return self._remember(key, self._entries(repository, subject))
+
+    def add(self, repository: str, subject: str, referrer: Manifest) -> bool:
+        """List ``referrer`` in the referrers tag of ``subject``. True when the tag was written.
+
+        Raises :class:`InvalidContent` when the tag holds something other than an OCI index (it
+        is then left alone: it is not ours to overwrite).
+        """
+        tag = fallback_tag(subject)
+        wrote = False
+        with self.ledger.manifest_writes(repository):
+            for attempt in range(self.ATTEMPTS + 1):
+                entries = self._entries(repository, subject)  # after a write: is our entry still there?
+                if any(isinstance(e, dict) and e.get("digest") == referrer.digest for e in entries):
+                    self._remember((repository, subject), entries)
+                    return wrote
+                if attempt == self.ATTEMPTS:
+                    break
+                document = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                            "manifests": [*entries, referrer.referrer_descriptor()]}  # fmt: skip
+                raw = json.dumps(document, separators=(",", ":")).encode()
+                self.client.put_manifest(repository, tag, parse_manifest(raw, OCI_INDEX, f"referrers tag {tag}", digest_of(raw)))
+                wrote = True
+        raise RegistryError(
+            f"{self.client.host}/{repository}:{tag} changed under every one of {self.ATTEMPTS} writes; "
+            f"the referrer {referrer.digest} is not listed there yet"
+        )
+
+    def _entries(self, repository: str, subject: str) -> list[Any]:
+        tag = fallback_tag(subject)
         try:
-            current: Manifest | None = client.get_manifest(repository, tag)
+            current = self.client.get_manifest(repository, tag)
         except NotFound:
-            current = None
-        entries: list[Any] = []
-        if current is not None:
-            listed = current.document.get("manifests")
-            if current.media_type != OCI_INDEX or not isinstance(listed, list):
-                raise InvalidContent(
-                    f"{client.host}/{repository}:{tag} is not an OCI image index; the referrer "
-                    f"{referrer.digest} was not listed there"
-                )
-            entries = listed
-        if any(isinstance(e, dict) and e.get("digest") == referrer.digest for e in entries):
-            return False
-        document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*entries, referrer.referrer_descriptor()]}
-        raw = json.dumps(document, separators=(",", ":")).encode()
-        client.put_manifest(repository, tag, parse_manifest(raw, OCI_INDEX, f"referrers tag {tag}", digest_of(raw)))
-        return True
+            return []
+        listed = current.document.get("manifests")
+        if current.media_type != OCI_INDEX or not isinstance(listed, list):
+            raise InvalidContent(f"{self.client.host}/{repository}:{tag} is not an OCI image index; referrers are not listed there")
+        return listed
+
+    def _remember(self, key: tuple[str, str], entries: list[Any]) -> frozenset[str]:
+        digests = frozenset(e["digest"] for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str))
+        with self._lock:
+            self._cache[key] = (self.clock(), digests)
+        return digests

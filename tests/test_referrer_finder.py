@@ -1,4 +1,5 @@
-"""Whether a registry has the referrers API is learned from what answers, not from one 404.
+"""Referrers: whether a registry has the API is learned from what answers, not from one 404; a
+referrers tag another writer replaced is merged again.
 
 Against the ACR stand-in (the API; a repository it does not have answers ``NAME_UNKNOWN``, as
 ACR does) and a real ``distribution`` 2.8 registry (no such route: its 404 carries no OCI error).
@@ -6,14 +7,20 @@ ACR does) and a real ``distribution`` 2.8 registry (no such route: its 404 carri
 
 from __future__ import annotations
 
+import json
+
 from sync_core.auth import Credentials, StaticCredentials
 from sync_core.config import ReferrerPolicy
-from sync_core.referrers import ReferrerFinder
+from sync_core.ledger import BlobLedger
+from sync_core.manifest import parse_manifest
+from sync_core.names import digest_of
+from sync_core.referrers import ReferrerFinder, ReferrersTags
 from sync_core.registry import RegistryClient
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
 
 USER = ("finder", "finder-pw-8Qs")
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def test_an_unknown_repository_does_not_turn_the_api_off(token_issuer):
@@ -38,3 +45,36 @@ def test_a_registry_without_the_route_is_read_through_the_referrers_tag(fresh_re
     pusher.push("gs/app", app, "1.0")
     finder = ReferrerFinder(RegistryClient(registry.url, StaticCredentials(Credentials(*PUSHER))), ReferrerPolicy())
     assert finder.of("gs/app", app.digest) == [] and finder.api is False
+
+
+def test_a_referrers_tag_overwritten_by_another_writer_is_merged_again(fresh_registry):
+    # Two processes add to one referrers tag: both read it, both write it, the last write wins.
+    # The writer whose entry was lost sees it on the read after its PUT and merges again.
+    registry = fresh_registry()
+    pusher = registry.pusher()
+    app = images.oci_image("tags-app", (64,))
+    ours, theirs = images.signature("tags-ours", app), images.signature("tags-theirs", app)
+    pusher.push("gs/app", app, "1.0")
+    pusher.push("gs/app", ours)
+    pusher.push("gs/app", theirs)
+    tag = images.digest_tag(app.digest, suffix="")
+    client = RegistryClient(registry.url, StaticCredentials(Credentials(*PUSHER)), actions="pull,push")
+    put = client.put_manifest
+    raced = []
+
+    def put_then_overwritten(repository, reference, manifest):
+        answered = put(repository, reference, manifest)
+        if not raced:  # the other process read before our PUT and writes after it
+            raced.append(reference)
+            entry = {"mediaType": theirs.media_type, "digest": theirs.digest, "size": theirs.size}
+            raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}).encode()
+            put(repository, reference, parse_manifest(raw, OCI_INDEX, "theirs", digest_of(raw)))
+        return answered
+
+    client.put_manifest = put_then_overwritten  # type: ignore[method-assign]
+    tags = ReferrersTags(client, BlobLedger())
+    ours_manifest = client.get_manifest("gs/app", ours.digest)
+    assert tags.add("gs/app", app.digest, ours_manifest) is True
+    listed = json.loads(pusher.fetch_manifest("gs/app", tag)[0])
+    assert {m["digest"] for m in listed["manifests"]} == {ours.digest, theirs.digest}
+    assert tags.listed("gs/app", app.digest) == {ours.digest, theirs.digest}

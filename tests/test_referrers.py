@@ -189,7 +189,7 @@ def test_a_referrer_pushed_later_follows_by_event_within_a_minute_and_by_the_tim
     world.pusher.push(f"{NS}/app", missed)
     with world.syncer(tmp_path) as syncer:
         run = syncer.run()
-    assert run.ok and run.referrers_copied == 2 and run.tags_copied == 0
+    assert run.ok and run.referrers_copied == 2 and run.tags_copied == 0, run.to_dict()
     for target in ("plain", "api"):
         assert {late.digest, missed.digest} <= referrers_at(world, target, "mirror/app", app.digest)
 
@@ -314,3 +314,101 @@ def test_a_referrers_tag_that_is_not_ours_is_a_refusal_reported_not_a_failure_to
     assert all("not an OCI image index" in r["reason"] for r in refusals)
     assert world.plain.pusher().fetch_manifest("mirror/app", tag)[2] == squatter.digest  # left alone
     assert referrers_at(world, "api", "mirror/app", app.digest) == {sig.digest, bundle.digest}
+
+
+def test_an_entry_lost_from_a_referrers_tag_is_listed_again_when_the_referrer_is_next_seen(world, tmp_path):
+    # the run died between the referrer's PUT and the tag's, or another process's write replaced
+    # the tag: the referrer is at the target, but a client looking through the tag cannot see it
+    app, amd64, sig, sbom, sbom_sig, bundle = seed_signed_image(world)
+    with world.syncer(tmp_path) as syncer:
+        assert syncer.run().ok
+    plain = world.plain.pusher()
+    tag = images.digest_tag(app.digest, suffix="")
+
+    def drop_sig() -> None:
+        listed = json.loads(plain.fetch_manifest("mirror/app", tag)[0])
+        listed["manifests"] = [m for m in listed["manifests"] if m["digest"] != sig.digest]
+        plain.put_manifest("mirror/app", images.Manifest(json.dumps(listed).encode(), OCI_INDEX), tag)
+        assert referrers_at(world, "plain", "mirror/app", app.digest) == {bundle.digest}
+
+    drop_sig()  # the signature was pushed lately: the next run's recent untagged manifests include it
+    with world.syncer(tmp_path) as syncer:
+        run = syncer.run()
+    assert run.ok and run.tags_copied == 0, run.failures
+    assert referrers_at(world, "plain", "mirror/app", app.digest) == {sig.digest, bundle.digest}
+    assert referrers_at(world, "api", "mirror/app", app.digest) == {sig.digest, bundle.digest}
+    assert world.api.pusher().tags("mirror/app") == ["1.0"]  # no referrers tag where the API is
+
+    drop_sig()  # an old signature: the full check looks at every untagged manifest
+    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    for manifest in world.source.manifests_of(f"{NS}/app"):
+        world.source.set_manifest_times(f"{NS}/app", manifest, long_ago)
+    with world.syncer(tmp_path) as syncer:
+        assert syncer.run().ok
+        assert referrers_at(world, "plain", "mirror/app", app.digest) == {bundle.digest}  # not in the window
+        full = syncer.run(check=Check.FULL)
+    assert full.ok and full.tags_copied == 0, full.failures
+    assert referrers_at(world, "plain", "mirror/app", app.digest) == {sig.digest, bundle.digest}
+
+
+def test_a_target_that_narrows_indexes_gets_the_referrers_of_what_it_holds_only(world, tmp_path):
+    app, amd64, sig, sbom, sbom_sig, bundle = seed_signed_image(world)
+    arm64 = next(c for c in app.children if c.platform and c.platform["architecture"] == "arm64")
+    arm_sbom = artifact("ref-arm-sbom", arm64, SPDX)
+    world.pusher.push(f"{NS}/app", arm_sbom)
+    narrow = {"plain": {"platforms": ["linux/amd64"]}}
+    with world.syncer(tmp_path, **narrow) as syncer:
+        first = syncer.run()
+    assert first.ok, first.failures
+    plain = world.plain.pusher()
+    # the platform it holds, with its SBOM and the SBOM's signature
+    assert referrers_at(world, "plain", "mirror/app", amd64.digest) == {sbom.digest}
+    assert referrers_at(world, "plain", "mirror/app", sbom.digest) == {sbom_sig.digest}
+    # nothing of what it does not hold: the source index (its own index has another digest), arm64
+    for absent in (sig, bundle, arm_sbom):
+        assert not plain.exists_manifest("mirror/app", absent.digest), absent
+    for subject in (app, arm64):
+        assert not plain.exists_manifest("mirror/app", images.digest_tag(subject.digest, suffix=""))
+    # the full mirror has everything
+    assert referrers_at(world, "api", "mirror/app", arm64.digest) == {arm_sbom.digest}
+
+    # the next runs, recent and full, find the narrowed target in order without the source's trees
+    for check in (Check.RECENT, Check.FULL):
+        world.source.reset_log()
+        with world.syncer(tmp_path, **narrow) as syncer:
+            again = syncer.run(check=check)
+        assert again.ok and (again.tags_copied, again.referrers_copied, again.manifests_pushed) == (0, 0, 0), check
+        assert world.source.count(("blob",)) == 0, check
+
+
+def test_from_a_plain_oci_source_the_full_check_finds_late_referrers_of_the_index_and_its_children(
+    fresh_registry, tmp_path
+):
+    source, target = fresh_registry(name="oci-src"), fresh_registry(name="oci-dst")
+    pusher = source.pusher()
+    app = images.oci_index("oci-late", layer_sizes=(120,), attestations=False)
+    pusher.push("gs/app", app, "1.0")
+    env = {
+        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": NS,
+        "SOURCE_USERNAME": PUSHER[0], "SOURCE_PASSWORD": PUSHER[1], "SOURCE_REPOSITORIES": "gs/app",
+        "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": "mirror",
+        "TARGET_USERNAME": PUSHER[0], "TARGET_PASSWORD": PUSHER[1],
+    }  # fmt: skip
+    with Syncer(load_config(env)) as syncer:
+        assert syncer.run().tags_copied == 1
+    # referrers added later, each listed in its subject's referrers tag (distribution has no API)
+    sig, child_sbom = artifact("oci-late-sig", app, NOTATION), artifact("oci-late-sbom", app.children[0], SPDX)
+    for referrer, subject, kind in ((sig, app, NOTATION), (child_sbom, app.children[0], SPDX)):
+        pusher.push("gs/app", referrer)
+        entry = {"mediaType": referrer.media_type, "digest": referrer.digest, "size": referrer.size, "artifactType": kind}
+        listing = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}
+        pusher.put_manifest("gs/app", images.Manifest(json.dumps(listing).encode(), OCI_INDEX),
+                            images.digest_tag(subject.digest, suffix=""))  # fmt: skip
+    with Syncer(load_config(env)) as syncer:
+        full = syncer.run(check=Check.FULL)
+    assert full.ok and full.referrers_copied == 2, full.to_dict()
+    check = target.pusher()
+    for referrer, subject in ((sig, app), (child_sbom, app.children[0])):
+        assert check.fetch_manifest("mirror/app", referrer.digest)[0] == referrer.raw
+        listed = json.loads(check.fetch_manifest("mirror/app", images.digest_tag(subject.digest, suffix=""))[0])
+        assert [m["digest"] for m in listed["manifests"]] == [referrer.digest]
