@@ -1013,7 +1013,7 @@ class Copier:
                 if found is None:
                     return  # not a referrer there
                 subject = found.digest
-            api = destination.referrers_api  # read once: another thread may learn it meanwhile
+            api: bool | None = destination.referrers_api  # read once: another thread may learn it meanwhile
             if api is None:  # nothing pushed there yet: ask
                 try:
                     api = destination.referrers_api = destination.client.referrers(repo, subject) is not None
