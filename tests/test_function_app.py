@@ -21,25 +21,12 @@ import function_app
 from sync_core import handlers, messages, runtime
 from sync_core.retry import RetryPolicy
 from tests.harness.acr import AcrStandIn
-from tests.harness.function_context import Context
+from tests.harness.function_context import Collect, Context
 from tests.harness.images import oci_image, oci_index
 
 EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 ROOT_USER = ("sync-token", "sync-token-password")
 MIRROR = ("pusher", "pusher-pass")
-
-
-class Collect(func.Out):
-    """A queue output binding that keeps what the function set."""
-
-    def __init__(self) -> None:
-        self.value = None
-
-    def set(self, val) -> None:
-        self.value = val
-
-    def get(self):
-        return self.value
 
 
 _FUNCTIONS = {

@@ -38,7 +38,7 @@ from sync_core.config import load_config
 from sync_core.errors import SyncError
 from sync_core.plan import Check
 from sync_core.sync import Syncer
-from tests.harness import PUSHER, images
+from tests.harness import PUSHER, images, oci_env
 from tests.harness.acr import AcrStandIn
 from tests.harness.servers import LoopbackHTTPServer
 
@@ -265,12 +265,7 @@ def test_referrers_found_by_a_full_check_count_once(token_issuer, fresh_registry
     pusher = source.pusher()
     app = images.oci_image("metrics-oci-app", (120,))
     pusher.push("gs/app", app, "1.0")
-    env = {
-        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": "gs",
-        "SOURCE_USERNAME": PUSHER[0], "SOURCE_PASSWORD": PUSHER[1], "SOURCE_REPOSITORIES": "gs/app",
-        "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": "mirror",
-        "TARGET_USERNAME": PUSHER[0], "TARGET_PASSWORD": PUSHER[1],
-    }  # fmt: skip
+    env = oci_env(source, target)
     with Syncer(load_config(env)) as syncer:
         assert syncer.run().ok
     sig = images.signature("metrics-oci-sig", app)

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
@@ -28,7 +27,7 @@ from sync_core.config import load_config
 from sync_core.messages import MessageKind, WorkMessage, parse_message
 from tests.harness.azurite import ACCOUNT_KEY, Azurite
 from tests.harness.faultproxy import FaultProxy
-from tests.harness.function_context import Context
+from tests.harness.function_context import Collect, Context
 
 ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count(1)
@@ -401,17 +400,6 @@ def test_poison_depth_is_logged_for_the_alert(azurite, queue_name, caplog):
     assert len(unknown) == 2 and all(r.levelno == logging.WARNING and "count=" not in r.getMessage() for r in unknown)
 
 
-class Out(func.Out):
-    def __init__(self) -> None:
-        self.value = None
-
-    def set(self, val) -> None:
-        self.value = val
-
-    def get(self):
-        return self.value
-
-
 def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, monkeypatch, caplog):
     import function_app
 
@@ -427,7 +415,7 @@ def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, mon
         # the decorated function itself: app.get_functions() indexes once per process (as the
         # host does), and tests/test_function_app.py may have done it already
         timer = function_app.sync_schedule._function.get_user_function()
-        timer(TimerRequest(past_due=False), Out(), Context())
+        timer(TimerRequest(past_due=False), Collect(), Context())
     finally:
         runtime.reset()
     (line,) = [r.getMessage() for r in caplog.records if "decision=poison_depth" in r.getMessage()]

@@ -20,7 +20,7 @@ from sync_core import handlers, messages
 from sync_core.config import load_config
 from sync_core.plan import Check
 from sync_core.sync import Syncer
-from tests.harness import PUSHER, images
+from tests.harness import PUSHER, images, oci_env
 from tests.harness.acr import AcrStandIn
 
 NS = "gs"
@@ -388,12 +388,7 @@ def test_from_a_plain_oci_source_the_full_check_finds_late_referrers_of_the_inde
     pusher = source.pusher()
     app = images.oci_index("oci-late", layer_sizes=(120,), attestations=False)
     pusher.push("gs/app", app, "1.0")
-    env = {
-        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": NS,
-        "SOURCE_USERNAME": PUSHER[0], "SOURCE_PASSWORD": PUSHER[1], "SOURCE_REPOSITORIES": "gs/app",
-        "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": "mirror",
-        "TARGET_USERNAME": PUSHER[0], "TARGET_PASSWORD": PUSHER[1],
-    }  # fmt: skip
+    env = oci_env(source, target)
     with Syncer(load_config(env)) as syncer:
         assert syncer.run().tags_copied == 1
     # referrers added later, each listed in its subject's referrers tag (distribution has no API)

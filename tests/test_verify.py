@@ -18,7 +18,7 @@ import pytest
 from sync_core import cli
 from sync_core.config import load_config
 from sync_core.sync import Syncer
-from tests.harness import PUSHER, images
+from tests.harness import PUSHER, images, oci_env
 from tests.harness.acr import AcrStandIn
 
 NS = "gs"
@@ -188,12 +188,7 @@ def test_a_plain_oci_source_is_asked_for_each_digest(token_issuer, fresh_registr
     pusher = source.pusher()
     first = images.oci_image("verify-oci-1", (100,))
     pusher.push("gs/app", first, "1.0")
-    env = {
-        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": "gs",
-        "SOURCE_USERNAME": PUSHER[0], "SOURCE_PASSWORD": PUSHER[1], "SOURCE_REPOSITORIES": "gs/app",
-        "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": "mirror",
-        "TARGET_USERNAME": PUSHER[0], "TARGET_PASSWORD": PUSHER[1],
-    }  # fmt: skip
+    env = oci_env(source, target)
     assert cli.main(["sync", "--json"], environ=env) == 0
     capsys.readouterr()
     assert cli.main(["verify", "--json"], environ=env) == 0

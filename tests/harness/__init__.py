@@ -29,6 +29,18 @@ PUSHER = ("pusher", "pusher-pass")
 #: (user, password) of the htpasswd registry.
 BASIC = ("basic", "basic-pass")
 
+
+
+def oci_env(source: Registry, target: Registry, repositories: str = "gs/app") -> dict[str, str]:
+    """The settings of a sync from a plain OCI ``source`` (namespace ``gs``) to ``target`` (``mirror``)."""
+    return {
+        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": "gs",
+        "SOURCE_USERNAME": PUSHER[0], "SOURCE_PASSWORD": PUSHER[1], "SOURCE_REPOSITORIES": repositories,
+        "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": "mirror",
+        "TARGET_USERNAME": PUSHER[0], "TARGET_PASSWORD": PUSHER[1],
+    }  # fmt: skip
+
+
 #: ``TokenIssuer(users=...)`` of the session issuer.
 STANDARD_USERS = {
     ADMIN[0]: (ADMIN[1], {"*": ["*"], CATALOG: ["*"]}),
@@ -55,6 +67,7 @@ __all__ = [
     "TokenGrant",
     "TokenIssuer",
     "free_port",
+    "oci_env",
     "seed_standard",
     "standard_catalog",
     "stop_all",

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .registry import free_port
+from .servers import end_process
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 AZURITE_QUEUE = Path(
@@ -131,13 +132,7 @@ class Azurite:
     def stop_process(self) -> None:
         """Stop the process (an outage); :meth:`start` brings it back with its data."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        end_process(proc, 10)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -44,3 +44,16 @@ class Context(func.Context):
     @property
     def retry_context(self):
         return None
+
+
+class Collect(func.Out):
+    """A queue output binding that keeps what the function set."""
+
+    def __init__(self) -> None:
+        self.value = None
+
+    def set(self, val) -> None:
+        self.value = val
+
+    def get(self):
+        return self.value

@@ -35,6 +35,8 @@ import bcrypt
 import requests
 import yaml
 
+from .servers import end_process
+
 if TYPE_CHECKING:
     from .images import Pusher
     from .tokens import TokenIssuer
@@ -277,13 +279,7 @@ class Registry:
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        end_process(proc, 5)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -33,3 +34,15 @@ def send_json(
     handler.end_headers()
     if handler.command != "HEAD":
         handler.wfile.write(data)
+
+
+def end_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Terminate a server process, kill it if it lingers past ``timeout`` (a no-op when it has ended)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
