@@ -14,20 +14,17 @@ newer than the emulator) and sends no telemetry.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from .registry import free_port
-from .servers import end_process
+from .servers import end_process, log_tail, spawn
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 AZURITE_QUEUE = Path(
@@ -50,14 +47,6 @@ def ensure_installed() -> Path:
         subprocess.run([make, "-C", str(ROOT), "-f", "mk/azurite.mk", "azurite"], check=True, timeout=900)
     assert os.access(AZURITE_QUEUE, os.X_OK), f"{AZURITE_QUEUE} missing (make azurite)"
     return AZURITE_QUEUE
-
-
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class Azurite:
@@ -103,18 +92,13 @@ class Azurite:
             return
         self.port = self.port or free_port()
         self._log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(
+        self._proc = spawn(
             [
                 str(self.binary), "--queueHost", "127.0.0.1", "--queuePort", str(self.port),
                 "--location", str(self.location), "--skipApiVersionCheck", "--loose", "--disableTelemetry",
             ],  # fmt: skip
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self._tmp,
-            preexec_fn=_pdeathsig
-            if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
-            else None,
+            self._log,
+            self._tmp,
         )
         deadline = time.monotonic() + self.startup_timeout
         while True:
@@ -145,10 +129,7 @@ class Azurite:
             _live.discard(self)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> Azurite:
         return self

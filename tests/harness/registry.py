@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import atexit
 import copy
-import ctypes
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,7 +32,7 @@ import bcrypt
 import requests
 import yaml
 
-from .servers import end_process
+from .servers import end_process, log_tail, spawn
 
 if TYPE_CHECKING:
     from .images import Pusher
@@ -83,14 +80,6 @@ def htpasswd_lines(users: Mapping[str, str]) -> str:
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
         lines.append(f"{user}:{hashed}")
     return "\n".join(lines) + "\n"
-
-
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class RegistryStartError(RuntimeError):
@@ -214,17 +203,7 @@ class Registry:
         self.config = self.build_config(port)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self._log_file = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(
-            [self.binary, "serve", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self._tmp,
-            # PR_SET_PDEATHSIG fires when the *thread* that forked exits: main thread only
-            preexec_fn=_pdeathsig
-            if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
-            else None,
-        )
+        self._proc = spawn([self.binary, "serve", str(self.config_path)], self._log_file, self._tmp)
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self._proc.poll() is not None:
@@ -245,11 +224,7 @@ class Registry:
             time.sleep(0.02)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     # -- request log ------------------------------------------------------------------------------
 

@@ -1,11 +1,17 @@
-"""The HTTP server class every local test server uses."""
+"""What the local test servers share: the HTTP server class, and running a server process."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import signal
 import subprocess
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
@@ -46,3 +52,35 @@ def end_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(args: Sequence[str], log: IO[bytes], cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a server process writing to ``log``; on Linux it gets SIGTERM when this process dies."""
+    return subprocess.Popen(
+        list(args),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        # PR_SET_PDEATHSIG fires when the *thread* that forked exits: main thread only
+        preexec_fn=_pdeathsig
+        if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+        else None,
+    )
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a server's log."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
