@@ -71,6 +71,7 @@ class Row:
     bytes_from_source: int
     max_rss_bytes: int
     cpu_seconds: float  # the tool's user + system CPU
+    harness_cpu_seconds: float  # the registries', latency proxies' and token issuers' CPU meanwhile (same cores)
     scale: float = 1.0  # skopeo wide runs: measured on a sample, scaled by this factor
     note: str = ""
     summary: dict = field(default_factory=dict)
@@ -100,6 +101,7 @@ def _row(scenario: str, tool: str, result: ProcessResult, counters: dict, *, sca
         bytes_from_source=round(source["bytes_upstream_to_client"] * scale),
         max_rss_bytes=result.max_rss_bytes,
         cpu_seconds=result.cpu_seconds * scale,
+        harness_cpu_seconds=counters["harness_cpu_seconds"] * scale,
         scale=scale,
         note=note,
         summary=summary or {},
@@ -539,7 +541,7 @@ class Bench:
         return out
 
     def table(self) -> str:
-        head = ("| scenario | tool | wall s | vs skopeo | CPU s | requests source "
+        head = ("| scenario | tool | wall s | vs skopeo | CPU s tool + harness | requests source "
                 "| requests mirror (manifest/blob/upload) | mirror tokens | MB from source | MB to mirror | peak RSS MB |")  # fmt: skip
         lines = [head, "|" + "---|" * 11]
 
@@ -557,7 +559,8 @@ class Bench:
             ratio = f"{r.ratio:.3f}" if r.ratio is not None else ""
             status = "" if r.ok else " FAILED"
             lines.append(
-                f"| {r.scenario} | {r.tool}{status} | {r.seconds:.2f}{scaled} | {ratio} | {r.cpu_seconds:.2f} "
+                f"| {r.scenario} | {r.tool}{status} | {r.seconds:.2f}{scaled} | {ratio} "
+                f"| {r.cpu_seconds:.1f} + {r.harness_cpu_seconds:.1f} "
                 f"| {r.source_requests} "
                 f"| {cells[0]} | {cells[1]} | {r.bytes_from_source / MB:.2f} | {cells[2]} "
                 f"| {r.max_rss_bytes / MB:.0f} |"

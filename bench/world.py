@@ -14,6 +14,8 @@ registry, issuer and proxies, as far away as the first) is the other target of t
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,13 +122,32 @@ class World:
             if proxy is not None:
                 proxy.reset()
         self.source_issuer.reset_counters()
+        self._cpu_mark = self.cpu_seconds()
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the registries and by this process (latency proxies, token issuers)."""
+        registries = [self.source, self.wide_source, *(m.registry for m in self.mirrors)]
+        return time.process_time() + sum(_process_cpu(r.pid) for r in registries if r is not None and r.pid)
 
     def counters(self, wide: bool = False) -> dict:
         """Source and mirror counters; ``mirror2``/``mirror2_tokens`` too when there is a second mirror."""
         source = (self.wide_proxy if wide else self.source_proxy).stats()
         source.pop("request_log", None)
-        out = {"source": source, "source_tokens": self.source_issuer.token_requests}
+        out = {
+            "source": source,
+            "source_tokens": self.source_issuer.token_requests,
+            "harness_cpu_seconds": self.cpu_seconds() - getattr(self, "_cpu_mark", 0.0),
+        }
         for i, mirror in enumerate(self.mirrors):
             key = "mirror" if i == 0 else f"mirror{i + 1}"
             out[key], out[f"{key}_tokens"] = mirror.counters()
         return out
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux ``/proc/<pid>/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
