@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +44,15 @@ def run_measured(command: list[str], env: dict[str, str], timeout: float, cwd: P
         started = time.monotonic()
         proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 start_new_session=True)  # fmt: skip
-        timed_out = False
+        # Popen.wait(timeout) polls (sleeps of up to 50 ms): the end would be seen up to 50 ms late.
+        # A blocking wait sees it at once; a timer kills the process group on timeout.
+        timer = threading.Timer(timeout, _kill_group, (proc.pid,))
+        timer.start()
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        finally:
+            timed_out = not timer.is_alive()
+            timer.cancel()
         seconds = time.monotonic() - started
         out.seek(0)
         err.seek(0)
@@ -63,6 +67,11 @@ def run_measured(command: list[str], env: dict[str, str], timeout: float, cwd: P
             stderr=err.read().decode(errors="replace"),
             timed_out=timed_out,
         )
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.killpg(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
