@@ -41,10 +41,11 @@ class Profile:
     wide_tags: int
     wide_skopeo_sample: int  # repositories skopeo runs over in the wide scenarios (then scaled)
     sbom_size: int  # the SBOM each tag of the signed catalog has (besides its signature)
+    two_target_rounds: int  # one-target and two-target runs, taken in turns (the median of each is kept)
 
 
-FULL = Profile("full", 20, 5, 256 * KIB, 2 * MIB, 2 * MIB, 5, GIB, 2000, 20, 5, 64 * KIB)
-QUICK = Profile("quick", 3, 2, 16 * KIB, 64 * KIB, 64 * KIB, 1, 0, 10, 3, 1, 4 * KIB)
+FULL = Profile("full", 20, 5, 256 * KIB, 2 * MIB, 2 * MIB, 5, GIB, 2000, 20, 5, 64 * KIB, 3)
+QUICK = Profile("quick", 3, 2, 16 * KIB, 64 * KIB, 64 * KIB, 1, 0, 10, 3, 1, 4 * KIB, 1)
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
 SPDX = "application/spdx+json"
