@@ -8,6 +8,9 @@ Scenarios (each runs registry-sync, then skopeo, against the same mirror behind 
 registry-sync writes under ``rs/``, skopeo under ``sk/``):
 
   initial      sync the platform catalog into an empty mirror
+  one-target, two-targets  registry-sync only, right after ``initial``: the same catalog into one
+               empty mirror, and into two at once (one config file), in turns, 3 rounds (quick: 1);
+               the median of each: bytes read from the source, wall time two against one
   verify       ``verify`` and ``verify --deep`` of that mirror (registry-sync only: requests, seconds)
   noop         the same sync again: nothing to do
   noop-full-check  the same with ``--full-check`` (registry-sync only; ``SYNC_COMPARE=digest`` does it
@@ -16,9 +19,6 @@ registry-sync writes under ``rs/``, skopeo under ``sk/``):
   referrers-*  registry-sync only: the signed catalog (the same shape, 2 referrers a tag, listed in
                the referrers tag of each image): initial, noop and full-check, with the default
                ``SYNC_REFERRERS`` (all) and with ``none``
-  one-target, two-targets  registry-sync only, right after ``initial``: the same catalog into one
-               empty mirror, and into two at once (one config file), in turns, 3 rounds (quick: 1);
-               the median of each: bytes read from the source, wall time two against one
   big          one image with a 1 GiB layer (registry-sync sync vs ``skopeo copy --all``)
   wide-1       no-op over N repositories x 1 tag of one small image
   wide-T       no-op over the same N repositories x T tags (skopeo: a sample of repositories,
