@@ -45,7 +45,7 @@ clean:
 demo: system-deps venv
 	$(PY) scripts/demo.py
 
-# Benchmark against skopeo sync (not part of make test): ~15-20 minutes, results in bench/results/
+# Benchmark against skopeo sync (not part of make test): ~22 minutes, results in bench/results/
 # and docs/benchmarks.md. BENCH_ARGS=--quick for the small version.
 bench: system-deps venv
 	$(PY) -m bench.run $(BENCH_ARGS)

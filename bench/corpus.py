@@ -1,4 +1,4 @@
-"""The benchmark's images: a platform catalog, a 1 GiB image, and a wide catalog.
+"""The benchmark's images: a platform catalog (also signed: 2 referrers a tag), a 1 GiB image, a wide catalog.
 
 Everything is deterministic (same seed, same bytes, same digests) and built with the test
 harness's image builders, which keep exact manifest bytes. The 1 GiB layer is never held in
@@ -40,12 +40,15 @@ class Profile:
     wide_repositories: int
     wide_tags: int
     wide_skopeo_sample: int  # repositories skopeo runs over in the wide scenarios (then scaled)
+    sbom_size: int  # the SBOM each tag of the signed catalog has (besides its signature)
+    two_target_rounds: int  # one-target and two-target runs, taken in turns (the median of each is kept)
 
 
-FULL = Profile("full", 20, 5, 256 * KIB, 2 * MIB, 2 * MIB, 5, GIB, 2000, 20, 5)
-QUICK = Profile("quick", 3, 2, 16 * KIB, 64 * KIB, 64 * KIB, 1, 0, 10, 3, 1)
+FULL = Profile("full", 20, 5, 256 * KIB, 2 * MIB, 2 * MIB, 5, GIB, 2000, 20, 5, 64 * KIB, 3)
+QUICK = Profile("quick", 3, 2, 16 * KIB, 64 * KIB, 64 * KIB, 1, 0, 10, 3, 1, 4 * KIB, 1)
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
+SPDX = "application/spdx+json"
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Corpus:
     base: Blob
     images: dict[tuple[str, str], Manifest] = field(default_factory=dict)
     new_images: dict[tuple[str, str], Manifest] = field(default_factory=dict)
+    referrers: dict[tuple[str, str], list[Manifest]] = field(default_factory=dict)  # of each tag's image
 
     @property
     def repositories(self) -> list[str]:
@@ -104,6 +108,35 @@ def platform_corpus(profile: Profile, namespace: str = "platform") -> Corpus:
         tag = "2.0.0"
         corpus.new_images[repo, tag] = _image(f"{repo}:{tag}", i, rng, profile, base)
     return corpus
+
+
+def signed_corpus(profile: Profile, namespace: str = "signed") -> Corpus:
+    """The platform catalog's shape (other content) with 2 referrers of each tag's image.
+
+    A cosign 3 style signature (an OCI manifest with ``artifactType``, the empty config, one
+    layer and ``subject``) and an SPDX SBOM of ``profile.sbom_size`` bytes, both untagged.
+    """
+    corpus = platform_corpus(profile, namespace)
+    for (repo, tag), image in corpus.images.items():
+        seed = f"{repo}:{tag}"
+        corpus.referrers[repo, tag] = [
+            images.signature(f"{seed}:sig", image),
+            images.oci_artifact(f"{seed}:sbom", SPDX, image, (profile.sbom_size,), SPDX),
+        ]
+    return corpus
+
+
+def push_referrers(pusher_factory, corpus: Corpus, workers: int = 8) -> None:
+    """Each tag's referrers, untagged, and the referrers tag (``sha256-<hex of the image>``) listing them.
+
+    That is how cosign, notation and oras attach referrers to a registry without the referrers API
+    (distribution 2.8), and where clients, registry-sync included, look for them there.
+    """
+    indexes = {
+        (repo, images.digest_tag(corpus.images[repo, tag].digest, suffix="")): images.referrers_index(referrers)
+        for (repo, tag), referrers in corpus.referrers.items()
+    }
+    push_all(pusher_factory, indexes, workers)  # the index's children (the referrers) go first
 
 
 def push_all(pusher_factory, items: dict[tuple[str, str], Manifest], workers: int = 8) -> None:

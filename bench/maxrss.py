@@ -1,4 +1,6 @@
-"""Run a command and write its own peak RSS (kB) to a file: ``python -S maxrss.py OUT CMD...``.
+"""Run a command and write its own peak RSS (kB) and CPU seconds to a file: ``python -S maxrss.py OUT CMD...``.
+
+The file holds one line: ``<peak RSS kB> <user CPU s> <system CPU s>``.
 
 Why a wrapper: Linux carries the parent's memory high-water mark into a child's ``ru_maxrss``
 when the child is forked from a large process and then execs (the pre-exec copy of the parent's
@@ -21,7 +23,7 @@ def main() -> int:
             os._exit(127)
     _, status, usage = os.wait4(pid, 0)
     with open(out, "w") as f:
-        f.write(str(usage.ru_maxrss))
+        f.write(f"{usage.ru_maxrss} {usage.ru_utime:.3f} {usage.ru_stime:.3f}")
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 

@@ -8,13 +8,23 @@ Scenarios (each runs registry-sync, then skopeo, against the same mirror behind 
 registry-sync writes under ``rs/``, skopeo under ``sk/``):
 
   initial      sync the platform catalog into an empty mirror
+  one-target, two-targets  registry-sync only, right after ``initial``: the same catalog into one
+               empty mirror, and into two at once (one config file), in turns, 3 rounds (quick: 1);
+               the median of each: bytes read from the source, wall time two against one
   verify       ``verify`` and ``verify --deep`` of that mirror (registry-sync only: requests, seconds)
   noop         the same sync again: nothing to do
+  noop-full-check  the same with ``--full-check`` (registry-sync only; ``SYNC_COMPARE=digest`` does it
+               every run, ``recent`` once per ``SYNC_FULL_CHECK_HOURS``)
   incremental  a few new tags appear at the source
+  referrers-*  registry-sync only: the signed catalog (the same shape, 2 referrers a tag, listed in
+               the referrers tag of each image): initial, noop and full-check, with the default
+               ``SYNC_REFERRERS`` (all) and with ``none``
   big          one image with a 1 GiB layer (registry-sync sync vs ``skopeo copy --all``)
   wide-1       no-op over N repositories x 1 tag of one small image
   wide-T       no-op over the same N repositories x T tags (skopeo: a sample of repositories,
                its time and requests scaled by N / sample; it handles repositories one by one)
+
+Scenario groups (``--scenarios``): sync, referrers, two, big, wide.
 
 Results: a table on stdout, ``<out>/results.json`` and ``<out>/results.md``.
 """
@@ -38,6 +48,7 @@ from pathlib import Path
 from bench import corpus as corpora
 from bench.tools import ROOT, ProcessResult, RegistrySync, Skopeo, skopeo_version
 from bench.world import World
+from tests.harness import images
 
 MB = 1_000_000
 TIMEOUT = 3600.0
@@ -58,16 +69,20 @@ class Row:
     mirror_connections: int
     bytes_to_mirror: int
     bytes_from_mirror: int
+    bytes_from_source: int
     max_rss_bytes: int
+    cpu_seconds: float  # the tool's user + system CPU
+    harness_cpu_seconds: float  # the registries', latency proxies' and token issuers' CPU meanwhile (same cores)
     scale: float = 1.0  # skopeo wide runs: measured on a sample, scaled by this factor
     note: str = ""
     summary: dict = field(default_factory=dict)
     ratio: float | None = None  # seconds / skopeo's seconds in the same scenario
+    second_mirror: dict | None = None  # two-target runs: the second mirror's counters (the mirror_* fields: the first's)
 
 
 def _row(scenario: str, tool: str, result: ProcessResult, counters: dict, *, scale: float = 1.0,
          note: str = "", summary: dict | None = None) -> Row:  # fmt: skip
-    mirror, source = counters["mirror"], counters["source"]
+    mirror, source, second = counters["mirror"], counters["source"], counters.get("mirror2")
     if not result.ok:
         note = (note + "; " if note else "") + f"FAILED (exit {result.returncode}): " + result.stderr[-400:]
     return Row(
@@ -84,11 +99,18 @@ def _row(scenario: str, tool: str, result: ProcessResult, counters: dict, *, sca
         mirror_connections=round(mirror["connections"] * scale),
         bytes_to_mirror=round(mirror["bytes_client_to_upstream"] * scale),
         bytes_from_mirror=round(mirror["bytes_upstream_to_client"] * scale),
+        bytes_from_source=round(source["bytes_upstream_to_client"] * scale),
         max_rss_bytes=result.max_rss_bytes,
+        cpu_seconds=result.cpu_seconds * scale,
+        harness_cpu_seconds=counters["harness_cpu_seconds"] * scale,
         scale=scale,
         note=note,
         summary=summary or {},
-    )
+        second_mirror={
+            "requests": second["requests"], "requests_by_class": dict(sorted(second["requests_by_class"].items())),
+            "tokens": counters["mirror2_tokens"], "bytes_to_mirror": second["bytes_client_to_upstream"],
+        } if second and second["requests"] else None,
+    )  # fmt: skip
 
 
 class Bench:
@@ -101,8 +123,14 @@ class Bench:
             source_delay_ms=args.source_delay_ms,
             bandwidth=args.bandwidth,
             wide=self.profile.wide_repositories > 0,
+            mirrors=2 if "two" in args.scenarios else 1,
         )
         self.rs = RegistrySync(self.world.source_endpoint(), self.world.mirror_endpoint(), args.concurrency)
+        self.rs_two = (
+            RegistrySync(self.world.source_endpoint(), [self.world.mirror_endpoint(i) for i in (0, 1)],
+                         args.concurrency, self.workdir)
+            if "two" in args.scenarios else None
+        )  # fmt: skip
         self.sk = Skopeo(self.world.source_endpoint(), self.world.mirror_endpoint(), self.workdir)
         self.rs_wide = RegistrySync(
             self.world.source_endpoint(wide=True), self.world.mirror_endpoint(), args.concurrency
@@ -111,6 +139,7 @@ class Bench:
         self.rows: list[Row] = []
         self.facts: dict = {}
         self.corpus = corpora.platform_corpus(self.profile)
+        self.signed = corpora.signed_corpus(self.profile)
         self.big: corpora.BigLayer | None = None
 
     def close(self) -> None:
@@ -146,18 +175,21 @@ class Bench:
             self.log(f"seeded the {self.profile.big_layer} byte layer in {time.monotonic() - started:.1f}s")
 
     # -- running -----------------------------------------------------------------------------
-    def run_rs(self, scenario: str, source_ns: str, target_ns: str, *, wide: bool = False) -> Row:
-        tool = self.rs_wide if wide else self.rs
+    def run_rs(self, scenario: str, source_ns: str, target_ns: str, *, wide: bool = False,
+               tool: RegistrySync | None = None, settings: dict[str, str] | None = None,
+               args: tuple[str, ...] = (), keep: bool = True) -> Row:  # fmt: skip
+        tool = tool or (self.rs_wide if wide else self.rs)
         self.world.reset_counters()
         self.log(f"{scenario}: registry-sync ...")
-        result, summary = tool.sync(source_ns, target_ns, TIMEOUT)
+        result, summary = tool.sync(source_ns, target_ns, TIMEOUT, settings=settings, args=args)
         row = _row(scenario, "registry-sync", result, self.world.counters(wide), summary=summary)
         if summary and not summary.get("ok", False):
             row.ok = False
             row.note += f" failures: {summary.get('failures')[:3]}"
-        self.facts.setdefault("commands", {})[scenario] = tool.display(source_ns, target_ns)
+        self.facts.setdefault("commands", {})[scenario] = tool.display(source_ns, target_ns, settings, args)
         self.log(f"{scenario}: registry-sync {row.seconds:.2f}s ok={row.ok} {row.note}")
-        self.rows.append(row)
+        if keep:
+            self.rows.append(row)
         return row
 
     def run_sk_sync(self, scenario: str, repositories: list[str], target_ns: str, *, wide: bool = False,
@@ -186,23 +218,48 @@ class Bench:
         rs.ratio = rs.seconds / sk.seconds if sk and sk.seconds else None
         return rs, sk
 
-    def verify_mirror(self, items: dict) -> list[str]:
-        """Every tag at both rs/ and sk/ with the source digest (byte-identical manifests)."""
-        pusher = self.world.mirror_pusher()
+    def verify_mirror(self, items: dict, prefixes: tuple[str, ...] | None = None, mirror: int = 0) -> list[str]:
+        """Every tag under each prefix (default: rs/ and sk/) with the source digest (byte-identical manifests)."""
+        pusher = self.world.mirror_pusher(mirror)
         problems = []
+        prefixes = prefixes or (("rs",) if self.args.skip_skopeo else ("rs", "sk"))
         for (repo, tag), manifest in items.items():
             leaf = repo.rsplit("/", 1)[1]
-            for prefix in ("rs",) if self.args.skip_skopeo else ("rs", "sk"):
+            for prefix in prefixes:
                 _, _, digest = pusher.fetch_manifest(f"{prefix}/{leaf}", tag)
                 if digest != manifest.digest:
                     problems.append(f"{prefix}/{leaf}:{tag} is {digest}, expected {manifest.digest}")
         pusher.close()
         return problems
 
+    def verify_referrers(self, prefix: str, expected: bool) -> list[str]:
+        """Each tag's referrers at the mirror as clients find them there (the referrers tag), or none."""
+        pusher = self.world.mirror_pusher()
+        problems = []
+        for (repo, tag), referrers in self.signed.referrers.items():
+            image = self.signed.images[repo, tag]
+            where = f"{prefix}/{repo.rsplit('/', 1)[1]}"
+            listing = images.digest_tag(image.digest, suffix="")
+            found = set()
+            if pusher.exists_manifest(where, listing):
+                found = {m["digest"] for m in json.loads(pusher.fetch_manifest(where, listing)[0])["manifests"]}
+            want = {r.digest for r in referrers} if expected else set()
+            if found != want:
+                problems.append(f"{where}:{listing} lists {sorted(found)}, expected {sorted(want)}")
+            for referrer in referrers if expected else ():
+                if pusher.fetch_manifest(where, referrer.digest)[0] != referrer.raw:
+                    problems.append(f"{where}@{referrer.digest} differs from the source")
+        pusher.close()
+        return problems
+
     def run(self) -> None:
         self.seed()
         if "sync" in self.args.scenarios:
-            self.scenarios_sync()
+            self.scenarios_sync()  # with the two-target run right after the initial one
+        elif "two" in self.args.scenarios:
+            self.scenario_two_targets()
+        if "referrers" in self.args.scenarios:
+            self.scenarios_referrers()
         if self.big is not None and "big" in self.args.scenarios:
             self.scenario_big()
         if self.profile.wide_repositories and "wide" in self.args.scenarios:
@@ -214,8 +271,11 @@ class Bench:
         self.scenario_pair("initial", ns, repos)
         problems = self.verify_mirror(self.corpus.images)
         self.facts["verify_initial"] = problems or "all tags byte-identical at rs/ and sk/"
+        if "two" in self.args.scenarios:  # the same catalog, next to the one-target run it is compared with
+            self.scenario_two_targets()
         self.scenario_verify(ns)
         self.scenario_pair("noop", ns, repos)
+        self.run_rs("noop-full-check", ns, "rs", args=("--full-check",))
         corpora.push_all(self.world.source_pusher, self.corpus.new_images)
         new = list(self.corpus.new_images.values())
         self.facts["incremental"] = {
@@ -225,6 +285,58 @@ class Bench:
         self.scenario_pair("incremental", ns, repos)
         problems = self.verify_mirror(self.corpus.new_images)
         self.facts["verify_incremental"] = problems or "all new tags byte-identical at rs/ and sk/"
+
+    def scenario_two_targets(self) -> None:
+        """The platform catalog into two empty mirrors in one run, and into one, taken in turns.
+
+        Each round syncs into fresh namespaces (``one<i>/`` at the first mirror, ``two<i>/`` at
+        both); the rows kept are each kind's median run (the machine is shared: one run can be
+        slowed by something else), every run's time in the note.
+        """
+        assert self.rs_two is not None
+        ns = self.corpus.namespace
+        runs: dict[str, list[Row]] = {"one-target": [], "two-targets": []}
+        problems = []
+        for i in range(self.profile.two_target_rounds):
+            runs["one-target"].append(self.run_rs("one-target", ns, f"one{i}", keep=False))
+            runs["two-targets"].append(self.run_rs("two-targets", ns, f"two{i}", tool=self.rs_two, keep=False))
+            problems += [p for mirror in (0, 1) for p in self.verify_mirror(self.corpus.images, (f"two{i}",), mirror)]
+        self.facts["verify_two_targets"] = problems or "all tags byte-identical at both mirrors"
+        for rows in runs.values():
+            median = sorted(rows, key=lambda r: r.seconds)[len(rows) // 2]
+            median.ok = all(r.ok for r in rows) and not problems
+            if len(rows) > 1:
+                median.note = (f"median of {len(rows)} runs taken in turns with the other kind: "
+                               + ", ".join(f"{r.seconds:.2f}" for r in rows) + " s")  # fmt: skip
+            self.rows.append(median)
+
+    def scenarios_referrers(self) -> None:
+        """The signed catalog: initial, no-op and full check, following referrers (default) or not."""
+        started = time.monotonic()
+        corpora.push_all(self.world.source_pusher, self.signed.images)
+        corpora.push_referrers(self.world.source_pusher, self.signed)
+        images_ = list(self.signed.images.values())
+        referrers = [r for rs in self.signed.referrers.values() for r in rs]
+        self.facts["referrers"] = {
+            "repositories": len(self.signed.repositories),
+            "tags": len(images_),
+            "referrers": len(referrers),
+            "manifests": sum(1 for m in images_ for _ in m.walk()),
+            "unique_blob_bytes": self.signed.unique_blob_bytes(images_),
+            "referrer_blob_bytes": self.signed.unique_blob_bytes(referrers),
+            "referrer_manifest_bytes": sum(r.size for r in referrers),
+        }
+        self.log(f"seeded the signed catalog in {time.monotonic() - started:.1f}s: {self.facts['referrers']}")
+        ns = self.signed.namespace
+        for suffix, target, settings in (("", "ref-all", {}), ("-none", "ref-none", {"SYNC_REFERRERS": "none"})):
+            self.run_rs(f"referrers-initial{suffix}", ns, target, settings=settings)
+            problems = self.verify_mirror(self.signed.images, (target,))
+            problems += self.verify_referrers(target, expected=not settings)
+            self.facts[f"verify_referrers{suffix}"] = problems or (
+                "all tags byte-identical, " + ("each with its 2 referrers listed" if not settings else "no referrers")
+            )
+            self.run_rs(f"referrers-noop{suffix}", ns, target, settings=settings)
+            self.run_rs(f"referrers-full-check{suffix}", ns, target, settings=settings, args=("--full-check",))
 
     def scenario_verify(self, ns: str) -> None:
         """``verify`` (and ``--deep``) of the complete mirror: what it costs, and that it says complete."""
@@ -330,6 +442,7 @@ class Bench:
                         per_repo_mirror <= 2 and per_repo_source <= 2 and content == 0,
                         f"mirror {per_repo_mirror:.2f}/repo (+{rs.mirror_tokens} token fetches), "
                         f"source {per_repo_source:.2f}/repo, manifest+blob requests {content}"))  # fmt: skip
+        out.extend(self.targets_two(get("one-target", "registry-sync"), get("two-targets", "registry-sync")))
         rs, noop = get("incremental", "registry-sync"), get("noop", "registry-sync")
         if rs and noop:
             new = self.facts["incremental"]["new_tags"]
@@ -346,6 +459,7 @@ class Bench:
             unique = self.facts["incremental"]["new_unique_blob_bytes"]
             out.append(("incremental bytes to mirror <= 1.02 x new unique blobs", rs.bytes_to_mirror <= 1.02 * unique,
                         f"{rs.bytes_to_mirror} / {unique} = {rs.bytes_to_mirror / max(1, unique):.4f}"))  # fmt: skip
+        out.extend(self.targets_referrers(get))
         for scenario, deep in (("verify", False), ("verify-deep", True)):
             row = get(scenario, "registry-sync")
             if row is None:
@@ -384,19 +498,90 @@ class Bench:
                         f"requests {many.mirror_requests} vs {one.mirror_requests}"))  # fmt: skip
         return out
 
+    def targets_two(self, one: Row | None, two: Row | None) -> list[tuple[str, bool, str]]:
+        """Issue 11: one source read for both targets, and little more wall time than one target."""
+        if two is None:
+            return []
+        unique = self.facts["corpus"]["unique_blob_bytes"]
+        second = two.second_mirror or {}
+        out = [("two targets: bytes read from the source <= 1.02 x unique blobs",
+                two.ok and two.bytes_from_source <= 1.02 * unique,
+                f"{two.bytes_from_source} / {unique} = {two.bytes_from_source / unique:.4f}"
+                + (f" (one target: {one.bytes_from_source / unique:.4f})" if one else ""))]  # fmt: skip
+        if one is not None:
+            out.append(("two targets: wall time <= 1.2 x one target", two.ok and two.seconds <= 1.2 * one.seconds,
+                        f"{two.seconds:.2f}s vs {one.seconds:.2f}s = {two.seconds / one.seconds:.3f}; mirror requests "
+                        f"{two.mirror_requests} + {second.get('requests', 0)} vs {one.mirror_requests}, "
+                        f"MB to the mirrors {two.bytes_to_mirror / MB:.2f} + {second.get('bytes_to_mirror', 0) / MB:.2f} "
+                        f"vs {one.bytes_to_mirror / MB:.2f}; CPU s tool + harness {two.cpu_seconds:.1f} + "
+                        f"{two.harness_cpu_seconds:.1f} vs {one.cpu_seconds:.1f} + {one.harness_cpu_seconds:.1f} "
+                        f"on {os.cpu_count()} cores"))  # fmt: skip
+        return out
+
+    def targets_referrers(self, get) -> list[tuple[str, bool, str]]:
+        """Issue 10: what referrers cost from a plain OCI source (the referrers tag schema)."""
+        initial, noop, plain_noop = (get(s, "registry-sync") for s in ("referrers-initial", "referrers-noop", "noop"))
+        if initial is None or noop is None:
+            return []
+        facts = self.facts["referrers"]
+        tags, referrers = facts["tags"], facts["referrers"]
+        copied = initial.summary.get("referrers", {}).get("copied", 0)
+        verified = self.facts.get("verify_referrers", "")
+        out = [("referrers: all mirrored, byte-identical, listed in the mirror's referrers tag",
+                initial.ok and copied == referrers and isinstance(verified, str),
+                f"{copied} of {referrers} referrers copied ({tags} tags); {verified if isinstance(verified, str) else verified[:3]}")]  # fmt: skip
+        content = sum(r.get(c, 0) for r in (noop.mirror_by_class, noop.source_by_class)
+                      for c in ("manifest", "blob", "blob_upload", "referrers"))  # fmt: skip
+        if plain_noop is not None:
+            same = (noop.source_requests, noop.mirror_requests) == (plain_noop.source_requests, plain_noop.mirror_requests)
+            out.append(("referrers: the no-op (SYNC_COMPARE=recent) costs what it costs without referrers",
+                        noop.ok and same and content == 0,
+                        f"with 2 referrers a tag: source {noop.source_requests}, mirror {noop.mirror_requests} "
+                        f"requests; without: {plain_noop.source_requests}, {plain_noop.mirror_requests}; "
+                        f"manifest/blob/referrers requests {content}"))  # fmt: skip
+        # The full check, per tag: source HEAD of the tag (a plain OCI listing has no digests) and
+        # GET of its referrers tag (after one referrers API probe answered 404); mirror HEAD of the
+        # tag, HEAD of the image by digest (is the subject there?) and HEAD of each referrer.
+        # SYNC_REFERRERS=none: the two tag HEADs only. Plus each registry's first-request challenge.
+        for suffix, follow in (("", True), ("-none", False)):
+            row = get(f"referrers-full-check{suffix}", "registry-sync")
+            if row is None:
+                continue
+            src, dst = row.source_by_class, row.mirror_by_class
+            want_source, want_mirror = (2 * tags, 2 * tags + referrers) if follow else (tags, tags)
+            got_source, got_mirror = src.get("manifest", 0), dst.get("manifest", 0) + dst.get("blob", 0)
+            copied = row.summary.get("tags", {}).get("copied", 0) + row.summary.get("referrers", {}).get("copied", 0)
+            out.append((f"referrers-full-check{suffix}: requests as stated, nothing copied",
+                        row.ok and copied == 0 and got_source <= want_source and got_mirror <= want_mirror,
+                        f"{tags} tags, {referrers} referrers: source {got_source} manifest requests (stated "
+                        f"{want_source}) + {src.get('referrers', 0)} referrers API probe(s), mirror {got_mirror} "
+                        f"(stated {want_mirror}); {row.source_requests} + {row.mirror_requests} requests in all, "
+                        f"{row.seconds:.2f}s"))  # fmt: skip
+        return out
+
     def table(self) -> str:
-        head = ("| scenario | tool | wall s | vs skopeo | requests source | requests mirror (manifest/blob/upload) "
-                "| mirror tokens | MB to mirror | peak RSS MB |")  # fmt: skip
-        lines = [head, "|" + "---|" * 9]
+        head = ("| scenario | tool | wall s | vs skopeo | CPU s tool + harness | requests source "
+                "| requests mirror (manifest/blob/upload) | mirror tokens | MB from source | MB to mirror | peak RSS MB |")  # fmt: skip
+        lines = [head, "|" + "---|" * 11]
+
+        def mirror(requests: int, by_class: dict, tokens: int, sent: int) -> tuple[str, str, str]:
+            detail = f"{by_class.get('manifest', 0)}/{by_class.get('blob', 0)}/{by_class.get('blob_upload', 0)}"
+            return f"{requests} ({detail})", str(tokens), f"{sent / MB:.2f}"
+
         for r in self.rows:
-            c = r.mirror_by_class
-            detail = f"{c.get('manifest', 0)}/{c.get('blob', 0)}/{c.get('blob_upload', 0)}"
+            cells = mirror(r.mirror_requests, r.mirror_by_class, r.mirror_tokens, r.bytes_to_mirror)
+            if r.second_mirror:  # two targets: "first + second"
+                other = mirror(*(r.second_mirror[k] for k in ("requests", "requests_by_class", "tokens",
+                                                                "bytes_to_mirror")))  # fmt: skip
+                cells = tuple(f"{a} + {b}" for a, b in zip(cells, other, strict=True))
             scaled = " *" if r.scale != 1 else ""
             ratio = f"{r.ratio:.3f}" if r.ratio is not None else ""
             status = "" if r.ok else " FAILED"
             lines.append(
-                f"| {r.scenario} | {r.tool}{status} | {r.seconds:.2f}{scaled} | {ratio} | {r.source_requests} "
-                f"| {r.mirror_requests} ({detail}) | {r.mirror_tokens} | {r.bytes_to_mirror / MB:.2f} "
+                f"| {r.scenario} | {r.tool}{status} | {r.seconds:.2f}{scaled} | {ratio} "
+                f"| {r.cpu_seconds:.1f} + {r.harness_cpu_seconds:.1f} "
+                f"| {r.source_requests} "
+                f"| {cells[0]} | {cells[1]} | {r.bytes_from_source / MB:.2f} | {cells[2]} "
                 f"| {r.max_rss_bytes / MB:.0f} |"
             )
         if any(r.scale != 1 for r in self.rows):
@@ -466,8 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=None, help="SYNC_CONCURRENCY (default: the app's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where results go")
     parser.add_argument("--skip-skopeo", action="store_true", help="registry-sync only (for tuning)")
-    parser.add_argument("--scenarios", default="sync,big,wide",
-                        help="comma-separated groups: sync (initial, noop, incremental), big, wide")
+    parser.add_argument("--scenarios", default="sync,two,referrers,big,wide",
+                        help="comma-separated groups: sync (initial, verify, noop, incremental), two (two targets), "
+                        "referrers (the signed catalog), big, wide")
     args = parser.parse_args(argv)
     if args.delay_ms is None:
         args.delay_ms = 10.0 if args.quick else 50.0

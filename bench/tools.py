@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ class ProcessResult:
     stdout: str
     stderr: str
     timed_out: bool = False
+    cpu_seconds: float = 0.0  # user + system CPU of the command (its children included)
 
     @property
     def ok(self) -> bool:
@@ -34,33 +37,41 @@ class ProcessResult:
 
 
 def run_measured(command: list[str], env: dict[str, str], timeout: float, cwd: Path = ROOT) -> ProcessResult:
-    """Run ``command`` (through :mod:`bench.maxrss`, which reports the command's own peak RSS)."""
+    """Run ``command`` (through :mod:`bench.maxrss`, which reports the command's own peak RSS and CPU time)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(prefix="maxrss-") as rss:  # fmt: skip
         wrapped = [sys.executable, "-S", str(Path(__file__).with_name("maxrss.py")), rss.name, *command]
         started = time.monotonic()
         proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 start_new_session=True)  # fmt: skip
-        timed_out = False
+        # Popen.wait(timeout) polls (sleeps of up to 50 ms): the end would be seen up to 50 ms late.
+        # A blocking wait sees it at once; a timer kills the process group on timeout.
+        timer = threading.Timer(timeout, _kill_group, (proc.pid,))
+        timer.start()
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        finally:
+            timed_out = not timer.is_alive()
+            timer.cancel()
         seconds = time.monotonic() - started
         out.seek(0)
         err.seek(0)
-        text = Path(rss.name).read_text().strip()
+        fields = Path(rss.name).read_text().split()
         return ProcessResult(
             command=command,
             returncode=proc.returncode,
             seconds=seconds,
-            max_rss_bytes=int(text) * 1024 if text.isdigit() else 0,  # Linux: kilobytes
+            max_rss_bytes=int(fields[0]) * 1024 if fields and fields[0].isdigit() else 0,  # Linux: kilobytes
+            cpu_seconds=sum(float(f) for f in fields[1:3]),
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
             timed_out=timed_out,
         )
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.killpg(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -75,16 +86,23 @@ class Endpoint:
 
 
 class RegistrySync:
-    """``python -m sync_core sync --json`` configured through the environment (as in Azure)."""
+    """``python -m sync_core sync --json`` configured through the environment (as in Azure).
+
+    One target: ``TARGET_*`` settings. Several: a ``SYNC_CONFIG`` file listing them (written in
+    ``workdir``), their credentials in the environment (``username_env``/``password_env``).
+    """
 
     name = "registry-sync"
 
-    def __init__(self, source: Endpoint, target: Endpoint, concurrency: int | None = None):
+    def __init__(self, source: Endpoint, targets: Endpoint | list[Endpoint], concurrency: int | None = None,
+                 workdir: Path | None = None):  # fmt: skip
         self.source = source
-        self.target = target
+        self.targets = targets if isinstance(targets, list) else [targets]
         self.concurrency = concurrency
+        self.workdir = workdir
+        assert len(self.targets) == 1 or workdir is not None, "several targets need a workdir for SYNC_CONFIG"
 
-    def env(self, source_namespace: str, target_namespace: str) -> dict[str, str]:
+    def env(self, source_namespace: str, target_namespace: str, settings: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_", "TARGET_", "SYNC_"))}
         env.update(
             SOURCE_REGISTRY=self.source.url,
@@ -92,34 +110,57 @@ class RegistrySync:
             SOURCE_NAMESPACE=source_namespace,
             SOURCE_USERNAME=self.source.username,
             SOURCE_PASSWORD=self.source.password,
-            TARGET_REGISTRY=self.target.url,
-            TARGET_NAMESPACE=target_namespace,
-            TARGET_USERNAME=self.target.username,
-            TARGET_PASSWORD=self.target.password,
             PYTHONPATH=str(ROOT),
         )
+        if len(self.targets) == 1:
+            (target,) = self.targets
+            env.update(TARGET_REGISTRY=target.url, TARGET_NAMESPACE=target_namespace,
+                       TARGET_USERNAME=target.username, TARGET_PASSWORD=target.password)  # fmt: skip
+        else:
+            env["SYNC_CONFIG"] = str(self.config_file(target_namespace))
+            for i, target in enumerate(self.targets):
+                env[f"BENCH_TARGET{i + 1}_USERNAME"], env[f"BENCH_TARGET{i + 1}_PASSWORD"] = (
+                    target.username, target.password
+                )  # fmt: skip
         if self.concurrency:
             env["SYNC_CONCURRENCY"] = str(self.concurrency)
+        env.update(settings or {})
         return env
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "sync_core", "sync", "--json"]
+    def config_file(self, target_namespace: str) -> Path:
+        """The ``SYNC_CONFIG`` file with every target (names ``mirror1``, ``mirror2``, ...)."""
+        assert self.workdir is not None
+        targets = [
+            {"name": f"mirror{i + 1}", "registry": t.url, "namespace": target_namespace,
+             "username_env": f"BENCH_TARGET{i + 1}_USERNAME", "password_env": f"BENCH_TARGET{i + 1}_PASSWORD"}
+            for i, t in enumerate(self.targets)
+        ]  # fmt: skip
+        path = self.workdir / f"registry-sync-{target_namespace.replace('/', '_')}.json"
+        path.write_text(json.dumps({"targets": targets}, indent=2))
+        return path
 
-    def display(self, source_namespace: str, target_namespace: str) -> str:
-        conc = f" SYNC_CONCURRENCY={self.concurrency}" if self.concurrency else ""
+    def command(self, args: tuple[str, ...] = ()) -> list[str]:
+        return [sys.executable, "-m", "sync_core", "sync", "--json", *args]
+
+    def display(self, source_namespace: str, target_namespace: str, settings: dict[str, str] | None = None,
+                args: tuple[str, ...] = ()) -> str:  # fmt: skip
+        if len(self.targets) == 1:
+            where = f"TARGET_REGISTRY={self.targets[0].url} TARGET_NAMESPACE={target_namespace}"
+        else:
+            where = (f"SYNC_CONFIG=<{len(self.targets)} targets: "
+                     f"{', '.join(t.url for t in self.targets)}, namespace {target_namespace}>")  # fmt: skip
+        extra = {**({"SYNC_CONCURRENCY": str(self.concurrency)} if self.concurrency else {}), **(settings or {})}
         return (
-            f"SOURCE_REGISTRY={self.source.url} SOURCE_KIND=oci SOURCE_NAMESPACE={source_namespace} "
-            f"TARGET_REGISTRY={self.target.url} TARGET_NAMESPACE={target_namespace}{conc} "
-            "SOURCE_/TARGET_USERNAME/PASSWORD=... python -m sync_core sync --json"
+            f"SOURCE_REGISTRY={self.source.url} SOURCE_KIND=oci SOURCE_NAMESPACE={source_namespace} {where}"
+            + "".join(f" {k}={v}" for k, v in extra.items())
+            + " SOURCE_/TARGET_USERNAME/PASSWORD=... python " + " ".join(self.command(args)[1:])
         )
 
-    def sync(self, source_namespace: str, target_namespace: str, timeout: float) -> tuple[ProcessResult, dict]:
-        result = run_measured(self.command(), self.env(source_namespace, target_namespace), timeout)
-        try:
-            summary = json.loads(result.stdout)
-        except ValueError:
-            summary = {}
-        return result, summary
+    def sync(self, source_namespace: str, target_namespace: str, timeout: float, *,
+             settings: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> tuple[ProcessResult, dict]:  # fmt: skip
+        """One run; ``settings``: more environment (``SYNC_REFERRERS``), ``args``: ``--full-check``."""
+        result = run_measured(self.command(args), self.env(source_namespace, target_namespace, settings), timeout)
+        return result, _json(result.stdout)
 
     def verify(
         self, source_namespace: str, target_namespace: str, timeout: float, *, deep: bool = False
@@ -127,11 +168,14 @@ class RegistrySync:
         """``python -m sync_core verify --json [--deep]``: its report (exit 0 when complete)."""
         command = [sys.executable, "-m", "sync_core", "verify", "--json", *(["--deep"] if deep else [])]
         result = run_measured(command, self.env(source_namespace, target_namespace), timeout)
-        try:
-            report = json.loads(result.stdout)
-        except ValueError:
-            report = {}
-        return result, report
+        return result, _json(result.stdout)
+
+
+def _json(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
 
 
 class Skopeo:

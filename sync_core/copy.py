@@ -471,7 +471,7 @@ class Copier:
     # -- one tree to its placements ---------------------------------------------------------
     def _copy_tree(self, src_repo: str, tree: ImageTree, todo: list[tuple[Placement, CopyResult]]) -> None:
         """Skip rules, blobs, manifests (tag last) for each placement; failures stay per placement."""
-        active: list[tuple[Placement, CopyResult, ImageTree, list[Manifest]]] = []
+        ready: list[tuple[Placement, CopyResult, ImageTree]] = []
         for placement, result in todo:
             result.digest, result.media_type = tree.top.digest, tree.top.media_type
             result.warnings.extend(tree.warnings)
@@ -488,11 +488,19 @@ class Copier:
                     if self._up_to_date(placement, view.top.digest):
                         result.status = CopyStatus.UNCHANGED
                         continue
-                missing = self._missing_manifests(placement, view)
-                self._check_held(placement, view, missing)
-                active.append((placement, result, view, missing))
+                ready.append((placement, result, view))
             except SkipImage as exc:
                 result.status, result.reason = CopyStatus.SKIPPED, str(exc)
+            except Exception as exc:  # noqa: BLE001 - this target only
+                result.fail(exc)
+        active: list[tuple[Placement, CopyResult, ImageTree, list[Manifest]]] = []
+        lacking = self._missing_manifests([(placement, view) for placement, _, view in ready])
+        for (placement, result, view), missing in zip(ready, lacking, strict=True):
+            try:
+                if isinstance(missing, Exception):
+                    raise missing
+                self._check_held(placement, view, missing)
+                active.append((placement, result, view, missing))
             except Exception as exc:  # noqa: BLE001 - this target only
                 result.fail(exc)
         if not active:
@@ -556,21 +564,39 @@ class Copier:
                 what = "image" if manifest is tree.top else f"child manifest {manifest.digest}"
                 raise SkipImage(f"{what} has type {hit[0]}, which this target skips")
 
-    def _missing_manifests(self, placement: Placement, tree: ImageTree) -> list[Manifest]:
-        """The manifests below the top that the target lacks (children first).
+    def _missing_manifests(self, views: list[tuple[Placement, ImageTree]]) -> list[list[Manifest] | Exception]:
+        """Per placement, the manifests below the top that its target lacks (children first), or
+        what stopped the check there.
 
         A manifest the target holds brings everything below it (a registry accepts an index only
-        when its children are there), so its subtree is not looked at.
+        when its children are there), so its subtree is not looked at. The top's children are
+        HEADed at every placement at once: several targets cost one round trip, not one each.
         """
-        present: set[str] = set()
-        below = {m.digest: m for m in tree.manifests}
-        queue_ = list(tree.children_of.get(tree.top.digest, ()))
-        checks = [d for d in queue_ if d in below]
-        found = list(self.pool.map(lambda d: self._holds(placement, d), checks))
-        for digest, held in zip(checks, found, strict=True):
-            if held:
-                present.update(_subtree(tree, digest))
-        return [m for m in tree.manifests if m.digest not in present]
+        checks: list[tuple[int, str]] = []  # (index in views, child digest)
+        for i, (_, tree) in enumerate(views):
+            below = {m.digest for m in tree.manifests}
+            checks.extend((i, d) for d in tree.children_of.get(tree.top.digest, ()) if d in below)
+
+        def held(check: tuple[int, str]) -> bool | Exception:
+            try:
+                return self._holds(views[check[0]][0], check[1])
+            except Exception as exc:  # noqa: BLE001 - that placement's failure, not the others'
+                return exc
+
+        answers = list(self.pool.map(held, checks))
+        out: list[list[Manifest] | Exception] = []
+        for i, (_, tree) in enumerate(views):
+            present: set[str] = set()
+            failed: Exception | None = None
+            for (j, digest), answer in zip(checks, answers, strict=True):
+                if j != i:
+                    continue
+                if isinstance(answer, Exception):
+                    failed = failed or answer
+                elif answer:
+                    present.update(_subtree(tree, digest))
+            out.append(failed or [m for m in tree.manifests if m.digest not in present])
+        return out
 
     def _check_held(self, placement: Placement, tree: ImageTree, missing: list[Manifest]) -> None:
         """Check the size of every blob below the manifests the target already holds.
@@ -732,11 +758,12 @@ class Copier:
         """Make ``blob`` present at each target: known, mounted, found, or uploaded (one source read)."""
         uploads: list[tuple[Placement, CopyResult, str | None]] = []
         try:
-            for placement, result in targets:
+            absent = self._look_for(blob, targets)
+            for (placement, result), looked in zip(targets, absent, strict=True):
                 if result.error is not None:
                     continue  # this target already failed: do no more work for it
                 try:
-                    settled = self._settle(placement, blob, result)
+                    settled = self._settle(placement, blob, result, looked)
                 except Exception as exc:  # noqa: BLE001
                     result.fail(exc)
                     continue
@@ -748,9 +775,47 @@ class Copier:
             for placement, _, _ in uploads:
                 placement.destination.ledger.end_upload(blob.digest)
 
-    def _settle(self, placement: Placement, blob: Descriptor, result: CopyResult) -> str | None:
+    def _look_for(self, blob: Descriptor, targets: list[tuple[Placement, CopyResult]]) -> list[bool]:
+        """HEAD ``blob`` at once at every target that would otherwise HEAD it in turn (several
+        targets: one round trip, not one each). Per target: whether it was just found absent.
+
+        What is found is recorded (size checked) as :meth:`_settle` would; a failure fails that
+        target only. Targets that know the blob, could mount it, or wait for its upload by another
+        copy are not asked. No upload claim is taken here: holding one target's claim while
+        waiting for another target's could deadlock two copies.
+        """
+        absent = [False] * len(targets)
+
+        def unknown(placement: Placement, result: CopyResult) -> bool:
+            ledger, repo = placement.destination.ledger, placement.repository
+            return result.error is None and not ledger.known(repo, blob.digest) and not ledger.uploading(blob.digest) \
+                and ledger.holder(blob.digest, exclude=repo) is None  # fmt: skip
+
+        asked = [i for i, (placement, result) in enumerate(targets) if unknown(placement, result)]
+        if len(asked) < 2:
+            return absent  # one HEAD at most: _settle asks, under its upload claim
+
+        def look(i: int) -> None:
+            placement, result = targets[i]
+            destination, repo = placement.destination, placement.repository
+            try:
+                size = destination.client.blob_size(repo, blob.digest)
+                if size is None:
+                    absent[i] = True
+                else:
+                    _found(placement, blob, size)
+            except Exception as exc:  # noqa: BLE001 - this target only
+                result.fail(exc)
+
+        others = [self.uploads.submit(look, i) for i in asked[1:]]
+        look(asked[0])
+        wait(others)
+        return absent
+
+    def _settle(self, placement: Placement, blob: Descriptor, result: CopyResult, absent: bool = False) -> str | None:
         """Known, mounted or found at the target: None. Else the upload is claimed for us: an
         upload session's location if a refused mount opened one, or "" (start a new session).
+        ``absent``: a HEAD found the blob missing a moment ago (:meth:`_look_for`); not asked again.
         """
         destination, repo = placement.destination, placement.repository
         ledger = destination.ledger
@@ -772,6 +837,8 @@ class Copier:
                 continue
             other = ledger.begin_upload(blob.digest)
             if other is None:
+                if absent:
+                    return ""
                 try:
                     size = destination.client.blob_size(repo, blob.digest)
                 except BaseException:
@@ -780,8 +847,7 @@ class Copier:
                 if size is None:
                     return ""
                 ledger.end_upload(blob.digest)
-                _check_size(blob, size if size >= 0 else None, f"{destination.host}/{repo}")
-                ledger.record(repo, blob.digest, size if size >= 0 else None)
+                _found(placement, blob, size)
                 result.count(blobs_skipped=1)
                 return None
             other.wait(timeout=3600)  # then mount from where it went (or claim it if that failed)
@@ -1154,6 +1220,13 @@ def _check_size(blob: Descriptor, size: int | None, where: str) -> None:
     """A descriptor's size must be the blob's, whichever way the blob reaches the target."""
     if size is not None and size != blob.size:
         raise InvalidContent(f"blob {blob.digest} at {where} is {size} bytes, the manifest says {blob.size}")
+
+
+def _found(placement: Placement, blob: Descriptor, size: int) -> None:
+    """A HEAD found ``blob`` at the target (``size`` -1: no size told): check its size, record it."""
+    destination = placement.destination
+    _check_size(blob, size if size >= 0 else None, f"{destination.host}/{placement.repository}")
+    destination.ledger.record(placement.repository, blob.digest, size if size >= 0 else None)
 
 
 def _wants_chunked(error: BaseException) -> bool:

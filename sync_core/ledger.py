@@ -39,6 +39,11 @@ class BlobLedger:
                 self._uploading[digest] = threading.Event()
             return event
 
+    def uploading(self, digest: str) -> bool:
+        """Whether an upload of ``digest`` is claimed (:meth:`begin_upload`) and not ended yet."""
+        with self._lock:
+            return digest in self._uploading
+
     def end_upload(self, digest: str) -> None:
         with self._lock:
             event = self._uploading.pop(digest, None)

@@ -33,9 +33,17 @@ def test_quick_benchmark_runs_both_tools_and_reports(tmp_path):
             assert row["ok"], (scenario, tool, row["note"])
             assert row["seconds"] > 0 and row["max_rss_bytes"] > 0
             assert row["mirror_requests"] > 0  # every run talks to the mirror through the proxy
-    # both tools mirrored every tag byte for byte (checked by the harness after the syncs)
+    registry_sync_only = ["noop-full-check", "one-target", "two-targets", *(
+        f"referrers-{run}{policy}" for run in ("initial", "noop", "full-check") for policy in ("", "-none"))]
+    for scenario in registry_sync_only:
+        assert rows[scenario, "registry-sync"]["ok"], (scenario, rows[scenario, "registry-sync"]["note"])
+    # both tools mirrored every tag byte for byte (checked by the harness after the syncs); the two
+    # targets and the referrers too
     assert "byte-identical" in report["facts"]["verify_initial"]
     assert "byte-identical" in report["facts"]["verify_incremental"]
+    assert "byte-identical" in report["facts"]["verify_two_targets"]
+    assert "each with its 2 referrers listed" in report["facts"]["verify_referrers"]
+    assert rows["two-targets", "registry-sync"]["second_mirror"]["requests"] > 0
     initial = rows["initial", "registry-sync"]
     assert initial["bytes_to_mirror"] >= report["facts"]["corpus"]["unique_blob_bytes"]
     assert initial["summary"]["tags"]["copied"] == report["facts"]["corpus"]["tags"]

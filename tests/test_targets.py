@@ -23,7 +23,9 @@ from sync_core.report import Summary
 from sync_core.sync import Syncer
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
+from tests.harness.fakeregistry import FakeRegistry
 from tests.harness.front import IMAGE_CLASSES, RegistryFront
+from tests.harness.scripted import Request
 
 SOURCE_USER = ("sync", "sync-pw-4Rt")
 CHART_RULE = {"match": "charts/giantswarm/(.+)", "replace": "giantswarmcharts/\\1"}
@@ -115,6 +117,49 @@ def test_charts_and_images_reach_a_hub_like_and_an_alibaba_like_mirror_reading_e
         with Syncer(load_config(environment, path)) as syncer:
             again = syncer.run()
         assert again.ok and (again.tags_copied, again.manifests_pushed, again.bytes_uploaded) == (0, 0, 0)
+
+
+def test_several_targets_are_asked_for_each_blob_and_child_manifest_at_once(tmp_path):
+    """Two targets cost one round trip per check, not one each: each target's HEAD of a blob or
+    child manifest is answered only when the other target has been asked for the same digest too
+    (a barrier per digest and target registry); asking one target after the other breaks it."""
+    image = images.oci_index("tg-at-once", layer_sizes=(300, 200))  # two platforms + attestations
+    src = FakeRegistry()
+    src.push("team/app", image, "1.0")
+    targets = [FakeRegistry(), FakeRegistry()]
+    barriers: dict[str, threading.Barrier] = {}
+    lock = threading.Lock()
+    broken: list[str] = []
+
+    def at_once(request: Request) -> None:
+        if request.method == "HEAD" and "/sha256:" in request.path:
+            with lock:
+                barrier = barriers.setdefault(request.path.rsplit("/", 1)[1], threading.Barrier(2, timeout=5))
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                broken.append(request.path)
+        return None  # then answer as a registry does
+
+    for target in targets:
+        target.hooks.append(at_once)
+    path = config_file(tmp_path, [{"name": f"t{i}", "registry": t.url} for i, t in enumerate(targets)])
+    environment = {"SOURCE_REGISTRY": src.url, "SOURCE_KIND": "oci", "SOURCE_REPOSITORIES": "team/app",
+                   "MIRROR_USER": PUSHER[0], "MIRROR_PASS": PUSHER[1]}  # fmt: skip
+    try:
+        with Syncer(load_config(environment, path)) as syncer:
+            summary = syncer.run()
+        assert summary.ok and summary.tags_copied == 2, summary.failures
+        assert broken == [], broken
+        children = {c.digest for c in image.children}
+        blobs = {b.digest for b in image.all_blobs()}
+        assert set(barriers) == children | blobs  # every child manifest and blob was asked for at both
+        for target in targets:
+            assert target.manifests[("team/app", "1.0")][0] == image.raw
+            assert all(target.blobs[digest] == src.blobs[digest] for digest in blobs)
+    finally:
+        for registry in (src, *targets):
+            registry.stop()
 
 
 def test_without_drop_attestations_the_alibaba_refusal_is_a_skip_that_names_it(source, fresh_registry, tmp_path):

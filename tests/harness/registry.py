@@ -148,6 +148,11 @@ class Registry:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The ``docker-registry`` process id (None when not running)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
     def build_config(self, port: int) -> dict:
         config: dict = {
             "version": 0.1,
