@@ -512,25 +512,33 @@ def test_a_failing_image_never_uploads_a_blob_twice_and_opens_no_upload_for_a_mi
     env = {"SOURCE_REGISTRY": src.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": NS,
            "SOURCE_REPOSITORIES": f"{NS}/failing", "T_USER": PUSHER[0], "T_PASS": PUSHER[1]}  # fmt: skip
     others = [b for b in FAILING.blobs if b != MISSING]
+    uploaded = 0
+    puts_of: dict[str, list[int]] = {b.digest: [0, 0] for b in others}  # per blob: PUTs at each target
     try:
-        for attempt in range(3):
+        for _run in range(3):
             marks = [len(t.access_log()) for t in targets]
             with Syncer(load_config(env, str(path))) as s:
                 summary = s.run()
             assert not summary.ok and summary.tags_failed == 2
             assert all(MISSING.digest in f["reason"] and "404" in f["reason"] for f in summary.failures)
-            expected_bytes = 2 * sum(b.size for b in others) if attempt == 0 else 0
-            assert summary.bytes_uploaded == expected_bytes, (attempt, summary.to_dict())
-            for t, mark in zip(targets, marks, strict=True):
+            uploaded += summary.bytes_uploaded
+            for i, (t, mark) in enumerate(zip(targets, marks, strict=True)):
                 writes = t.writes(mark)
                 posts = [w for w in writes if w[0] == "POST"]
                 puts = [w for w in writes if w[0] == "PUT"]
                 assert all(w[2] in (201, 202) for w in writes), writes
-                assert len(posts) == len(puts) == (len(others) if attempt == 0 else 0), writes  # no abandoned session
+                assert len(posts) == len(puts), writes  # no abandoned upload session
                 assert not any(MISSING.digest.split(":")[1] in w[1] for w in writes)
-                assert t.pusher().tags(f"{MIRROR}/failing") == []  # 404: "no such repository" says the listing
                 for blob in others:
-                    assert t.pusher().blob_exists(f"{MIRROR}/failing", blob.digest)
+                    puts_of[blob.digest][i] += sum(blob.digest.split(":")[1] in w[1] for w in puts)
+                assert t.pusher().tags(f"{MIRROR}/failing") == []  # 404: "no such repository" says the listing
+        # Once a target's copy failed, blobs not yet started are left for the next run (how many
+        # the first run gets to depends on timing); over all runs each is uploaded exactly once.
+        assert all(counts == [1, 1] for counts in puts_of.values()), puts_of
+        assert uploaded == 2 * sum(b.size for b in others)
+        for t in targets:
+            for blob in others:
+                assert t.pusher().blob_exists(f"{MIRROR}/failing", blob.digest)
     finally:
         src.stop()
 
