@@ -539,16 +539,20 @@ class Bench:
                         f"with 2 referrers a tag: source {noop.source_requests}, mirror {noop.mirror_requests} "
                         f"requests; without: {plain_noop.source_requests}, {plain_noop.mirror_requests}; "
                         f"manifest/blob/referrers requests {content}"))  # fmt: skip
-        # The full check, per tag: source HEAD of the tag (a plain OCI listing has no digests) and
-        # GET of its referrers tag (after one referrers API probe answered 404); mirror HEAD of the
-        # tag, HEAD of the image by digest (is the subject there?) and HEAD of each referrer.
-        # SYNC_REFERRERS=none: the two tag HEADs only. Plus each registry's first-request challenge.
+        # The full check, per tag: source HEAD of the tag (a plain OCI listing has no digests), GET
+        # of each of its manifests (the index and its children: their referrers count too; a warm
+        # process has them cached) and GET of each one's referrers tag (after one referrers API
+        # probe answered 404); mirror HEAD of the tag (the planner's; the copier trusts it), HEAD
+        # of each referrer and, as the mirror has no referrers API, one GET of the referrers tag
+        # of each subject with referrers (is each still listed?). SYNC_REFERRERS=none: the two
+        # tag HEADs only. Plus each registry's first-request challenge.
         for suffix, follow in (("", True), ("-none", False)):
             row = get(f"referrers-full-check{suffix}", "registry-sync")
             if row is None:
                 continue
             src, dst = row.source_by_class, row.mirror_by_class
-            want_source, want_mirror = (2 * tags, 2 * tags + referrers) if follow else (tags, tags)
+            manifests = facts["manifests"]
+            want_source, want_mirror = (tags + 2 * manifests, 2 * tags + referrers) if follow else (tags, tags)
             got_source, got_mirror = src.get("manifest", 0), dst.get("manifest", 0) + dst.get("blob", 0)
             copied = row.summary.get("tags", {}).get("copied", 0) + row.summary.get("referrers", {}).get("copied", 0)
             out.append((f"referrers-full-check{suffix}: requests as stated, nothing copied",

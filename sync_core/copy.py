@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 32 * 1024 * 1024  # for registries that need chunked (PATCH) uploads
 MAX_INDEX_DEPTH = 8  # indexes of indexes: real content nests one or two levels
 FALLBACK_TO_CHUNKED = frozenset({405, 411, 413, 416})
+REFERRER_CONCURRENCY = 4  # referrers of one subject copied side by side
 MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
 
 
@@ -81,6 +82,7 @@ class AtTarget(enum.Enum):
     UNKNOWN = "unknown"  # nothing: ask the target (an event, a queued tag, `copy`)
     TAG_ABSENT = "tag absent"  # the repository's tag listing did not have the tag
     TAG_DIFFERS = "tag differs"  # the tag is there with another digest
+    TAG_CURRENT = "tag current"  # the tag is there with the source's digest (or an index narrowed from it)
     # The tag listing answered 404. Not proof of an empty repository: distribution answers 404
     # for one that holds blobs or untagged manifests (a failed copy's), so blobs and manifests
     # are still HEADed before they are placed.
@@ -147,6 +149,7 @@ class Destination:
         self.chunked = chunked  # learned when a single-request upload is refused
         self.referrers_api: bool | None = None  # learned from the first OCI-Subject answer
         self.referrers_tags = ReferrersTags(client, self.ledger)  # where it has no referrers API
+        self.probing = threading.Lock()  # one referrers API probe at a time
         self.refused_types: set[str] = set()  # manifest media types it refused (schema 1)
 
     @property
@@ -363,7 +366,8 @@ class Copier:
         with self._settling(results) as pending:
             tree = self.tree(src_repo, subject)  # its children too: their referrers count as well
             for placement, result in zip(placements, results, strict=True):
-                if self._holds(placement, self._view(tree, placement.rules).top.digest):
+                current = placement.at_target is AtTarget.TAG_CURRENT  # the planner just saw it
+                if current or self._holds(placement, self._view(tree, placement.rules).top.digest):
                     pending.append((placement, result))
                 else:
                     result.status, result.reason = CopyStatus.IGNORED, "the subject is not at the target"
@@ -1035,10 +1039,11 @@ class Copier:
             for _, result in todo:
                 result.warnings.append(f"referrers nested deeper than {MAX_REFERRER_DEPTH} below {subject}: not followed")
             return
-        for descriptor in self.finder.of(src_repo, subject):
-            if descriptor.digest in seen:
-                continue
-            seen.add(descriptor.digest)
+        found = [d for d in self.finder.of(src_repo, subject) if d.digest not in seen]
+        seen.update(d.digest for d in found)
+
+        def mirror(descriptor: Descriptor) -> list[tuple[Placement, CopyResult]]:
+            """One referrer (and its own referrers) to every placement; its results, one each."""
             subs = [(_by_digest(p), self._result(src_repo, descriptor.digest, p)) for p, _ in todo]
             waiting = self._not_up_to_date(subs, descriptor.digest)
             for placement, sub in subs:
@@ -1052,11 +1057,19 @@ class Copier:
             except Exception as exc:  # noqa: BLE001 - recorded on the subject's results
                 for _, sub in waiting:
                     sub.fail(exc)
+            return subs
+
+        if len(found) > 1:  # a subject's referrers are independent of each other: side by side
+            with InvocationPool(min(REFERRER_CONCURRENCY, len(found)), thread_name_prefix="referrer") as pool:
+                outcomes = list(pool.map(mirror, found))
+        else:
+            outcomes = [mirror(d) for d in found]
+        for descriptor, subs in zip(found, outcomes, strict=True):
             for (_, sub), (_, result) in zip(subs, todo, strict=True):
                 if sub.error is not None:
                     result.referrer_errors.append(ReferrerFailure(descriptor.digest, sub.error))
                 elif sub.status is CopyStatus.COPIED:
-                    result.referrers_copied += 1 + sub.referrers_copied
+                    result.count(referrers_copied=1 + sub.referrers_copied)
                     _absorb(result, sub)
                 result.referrer_errors.extend(sub.referrer_errors)
                 if sub.status is CopyStatus.SKIPPED:
@@ -1080,11 +1093,14 @@ class Copier:
                     return  # not a referrer there
                 subject = found.digest
             api: bool | None = destination.referrers_api  # read once: another thread may learn it meanwhile
-            if api is None:  # nothing pushed there yet: ask
-                try:
-                    api = destination.referrers_api = destination.client.referrers(repo, subject) is not None
-                except NotFound:
-                    return
+            if api is None:  # nothing pushed there yet: ask (once)
+                with destination.probing:
+                    api = destination.referrers_api
+                    if api is None:
+                        try:
+                            api = destination.referrers_api = destination.client.referrers(repo, subject) is not None
+                        except NotFound:
+                            return
             if api:
                 return
             if referrer in destination.referrers_tags.listed(repo, subject):
@@ -1206,7 +1222,7 @@ def add_work(into: object, work: CopyResult) -> None:
 
 
 def _absorb(result: CopyResult, sub: CopyResult) -> None:
-    add_work(result, sub)
+    result.count(**{name: getattr(sub, name) for name in WORK_COUNTS})
     result.warnings.extend(w for w in sub.warnings if w not in result.warnings)
 
 

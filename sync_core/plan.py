@@ -427,7 +427,7 @@ class Planner:
                         # a source without an untagged listing: ask it for this image's referrers
                         work.append(
                             TagWork(target.name, repository, dst_repo, source_digest, source_digest,
-                                    Reason.FULL_CHECK, kind=WorkKind.REFERRERS_OF)
+                                    Reason.FULL_CHECK, AtTarget.TAG_CURRENT, kind=WorkKind.REFERRERS_OF)
                         )  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             recorder.failed(

@@ -114,16 +114,20 @@ class ReferrersTags:
         self.ttl = ttl
         self.clock = clock
         self._cache: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        self._reading: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def listed(self, repository: str, subject: str) -> frozenset[str]:
         """The digests the referrers tag of ``subject`` lists (none when there is no such tag)."""
         key = (repository, subject)
         with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None and self.clock() - cached[0] < self.ttl:
-            return cached[1]
-        return self._remember(key, self._entries(repository, subject))
+            reading = self._reading.setdefault(key, threading.Lock())
+        with reading:  # referrers of one subject checked side by side read the tag once
+            with self._lock:
+                cached = self._cache.get(key)
+            if cached is not None and self.clock() - cached[0] < self.ttl:
+                return cached[1]
+            return self._remember(key, self._entries(repository, subject))
 
     def add(self, repository: str, subject: str, referrer: Manifest) -> bool:
         """List ``referrer`` in the referrers tag of ``subject``. True when the tag was written.
