@@ -54,6 +54,7 @@ class ReferrerFinder:
         self.api: bool | None = None  # None until the registry has answered once
         self._cache: dict[tuple[str, str], tuple[float, list[Descriptor]]] = {}
         self._lock = threading.Lock()
+        self._probing = threading.Lock()  # until the API question is settled, one lookup at a time
 
     def of(self, repository: str, digest: str) -> list[Descriptor]:
         """The referrers of ``repository@digest`` that the policy wants (none when it wants none)."""
@@ -71,6 +72,12 @@ class ReferrerFinder:
         return found
 
     def _list(self, repository: str, digest: str) -> list[Descriptor]:
+        if self.api is None:  # lookups that start together would each probe the API
+            with self._probing:
+                return self._ask(repository, digest)
+        return self._ask(repository, digest)
+
+    def _ask(self, repository: str, digest: str) -> list[Descriptor]:
         if self.api is not False:
             try:
                 listed = self.client.referrers(repository, digest)

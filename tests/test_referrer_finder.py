@@ -8,6 +8,9 @@ ACR does) and a real ``distribution`` 2.8 registry (no such route: its 404 carri
 from __future__ import annotations
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sync_core.auth import Credentials, StaticCredentials
 from sync_core.config import ReferrerPolicy
@@ -78,3 +81,33 @@ def test_a_referrers_tag_overwritten_by_another_writer_is_merged_again(fresh_reg
     listed = json.loads(pusher.fetch_manifest("gs/app", tag)[0])
     assert {m["digest"] for m in listed["manifests"]} == {ours.digest, theirs.digest}
     assert tags.listed("gs/app", app.digest) == {ours.digest, theirs.digest}
+
+
+def test_lookups_that_start_together_probe_the_api_once(fresh_registry):
+    # A run's first referrer lookups go out from many copy threads at once; until one answer has
+    # settled whether the registry has the API, they wait for it instead of each asking.
+    registry = fresh_registry()
+    pusher = registry.pusher()
+    apps = [images.oci_image(f"probe-app-{i}", (64,)) for i in range(6)]
+    for i, app in enumerate(apps):
+        pusher.push("gs/app", app, f"1.{i}")
+    client = RegistryClient(registry.url, StaticCredentials(Credentials(*PUSHER)))
+    ask, probes = client.referrers, []
+
+    def slow_probe(repository, digest):
+        probes.append(digest)
+        time.sleep(0.2)  # every other lookup has started by now
+        return ask(repository, digest)
+
+    client.referrers = slow_probe  # type: ignore[method-assign]
+    finder = ReferrerFinder(client, ReferrerPolicy())
+    start = threading.Barrier(len(apps))
+
+    def look(digest: str) -> list:
+        start.wait()
+        return finder.of("gs/app", digest)
+
+    with ThreadPoolExecutor(len(apps)) as pool:
+        found = list(pool.map(look, [a.digest for a in apps]))
+    assert found == [[]] * len(apps) and finder.api is False
+    assert len(probes) == 1, probes
