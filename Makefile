@@ -26,6 +26,7 @@ venv: $(STAMP)
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # mypy --strict on sync_core and function_app.py (settings in pyproject.toml)
 typecheck: venv

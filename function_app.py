@@ -66,11 +66,13 @@ def sync_worker(msg: func.QueueMessage, out: func.Out[typing.List[str]], context
         if leftover:
             out.set(leftover)
         logs.decision(
-            log, "done",
+            log,
+            "done",
             f"worker done: {summary.tags_copied} copied, {summary.tags_unchanged} unchanged, "
             f"{summary.tags_skipped} skipped, {summary.bytes_uploaded} bytes uploaded",
-            message_id=msg.id, dequeue_count=msg.dequeue_count,
-        )  # fmt: skip
+            message_id=msg.id,
+            dequeue_count=msg.dequeue_count,
+        )
 
 
 def event_envelope(event: func.EventGridEvent | func.CloudEvent) -> dict[str, typing.Any]:

@@ -133,7 +133,9 @@ def push_referrers(pusher_factory, corpus: Corpus, workers: int = 8) -> None:
     (distribution 2.8), and where clients, registry-sync included, look for them there.
     """
     indexes = {
-        (repo, images.digest_tag(corpus.images[repo, tag].digest, suffix="")): images.referrers_index(referrers)
+        (repo, images.digest_tag(corpus.images[repo, tag].digest, suffix="")): images.referrers_index(
+            referrers
+        )
         for (repo, tag), referrers in corpus.referrers.items()
     }
     push_all(pusher_factory, indexes, workers)  # the index's children (the referrers) go first

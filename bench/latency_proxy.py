@@ -116,15 +116,15 @@ class HTTPRequestStreamParser:
         tail_len = min(len(self._buf), k - 1)
         if tail_len:
             tail = bytes(self._buf[-tail_len:])
-            probe = tail + data[pos:pos + k - 1]
+            probe = tail + data[pos : pos + k - 1]
             j = probe.find(term)
             if j != -1:
                 used = j + k - tail_len
-                self._buf += data[pos:pos + used]
+                self._buf += data[pos : pos + used]
                 return True, pos + used
         idx = data.find(term, pos)
         if idx != -1:
-            self._buf += data[pos:idx + k]
+            self._buf += data[pos : idx + k]
             return True, idx + k
         self._buf += data[pos:]
         return False, len(data)
@@ -595,7 +595,7 @@ class LatencyProxy:
                 pieces: Iterable[bytes | memoryview] = (data,)
             else:
                 view = memoryview(data)
-                pieces = (view[i:i + bucket.piece] for i in range(0, len(data), bucket.piece))
+                pieces = (view[i : i + bucket.piece] for i in range(0, len(data), bucket.piece))
             for piece in pieces:
                 if bucket is not None:
                     wait = bucket.reserve(len(piece), loop.time()) - loop.time()
@@ -646,20 +646,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-port", type=int, default=0, help="0 = ephemeral (printed at start)")
     parser.add_argument("--upstream", required=True, type=_parse_hostport, help="HOST:PORT")
     parser.add_argument("--delay-ms", type=float, default=50.0, help="one-way delay per direction")
-    parser.add_argument("--bandwidth", type=_parse_rate, default=None,
-                        help="cap in bytes/s per direction, e.g. 10M or 512KiB")
-    parser.add_argument("--shared-bandwidth", action="store_true",
-                        help="one bucket per direction for all connections (default: per connection)")
+    parser.add_argument(
+        "--bandwidth", type=_parse_rate, default=None, help="cap in bytes/s per direction, e.g. 10M or 512KiB"
+    )
+    parser.add_argument(
+        "--shared-bandwidth",
+        action="store_true",
+        help="one bucket per direction for all connections (default: per connection)",
+    )
     parser.add_argument("--no-connect-rtt", action="store_true", help="new connections cost no extra RTT")
-    parser.add_argument("--stats-interval", type=float, default=0.0,
-                        help="print a stats line every N seconds (0 = only at exit)")
+    parser.add_argument(
+        "--stats-interval",
+        type=float,
+        default=0.0,
+        help="print a stats line every N seconds (0 = only at exit)",
+    )
     args = parser.parse_args(argv)
 
     host, port = args.upstream
     proxy = LatencyProxy(
-        host, port, args.delay_ms, args.bandwidth,
-        shared_bandwidth=args.shared_bandwidth, connect_rtt=not args.no_connect_rtt,
-        listen_host=args.listen_host, listen_port=args.listen_port,
+        host,
+        port,
+        args.delay_ms,
+        args.bandwidth,
+        shared_bandwidth=args.shared_bandwidth,
+        connect_rtt=not args.no_connect_rtt,
+        listen_host=args.listen_host,
+        listen_port=args.listen_port,
     )
 
     def summary() -> str:

@@ -38,12 +38,22 @@ class ProcessResult:
 
 def run_measured(command: list[str], env: dict[str, str], timeout: float, cwd: Path = ROOT) -> ProcessResult:
     """Run ``command`` (through :mod:`bench.maxrss`, which reports the command's own peak RSS and CPU time)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile(prefix="maxrss-") as rss:  # fmt: skip
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile(prefix="maxrss-") as rss,
+    ):
         wrapped = [sys.executable, "-S", str(Path(__file__).with_name("maxrss.py")), rss.name, *command]
         started = time.monotonic()
-        proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            wrapped,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
         # Popen.wait(timeout) polls (sleeps of up to 50 ms): the end would be seen up to 50 ms late.
         # A blocking wait sees it at once; a timer kills the process group on timeout.
         timer = threading.Timer(timeout, _kill_group, (proc.pid,))
@@ -94,15 +104,22 @@ class RegistrySync:
 
     name = "registry-sync"
 
-    def __init__(self, source: Endpoint, targets: Endpoint | list[Endpoint], concurrency: int | None = None,
-                 workdir: Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        source: Endpoint,
+        targets: Endpoint | list[Endpoint],
+        concurrency: int | None = None,
+        workdir: Path | None = None,
+    ):
         self.source = source
         self.targets = targets if isinstance(targets, list) else [targets]
         self.concurrency = concurrency
         self.workdir = workdir
         assert len(self.targets) == 1 or workdir is not None, "several targets need a workdir for SYNC_CONFIG"
 
-    def env(self, source_namespace: str, target_namespace: str, settings: dict[str, str] | None = None) -> dict[str, str]:
+    def env(
+        self, source_namespace: str, target_namespace: str, settings: dict[str, str] | None = None
+    ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_", "TARGET_", "SYNC_"))}
         env.update(
             SOURCE_REGISTRY=self.source.url,
@@ -114,14 +131,19 @@ class RegistrySync:
         )
         if len(self.targets) == 1:
             (target,) = self.targets
-            env.update(TARGET_REGISTRY=target.url, TARGET_NAMESPACE=target_namespace,
-                       TARGET_USERNAME=target.username, TARGET_PASSWORD=target.password)  # fmt: skip
+            env.update(
+                TARGET_REGISTRY=target.url,
+                TARGET_NAMESPACE=target_namespace,
+                TARGET_USERNAME=target.username,
+                TARGET_PASSWORD=target.password,
+            )
         else:
             env["SYNC_CONFIG"] = str(self.config_file(target_namespace))
             for i, target in enumerate(self.targets):
                 env[f"BENCH_TARGET{i + 1}_USERNAME"], env[f"BENCH_TARGET{i + 1}_PASSWORD"] = (
-                    target.username, target.password
-                )  # fmt: skip
+                    target.username,
+                    target.password,
+                )
         if self.concurrency:
             env["SYNC_CONCURRENCY"] = str(self.concurrency)
         env.update(settings or {})
@@ -131,10 +153,15 @@ class RegistrySync:
         """The ``SYNC_CONFIG`` file with every target (names ``mirror1``, ``mirror2``, ...)."""
         assert self.workdir is not None
         targets = [
-            {"name": f"mirror{i + 1}", "registry": t.url, "namespace": target_namespace,
-             "username_env": f"BENCH_TARGET{i + 1}_USERNAME", "password_env": f"BENCH_TARGET{i + 1}_PASSWORD"}
+            {
+                "name": f"mirror{i + 1}",
+                "registry": t.url,
+                "namespace": target_namespace,
+                "username_env": f"BENCH_TARGET{i + 1}_USERNAME",
+                "password_env": f"BENCH_TARGET{i + 1}_PASSWORD",
+            }
             for i, t in enumerate(self.targets)
-        ]  # fmt: skip
+        ]
         path = self.workdir / f"registry-sync-{target_namespace.replace('/', '_')}.json"
         path.write_text(json.dumps({"targets": targets}, indent=2))
         return path
@@ -142,24 +169,44 @@ class RegistrySync:
     def command(self, args: tuple[str, ...] = ()) -> list[str]:
         return [sys.executable, "-m", "sync_core", "sync", "--json", *args]
 
-    def display(self, source_namespace: str, target_namespace: str, settings: dict[str, str] | None = None,
-                args: tuple[str, ...] = ()) -> str:  # fmt: skip
+    def display(
+        self,
+        source_namespace: str,
+        target_namespace: str,
+        settings: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> str:
         if len(self.targets) == 1:
             where = f"TARGET_REGISTRY={self.targets[0].url} TARGET_NAMESPACE={target_namespace}"
         else:
-            where = (f"SYNC_CONFIG=<{len(self.targets)} targets: "
-                     f"{', '.join(t.url for t in self.targets)}, namespace {target_namespace}>")  # fmt: skip
-        extra = {**({"SYNC_CONCURRENCY": str(self.concurrency)} if self.concurrency else {}), **(settings or {})}
+            where = (
+                f"SYNC_CONFIG=<{len(self.targets)} targets: "
+                f"{', '.join(t.url for t in self.targets)}, namespace {target_namespace}>"
+            )
+        extra = {
+            **({"SYNC_CONCURRENCY": str(self.concurrency)} if self.concurrency else {}),
+            **(settings or {}),
+        }
         return (
             f"SOURCE_REGISTRY={self.source.url} SOURCE_KIND=oci SOURCE_NAMESPACE={source_namespace} {where}"
             + "".join(f" {k}={v}" for k, v in extra.items())
-            + " SOURCE_/TARGET_USERNAME/PASSWORD=... python " + " ".join(self.command(args)[1:])
+            + " SOURCE_/TARGET_USERNAME/PASSWORD=... python "
+            + " ".join(self.command(args)[1:])
         )
 
-    def sync(self, source_namespace: str, target_namespace: str, timeout: float, *,
-             settings: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> tuple[ProcessResult, dict]:  # fmt: skip
+    def sync(
+        self,
+        source_namespace: str,
+        target_namespace: str,
+        timeout: float,
+        *,
+        settings: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> tuple[ProcessResult, dict]:
         """One run; ``settings``: more environment (``SYNC_REFERRERS``), ``args``: ``--full-check``."""
-        result = run_measured(self.command(args), self.env(source_namespace, target_namespace, settings), timeout)
+        result = run_measured(
+            self.command(args), self.env(source_namespace, target_namespace, settings), timeout
+        )
         return result, _json(result.stdout)
 
     def verify(
@@ -205,11 +252,22 @@ class Skopeo:
 
     def sync_command(self, yaml_path: Path, target_namespace: str) -> list[str]:
         return [
-            "skopeo", "sync", "--all", "--preserve-digests", "--retry-times", "3",
-            "--src", "yaml", "--dest", "docker", "--dest-tls-verify=false",
-            "--authfile", str(self.authfile),
-            str(yaml_path), f"{self.target.host}/{target_namespace}",
-        ]  # fmt: skip
+            "skopeo",
+            "sync",
+            "--all",
+            "--preserve-digests",
+            "--retry-times",
+            "3",
+            "--src",
+            "yaml",
+            "--dest",
+            "docker",
+            "--dest-tls-verify=false",
+            "--authfile",
+            str(self.authfile),
+            str(yaml_path),
+            f"{self.target.host}/{target_namespace}",
+        ]
 
     def write_yaml(self, name: str, repositories: list[str]) -> Path:
         path = self.home / f"{name}.yaml"
@@ -218,17 +276,29 @@ class Skopeo:
         )
         return path
 
-    def sync(self, name: str, repositories: list[str], target_namespace: str, timeout: float) -> ProcessResult:
+    def sync(
+        self, name: str, repositories: list[str], target_namespace: str, timeout: float
+    ) -> ProcessResult:
         """Sync ``repositories`` (every tag); skopeo names them ``<namespace>/<last path part>``."""
-        return run_measured(self.sync_command(self.write_yaml(name, repositories), target_namespace), self.env(),
-                            timeout)  # fmt: skip
+        return run_measured(
+            self.sync_command(self.write_yaml(name, repositories), target_namespace), self.env(), timeout
+        )
 
     def copy_command(self, src_ref: str, dst_ref: str) -> list[str]:
         return [
-            "skopeo", "copy", "--all", "--preserve-digests", "--retry-times", "3",
-            "--src-tls-verify=false", "--dest-tls-verify=false", "--authfile", str(self.authfile),
-            f"docker://{self.source.host}/{src_ref}", f"docker://{self.target.host}/{dst_ref}",
-        ]  # fmt: skip
+            "skopeo",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--retry-times",
+            "3",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--authfile",
+            str(self.authfile),
+            f"docker://{self.source.host}/{src_ref}",
+            f"docker://{self.target.host}/{dst_ref}",
+        ]
 
     def copy(self, src_ref: str, dst_ref: str, timeout: float) -> ProcessResult:
         return run_measured(self.copy_command(src_ref, dst_ref), self.env(), timeout)

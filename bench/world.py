@@ -49,7 +49,13 @@ class Mirror:
 
 class World:
     def __init__(
-        self, *, delay_ms: float, source_delay_ms: float, bandwidth: float | None, wide: bool, mirrors: int = 1
+        self,
+        *,
+        delay_ms: float,
+        source_delay_ms: float,
+        bandwidth: float | None,
+        wide: bool,
+        mirrors: int = 1,
     ):
         self._stack = contextlib.ExitStack()
         try:
@@ -58,8 +64,9 @@ class World:
             self._stack.close()
             raise
 
-    def _start(self, delay_ms: float, source_delay_ms: float, bandwidth: float | None, wide: bool,
-               mirrors: int) -> None:  # fmt: skip
+    def _start(
+        self, delay_ms: float, source_delay_ms: float, bandwidth: float | None, wide: bool, mirrors: int
+    ) -> None:
         enter = self._stack.enter_context
         self.delay_ms = delay_ms
         self.source_delay_ms = source_delay_ms
@@ -79,14 +86,23 @@ class World:
 
     def _mirror(self, name: str, delay_ms: float, bandwidth: float | None) -> Mirror:
         enter = self._stack.enter_context
-        issuer = enter(TokenIssuer(users={MIRROR_USER: (MIRROR_PASS, EVERYTHING)}, service=name, lifetime=900))
+        issuer = enter(
+            TokenIssuer(users={MIRROR_USER: (MIRROR_PASS, EVERYTHING)}, service=name, lifetime=900)
+        )
         issuer_proxy = enter(LatencyProxy("127.0.0.1", issuer.port, delay_ms, bandwidth))
         registry = enter(
             Registry(
-                token_issuer=issuer, name=name, extra_config={"auth": {"token": {"realm": f"{issuer_proxy.url}/token"}}}
+                token_issuer=issuer,
+                name=name,
+                extra_config={"auth": {"token": {"realm": f"{issuer_proxy.url}/token"}}},
             )
         )
-        return Mirror(issuer, issuer_proxy, registry, enter(LatencyProxy("127.0.0.1", registry.port, delay_ms, bandwidth)))
+        return Mirror(
+            issuer,
+            issuer_proxy,
+            registry,
+            enter(LatencyProxy("127.0.0.1", registry.port, delay_ms, bandwidth)),
+        )
 
     def close(self) -> None:
         self._stack.close()
@@ -117,7 +133,11 @@ class World:
 
     # -- counters ---------------------------------------------------------------------------
     def reset_counters(self) -> None:
-        proxies = [self.source_proxy, self.wide_proxy, *(p for m in self.mirrors for p in (m.proxy, m.issuer_proxy))]
+        proxies = [
+            self.source_proxy,
+            self.wide_proxy,
+            *(p for m in self.mirrors for p in (m.proxy, m.issuer_proxy)),
+        ]
         for proxy in proxies:
             if proxy is not None:
                 proxy.reset()

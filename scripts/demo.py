@@ -35,13 +35,15 @@ def seed(acr: AcrStandIn) -> None:
     images = {
         ("giantswarm/alpine", "3.19"): oci_image("alpine-3.19", [512 * 1024], base_layer=base),
         ("giantswarm/alpine", "3.20"): oci_image("alpine-3.20", [512 * 1024], base_layer=base),
-        ("giantswarm/example-app", "1.4.2"): oci_index("app-1.4.2", ["linux/amd64", "linux/arm64"], [256 * 1024],
-                                                       base_layer=base),
-        ("giantswarm/example-app", "1.4.3-dev"): oci_index("app-1.4.3", ["linux/amd64", "linux/arm64"],
-                                                           [256 * 1024], base_layer=base),
+        ("giantswarm/example-app", "1.4.2"): oci_index(
+            "app-1.4.2", ["linux/amd64", "linux/arm64"], [256 * 1024], base_layer=base
+        ),
+        ("giantswarm/example-app", "1.4.3-dev"): oci_index(
+            "app-1.4.3", ["linux/amd64", "linux/arm64"], [256 * 1024], base_layer=base
+        ),
         ("giantswarm/legacy/tool", "v1"): docker_image("legacy-v1", [300 * 1024], base_layer=base),
         ("giantswarm/charts/hello", "0.1.0"): helm_chart("hello-0.1.0"),
-    }  # fmt: skip
+    }
     for age, ((repo, tag), manifest) in enumerate(images.items()):
         pusher.push(repo, manifest, tag)
         acr.set_tag_times(repo, tag, now - dt.timedelta(days=age * 10))

@@ -1,7 +1,7 @@
 """Rewrite the README's configuration tables from the settings declared in sync_core/config.py.
 
-    python scripts/readme-settings.py          # rewrite README.md in place
-    python scripts/readme-settings.py --check  # exit 1 if README.md differs (tests do the same)
+python scripts/readme-settings.py          # rewrite README.md in place
+python scripts/readme-settings.py --check  # exit 1 if README.md differs (tests do the same)
 """
 
 from __future__ import annotations

@@ -206,9 +206,14 @@ class Authenticator:
                 if authorization:
                     sent["Authorization"] = authorization
                 response = self.transport.send(
-                    method, url, headers=sent, data=data, stream=stream, retry=replayable,
+                    method,
+                    url,
+                    headers=sent,
+                    data=data,
+                    stream=stream,
+                    retry=replayable,
                     follow_redirects=follow_redirects,
-                )  # fmt: skip
+                )
                 if response.status_code != 401:
                     return response
                 www_authenticate = response.headers.get("WWW-Authenticate", "")

@@ -127,7 +127,9 @@ class AcrSource(Source):
             for page in self.client.paginate(path, "manifests", scopes, f"list manifests of {repository}"):
                 entries = page.get("manifests") or []
                 if not isinstance(entries, list):
-                    raise InvalidContent(f"{self.client.host}: manifests of {repository}: 'manifests' is not a list")
+                    raise InvalidContent(
+                        f"{self.client.host}: manifests of {repository}: 'manifests' is not a list"
+                    )
                 older = False
                 for raw in entries:
                     entry = _acr_manifest(raw)
@@ -160,9 +162,11 @@ def _acr_manifest(entry: object) -> ManifestEntry | None:
     if not isinstance(digest, str) or not is_digest(digest):
         return None
     references = entry.get("references")
-    children = tuple(
-        r["digest"] for r in references if isinstance(r, dict) and isinstance(r.get("digest"), str)
-    ) if isinstance(references, list) else ()  # fmt: skip
+    children = (
+        tuple(r["digest"] for r in references if isinstance(r, dict) and isinstance(r.get("digest"), str))
+        if isinstance(references, list)
+        else ()
+    )
     media_type = entry.get("mediaType")
     return ManifestEntry(
         digest,

@@ -103,8 +103,10 @@ def render_summary(summary: Summary) -> str:
     for name, figures in d["metrics"].items():
         lag = figures["lag_seconds"]
         if lag["count"]:
-            lines.append(f"  mirror lag {name}: avg {lag['avg']:.1f}s, min {lag['min']:.1f}s, max {lag['max']:.1f}s "
-                         f"over {lag['count']} copies")  # fmt: skip
+            lines.append(
+                f"  mirror lag {name}: avg {lag['avg']:.1f}s, min {lag['min']:.1f}s, max {lag['max']:.1f}s "
+                f"over {lag['count']} copies"
+            )
     for entry in d["skipped"]:
         lines.append(f"  skipped [{entry['target']}] {entry['item']}: {entry['reason']}")
     for entry in d["failures"]:
@@ -132,8 +134,10 @@ def render_plan(summary: Summary, config: SyncConfig | None = None) -> str:
                 + (["no attestations"] if rules.drop_attestations else [])
             )
             lines.append(f"  indexes with other entries are rewritten for {target} ({narrowed}): new digests")
-        rows = [(w.item, w.target_repository + w.item[len(w.source_repository):], w.reason.value)
-                for w in sorted(items, key=lambda w: (w.source_repository, w.tag))]  # fmt: skip
+        rows = [
+            (w.item, w.target_repository + w.item[len(w.source_repository) :], w.reason.value)
+            for w in sorted(items, key=lambda w: (w.source_repository, w.tag))
+        ]
         widths = [max(len(r[i]) for r in [("SOURCE", "DESTINATION", ""), *rows]) for i in (0, 1)]
         for src, dst, reason in [("SOURCE", "DESTINATION", "REASON"), *rows]:
             lines.append(f"  {src.ljust(widths[0])}  {dst.ljust(widths[1])}  {reason}")
@@ -155,8 +159,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=summary, description=description, epilog=CONFIG_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=CONFIG_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument(
             "--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)"
         )
@@ -164,9 +173,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable)")
         return p
 
-    only_repo: dict[str, Any] = {"action": "append", "metavar": "REPO", "help": "only this source repository (repeatable)"}
-    p = command("sync", "copy every missing tag of every repository to every target",
-                "Full sync: list the source catalog, diff each target, copy what is missing.")  # fmt: skip
+    only_repo: dict[str, Any] = {
+        "action": "append",
+        "metavar": "REPO",
+        "help": "only this source repository (repeatable)",
+    }
+    p = command(
+        "sync",
+        "copy every missing tag of every repository to every target",
+        "Full sync: list the source catalog, diff each target, copy what is missing.",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="plan only: list what would be copied, copy nothing"
     )
@@ -177,26 +193,41 @@ def _parser() -> argparse.ArgumentParser:
     }
     p.add_argument("--repository", **only_repo)
     p.add_argument("--full-check", **full_check)
-    p = command("plan", "show what sync would copy, per target",
-                "Show, per target, the tags that sync would copy and why.")  # fmt: skip
+    p = command(
+        "plan",
+        "show what sync would copy, per target",
+        "Show, per target, the tags that sync would copy and why.",
+    )
     p.add_argument("--repository", **only_repo)
     p.add_argument("--full-check", **full_check)
-    p = command("copy", "copy one image (REPOSITORY:TAG or REPOSITORY@DIGEST) to every target",
-                "Copy one image, all platforms, to every target (tag filters do not apply).")  # fmt: skip
+    p = command(
+        "copy",
+        "copy one image (REPOSITORY:TAG or REPOSITORY@DIGEST) to every target",
+        "Copy one image, all platforms, to every target (tag filters do not apply).",
+    )
     p.add_argument("image", metavar="REPOSITORY:TAG", help="source repository and tag (or @digest)")
-    p = command("event", "handle an Event Grid event file (EventGridSchema or CloudEvents) inline",
-                "Validate Event Grid events from FILE (one event or an array) exactly as the function does, "
-                "and copy the pushed tags to every target inline.")  # fmt: skip
+    p = command(
+        "event",
+        "handle an Event Grid event file (EventGridSchema or CloudEvents) inline",
+        "Validate Event Grid events from FILE (one event or an array) exactly as the function does, "
+        "and copy the pushed tags to every target inline.",
+    )
     p.add_argument(
         "file", metavar="FILE", help="JSON file with one event or an array of events ('-' for stdin)"
     )
-    p = command("verify", "check that every selected tag and referrer is at each target with the source digest",
-                "Check, without writing anything, that every tag sync would mirror (and its referrers) is at "
-                "each target with the source digest. Exit 0: complete; 1: a table says what is missing or "
-                "differs.\n\n" + verify.COST)  # fmt: skip
+    p = command(
+        "verify",
+        "check that every selected tag and referrer is at each target with the source digest",
+        "Check, without writing anything, that every tag sync would mirror (and its referrers) is at "
+        "each target with the source digest. Exit 0: complete; 1: a table says what is missing or "
+        "differs.\n\n" + verify.COST,
+    )
     p.add_argument("--repository", **only_repo)
-    p.add_argument("--deep", action="store_true",
-                   help="also fetch every manifest at the target and HEAD every child manifest and blob")  # fmt: skip
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also fetch every manifest at the target and HEAD every child manifest and blob",
+    )
     _poison_parser(sub)
     return parser
 
@@ -218,42 +249,69 @@ exit codes: 0 done, 1 a storage operation failed (what is left stays in the pois
 
 
 def _poison_parser(sub: Any) -> None:
-    p = sub.add_parser("poison", help="list, replay or drop the messages of the poison queue",
-                       description="The messages the worker gave up on (<SYNC_QUEUE>-poison).",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=POISON_HELP)  # fmt: skip
+    p = sub.add_parser(
+        "poison",
+        help="list, replay or drop the messages of the poison queue",
+        description="The messages the worker gave up on (<SYNC_QUEUE>-poison).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=POISON_HELP,
+    )
     actions = p.add_subparsers(dest="poison_command", required=True, metavar="ACTION")
 
     def action(name: str, summary: str) -> argparse.ArgumentParser:
         a: argparse.ArgumentParser = actions.add_parser(
-            name, help=summary, description=summary, epilog=POISON_HELP,
+            name,
+            help=summary,
+            description=summary,
+            epilog=POISON_HELP,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
-        a.add_argument("--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)")
+        )
+        a.add_argument(
+            "--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)"
+        )
         a.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         where = a.add_mutually_exclusive_group()
-        where.add_argument("--connection-string", metavar="TEXT", help="storage connection string (Azurite, keys)")
+        where.add_argument(
+            "--connection-string", metavar="TEXT", help="storage connection string (Azurite, keys)"
+        )
         where.add_argument("--account-url", metavar="URL", help="https://<account>.queue.core.windows.net")
         where.add_argument("--account-name", metavar="NAME", help="storage account name (Entra ID sign-in)")
         return a
 
     a = action("list", "show the messages: decoded, validated, with the reason an invalid one is invalid")
-    a.add_argument("--all", action="store_true",
-                   help="scan the whole queue (each message is hidden for a moment and its dequeue count "
-                        "grows by one) instead of peeking at the first 32")  # fmt: skip
+    a.add_argument(
+        "--all",
+        action="store_true",
+        help="scan the whole queue (each message is hidden for a moment and its dequeue count "
+        "grows by one) instead of peeking at the first 32",
+    )
     a.set_defaults(target=None)
-    for name, summary in (("replay", "send messages back to the work queue, then delete them here"),
-                          ("drop", "delete messages from the poison queue")):  # fmt: skip
+    for name, summary in (
+        ("replay", "send messages back to the work queue, then delete them here"),
+        ("drop", "delete messages from the poison queue"),
+    ):
         a = action(name, summary)
         a.add_argument("ids", nargs="*", metavar="ID", help="message ids (see `poison list`)")
-        a.add_argument("--all", action="store_true", help="every message (that the other options let through)")
-        a.add_argument("--repository", action="append", metavar="REPO", help="only messages for this source "
-                       "repository (repeatable)")  # fmt: skip
-        a.add_argument("--target", action="append", metavar="NAME", help="only messages for this target (repeatable)")
+        a.add_argument(
+            "--all", action="store_true", help="every message (that the other options let through)"
+        )
+        a.add_argument(
+            "--repository",
+            action="append",
+            metavar="REPO",
+            help="only messages for this source repository (repeatable)",
+        )
+        a.add_argument(
+            "--target", action="append", metavar="NAME", help="only messages for this target (repeatable)"
+        )
         if name == "drop":
             a.add_argument("--invalid", action="store_true", help="only messages that are not valid")
-        a.add_argument("--dry-run", action="store_true",
-                       help="show what would be done; nothing is sent or deleted (the scan still hides each "
-                            "message for a moment)")  # fmt: skip
+        a.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="show what would be done; nothing is sent or deleted (the scan still hides each "
+            "message for a moment)",
+        )
 
 
 def _poison(args: argparse.Namespace, config: Any, environ: dict[str, str] | None) -> int:
@@ -270,13 +328,20 @@ def _poison(args: argparse.Namespace, config: Any, environ: dict[str, str] | Non
         else:
             found = access_from_env(env)
             if found is None:
-                raise ConfigError("storage: give --account-name NAME (Azure: signs in with DefaultAzureCredential) "
-                                  "or set AZURE_STORAGE_CONNECTION_STRING (Azurite)")  # fmt: skip
+                raise ConfigError(
+                    "storage: give --account-name NAME (Azure: signs in with DefaultAzureCredential) "
+                    "or set AZURE_STORAGE_CONNECTION_STRING (Azurite)"
+                )
             access = found
         selector = None
         if args.poison_command != "list":
-            selector = Selector(frozenset(args.ids), args.all, frozenset(args.repository or ()),
-                                frozenset(args.target or ()), getattr(args, "invalid", False))  # fmt: skip
+            selector = Selector(
+                frozenset(args.ids),
+                args.all,
+                frozenset(args.repository or ()),
+                frozenset(args.target or ()),
+                getattr(args, "invalid", False),
+            )
         with PoisonQueue(access, config.queue, config) as queues:
             if selector is None:
                 report = queues.listing(scan=args.all)
@@ -299,8 +364,11 @@ def _error(exc: SyncError) -> int:
 def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level if not args.json else max(level, logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=level if not args.json else max(level, logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     if args.verbose == 0 and not args.json:
         logging.getLogger("sync_core.sync").setLevel(logging.INFO)
     try:
@@ -358,9 +426,12 @@ def _run(args: argparse.Namespace, syncer: Syncer) -> Summary:
         if args.command in ("sync", "plan"):
             dry_run = args.command == "plan" or args.dry_run
             return syncer.run(
-                dry_run=dry_run, repositories=args.repository, targets=targets, progress=progress,
+                dry_run=dry_run,
+                repositories=args.repository,
+                targets=targets,
+                progress=progress,
                 check=Check.FULL if args.full_check else None,
-            )  # fmt: skip
+            )
         started = time.monotonic()
         summary = Summary()
         if args.command == "copy":

@@ -336,7 +336,9 @@ def _platforms(value: Any, name: str, problems: Problems) -> frozenset[str] | No
         return None
     bad = [p for p in names if not _PLATFORM_RE.fullmatch(p)]
     if bad or not names:
-        problems.add(name, f"must list platforms as os/architecture[/variant] (e.g. linux/amd64), got {bad or names!r}")
+        problems.add(
+            name, f"must list platforms as os/architecture[/variant] (e.g. linux/amd64), got {bad or names!r}"
+        )
         return None
     return frozenset(names)
 
@@ -348,8 +350,15 @@ def _mappings(value: Any, name: str, problems: Problems) -> tuple[MappingRule, .
     rules: list[MappingRule] = []
     for index, item in enumerate(value):
         where = f"{name}[{index}]"
-        if not isinstance(item, dict) or set(item) - {"match", "replace"} or "match" not in item or "replace" not in item:
-            problems.add(where, "must be {match: REGEX, replace: TEMPLATE or null} (replace null: not mirrored)")
+        if (
+            not isinstance(item, dict)
+            or set(item) - {"match", "replace"}
+            or "match" not in item
+            or "replace" not in item
+        ):
+            problems.add(
+                where, "must be {match: REGEX, replace: TEMPLATE or null} (replace null: not mirrored)"
+            )
             continue
         pattern = _regex(item["match"], f"{where}.match", problems)
         replace = item["replace"]
@@ -412,9 +421,13 @@ def _matching(pattern: str, problem: str) -> Parser:
     return parse
 
 
-_queue_name = _matching(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", "{value} is not a valid Storage queue name")
+_queue_name = _matching(
+    r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", "{value} is not a valid Storage queue name"
+)
 _schedule = _matching(r"\S+(\s+\S+){5}", "must be a six-field CRON expression (seconds first), got {value}")
-_target_name = _matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "{value} must be letters, digits, '.', '_' or '-'")
+_target_name = _matching(
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "{value} must be letters, digits, '.', '_' or '-'"
+)
 
 
 # -- the declaration ------------------------------------------------------------------------------
@@ -450,98 +463,244 @@ G, T, GT = Scope.GLOBAL, Scope.TARGET, Scope.GLOBAL | Scope.TARGET
 
 SETTINGS: tuple[Setting, ...] = (
     # source
-    Setting("source_registry", _registry, "source host (`gsoci.azurecr.io`, https) or URL (`http://127.0.0.1:5000`)",
-            required=_REGISTRY_REQUIRED, default_text="required"),
-    Setting("source_kind", _choice(SourceKind),
-            "`acr` (tag digests and times from `/acr/v1/<repo>/_tags`) or `oci`",
-            default_text="`acr` for `*.azurecr.io`, else `oci`"),
-    Setting("source_namespace", _namespace, "only repositories below this path; the prefix is removed when mapping",
-            default=""),
-    Setting("source_repositories", _repositories,
-            "explicit repository list (comma-separated), for tokens that may not list the catalog",
-            default=(), default_text="catalog"),
-    Setting("source_allow_empty", _boolean,
-            "an empty catalog is not an error (by default it is: ACR answers a token that may see nothing "
-            "with an empty list)", default=False, default_text="`false`"),
+    Setting(
+        "source_registry",
+        _registry,
+        "source host (`gsoci.azurecr.io`, https) or URL (`http://127.0.0.1:5000`)",
+        required=_REGISTRY_REQUIRED,
+        default_text="required",
+    ),
+    Setting(
+        "source_kind",
+        _choice(SourceKind),
+        "`acr` (tag digests and times from `/acr/v1/<repo>/_tags`) or `oci`",
+        default_text="`acr` for `*.azurecr.io`, else `oci`",
+    ),
+    Setting(
+        "source_namespace",
+        _namespace,
+        "only repositories below this path; the prefix is removed when mapping",
+        default="",
+    ),
+    Setting(
+        "source_repositories",
+        _repositories,
+        "explicit repository list (comma-separated), for tokens that may not list the catalog",
+        default=(),
+        default_text="catalog",
+    ),
+    Setting(
+        "source_allow_empty",
+        _boolean,
+        "an empty catalog is not an error (by default it is: ACR answers a token that may see nothing "
+        "with an empty list)",
+        default=False,
+        default_text="`false`",
+    ),
     Setting("source_username_secret", _text, "Key Vault secret name of the source (ACR token) user name"),
     Setting("source_password_secret", _text, "Key Vault secret name of the source (ACR token) password"),
-    Setting("source_username", _text, "source user name from the environment (local runs)", local_only=True,
-            default_text="anonymous"),
-    Setting("source_password", _text, "source password from the environment (local runs; never in the file)",
-            local_only=True, in_file=False, default_text="anonymous"),
+    Setting(
+        "source_username",
+        _text,
+        "source user name from the environment (local runs)",
+        local_only=True,
+        default_text="anonymous",
+    ),
+    Setting(
+        "source_password",
+        _text,
+        "source password from the environment (local runs; never in the file)",
+        local_only=True,
+        in_file=False,
+        default_text="anonymous",
+    ),
     # targets
-    Setting("name", _target_name, "target name (in summaries, `--target`, queue messages)", scope=T,
-            in_env=False, default_text="`target` / `target<N>`"),
-    Setting("registry", _registry, "the mirror; `docker.io` means Docker Hub", scope=T, required=_REGISTRY_REQUIRED,
-            default_text="required"),
+    Setting(
+        "name",
+        _target_name,
+        "target name (in summaries, `--target`, queue messages)",
+        scope=T,
+        in_env=False,
+        default_text="`target` / `target<N>`",
+    ),
+    Setting(
+        "registry",
+        _registry,
+        "the mirror; `docker.io` means Docker Hub",
+        scope=T,
+        required=_REGISTRY_REQUIRED,
+        default_text="required",
+    ),
     Setting("namespace", _namespace, "path prefix at the target", scope=T, default=""),
-    Setting("max_path_depth", _number(integer=True, minimum=1), "path levels the target accepts",
-            scope=T, in_env=False, default_text="2 for Docker Hub and Alibaba personal edition, else unlimited"),
-    Setting("skip_artifact_types", _types, "media/artifact types the target must not receive (comma-separated)",
-            scope=T, default=frozenset()),
-    Setting("platforms", _platforms,
-            "only these platforms (`linux/amd64`, ...): an index with others is rewritten (new digest) for this target",
-            scope=T, in_env=False, default_text="all (exact copies)"),
-    Setting("drop_attestations", _boolean,
-            "leave buildx attestation manifests out of indexes (rewritten, new digest) for targets that refuse them",
-            scope=T, in_env=False, default=False, default_text="`false`"),
+    Setting(
+        "max_path_depth",
+        _number(integer=True, minimum=1),
+        "path levels the target accepts",
+        scope=T,
+        in_env=False,
+        default_text="2 for Docker Hub and Alibaba personal edition, else unlimited",
+    ),
+    Setting(
+        "skip_artifact_types",
+        _types,
+        "media/artifact types the target must not receive (comma-separated)",
+        scope=T,
+        default=frozenset(),
+    ),
+    Setting(
+        "platforms",
+        _platforms,
+        "only these platforms (`linux/amd64`, ...): an index with others is rewritten (new digest) for this target",
+        scope=T,
+        in_env=False,
+        default_text="all (exact copies)",
+    ),
+    Setting(
+        "drop_attestations",
+        _boolean,
+        "leave buildx attestation manifests out of indexes (rewritten, new digest) for targets that refuse them",
+        scope=T,
+        in_env=False,
+        default=False,
+        default_text="`false`",
+    ),
     Setting("username_secret", _text, "Key Vault secret name of the target user name", scope=T),
     Setting("password_secret", _text, "Key Vault secret name of the target password", scope=T),
-    Setting("username", _text, "target user name (environment: local runs)", scope=T, local_only=True,
-            default_text="anonymous"),
-    Setting("password", _text, "target password from the environment (local runs; never in the file)",
-            scope=T, local_only=True, in_file=False, default_text="anonymous"),
-    Setting("username_env", _text, "environment variable holding the target user name", scope=T, in_env=False),
+    Setting(
+        "username",
+        _text,
+        "target user name (environment: local runs)",
+        scope=T,
+        local_only=True,
+        default_text="anonymous",
+    ),
+    Setting(
+        "password",
+        _text,
+        "target password from the environment (local runs; never in the file)",
+        scope=T,
+        local_only=True,
+        in_file=False,
+        default_text="anonymous",
+    ),
+    Setting(
+        "username_env", _text, "environment variable holding the target user name", scope=T, in_env=False
+    ),
     Setting("password_env", _text, "environment variable holding the target password", scope=T, in_env=False),
     # filters: global, and per target in the file
-    Setting("repository_include", _regex, "regular expression, full match on the source repository", scope=GT,
-            default_text="all"),
-    Setting("repository_exclude", _regex, "regular expression, full match on the source repository", scope=GT,
-            default_text="none"),
+    Setting(
+        "repository_include",
+        _regex,
+        "regular expression, full match on the source repository",
+        scope=GT,
+        default_text="all",
+    ),
+    Setting(
+        "repository_exclude",
+        _regex,
+        "regular expression, full match on the source repository",
+        scope=GT,
+        default_text="none",
+    ),
     Setting("tag_include", _regex, "regular expression, full match on the tag", scope=GT, default_text="all"),
-    Setting("tag_exclude", _regex, "regular expression, full match on the tag", scope=GT, default_text="none"),
-    Setting("tag_min_age_days", _number(), "only tags last pushed at least this many days ago (ACR sources)",
-            scope=GT),
-    Setting("tag_max_age_days", _number(), "only tags last pushed at most this many days ago (ACR sources)",
-            scope=GT),
-    Setting("tag_keep_latest", _number(integer=True, minimum=1),
-            "only the N most recently pushed tags per repository (after the other filters; ACR sources); "
-            "signature, attestation and referrers tags follow their image instead",
-            scope=GT, default_text="all"),
-    Setting("tag_semver", _semver,
-            "only tags inside this version range, e.g. `>=1.2.0 <2` (`v` prefix optional; pre-releases only "
-            "when the range names one)", scope=GT, default_text="all"),
-    Setting("mappings", _mappings,
-            "file only: `[{match: REGEX, replace: TEMPLATE}]`, full match on the source repository without the "
-            "source namespace; the template is the whole target repository (`\\1` refers to groups), `null` "
-            "skips; a target's own list is tried first; no match: target namespace + repository",
-            scope=GT, in_env=False, default=()),
+    Setting(
+        "tag_exclude", _regex, "regular expression, full match on the tag", scope=GT, default_text="none"
+    ),
+    Setting(
+        "tag_min_age_days",
+        _number(),
+        "only tags last pushed at least this many days ago (ACR sources)",
+        scope=GT,
+    ),
+    Setting(
+        "tag_max_age_days",
+        _number(),
+        "only tags last pushed at most this many days ago (ACR sources)",
+        scope=GT,
+    ),
+    Setting(
+        "tag_keep_latest",
+        _number(integer=True, minimum=1),
+        "only the N most recently pushed tags per repository (after the other filters; ACR sources); "
+        "signature, attestation and referrers tags follow their image instead",
+        scope=GT,
+        default_text="all",
+    ),
+    Setting(
+        "tag_semver",
+        _semver,
+        "only tags inside this version range, e.g. `>=1.2.0 <2` (`v` prefix optional; pre-releases only "
+        "when the range names one)",
+        scope=GT,
+        default_text="all",
+    ),
+    Setting(
+        "mappings",
+        _mappings,
+        "file only: `[{match: REGEX, replace: TEMPLATE}]`, full match on the source repository without the "
+        "source namespace; the template is the whole target repository (`\\1` refers to groups), `null` "
+        "skips; a target's own list is tried first; no match: target namespace + repository",
+        scope=GT,
+        in_env=False,
+        default=(),
+    ),
     # the run
-    Setting("sync_compare", _choice(Compare),
-            "which tags the target has are compared with the source (one HEAD each): `name` none, "
-            "`recent` those the source changed within `SYNC_RECHECK_HOURS` plus all once per "
-            "`SYNC_FULL_CHECK_HOURS`, `digest` all on every run",
-            default=Compare.RECENT, default_text="`recent`"),
-    Setting("sync_recheck_hours", _number(minimum=0),
-            "`recent`: tags and referrers the source changed this recently are rechecked at the target",
-            default=6.0),
-    Setting("sync_full_check_hours", _number(minimum=1),
-            "`recent`: each repository is fully rechecked (moved tags, referrers) once per this period",
-            default=24.0),
-    Setting("sync_referrers", _referrers,
-            "referrers (signatures, SBOMs, attestations) mirrored with their images: `all`, `none`, or "
-            "a list of artifact types", default=ReferrerPolicy(), default_text="`all`"),
-    Setting("sync_concurrency", _number(integer=True, minimum=1, maximum=64),
-            "repositories and tags processed in parallel (each copy also runs 4 blob transfers)", default=8),
-    Setting("key_vault_url", _https_url, "vault holding the credentials (the app's managed identity reads it)"),
-    Setting("sync_config", _text, "YAML/JSON file with these settings and a list of `targets`", in_file=False),
+    Setting(
+        "sync_compare",
+        _choice(Compare),
+        "which tags the target has are compared with the source (one HEAD each): `name` none, "
+        "`recent` those the source changed within `SYNC_RECHECK_HOURS` plus all once per "
+        "`SYNC_FULL_CHECK_HOURS`, `digest` all on every run",
+        default=Compare.RECENT,
+        default_text="`recent`",
+    ),
+    Setting(
+        "sync_recheck_hours",
+        _number(minimum=0),
+        "`recent`: tags and referrers the source changed this recently are rechecked at the target",
+        default=6.0,
+    ),
+    Setting(
+        "sync_full_check_hours",
+        _number(minimum=1),
+        "`recent`: each repository is fully rechecked (moved tags, referrers) once per this period",
+        default=24.0,
+    ),
+    Setting(
+        "sync_referrers",
+        _referrers,
+        "referrers (signatures, SBOMs, attestations) mirrored with their images: `all`, `none`, or "
+        "a list of artifact types",
+        default=ReferrerPolicy(),
+        default_text="`all`",
+    ),
+    Setting(
+        "sync_concurrency",
+        _number(integer=True, minimum=1, maximum=64),
+        "repositories and tags processed in parallel (each copy also runs 4 blob transfers)",
+        default=8,
+    ),
+    Setting(
+        "key_vault_url", _https_url, "vault holding the credentials (the app's managed identity reads it)"
+    ),
+    Setting(
+        "sync_config", _text, "YAML/JSON file with these settings and a list of `targets`", in_file=False
+    ),
     # the Functions app
-    Setting("sync_schedule", _schedule, "timer CRON (six fields), read by the Functions host",
-            default="0 */15 * * * *"),
+    Setting(
+        "sync_schedule",
+        _schedule,
+        "timer CRON (six fields), read by the Functions host",
+        default="0 */15 * * * *",
+    ),
     Setting("sync_queue", _queue_name, "work queue name", default=DEFAULT_QUEUE),
-    Setting("sync_time_budget_seconds", _number(minimum=10),
-            "a worker starts no new copy after this; the rest is re-enqueued", default=1500.0),
-)  # fmt: skip
+    Setting(
+        "sync_time_budget_seconds",
+        _number(minimum=10),
+        "a worker starts no new copy after this; the rest is re-enqueued",
+        default=1500.0,
+    ),
+)
 
 GLOBAL_SETTINGS = tuple(s for s in SETTINGS if s.scope & G)
 TARGET_SETTINGS = tuple(s for s in SETTINGS if s.scope & T)
@@ -573,8 +732,13 @@ def settings_markdown() -> str:
     for s in SETTINGS:
         if s.in_env and (s.scope & G or s.scope is T):
             lines.append(f"| `{s.env_name}` | {s.help} | {_documented_default(s)} |")
-    lines += ["", "Keys of each entry of `targets` in the file:", "",
-              "| key | meaning | default |", "| --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        "Keys of each entry of `targets` in the file:",
+        "",
+        "| key | meaning | default |",
+        "| --- | --- | --- |",
+    ]
     for s in TARGET_SETTINGS:
         if s.in_file:
             lines.append(f"| `{s.key}` | {s.help} | {_documented_default(s)} |")
@@ -643,9 +807,12 @@ def _read_filters(values: Mapping[str, Any], prefix: str, problems: Problems) ->
 
 
 def _credentials(
-    values: Mapping[str, Any], name: Callable[[str], str], problems: Problems, env: Mapping[str, str],
+    values: Mapping[str, Any],
+    name: Callable[[str], str],
+    problems: Problems,
+    env: Mapping[str, str],
     file_mode: bool,
-) -> CredentialSpec:  # fmt: skip
+) -> CredentialSpec:
     """``values`` holds ``username``, ``password``, ``*_secret`` (and ``*_env`` in a file)."""
     username, password = _get(values, "username"), _get(values, "password")
     if file_mode:
@@ -712,7 +879,11 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
     source_registry = read("source_registry")
     kind = read("source_kind")
     if kind is None and source_registry:
-        kind = SourceKind.ACR if (urlsplit(source_registry).hostname or "").endswith(".azurecr.io") else SourceKind.OCI
+        kind = (
+            SourceKind.ACR
+            if (urlsplit(source_registry).hostname or "").endswith(".azurecr.io")
+            else SourceKind.OCI
+        )
     source = SourceConfig(
         registry=source_registry or "",
         kind=kind or SourceKind.OCI,
@@ -720,7 +891,11 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
         repositories=read("source_repositories"),
         allow_empty=bool(read("source_allow_empty")),
         credentials=_credentials(
-            _strip_prefix(settings, "source_"), lambda k: f"SOURCE_{k.upper()}", problems, env, file_mode=False
+            _strip_prefix(settings, "source_"),
+            lambda k: f"SOURCE_{k.upper()}",
+            problems,
+            env,
+            file_mode=False,
         ),
     )
     filters = _read_filters(settings, "", problems)
@@ -830,9 +1005,13 @@ def _read_file(path: str, problems: Problems) -> dict[str, Any] | None:
 
 
 def _target(
-    values: Mapping[str, Any], name: str, setting_name: Callable[[str], str], problems: Problems,
-    env: Mapping[str, str], file_mode: bool,
-) -> TargetConfig:  # fmt: skip
+    values: Mapping[str, Any],
+    name: str,
+    setting_name: Callable[[str], str],
+    problems: Problems,
+    env: Mapping[str, str],
+    file_mode: bool,
+) -> TargetConfig:
     def read(key: str) -> Any:
         setting = next(s for s in TARGET_SETTINGS if s.key == key)
         return _read(values, setting, setting_name(key), problems)
@@ -853,7 +1032,9 @@ def _target(
     )
 
 
-def _env_target(settings: Mapping[str, Any], problems: Problems, env: Mapping[str, str]) -> TargetConfig | None:
+def _env_target(
+    settings: Mapping[str, Any], problems: Problems, env: Mapping[str, str]
+) -> TargetConfig | None:
     values = {k: v for k, v in _strip_prefix(settings, "target_").items() if k in _ENV_TARGET_KEYS}
     if _get(values, "registry") is None:
         problems.add("TARGET_REGISTRY", "is required (or a SYNC_CONFIG file with targets)")
@@ -868,7 +1049,9 @@ def _file_target(item: Any, index: int, problems: Problems, env: Mapping[str, st
         return None
     item = _lower_keys(item)
     name = _get(item, "name")
-    name = (_target_name(name, f"{where}.name", problems) if name is not None else None) or f"target{index + 1}"
+    name = (
+        _target_name(name, f"{where}.name", problems) if name is not None else None
+    ) or f"target{index + 1}"
     where = f"targets[{name}]"
     known = {s.key for s in TARGET_SETTINGS}
     for key in sorted(set(item) - known):

@@ -122,7 +122,9 @@ class CopyResult:
     warnings: list[str] = field(default_factory=list)
     rewritten_from: str | None = None  # the source index digest, when this target got a narrowed index
     error: BaseException | None = field(default=None, repr=False)  # what stopped this target
-    referrer_errors: list[ReferrerFailure] = field(default_factory=list)  # referrers that could not be mirrored
+    referrer_errors: list[ReferrerFailure] = field(
+        default_factory=list
+    )  # referrers that could not be mirrored
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def fail(self, error: BaseException) -> None:
@@ -519,7 +521,9 @@ class Copier:
         for push in pushes:
             push.result()
 
-    def _push_all(self, placement: Placement, view: ImageTree, missing: list[Manifest], result: CopyResult) -> None:
+    def _push_all(
+        self, placement: Placement, view: ImageTree, missing: list[Manifest], result: CopyResult
+    ) -> None:
         try:
             self._push_manifests(placement, view, missing, result)
         except SkipImage as exc:
@@ -568,7 +572,9 @@ class Copier:
                 what = "image" if manifest is tree.top else f"child manifest {manifest.digest}"
                 raise SkipImage(f"{what} has type {hit[0]}, which this target skips")
 
-    def _missing_manifests(self, views: list[tuple[Placement, ImageTree]]) -> list[list[Manifest] | Exception]:
+    def _missing_manifests(
+        self, views: list[tuple[Placement, ImageTree]]
+    ) -> list[list[Manifest] | Exception]:
         """Per placement, the manifests below the top that its target lacks (children first), or
         what stopped the check there.
 
@@ -613,9 +619,12 @@ class Copier:
         placed = {b.digest for m in [*missing, tree.top] for b in tree.blobs_of.get(m.digest, ())}
         below = {m.digest for m in missing}
         held = {
-            b.digest: b for m in tree.manifests if m.digest not in below
-            for b in tree.blobs_of.get(m.digest, ()) if b.digest not in placed
-        }  # fmt: skip
+            b.digest: b
+            for m in tree.manifests
+            if m.digest not in below
+            for b in tree.blobs_of.get(m.digest, ())
+            if b.digest not in placed
+        }
         if not held:
             return
         destination, repo = placement.destination, placement.repository
@@ -671,8 +680,11 @@ class Copier:
         if info.digest == digest:
             return True
         # a target that narrows indexes holds its own index, annotated with the source digest
-        return placement.rules.rewrites and narrowed_from(client.get_manifest(placement.repository, placement.tag),
-                                                          placement.rules) == digest  # fmt: skip
+        return (
+            placement.rules.rewrites
+            and narrowed_from(client.get_manifest(placement.repository, placement.tag), placement.rules)
+            == digest
+        )
 
     def _push_manifests(
         self, placement: Placement, tree: ImageTree, missing: list[Manifest], result: CopyResult
@@ -713,8 +725,10 @@ class Copier:
         "unknown manifest class for <config type>". None of these changes by trying again.
         """
         text = str(error).lower()
-        if not is_digest(reference) and error.status in (400, 403, 409, 500) and (
-            "immutab" in text or "cannot be overwritten" in text or error.status == 409
+        if (
+            not is_digest(reference)
+            and error.status in (400, 403, 409, 500)
+            and ("immutab" in text or "cannot be overwritten" in text or error.status == 409)
         ):  # a bare 403 is a refusal of our rights (an AuthError to fix), not of the tag
             held = destination.client.head_manifest(repo, reference)
             if held is not None and held.digest and held.digest != manifest.digest:
@@ -752,13 +766,16 @@ class Copier:
                     if not any(r is result for _, r in needs.get(blob.digest, ())):
                         needs.setdefault(blob.digest, []).append((placement, result))
         futures = [
-            self.pool.submit(self._place_blob, src_repo, blobs[digest], targets) for digest, targets in needs.items()
+            self.pool.submit(self._place_blob, src_repo, blobs[digest], targets)
+            for digest, targets in needs.items()
         ]
         wait(futures)
         for future in futures:
             future.result()  # _place_blob records failures per target; anything else is a bug
 
-    def _place_blob(self, src_repo: str, blob: Descriptor, targets: list[tuple[Placement, CopyResult]]) -> None:
+    def _place_blob(
+        self, src_repo: str, blob: Descriptor, targets: list[tuple[Placement, CopyResult]]
+    ) -> None:
         """Make ``blob`` present at each target: known, mounted, found, or uploaded (one source read)."""
         uploads: list[tuple[Placement, CopyResult, str | None]] = []
         try:
@@ -792,8 +809,12 @@ class Copier:
 
         def unknown(placement: Placement, result: CopyResult) -> bool:
             ledger, repo = placement.destination.ledger, placement.repository
-            return result.error is None and not ledger.known(repo, blob.digest) and not ledger.uploading(blob.digest) \
-                and ledger.holder(blob.digest, exclude=repo) is None  # fmt: skip
+            return (
+                result.error is None
+                and not ledger.known(repo, blob.digest)
+                and not ledger.uploading(blob.digest)
+                and ledger.holder(blob.digest, exclude=repo) is None
+            )
 
         asked = [i for i, (placement, result) in enumerate(targets) if unknown(placement, result)]
         if len(asked) < 2:
@@ -816,7 +837,9 @@ class Copier:
         wait(others)
         return absent
 
-    def _settle(self, placement: Placement, blob: Descriptor, result: CopyResult, absent: bool = False) -> str | None:
+    def _settle(
+        self, placement: Placement, blob: Descriptor, result: CopyResult, absent: bool = False
+    ) -> str | None:
         """Known, mounted or found at the target: None. Else the upload is claimed for us: an
         upload session's location if a refused mount opened one, or "" (start a new session).
         ``absent``: a HEAD found the blob missing a moment ago (:meth:`_look_for`); not asked again.
@@ -867,14 +890,22 @@ class Copier:
             # (its token service 400 when it dislikes the other name): upload like any other blob.
             if is_transient(exc) or not (isinstance(exc, AuthError) or exc.status == 400):
                 raise
-            log.info("%s refused to mount %s from %s (%s); uploading it", destination.host, blob.digest, holder, exc)
+            log.info(
+                "%s refused to mount %s from %s (%s); uploading it",
+                destination.host,
+                blob.digest,
+                holder,
+                exc,
+            )
             return ""
         if mounted:
             destination.ledger.record(repo, blob.digest, destination.ledger.size_of(blob.digest))
             return None
         return location or ""
 
-    def _upload(self, src_repo: str, blob: Descriptor, uploads: list[tuple[Placement, CopyResult, str | None]]) -> None:
+    def _upload(
+        self, src_repo: str, blob: Descriptor, uploads: list[tuple[Placement, CopyResult, str | None]]
+    ) -> None:
         """Upload ``blob`` to each target: one source read for all (a Tee), then retries one by one."""
         retry_alone = uploads
         if len(uploads) > 1:
@@ -933,7 +964,9 @@ class Copier:
         try:
             client, repo = placement.destination.client, placement.repository
             if body.tee.dropped[body.index]:  # already dropped: open no session to abandon
-                raise SourceStreamError(f"blob {blob.digest}: the upload to {placement.destination.host} fell behind")
+                raise SourceStreamError(
+                    f"blob {blob.digest}: the upload to {placement.destination.host} fell behind"
+                )
             if not location:
                 _, location = client.start_upload(repo)
             assert location is not None
@@ -952,7 +985,9 @@ class Copier:
             raise InvalidContent(f"{where}: source serves {length} bytes, the manifest says {blob.size}")
         return response
 
-    def _upload_alone(self, src_repo: str, blob: Descriptor, placement: Placement, location: str | None) -> None:
+    def _upload_alone(
+        self, src_repo: str, blob: Descriptor, placement: Placement, location: str | None
+    ) -> None:
         """Stream one blob from the source into an upload at one target (restarted if it breaks).
 
         The source stream is opened first: a blob the source cannot serve leaves no abandoned
@@ -980,8 +1015,11 @@ class Copier:
                 if chunked or not _wants_chunked(exc) or number + 1 >= self.retry.attempts:
                     raise
                 destination.chunked = True
-                log.info("%s rejected a single-request upload (HTTP %s); using chunked upload",
-                         destination.host, exc.status)  # fmt: skip
+                log.info(
+                    "%s rejected a single-request upload (HTTP %s); using chunked upload",
+                    destination.host,
+                    exc.status,
+                )
                 raise RetryLater("single-request upload refused", delay=0.0) from None
             except requests.RequestException as exc:
                 raise RegistryError(
@@ -992,8 +1030,13 @@ class Copier:
             if not isinstance(error, RetryLater):
                 log.warning(
                     "restarting upload of %s to %s/%s after %s (attempt %d/%d)",
-                    blob.digest, destination.host, repo, type(error).__name__, attempt + 2, self.retry.attempts,
-                )  # fmt: skip
+                    blob.digest,
+                    destination.host,
+                    repo,
+                    type(error).__name__,
+                    attempt + 2,
+                    self.retry.attempts,
+                )
 
         retrying(attempt, self.retry, what=f"upload of {where}", on_retry=restarting, sleep=self.sleep)
 
@@ -1017,7 +1060,12 @@ class Copier:
         return None
 
     def _mirror_referrers(
-        self, src_repo: str, tree: ImageTree, todo: list[tuple[Placement, CopyResult]], seen: set[str], depth: int
+        self,
+        src_repo: str,
+        tree: ImageTree,
+        todo: list[tuple[Placement, CopyResult]],
+        seen: set[str],
+        depth: int,
     ) -> None:
         """The referrers of every manifest of ``tree`` (placed at each target), recursively.
 
@@ -1033,11 +1081,18 @@ class Copier:
                 self._referrers_of(src_repo, manifest.digest, there, seen, depth)
 
     def _referrers_of(
-        self, src_repo: str, subject: str, todo: list[tuple[Placement, CopyResult]], seen: set[str], depth: int
+        self,
+        src_repo: str,
+        subject: str,
+        todo: list[tuple[Placement, CopyResult]],
+        seen: set[str],
+        depth: int,
     ) -> None:
         if depth >= MAX_REFERRER_DEPTH:
             for _, result in todo:
-                result.warnings.append(f"referrers nested deeper than {MAX_REFERRER_DEPTH} below {subject}: not followed")
+                result.warnings.append(
+                    f"referrers nested deeper than {MAX_REFERRER_DEPTH} below {subject}: not followed"
+                )
             return
         found = [d for d in self.finder.of(src_repo, subject) if d.digest not in seen]
         seen.update(d.digest for d in found)
@@ -1076,7 +1131,12 @@ class Copier:
                     result.warnings.append(f"referrer {descriptor.digest} not mirrored: {sub.reason}")
 
     def _keep_listed(
-        self, src_repo: str, placement: Placement, result: CopyResult, referrer: str, subject: str | None = None
+        self,
+        src_repo: str,
+        placement: Placement,
+        result: CopyResult,
+        referrer: str,
+        subject: str | None = None,
     ) -> None:
         """A referrer the target holds already: at a target without the referrers API, make sure
         its subject's referrers tag lists it (a run that died between the two PUTs, a failed tag
@@ -1098,7 +1158,9 @@ class Copier:
                     api = destination.referrers_api
                     if api is None:
                         try:
-                            api = destination.referrers_api = destination.client.referrers(repo, subject) is not None
+                            api = destination.referrers_api = (
+                                destination.client.referrers(repo, subject) is not None
+                            )
                         except NotFound:
                             return
             if api:
@@ -1108,8 +1170,13 @@ class Copier:
             if destination.referrers_tags.add(repo, subject, self._manifest(src_repo, referrer)):
                 result.count(manifests_pushed=1)
                 result.status = CopyStatus.COPIED  # the mirror changed: the referrer is visible now
-                log.info("listed referrer %s in %s/%s:%s (it was missing)", referrer, destination.host, repo,
-                         fallback_tag(subject))  # fmt: skip
+                log.info(
+                    "listed referrer %s in %s/%s:%s (it was missing)",
+                    referrer,
+                    destination.host,
+                    repo,
+                    fallback_tag(subject),
+                )
         except Exception as exc:  # noqa: BLE001 - this referrer at this target
             result.fail(exc)
 
@@ -1167,7 +1234,9 @@ def narrow_index(index: Manifest, rules: TargetRules) -> Manifest | None:
     for entry in entries:
         if isinstance(entry, dict) and _is_attestation(entry) and not rules.drop_attestations:
             annotations = entry.get("annotations")
-            attests = annotations.get("vnd.docker.reference.digest") if isinstance(annotations, dict) else None
+            attests = (
+                annotations.get("vnd.docker.reference.digest") if isinstance(annotations, dict) else None
+            )
             if attests not in dropped:
                 kept.append(entry)
     if len(kept) == len(entries):
@@ -1248,4 +1317,3 @@ def _found(placement: Placement, blob: Descriptor, size: int) -> None:
 def _wants_chunked(error: BaseException) -> bool:
     """The registry refused a single-request upload (it wants PATCH chunks)."""
     return isinstance(error, RegistryError) and error.status in FALLBACK_TO_CHUNKED
-

@@ -116,12 +116,24 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
     host = request.get("host") if isinstance(request, dict) else None
     source_host = urlsplit(config.source.registry).netloc
     if not isinstance(host, str) or host.lower() != source_host:
-        return Decision(event_id, Action.IGNORE, f"event names registry {clean(host)}, not the source {source_host}",
-                        repository, tag, digest)  # fmt: skip
+        return Decision(
+            event_id,
+            Action.IGNORE,
+            f"event names registry {clean(host)}, not the source {source_host}",
+            repository,
+            tag,
+            digest,
+        )
     namespace = config.source.namespace
     if not in_namespace(repository, namespace):
-        return Decision(event_id, Action.IGNORE, f"{repository} is outside the source namespace {namespace}",
-                        repository, tag, digest)  # fmt: skip
+        return Decision(
+            event_id,
+            Action.IGNORE,
+            f"{repository} is outside the source namespace {namespace}",
+            repository,
+            tag,
+            digest,
+        )
     if config.source.repositories and repository not in config.source.repositories:
         return Decision(
             event_id, Action.IGNORE, f"{repository} is not in SOURCE_REPOSITORIES", repository, tag, digest
@@ -129,7 +141,9 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
     pushed = parse_time(data.get("timestamp")) or parse_time(event.get("eventTime", event.get("time"))) or now
     subject = fallback_tag_subject(tag) if tag else None
     if tag and is_fallback_tag(tag) and (subject is None or not config.referrers.enabled):
-        return Decision(event_id, Action.IGNORE, f"referrers tag {tag}: not followed", repository, tag, digest)
+        return Decision(
+            event_id, Action.IGNORE, f"referrers tag {tag}: not followed", repository, tag, digest
+        )
     work: list[TagWork] = []
     reasons: list[str] = []
     for t in config.targets:
@@ -149,11 +163,31 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
             continue
         if tag is None:
             assert digest is not None
-            work.append(TagWork(t.name, repository, dst_repo, digest, digest, Reason.PUSHED, kind=WorkKind.REFERRER,
-                                pushed=pushed))  # fmt: skip
+            work.append(
+                TagWork(
+                    t.name,
+                    repository,
+                    dst_repo,
+                    digest,
+                    digest,
+                    Reason.PUSHED,
+                    kind=WorkKind.REFERRER,
+                    pushed=pushed,
+                )
+            )
         elif subject is not None:
-            work.append(TagWork(t.name, repository, dst_repo, subject, subject, Reason.PUSHED,
-                                kind=WorkKind.REFERRERS_OF, pushed=pushed))  # fmt: skip
+            work.append(
+                TagWork(
+                    t.name,
+                    repository,
+                    dst_repo,
+                    subject,
+                    subject,
+                    Reason.PUSHED,
+                    kind=WorkKind.REFERRERS_OF,
+                    pushed=pushed,
+                )
+            )
         else:
             work.append(TagWork(t.name, repository, dst_repo, tag, digest, Reason.PUSHED, pushed=pushed))
     if not work:
@@ -180,9 +214,13 @@ def _untagged_ignored(target: dict[str, Any], digest: object, config: SyncConfig
 def log_decision(decision: Decision) -> None:
     what = f"{decision.repository}:{decision.tag}" if decision.repository else "-"
     logs.decision(
-        log, decision.action.value,
+        log,
+        decision.action.value,
         f"event {decision.event_id} {decision.action.value}: {what} ({decision.reason})",
         level=logging.ERROR if decision.action is Action.ERROR else logging.INFO,
-        event_id=decision.event_id, repository=decision.repository, tag=decision.tag, digest=decision.digest,
+        event_id=decision.event_id,
+        repository=decision.repository,
+        tag=decision.tag,
+        digest=decision.digest,
         reason=decision.reason,
-    )  # fmt: skip
+    )

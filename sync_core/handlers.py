@@ -102,12 +102,24 @@ def schedule_messages(
             try:
                 map_repository(config, target, repository)
             except NameRejected as exc:
-                logs.decision(log, "ignored", f"not enqueued {repository} for {target.name}: {exc}",
-                              repository=repository, target=target.name)  # fmt: skip
+                logs.decision(
+                    log,
+                    "ignored",
+                    f"not enqueued {repository} for {target.name}: {exc}",
+                    repository=repository,
+                    target=target.name,
+                )
                 continue
-            messages.append(WorkMessage(MessageKind.REPOSITORY, repository, target.name, full_check=due).dumps())
-    logs.decision(log, "enqueued", f"enqueued {len(messages)} repository messages ({full} repositories "
-                  "fully checked)", count=len(messages), full_checks=full)  # fmt: skip
+            messages.append(
+                WorkMessage(MessageKind.REPOSITORY, repository, target.name, full_check=due).dumps()
+            )
+    logs.decision(
+        log,
+        "enqueued",
+        f"enqueued {len(messages)} repository messages ({full} repositories fully checked)",
+        count=len(messages),
+        full_checks=full,
+    )
     return messages
 
 
@@ -119,8 +131,15 @@ def event_messages(event: dict[str, Any], config: SyncConfig) -> list[str]:
     log_decision(decision)
     messages = [_tag_message(w) for w in decision.work]
     for work in decision.work:
-        logs.decision(log, "enqueued", f"enqueued {work.source_repository}:{work.tag} for {work.target}",
-                      repository=work.source_repository, tag=work.tag, digest=work.digest, target=work.target)  # fmt: skip
+        logs.decision(
+            log,
+            "enqueued",
+            f"enqueued {work.source_repository}:{work.tag} for {work.target}",
+            repository=work.source_repository,
+            tag=work.tag,
+            digest=work.digest,
+            target=work.target,
+        )
     return messages
 
 
@@ -137,11 +156,13 @@ def events_messages(payload: object, config: SyncConfig) -> list[str]:
 def _tag_message(work: TagWork) -> str:
     """The queue message for one work item (REFERRERS_OF travels as its referrers tag)."""
     if work.kind is WorkKind.REFERRER:
-        return WorkMessage(MessageKind.REFERRER, work.source_repository, work.target, digest=work.tag,
-                           pushed=work.pushed).dumps()  # fmt: skip
+        return WorkMessage(
+            MessageKind.REFERRER, work.source_repository, work.target, digest=work.tag, pushed=work.pushed
+        ).dumps()
     tag = fallback_tag(work.tag) if work.kind is WorkKind.REFERRERS_OF else work.tag
-    return WorkMessage(MessageKind.TAG, work.source_repository, work.target, tag, work.digest,
-                       pushed=work.pushed).dumps()  # fmt: skip
+    return WorkMessage(
+        MessageKind.TAG, work.source_repository, work.target, tag, work.digest, pushed=work.pushed
+    ).dumps()
 
 
 def process_message(
@@ -174,23 +195,52 @@ def _process(text: str | bytes, syncer: Syncer, budget_seconds: float | None) ->
         work = syncer.plan_repository(message.repository, summary, [target.name], check)
     elif message.kind is MessageKind.REFERRER:
         assert message.digest is not None
-        work = syncer.planner.image(message.repository, message.digest, message.digest, Reason.QUEUED, recorder,
-                                    [target.name], WorkKind.REFERRER, message.pushed)  # fmt: skip
+        work = syncer.planner.image(
+            message.repository,
+            message.digest,
+            message.digest,
+            Reason.QUEUED,
+            recorder,
+            [target.name],
+            WorkKind.REFERRER,
+            message.pushed,
+        )
     else:
         assert message.tag is not None
         subject = fallback_tag_subject(message.tag)
         if subject is not None:
-            work = syncer.planner.image(message.repository, subject, subject, Reason.QUEUED, recorder,
-                                        [target.name], WorkKind.REFERRERS_OF, message.pushed)  # fmt: skip
+            work = syncer.planner.image(
+                message.repository,
+                subject,
+                subject,
+                Reason.QUEUED,
+                recorder,
+                [target.name],
+                WorkKind.REFERRERS_OF,
+                message.pushed,
+            )
         else:
-            work = syncer.planner.image(message.repository, message.tag, message.digest, Reason.QUEUED, recorder,
-                                        [target.name], pushed=message.pushed)  # fmt: skip
+            work = syncer.planner.image(
+                message.repository,
+                message.tag,
+                message.digest,
+                Reason.QUEUED,
+                recorder,
+                [target.name],
+                pushed=message.pushed,
+            )
     left = syncer.execute(work, summary, deadline=deadline)
     summary.duration_seconds = time.monotonic() - started
     leftover = [_tag_message(w) for w in left]
     if leftover:
-        logs.decision(log, "enqueued", f"time budget reached: re-enqueued {len(leftover)} tags of {message.repository}",
-                      repository=message.repository, target=target.name, count=len(leftover))  # fmt: skip
+        logs.decision(
+            log,
+            "enqueued",
+            f"time budget reached: re-enqueued {len(leftover)} tags of {message.repository}",
+            repository=message.repository,
+            target=target.name,
+            count=len(leftover),
+        )
     if summary.retryable:
         reasons = "; ".join(f"{f['item']}: {f['reason']}" for f in summary.failures[:5])
         raise SyncError(
@@ -198,7 +248,13 @@ def _process(text: str | bytes, syncer: Syncer, budget_seconds: float | None) ->
         )
     if not summary.ok:
         # nothing a redelivery could change (a refusal, a permission): reported, never poisoned
-        logs.decision(log, "not-retried", f"{len(summary.failures)} permanent failure(s) syncing "
-                      f"{message.repository} to {target.name}: not retried by the queue",
-                      level=logging.ERROR, repository=message.repository, target=target.name)  # fmt: skip
+        logs.decision(
+            log,
+            "not-retried",
+            f"{len(summary.failures)} permanent failure(s) syncing "
+            f"{message.repository} to {target.name}: not retried by the queue",
+            level=logging.ERROR,
+            repository=message.repository,
+            target=target.name,
+        )
     return summary, leftover

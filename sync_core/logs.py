@@ -36,7 +36,11 @@ def decision(
 ) -> None:
     dims = {"decision": what, **{k: v for k, v in fields.items() if v is not None}}
     tail = " ".join(f"{k}={clean(v)}" for k, v in dims.items())
-    flat = {k: v if isinstance(v, (str, bool, int, float)) else clean(v) for k, v in dims.items() if k not in _RESERVED}
+    flat = {
+        k: v if isinstance(v, (str, bool, int, float)) else clean(v)
+        for k, v in dims.items()
+        if k not in _RESERVED
+    }
     logger.log(level, "%s | %s", clean(message, 2000), tail, extra={"custom_dimensions": dims, **flat})
 
 

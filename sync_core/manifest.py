@@ -217,7 +217,9 @@ def _schema1_layers(document: dict[str, Any], digest: str) -> list[Descriptor]:
         try:
             found.setdefault(check_digest(blob), Descriptor(DOCKER_LAYER, check_digest(blob), UNKNOWN_SIZE))
         except InvalidContent:
-            raise InvalidContent(f"schema 1 manifest {digest} fsLayers[{i}]: invalid blobSum {blob!r}") from None
+            raise InvalidContent(
+                f"schema 1 manifest {digest} fsLayers[{i}]: invalid blobSum {blob!r}"
+            ) from None
     return list(found.values())
 
 
@@ -236,7 +238,9 @@ def schema1_payload(raw: bytes, where: str) -> bytes:
             raise ValueError("formatLength")
         return raw[:length] + base64.urlsafe_b64decode(tail + "=" * (-len(tail) % 4))
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise InvalidContent(f"{where}: signed schema 1 manifest with an unreadable signature ({exc})") from None
+        raise InvalidContent(
+            f"{where}: signed schema 1 manifest with an unreadable signature ({exc})"
+        ) from None
 
 
 def _schema1_payload_digest(raw: bytes, where: str, expected: str) -> str | None:
@@ -268,14 +272,18 @@ def parse_manifest(
     if document.get("schemaVersion") == 1:
         media_type = SCHEMA1_SIGNED if "signatures" in document else SCHEMA1
     schema = document.get("schemaVersion")
-    if not (schema == 2 or (schema == 1 and media_type in SCHEMA1_TYPES) or (
-        media_type == OCI_ARTIFACT and "schemaVersion" not in document
-    )):  # fmt: skip
+    if not (
+        schema == 2
+        or (schema == 1 and media_type in SCHEMA1_TYPES)
+        or (media_type == OCI_ARTIFACT and "schemaVersion" not in document)
+    ):
         raise InvalidContent(f"{where}: unsupported manifest schemaVersion {schema!r}")
     if media_type in SCHEMA1_TYPES and schema != 1:
         raise InvalidContent(f"{where}: manifest declares {media_type} but is schemaVersion {schema!r}")
     # a signed schema 1 manifest's digest is that of its payload (registries compute it so)
-    digest = expected_digest or digest_of(schema1_payload(raw, where) if media_type == SCHEMA1_SIGNED else raw)
+    digest = expected_digest or digest_of(
+        schema1_payload(raw, where) if media_type == SCHEMA1_SIGNED else raw
+    )
     if media_type not in MANIFEST_TYPES:
         raise InvalidContent(f"{where}: unsupported manifest media type {media_type!r}")
     manifest = Manifest(raw, media_type, digest)

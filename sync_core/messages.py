@@ -45,8 +45,11 @@ class WorkMessage:
 
     def dumps(self) -> str:
         body: dict[str, Any] = {
-            "v": VERSION, "kind": self.kind.value, "repository": self.repository, "target": self.target,
-        }  # fmt: skip
+            "v": VERSION,
+            "kind": self.kind.value,
+            "repository": self.repository,
+            "target": self.target,
+        }
         if self.kind is MessageKind.TAG:
             body["tag"] = self.tag
         if self.kind is not MessageKind.REPOSITORY and self.digest:

@@ -66,8 +66,18 @@ CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 WORKER_TELEMETRY = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
 # What configure_azure_monitor() instruments by default (distro 1.8): all off, registry requests
 # would otherwise each become a dependency record.
-INSTRUMENTATIONS = ("azure_sdk", "django", "fastapi", "flask", "httpx", "httpx2", "psycopg2", "requests",
-                    "urllib", "urllib3")  # fmt: skip
+INSTRUMENTATIONS = (
+    "azure_sdk",
+    "django",
+    "fastapi",
+    "flask",
+    "httpx",
+    "httpx2",
+    "psycopg2",
+    "requests",
+    "urllib",
+    "urllib3",
+)
 FLUSH_TIMEOUT_SECONDS = 10.0
 EXPORT_TIMEOUT_SECONDS = 10  # per export request (azure-core's default read timeout is 300 s)
 
@@ -178,8 +188,12 @@ class Metrics:
             return
         meter = provider.get_meter(METER)
         self._tags = meter.create_counter(TAGS, unit="{tag}", description="Tags per target and outcome")
-        self._bytes = meter.create_counter(BYTES_UPLOADED, unit="By", description="Bytes uploaded to the target")
-        self._blobs = meter.create_counter(BLOBS, unit="{blob}", description="Blobs placed at the target, by how")
+        self._bytes = meter.create_counter(
+            BYTES_UPLOADED, unit="By", description="Bytes uploaded to the target"
+        )
+        self._blobs = meter.create_counter(
+            BLOBS, unit="{blob}", description="Blobs placed at the target, by how"
+        )
         self._referrers = meter.create_counter(REFERRERS, unit="{referrer}", description="Referrers copied")
         self._duration = meter.create_histogram(RUN_DURATION, unit="s", description="One run or invocation")
         self._lag = meter.create_histogram(

@@ -35,7 +35,9 @@ IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES | {OCI_ARTIFACT} | SCHEMA1_TYPES
 # Schema 1 last: a registry that can convert (distribution) only does so for clients that do not
 # accept schema 2; we accept every type and always get what the registry holds.
-MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, OCI_ARTIFACT, SCHEMA1_SIGNED, SCHEMA1])
+MANIFEST_ACCEPT = ", ".join(
+    [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, OCI_ARTIFACT, SCHEMA1_SIGNED, SCHEMA1]
+)
 # The referrers tag schema (distribution-spec 1.1): <alg>-<first 64 characters of the digest's hex>.
 _FALLBACK_TAG_RE = re.compile(r"(sha256|sha512)-([a-f0-9]{64})")
 

@@ -178,7 +178,9 @@ def target_repository(
         if match is None:
             continue
         if rule.replace is None:
-            raise NameRejected(f"{source_repo}: a mapping rule ({rule.match.pattern!r}: null) leaves it out of {target.name}")
+            raise NameRejected(
+                f"{source_repo}: a mapping rule ({rule.match.pattern!r}: null) leaves it out of {target.name}"
+            )
         name = match.expand(rule.replace)
         break
     if not is_repository(name) or len(name) > MAX_REPOSITORY_LENGTH:
@@ -366,9 +368,10 @@ class Planner:
             return None
         children = {c for e in entries for c in e.references}
         return [
-            e for e in entries
+            e
+            for e in entries
             if not e.tags and e.digest not in children and e.readable and e.media_type not in DOCKER_TYPES
-        ]  # fmt: skip
+        ]
 
     def _recheck(self, tag: TagInfo, check: Check, now: dt.datetime) -> bool:
         """Whether a tag the target has is compared with the source (one HEAD at the target)."""
@@ -412,23 +415,54 @@ class Planner:
             for tag in readable:
                 if tag.name not in present:
                     work.append(
-                        TagWork(target.name, repository, dst_repo, tag.name, tag.digest, Reason.MISSING, absent,
-                                pushed=tag.updated)  # fmt: skip
+                        TagWork(
+                            target.name,
+                            repository,
+                            dst_repo,
+                            tag.name,
+                            tag.digest,
+                            Reason.MISSING,
+                            absent,
+                            pushed=tag.updated,
+                        )
                     )
                 elif self._recheck(tag, check, now):
                     source_digest = tag.digest or self._source_digest(repository, tag.name)
                     info = client.head_manifest(dst_repo, tag.name)
-                    if info is None or not self._same(client, target, dst_repo, tag.name, info.digest, source_digest):
+                    if info is None or not self._same(
+                        client, target, dst_repo, tag.name, info.digest, source_digest
+                    ):
                         work.append(
-                            TagWork(target.name, repository, dst_repo, tag.name, source_digest,
-                                    Reason.DIGEST_DIFFERS, AtTarget.TAG_DIFFERS, pushed=tag.updated)
-                        )  # fmt: skip
-                    elif check is Check.FULL and source_digest and candidates is None and self.config.referrers.enabled:
+                            TagWork(
+                                target.name,
+                                repository,
+                                dst_repo,
+                                tag.name,
+                                source_digest,
+                                Reason.DIGEST_DIFFERS,
+                                AtTarget.TAG_DIFFERS,
+                                pushed=tag.updated,
+                            )
+                        )
+                    elif (
+                        check is Check.FULL
+                        and source_digest
+                        and candidates is None
+                        and self.config.referrers.enabled
+                    ):
                         # a source without an untagged listing: ask it for this image's referrers
                         work.append(
-                            TagWork(target.name, repository, dst_repo, source_digest, source_digest,
-                                    Reason.FULL_CHECK, AtTarget.TAG_CURRENT, kind=WorkKind.REFERRERS_OF)
-                        )  # fmt: skip
+                            TagWork(
+                                target.name,
+                                repository,
+                                dst_repo,
+                                source_digest,
+                                source_digest,
+                                Reason.FULL_CHECK,
+                                AtTarget.TAG_CURRENT,
+                                kind=WorkKind.REFERRERS_OF,
+                            )
+                        )
         except Exception as exc:  # noqa: BLE001
             recorder.failed(
                 f"{repository} -> {target.name}", f"diff: {describe(exc)}", target.name, tags=len(readable)
@@ -437,15 +471,28 @@ class Planner:
         recorder.summary.missing(target.name, sum(1 for w in work if w.kind is WorkKind.TAG))
         reason = Reason.FULL_CHECK if check is Check.FULL else Reason.RECENT
         work.extend(
-            TagWork(target.name, repository, dst_repo, e.digest, e.digest, reason, kind=WorkKind.REFERRER,
-                    pushed=e.updated)
+            TagWork(
+                target.name,
+                repository,
+                dst_repo,
+                e.digest,
+                e.digest,
+                reason,
+                kind=WorkKind.REFERRER,
+                pushed=e.updated,
+            )
             for e in candidates or ()
         )
         return work
 
     @staticmethod
     def _same(
-        client: RegistryClient, target: TargetConfig, repository: str, tag: str, held: str | None, source: str | None
+        client: RegistryClient,
+        target: TargetConfig,
+        repository: str,
+        tag: str,
+        held: str | None,
+        source: str | None,
     ) -> bool:
         """Whether the target's ``tag`` (digest ``held``) is the source's ``source``: the same digest,
         or, at a target that narrows indexes, an index narrowed from it by the current rules (one GET)."""
@@ -489,5 +536,9 @@ class Planner:
                 sep = "@" if is_digest(reference) else ":"
                 recorder.skipped(f"{repository}{sep}{reference}", str(exc), target.name)
                 continue
-            work.append(TagWork(target.name, repository, dst_repo, reference, digest, reason, kind=kind, pushed=pushed))
+            work.append(
+                TagWork(
+                    target.name, repository, dst_repo, reference, digest, reason, kind=kind, pushed=pushed
+                )
+            )
         return work

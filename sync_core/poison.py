@@ -89,8 +89,9 @@ class QueueAccess:
     def __post_init__(self) -> None:
         if bool(self.connection_string) == bool(self.account_url):
             raise ConfigError("storage: give a connection string or an account URL (one of them)")
-        if self.account_url is not None and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9-]*)?/?",
-                                                             self.account_url):  # fmt: skip
+        if self.account_url is not None and not re.fullmatch(
+            r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9-]*)?/?", self.account_url
+        ):
             raise ConfigError(
                 "--account-url: expected https://<account>.queue.core.windows.net (no path, no SAS token)"
             )
@@ -251,8 +252,14 @@ class PoisonMessage:
         }
 
 
-def inspect(message_id: str, content: str, config: SyncConfig, *, inserted_on: dt.datetime | None = None,
-            dequeue_count: int | None = None) -> PoisonMessage:  # fmt: skip
+def inspect(
+    message_id: str,
+    content: str,
+    config: SyncConfig,
+    *,
+    inserted_on: dt.datetime | None = None,
+    dequeue_count: int | None = None,
+) -> PoisonMessage:
     """Decode (base64, UTF-8) and validate one stored message.
 
     A message stored as plain text (not base64) that is otherwise valid is accepted too (``plain``):
@@ -267,9 +274,18 @@ def inspect(message_id: str, content: str, config: SyncConfig, *, inserted_on: d
         try:
             work = parse_message(content, config)
         except InvalidContent as exc:
-            return PoisonMessage(message_id, content, body=content, fields=fields, plain=True,
-                                 problem=f"not base64, and as plain text: {exc}", **common)  # fmt: skip
-        return PoisonMessage(message_id, content, body=content, work=work, fields=fields, plain=True, **common)
+            return PoisonMessage(
+                message_id,
+                content,
+                body=content,
+                fields=fields,
+                plain=True,
+                problem=f"not base64, and as plain text: {exc}",
+                **common,
+            )
+        return PoisonMessage(
+            message_id, content, body=content, work=work, fields=fields, plain=True, **common
+        )
     fields = _shown_fields(body)
     try:
         work = parse_message(body, config)
@@ -284,13 +300,16 @@ def _shown_fields(text: str) -> dict[str, str]:
         doc = parse_json(text, "message", dict)
     except InvalidContent:
         return {}
-    return {k: v for k in ("kind", "repository", "target", "tag", "digest") if isinstance(v := doc.get(k), str)}
+    return {
+        k: v for k in ("kind", "repository", "target", "tag", "digest") if isinstance(v := doc.get(k), str)
+    }
 
 
 def _from_sdk(message: QueueMessage, config: SyncConfig) -> PoisonMessage:
     content = message.content if isinstance(message.content, str) else str(message.content or "")
-    return inspect(str(message.id), content, config, inserted_on=message.inserted_on,
-                   dequeue_count=message.dequeue_count)  # fmt: skip
+    return inspect(
+        str(message.id), content, config, inserted_on=message.inserted_on, dequeue_count=message.dequeue_count
+    )
 
 
 # -- selection ------------------------------------------------------------------------------------
@@ -340,8 +359,12 @@ class Outcome:
     message: PoisonMessage | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "action": self.action.value, "detail": self.detail,
-                "message": self.message.to_dict() if self.message else None}  # fmt: skip
+        return {
+            "id": self.id,
+            "action": self.action.value,
+            "detail": self.detail,
+            "message": self.message.to_dict() if self.message else None,
+        }
 
 
 @dataclass
@@ -359,17 +382,25 @@ class Listing:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "queue": self.queue, "poison_queue": self.poison_queue, "approximate_count": self.approximate_count,
-            "complete": self.complete, "messages": [m.to_dict() for m in self.messages],
-        }  # fmt: skip
+            "queue": self.queue,
+            "poison_queue": self.poison_queue,
+            "approximate_count": self.approximate_count,
+            "complete": self.complete,
+            "messages": [m.to_dict() for m in self.messages],
+        }
 
     def render(self) -> str:
-        lines = [f"poison queue {self.poison_queue}: about {self.approximate_count} message(s), "
-                 f"{len(self.messages)} shown"]  # fmt: skip
+        lines = [
+            f"poison queue {self.poison_queue}: about {self.approximate_count} message(s), "
+            f"{len(self.messages)} shown"
+        ]
         if not self.complete and self.approximate_count > len(self.messages):
             lines.append(f"  (a peek shows the first {PAGE} only; `poison list --all` scans them all)")
         if self.messages:
-            rows = [_row(m) + [m.problem or ("ok (stored as plain text)" if m.plain else "ok")] for m in self.messages]
+            rows = [
+                _row(m) + [m.problem or ("ok (stored as plain text)" if m.plain else "ok")]
+                for m in self.messages
+            ]
             lines += _table(["ID", "INSERTED", "KIND", "REPOSITORY", "TARGET", "TAG", "STATUS"], rows)
         return "\n".join(lines)
 
@@ -396,14 +427,22 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "operation": self.operation, "queue": self.queue, "poison_queue": poison_queue_name(self.queue),
-            "dry_run": self.dry_run, "ok": self.ok, "counts": self.counts(), "error": self.error,
+            "operation": self.operation,
+            "queue": self.queue,
+            "poison_queue": poison_queue_name(self.queue),
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "counts": self.counts(),
+            "error": self.error,
             "results": [o.to_dict() for o in self.outcomes],
-        }  # fmt: skip
+        }
 
     def render(self) -> str:
-        arrow = f"{poison_queue_name(self.queue)} -> {self.queue}" if self.operation == "replay" else (
-            poison_queue_name(self.queue))  # fmt: skip
+        arrow = (
+            f"{poison_queue_name(self.queue)} -> {self.queue}"
+            if self.operation == "replay"
+            else (poison_queue_name(self.queue))
+        )
         head = f"{self.operation} {arrow}{' (dry run: nothing sent or deleted)' if self.dry_run else ''}"
         lines = [head]
         if self.outcomes:
@@ -424,14 +463,22 @@ class Result:
 def _row(m: PoisonMessage) -> list[str]:
     when = m.inserted_on.strftime("%Y-%m-%d %H:%M") if m.inserted_on else ""
     tag = m.fields.get("tag") or m.fields.get("digest") or ""
-    return [logs.clean(m.id, 64), when, logs.clean(m.fields.get("kind", ""), 12),
-            logs.clean(m.repository or "", 80), logs.clean(m.target or "", 40), logs.clean(tag, 80)]  # fmt: skip
+    return [
+        logs.clean(m.id, 64),
+        when,
+        logs.clean(m.fields.get("kind", ""), 12),
+        logs.clean(m.repository or "", 80),
+        logs.clean(m.target or "", 40),
+        logs.clean(tag, 80),
+    ]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    return ["  " + "  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]).rstrip()
-            for r in [header, *rows]]  # fmt: skip
+    return [
+        "  " + "  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]).rstrip()
+        for r in [header, *rows]
+    ]
 
 
 class _Stopped(Exception):
@@ -453,8 +500,15 @@ def _approximate_count(client: QueueClient, access: QueueAccess) -> int:
 class PoisonQueue:
     """The work queue and its poison queue in one storage account."""
 
-    def __init__(self, access: QueueAccess, queue: str, config: SyncConfig, *, retries: int = 3,
-                 visibility_timeout: int = DEFAULT_VISIBILITY_SECONDS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        access: QueueAccess,
+        queue: str,
+        config: SyncConfig,
+        *,
+        retries: int = 3,
+        visibility_timeout: int = DEFAULT_VISIBILITY_SECONDS,
+    ) -> None:
         self.access = access
         self.queue = queue
         self.poison_name = poison_queue_name(queue)
@@ -524,8 +578,12 @@ class PoisonQueue:
         except AzureError as exc:
             raise self._error(exc, "checking the work queue", self.queue) from None
 
-    def _run(self, selector: Selector, result: Result,
-             act: Callable[[QueueMessage, PoisonMessage, Result], Outcome]) -> None:  # fmt: skip
+    def _run(
+        self,
+        selector: Selector,
+        result: Result,
+        act: Callable[[QueueMessage, PoisonMessage, Result], Outcome],
+    ) -> None:
         seen: set[str] = set()
 
         def handle(raw: QueueMessage, message: PoisonMessage) -> bool:
@@ -552,8 +610,9 @@ class PoisonQueue:
         from azure.core.exceptions import AzureError
 
         if message.status is Status.INVALID:
-            return Outcome(message.id, Action.SKIPPED, f"invalid, would fail again (drop it): {message.problem}",
-                           message)  # fmt: skip
+            return Outcome(
+                message.id, Action.SKIPPED, f"invalid, would fail again (drop it): {message.problem}", message
+            )
         if result.dry_run:
             return Outcome(message.id, Action.WOULD_REPLAY, f"to {self.queue}", message)
         try:
@@ -565,11 +624,20 @@ class PoisonQueue:
             self.poison.delete_message(raw.id, raw.pop_receipt)
         except AzureError as exc:
             result.error = str(self._error(exc, "deleting a replayed message"))
-            return Outcome(message.id, Action.FAILED,
-                           f"sent to {self.queue} but still in the poison queue too: drop it by id",
-                           message)  # fmt: skip
-        logs.decision(log, "replayed", f"replayed poison message {message.id} to {self.queue}",
-                      message_id=message.id, repository=message.repository, target=message.target)  # fmt: skip
+            return Outcome(
+                message.id,
+                Action.FAILED,
+                f"sent to {self.queue} but still in the poison queue too: drop it by id",
+                message,
+            )
+        logs.decision(
+            log,
+            "replayed",
+            f"replayed poison message {message.id} to {self.queue}",
+            message_id=message.id,
+            repository=message.repository,
+            target=message.target,
+        )
         return Outcome(message.id, Action.REPLAYED, f"to {self.queue}", message)
 
     def _drop_one(self, raw: QueueMessage, message: PoisonMessage, result: Result) -> Outcome:
@@ -582,8 +650,14 @@ class PoisonQueue:
         except AzureError as exc:
             result.error = str(self._error(exc, "deleting"))
             return Outcome(message.id, Action.FAILED, "not deleted", message)
-        logs.decision(log, "dropped", f"dropped poison message {message.id}", message_id=message.id,
-                      repository=message.repository, target=message.target)  # fmt: skip
+        logs.decision(
+            log,
+            "dropped",
+            f"dropped poison message {message.id}",
+            message_id=message.id,
+            repository=message.repository,
+            target=message.target,
+        )
         return Outcome(message.id, Action.DROPPED, message.problem or "", message)
 
     def _scan(self, handle: Callable[[QueueMessage, PoisonMessage], bool]) -> None:
@@ -620,8 +694,11 @@ class PoisonQueue:
 
         while True:
             try:
-                batch = list(self.poison.receive_messages(
-                    messages_per_page=PAGE, max_messages=PAGE, visibility_timeout=self.visibility_timeout))  # fmt: skip
+                batch = list(
+                    self.poison.receive_messages(
+                        messages_per_page=PAGE, max_messages=PAGE, visibility_timeout=self.visibility_timeout
+                    )
+                )
             except ResourceNotFoundError:
                 return  # no poison queue yet: nothing to do
             except AzureError as exc:
@@ -651,9 +728,20 @@ def poison_depth(
         with access.client(name, retries=1) as client:
             count = _approximate_count(client, access)
     except SyncError as exc:
-        logs.decision(log, "poison_depth", f"cannot read the depth of the poison queue {name}: {exc}",
-                      level=logging.WARNING, queue=name)  # fmt: skip
+        logs.decision(
+            log,
+            "poison_depth",
+            f"cannot read the depth of the poison queue {name}: {exc}",
+            level=logging.WARNING,
+            queue=name,
+        )
         return None
-    logs.decision(log, "poison_depth", f"poison queue {name} holds about {count} message(s)",
-                  level=logging.WARNING if count else logging.INFO, queue=name, count=count)  # fmt: skip
+    logs.decision(
+        log,
+        "poison_depth",
+        f"poison queue {name} holds about {count} message(s)",
+        level=logging.WARNING if count else logging.INFO,
+        queue=name,
+        count=count,
+    )
     return count

@@ -114,7 +114,12 @@ class ReferrersTags:
     ATTEMPTS = 3
 
     def __init__(
-        self, client: RegistryClient, ledger: BlobLedger, *, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self,
+        client: RegistryClient,
+        ledger: BlobLedger,
+        *,
+        ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.client = client
         self.ledger = ledger
@@ -152,10 +157,15 @@ class ReferrersTags:
                     return wrote
                 if attempt == self.ATTEMPTS:
                     break
-                document = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-                            "manifests": [*entries, referrer.referrer_descriptor()]}  # fmt: skip
+                document = {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_INDEX,
+                    "manifests": [*entries, referrer.referrer_descriptor()],
+                }
                 raw = json.dumps(document, separators=(",", ":")).encode()
-                self.client.put_manifest(repository, tag, parse_manifest(raw, OCI_INDEX, f"referrers tag {tag}", digest_of(raw)))
+                self.client.put_manifest(
+                    repository, tag, parse_manifest(raw, OCI_INDEX, f"referrers tag {tag}", digest_of(raw))
+                )
                 wrote = True
         raise RegistryError(
             f"{self.client.host}/{repository}:{tag} changed under every one of {self.ATTEMPTS} writes; "
@@ -170,11 +180,15 @@ class ReferrersTags:
             return []
         listed = current.document.get("manifests")
         if current.media_type != OCI_INDEX or not isinstance(listed, list):
-            raise InvalidContent(f"{self.client.host}/{repository}:{tag} is not an OCI image index; referrers are not listed there")
+            raise InvalidContent(
+                f"{self.client.host}/{repository}:{tag} is not an OCI image index; referrers are not listed there"
+            )
         return listed
 
     def _remember(self, key: tuple[str, str], entries: list[Any]) -> frozenset[str]:
-        digests = frozenset(e["digest"] for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str))
+        digests = frozenset(
+            e["digest"] for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str)
+        )
         with self._lock:
             self._cache[key] = (self.clock(), digests)
         return digests

@@ -123,9 +123,14 @@ class RegistryClient:
         """Send an authenticated request to this registry (a path, or a URL on its host)."""
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
         return self.auth.send(
-            method, url, scopes=scopes, headers=headers, data=data, stream=stream,
+            method,
+            url,
+            scopes=scopes,
+            headers=headers,
+            data=data,
+            stream=stream,
             follow_redirects=follow_redirects,
-        )  # fmt: skip
+        )
 
     def fail(self, response: requests.Response, what: str) -> RegistryError:
         """The error to raise for an unexpected answer (closes the response)."""
@@ -165,9 +170,7 @@ class RegistryClient:
                     f"(connection broke mid-body: {type(exc).__name__})"
                 ) from None
 
-        return retrying(
-            attempt, self.transport.retry, what=f"manifest {where}", sleep=self.transport.sleep
-        )
+        return retrying(attempt, self.transport.retry, what=f"manifest {where}", sleep=self.transport.sleep)
 
     def _get_manifest_once(self, repository: str, reference: str, where: str) -> Manifest:
         response = self.request(

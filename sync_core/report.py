@@ -59,7 +59,9 @@ class Summary:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     planned: list[TagWork] = field(default_factory=list)
     rewritten: list[dict[str, Any]] = field(default_factory=list)  # indexes narrowed for a target
-    mapped: dict[str, dict[str, str]] = field(default_factory=dict)  # target: {source: target repository} by rules
+    mapped: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # target: {source: target repository} by rules
     figures: Figures = field(default_factory=Figures)  # per target, as given to the metrics
 
     def __post_init__(self) -> None:
@@ -105,7 +107,12 @@ class Summary:
     def rewrite(self, where: str, target: str, source_digest: str, target_digest: str | None) -> None:
         with self._lock:
             self.rewritten.append(
-                {"target": target, "item": where, "source_digest": source_digest, "target_digest": target_digest}
+                {
+                    "target": target,
+                    "item": where,
+                    "source_digest": source_digest,
+                    "target_digest": target_digest,
+                }
             )
 
     def skip(self, where: str, reason: str, target: str, tags: int = 1) -> None:
@@ -208,7 +215,13 @@ class Recorder:
         self.summary.fail(where, reason, target, tags, retry)
         self.meter.tags(target, Outcome.FAILED, tags)
         logs.decision(
-            log, "failed", f"failed {where}: {reason}", level=logging.ERROR, item=where, target=target, retry=retry
+            log,
+            "failed",
+            f"failed {where}: {reason}",
+            level=logging.ERROR,
+            item=where,
+            target=target,
+            retry=retry,
         )
 
     def skipped(self, where: str, reason: str, target: str, tags: int = 1) -> None:
@@ -227,11 +240,20 @@ class Recorder:
             self.warned(work.item, warning, work.target)
         for problem in result.referrer_errors:
             if refused(problem.error):  # a damaged referrer, or a referrers tag that is not ours
-                self.skipped(f"{work.item} (referrer {problem.digest})", f"refused: {describe(problem.error)}",
-                             work.target, tags=0)  # fmt: skip
+                self.skipped(
+                    f"{work.item} (referrer {problem.digest})",
+                    f"refused: {describe(problem.error)}",
+                    work.target,
+                    tags=0,
+                )
             else:
-                self.failed(f"{work.item} -> {work.target}", str(problem), work.target, tags=0,
-                            retry=worth_redelivering(problem.error))  # fmt: skip
+                self.failed(
+                    f"{work.item} -> {work.target}",
+                    str(problem),
+                    work.target,
+                    tags=0,
+                    retry=worth_redelivering(problem.error),
+                )
         error = result.error
         if error is not None:
             self.summary.add_partial(result)
@@ -240,8 +262,13 @@ class Recorder:
                 # content that cannot be copied exactly: refused for good, reported, not retried
                 self.skipped(work.item, f"refused: {describe(error)}", work.target, tags=int(work.is_tag))
                 return
-            self.failed(f"{work.item} -> {work.target}", describe(error), work.target, tags=int(work.is_tag),
-                        retry=worth_redelivering(error))  # fmt: skip
+            self.failed(
+                f"{work.item} -> {work.target}",
+                describe(error),
+                work.target,
+                tags=int(work.is_tag),
+                retry=worth_redelivering(error),
+            )
             return
         self.finished(work, result)
 
@@ -263,13 +290,18 @@ class Recorder:
         status = result.status.value
         referrers = f", {result.referrers_copied} referrers" if result.referrers_copied else ""
         logs.decision(
-            log, status,
-            f"{status} {work.item} -> {work.target} {work.target_repository}{work.item[len(work.source_repository):]} "
+            log,
+            status,
+            f"{status} {work.item} -> {work.target} {work.target_repository}{work.item[len(work.source_repository) :]} "
             f"({result.bytes_uploaded} bytes uploaded, {result.blobs_mounted} blobs mounted{referrers}, {result.seconds:.2f}s)",
-            repository=work.source_repository, tag=work.tag, digest=result.digest, target=work.target,
-            target_repository=work.target_repository, bytes_uploaded=result.bytes_uploaded,
+            repository=work.source_repository,
+            tag=work.tag,
+            digest=result.digest,
+            target=work.target,
+            target_repository=work.target_repository,
+            bytes_uploaded=result.bytes_uploaded,
             referrers=result.referrers_copied or None,
-        )  # fmt: skip
+        )
 
     def _measure(self, work: TagWork, result: CopyResult, referrer: bool) -> None:
         """The figures of a copy that ended without an error (copied or unchanged)."""

@@ -135,7 +135,9 @@ class Tee:
         try:
             while True:
                 if all(self.dropped):
-                    raise SourceStreamError(f"{self.reader.where}: every upload stopped; the source read ends")
+                    raise SourceStreamError(
+                        f"{self.reader.where}: every upload stopped; the source read ends"
+                    )
                 data = self.reader.read_at_most(READ_SIZE)
                 for index in range(len(self.queues)):
                     self._put(index, data if data else _END)

@@ -52,15 +52,20 @@ class Syncer:
         # (a request beyond the pool opens a connection it then throws away: a round trip more).
         pool = max(plan_concurrency(config.concurrency), config.concurrency * (BLOB_CONCURRENCY + 1)) + 4
         self.source_client = RegistryClient(
-            config.source.registry, self.secrets.credentials(config.source.credentials),
-            actions=source_actions(config.source), pool_size=pool,
-        )  # fmt: skip
+            config.source.registry,
+            self.secrets.credentials(config.source.credentials),
+            actions=source_actions(config.source),
+            pool_size=pool,
+        )
         self.source = make_source(config.source, self.source_client)
         self.target_clients: dict[str, RegistryClient] = {}
         self.destinations: dict[str, Destination] = {}
         for target in config.targets:
             client = RegistryClient(
-                target.registry, self.secrets.credentials(target.credentials), actions="pull,push", pool_size=pool
+                target.registry,
+                self.secrets.credentials(target.credentials),
+                actions="pull,push",
+                pool_size=pool,
             )
             self.target_clients[target.name] = client
             self.destinations[target.name] = Destination(target.name, client)

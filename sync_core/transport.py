@@ -27,7 +27,6 @@ from .retry import RetryLater, RetryPolicy, retry_after_seconds, retrying
 log = logging.getLogger(__name__)
 
 
-
 class Readable(Protocol):
     """A request body streamed by ``requests``: read in blocks, with a known length."""
 

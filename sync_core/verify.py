@@ -75,9 +75,14 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "target": self.target, "item": self.item, "kind": self.kind, "status": self.status.value,
-            "expected": self.expected, "actual": self.actual, "detail": self.detail,
-        }  # fmt: skip
+            "target": self.target,
+            "item": self.item,
+            "kind": self.kind,
+            "status": self.status.value,
+            "expected": self.expected,
+            "actual": self.actual,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -110,7 +115,9 @@ class Report:
             "deep": self.deep,
             "seconds": round(self.seconds, 3),
             "targets": {name: vars(t) for name, t in sorted(self.targets.items())},
-            "findings": [f.to_dict() for f in sorted(self.findings, key=lambda f: (f.target, order[f.status], f.item))],
+            "findings": [
+                f.to_dict() for f in sorted(self.findings, key=lambda f: (f.target, order[f.status], f.item))
+            ],
         }
 
 
@@ -119,17 +126,23 @@ def render(report: Report) -> str:
     d = report.to_dict()
     state = "complete" if report.complete else f"INCOMPLETE: {len(report.findings)} finding(s)"
     lines = [f"verify{' --deep' if report.deep else ''}: {state} in {report.seconds:.1f}s"]
-    rows = [(f["target"], f["item"], f["status"], f["expected"] or "", f["actual"] or "", f["detail"])
-            for f in d["findings"]]  # fmt: skip
+    rows = [
+        (f["target"], f["item"], f["status"], f["expected"] or "", f["actual"] or "", f["detail"])
+        for f in d["findings"]
+    ]
     if rows:
         head = ("TARGET", "ITEM", "STATUS", "EXPECTED", "ACTUAL", "DETAIL")
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
         for row in [head, *rows]:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[5])
+            lines.append(
+                "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[5]
+            )
     for name, t in d["targets"].items():
         deep = f", {t['manifests']} manifests and {t['blobs']} blobs" if report.deep else ""
-        lines.append(f"  target {name}: {t['tags']} tags and {t['referrers']} referrers in order{deep}; "
-                     f"{t['skipped']} skipped by sync's rules; {t['problems']} finding(s)")  # fmt: skip
+        lines.append(
+            f"  target {name}: {t['tags']} tags and {t['referrers']} referrers in order{deep}; "
+            f"{t['skipped']} skipped by sync's rules; {t['problems']} finding(s)"
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -142,7 +155,9 @@ class Verifier:
         self.deep = deep
         self.finder = syncer.copier.finder  # the source's referrers, as the copier sees them
         # each target's listings (referrers API, or the referrers tag): every type counts there
-        self.listings = {name: ReferrerFinder(client, ReferrerPolicy()) for name, client in syncer.target_clients.items()}
+        self.listings = {
+            name: ReferrerFinder(client, ReferrerPolicy()) for name, client in syncer.target_clients.items()
+        }
         self._lock = threading.Lock()
         self._checked: set[tuple[str, str, str]] = set()  # (target, repository, digest) seen by --deep
         self.report = Report(deep)
@@ -198,8 +213,15 @@ class Verifier:
             tags = self.syncer.source.tags(repository)
         except Exception as exc:  # noqa: BLE001 - one repository's failure must not stop the rest
             for target in wanted:
-                self._find(Finding(target.name, repository, "repository", Status.ERROR,
-                                   detail=f"listing source tags: {describe(exc)}"))  # fmt: skip
+                self._find(
+                    Finding(
+                        target.name,
+                        repository,
+                        "repository",
+                        Status.ERROR,
+                        detail=f"listing source tags: {describe(exc)}",
+                    )
+                )
             return []
         now = self.syncer.clock()
         by_tag: dict[str, tuple[TagInfo, list[tuple[TargetConfig, str]]]] = {}
@@ -227,8 +249,15 @@ class Verifier:
                 digest = info.digest if info else None
             except Exception as exc:  # noqa: BLE001
                 for target, dst_repo in places:
-                    self._find(Finding(target.name, f"{dst_repo}:{tag.name}", "tag", Status.ERROR,
-                                       detail=f"HEAD at the source: {describe(exc)}"))  # fmt: skip
+                    self._find(
+                        Finding(
+                            target.name,
+                            f"{dst_repo}:{tag.name}",
+                            "tag",
+                            Status.ERROR,
+                            detail=f"HEAD at the source: {describe(exc)}",
+                        )
+                    )
                 return
             if digest is None:
                 return  # gone from the source since it was listed: sync would not copy it either
@@ -236,10 +265,20 @@ class Verifier:
             try:
                 self._check_tag_at(target, repository, dst_repo, tag.name, digest)
             except Exception as exc:  # noqa: BLE001 - this tag at this target
-                self._find(Finding(target.name, f"{dst_repo}:{tag.name}", "tag", Status.ERROR,
-                                   expected=digest, detail=describe(exc)))  # fmt: skip
+                self._find(
+                    Finding(
+                        target.name,
+                        f"{dst_repo}:{tag.name}",
+                        "tag",
+                        Status.ERROR,
+                        expected=digest,
+                        detail=describe(exc),
+                    )
+                )
 
-    def _check_tag_at(self, target: TargetConfig, repository: str, dst_repo: str, tag: str, digest: str) -> None:
+    def _check_tag_at(
+        self, target: TargetConfig, repository: str, dst_repo: str, tag: str, digest: str
+    ) -> None:
         client = self.syncer.target_clients[target.name]
         item = f"{dst_repo}:{tag}"
         manifest: Manifest | None = None
@@ -290,7 +329,9 @@ class Verifier:
         return False
 
     # -- --deep: manifests and blobs ------------------------------------------------------------
-    def _walk(self, target: TargetConfig, client: RegistryClient, dst_repo: str, manifest: Manifest, item: str) -> list[str]:
+    def _walk(
+        self, target: TargetConfig, client: RegistryClient, dst_repo: str, manifest: Manifest, item: str
+    ) -> list[str]:
         """Check everything below ``manifest`` at the target; returns the digests of its manifests."""
         found = [manifest.digest]
         for blob in manifest.blobs:
@@ -298,11 +339,28 @@ class Verifier:
                 continue
             size = client.blob_size(dst_repo, blob.digest)
             if size is None:
-                self._find(Finding(target.name, f"{dst_repo}@{blob.digest}", "blob", Status.MISSING,
-                                   expected=f"{blob.size} bytes", detail=f"blob of {item}"))  # fmt: skip
+                self._find(
+                    Finding(
+                        target.name,
+                        f"{dst_repo}@{blob.digest}",
+                        "blob",
+                        Status.MISSING,
+                        expected=f"{blob.size} bytes",
+                        detail=f"blob of {item}",
+                    )
+                )
             elif size >= 0 and size != blob.size:
-                self._find(Finding(target.name, f"{dst_repo}@{blob.digest}", "blob", Status.DIFFERS,
-                                   expected=f"{blob.size} bytes", actual=f"{size} bytes", detail=f"blob of {item}"))  # fmt: skip
+                self._find(
+                    Finding(
+                        target.name,
+                        f"{dst_repo}@{blob.digest}",
+                        "blob",
+                        Status.DIFFERS,
+                        expected=f"{blob.size} bytes",
+                        actual=f"{size} bytes",
+                        detail=f"blob of {item}",
+                    )
+                )
             else:
                 self._count(target.name, "blobs")
         for child in manifest.children:
@@ -312,8 +370,16 @@ class Verifier:
             try:
                 fetched = client.get_manifest(dst_repo, child.digest)  # bytes verified against the digest
             except NotFound:
-                self._find(Finding(target.name, child_item, "manifest", Status.MISSING, expected=child.digest,
-                                   detail=f"child manifest of {item}"))  # fmt: skip
+                self._find(
+                    Finding(
+                        target.name,
+                        child_item,
+                        "manifest",
+                        Status.MISSING,
+                        expected=child.digest,
+                        detail=f"child manifest of {item}",
+                    )
+                )
                 continue
             self._count(target.name, "manifests")
             found.extend(self._walk(target, client, dst_repo, fetched, child_item))
@@ -343,16 +409,34 @@ class Verifier:
         for descriptor in wanted:
             seen.add(descriptor.digest)
             ref_item = f"{dst_repo}@{descriptor.digest}"
-            detail = f"referrer of {item}" + (f" ({descriptor.artifact_type})" if descriptor.artifact_type else "")
+            detail = f"referrer of {item}" + (
+                f" ({descriptor.artifact_type})" if descriptor.artifact_type else ""
+            )
             info = client.head_manifest(dst_repo, descriptor.digest)
             if info is None:
                 if not self._skipped_there(target, repository, descriptor.digest):
-                    self._find(Finding(target.name, ref_item, "referrer", Status.MISSING, expected=descriptor.digest,
-                                       detail=detail))  # fmt: skip
+                    self._find(
+                        Finding(
+                            target.name,
+                            ref_item,
+                            "referrer",
+                            Status.MISSING,
+                            expected=descriptor.digest,
+                            detail=detail,
+                        )
+                    )
                 continue
             if descriptor.digest not in listed:
-                self._find(Finding(target.name, ref_item, "referrer", Status.UNLISTED, expected=descriptor.digest,
-                                   detail=f"{detail}: the {where} does not list it"))  # fmt: skip
+                self._find(
+                    Finding(
+                        target.name,
+                        ref_item,
+                        "referrer",
+                        Status.UNLISTED,
+                        expected=descriptor.digest,
+                        detail=f"{detail}: the {where} does not list it",
+                    )
+                )
             else:
                 self._count(target.name, "referrers")
             subjects = [descriptor.digest]
@@ -361,4 +445,6 @@ class Verifier:
                 self._count(target.name, "manifests")
                 subjects = self._walk(target, client, dst_repo, manifest, ref_item)
             for digest in subjects:
-                self._referrers(target, client, repository, dst_repo, digest, f"{dst_repo}@{digest}", seen, depth + 1)
+                self._referrers(
+                    target, client, repository, dst_repo, digest, f"{dst_repo}@{digest}", seen, depth + 1
+                )

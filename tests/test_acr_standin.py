@@ -93,8 +93,10 @@ def test_token_answers_only_access_token_with_exp(acr):
     old = acr.token_lifetime
     acr.token_lifetime = 90
     try:
-        claims = jwt.decode(token(acr, ROOT, "repository:team/app:pull").json()["access_token"],
-                            options={"verify_signature": False})
+        claims = jwt.decode(
+            token(acr, ROOT, "repository:team/app:pull").json()["access_token"],
+            options={"verify_signature": False},
+        )
         assert claims["exp"] - claims["iat"] == 90
     finally:
         acr.token_lifetime = old
@@ -140,19 +142,36 @@ def test_tags_schema(acr):
     assert body["registry"] == acr.host and body["imageName"] == "team/app"
     assert [t["name"] for t in body["tags"]] == APP_TAGS
     for tag in body["tags"]:
-        assert set(tag) == {"name", "digest", "createdTime", "lastUpdateTime", "signed", "changeableAttributes"}
+        assert set(tag) == {
+            "name",
+            "digest",
+            "createdTime",
+            "lastUpdateTime",
+            "signed",
+            "changeableAttributes",
+        }
         assert tag["digest"] == acr.seeded["team/app"].digest
         assert ACR_TIME.match(tag["createdTime"]) and ACR_TIME.match(tag["lastUpdateTime"])
         assert tag["signed"] is False
         assert tag["changeableAttributes"] == {
-            "deleteEnabled": True, "writeEnabled": True, "readEnabled": True, "listEnabled": True,
+            "deleteEnabled": True,
+            "writeEnabled": True,
+            "readEnabled": True,
+            "listEnabled": True,
         }
 
     root = bearer(acr, ROOT, "repository:no/such:metadata_read")
     r = get_tags(acr, root, "no/such")
     assert r.status_code == 404
-    assert r.json() == {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry",
-                                    "detail": {"name": "no/such"}}]}
+    assert r.json() == {
+        "errors": [
+            {
+                "code": "NAME_UNKNOWN",
+                "message": "repository name not known to registry",
+                "detail": {"name": "no/such"},
+            }
+        ]
+    }
 
 
 def test_tags_paging_with_relative_links(acr):
@@ -222,9 +241,18 @@ def test_fail_next_injects_throttling(acr):
 def test_skopeo_inspect_through_standin(acr):
     acr.reset_log()
     out = subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", f"{ROOT[0]}:{ROOT[1]}",
-         f"docker://{acr.host}/team/app:t3"],
-        capture_output=True, timeout=60, check=False,
+        [
+            "skopeo",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            f"{ROOT[0]}:{ROOT[1]}",
+            f"docker://{acr.host}/team/app:t3",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout == acr.seeded["team/app"].raw
@@ -240,8 +268,9 @@ def test_own_issuer_and_backend_pusher():
         img = images.oci_image("acr-direct", (64,))
         acr.backend.pusher().push("direct/repo", img, "x")  # straight to the backend
         headers = bearer(acr, ("u", "p"), "repository:direct/repo:pull")
-        r = requests.get(f"{acr.url}/v2/direct/repo/manifests/x",
-                         headers={**headers, "Accept": images.ACCEPT}, timeout=10)
+        r = requests.get(
+            f"{acr.url}/v2/direct/repo/manifests/x", headers={**headers, "Accept": images.ACCEPT}, timeout=10
+        )
         assert r.status_code == 200 and r.content == img.raw
         assert acr.grants[-1].granted == ["repository:direct/repo:pull"]  # no metadata_read in map
         assert acr.manifest_gets("direct/repo") == 1

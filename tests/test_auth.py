@@ -97,28 +97,53 @@ MERGE_SCOPES = [
     pytest.param([], (), id="none"),
     pytest.param(["repository:a:pull"], ("repository:a:pull",), id="one"),
     pytest.param(["repository:a:pull", "repository:a:pull"], ("repository:a:pull",), id="duplicate"),
-    pytest.param(["repository:a:pull", "repository:a:push"], ("repository:a:pull,push",), id="actions-united"),
-    pytest.param(["repository:a:pull,push", "repository:a:push,pull"], ("repository:a:pull,push",),
-                 id="actions-in-any-order-are-one-scope"),  # fmt: skip
-    pytest.param(["repository:a:push,pull"], ("repository:a:push,pull",), id="actions-keep-their-first-order"),
-    pytest.param(["repository:a:pull,pull,,push"], ("repository:a:pull,push",), id="repeated-and-empty-actions"),
-    pytest.param(["repository:b:pull", "repository:a:pull", "repository:b:push"],
-                 ("repository:b:pull,push", "repository:a:pull"), id="resources-in-first-seen-order"),  # fmt: skip
-    pytest.param(["repository:localhost:5000/team/app:pull", "repository:localhost:5000/team/app:push",
-                  "repository:team/app:pull"],
-                 ("repository:localhost:5000/team/app:pull,push", "repository:team/app:pull"),
-                 id="host-port-names-split-on-the-last-colon"),  # fmt: skip
-    pytest.param(["registry:catalog:*", "repository:a:pull"], ("registry:catalog:*", "repository:a:pull"),
-                 id="catalog-scope"),  # fmt: skip
+    pytest.param(
+        ["repository:a:pull", "repository:a:push"], ("repository:a:pull,push",), id="actions-united"
+    ),
+    pytest.param(
+        ["repository:a:pull,push", "repository:a:push,pull"],
+        ("repository:a:pull,push",),
+        id="actions-in-any-order-are-one-scope",
+    ),
+    pytest.param(
+        ["repository:a:push,pull"], ("repository:a:push,pull",), id="actions-keep-their-first-order"
+    ),
+    pytest.param(
+        ["repository:a:pull,pull,,push"], ("repository:a:pull,push",), id="repeated-and-empty-actions"
+    ),
+    pytest.param(
+        ["repository:b:pull", "repository:a:pull", "repository:b:push"],
+        ("repository:b:pull,push", "repository:a:pull"),
+        id="resources-in-first-seen-order",
+    ),
+    pytest.param(
+        [
+            "repository:localhost:5000/team/app:pull",
+            "repository:localhost:5000/team/app:push",
+            "repository:team/app:pull",
+        ],
+        ("repository:localhost:5000/team/app:pull,push", "repository:team/app:pull"),
+        id="host-port-names-split-on-the-last-colon",
+    ),
+    pytest.param(
+        ["registry:catalog:*", "repository:a:pull"],
+        ("registry:catalog:*", "repository:a:pull"),
+        id="catalog-scope",
+    ),
     pytest.param(["repository:a:", "repository:a:pull"], ("repository:a:pull",), id="empty-actions"),
     pytest.param(["repository:a:"], ("repository:a",), id="only-empty-actions"),
     pytest.param(["pull", "pull"], ("pull",), id="no-colon-at-all"),
-    pytest.param(["repository:a", "repository:b"], ("repository:a", "repository:b"),
-                 id="type-and-name-without-actions"),  # fmt: skip
-    pytest.param(["repository:a", "repository:a:pull"], ("repository:a:pull",), id="without-and-with-actions"),
-    pytest.param(["repository:localhost:5000/x", "repository:localhost:5000/y"],
-                 ("repository:localhost:5000/x", "repository:localhost:5000/y"),
-                 id="host-port-name-without-actions"),  # fmt: skip
+    pytest.param(
+        ["repository:a", "repository:b"], ("repository:a", "repository:b"), id="type-and-name-without-actions"
+    ),
+    pytest.param(
+        ["repository:a", "repository:a:pull"], ("repository:a:pull",), id="without-and-with-actions"
+    ),
+    pytest.param(
+        ["repository:localhost:5000/x", "repository:localhost:5000/y"],
+        ("repository:localhost:5000/x", "repository:localhost:5000/y"),
+        id="host-port-name-without-actions",
+    ),
 ]
 
 
@@ -194,7 +219,9 @@ class ScriptedTokenAuth:
         )
 
     def token_queries(self) -> list[dict[str, list[str]]]:
-        return [urllib.parse.parse_qs(urllib.parse.urlsplit(s.path).query) for s in self.token_server.requests]
+        return [
+            urllib.parse.parse_qs(urllib.parse.urlsplit(s.path).query) for s in self.token_server.requests
+        ]
 
     def bearer_sent(self) -> list[str]:
         return [s.headers["authorization"] for s in self.registry.requests if "authorization" in s.headers]

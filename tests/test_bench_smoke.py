@@ -21,8 +21,11 @@ def test_quick_benchmark_runs_both_tools_and_reports(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     report = json.loads((out / "results.json").read_text())
     rows = {(r["scenario"], r["tool"]): r for r in report["rows"]}
@@ -33,8 +36,16 @@ def test_quick_benchmark_runs_both_tools_and_reports(tmp_path):
             assert row["ok"], (scenario, tool, row["note"])
             assert row["seconds"] > 0 and row["max_rss_bytes"] > 0
             assert row["mirror_requests"] > 0  # every run talks to the mirror through the proxy
-    registry_sync_only = ["noop-full-check", "one-target", "two-targets", *(
-        f"referrers-{run}{policy}" for run in ("initial", "noop", "full-check") for policy in ("", "-none"))]
+    registry_sync_only = [
+        "noop-full-check",
+        "one-target",
+        "two-targets",
+        *(
+            f"referrers-{run}{policy}"
+            for run in ("initial", "noop", "full-check")
+            for policy in ("", "-none")
+        ),
+    ]
     for scenario in registry_sync_only:
         assert rows[scenario, "registry-sync"]["ok"], (scenario, rows[scenario, "registry-sync"]["note"])
     # both tools mirrored every tag byte for byte (checked by the harness after the syncs); the two

@@ -53,8 +53,12 @@ def environ(acr: AcrStandIn, dst=None, **extra: str) -> dict[str, str]:
         "SOURCE_PASSWORD": SOURCE[1],
     }
     if dst is not None:
-        env.update(TARGET_REGISTRY=dst.url, TARGET_NAMESPACE="mirror",
-                   TARGET_USERNAME=PUSHER[0], TARGET_PASSWORD=PUSHER[1])  # fmt: skip
+        env.update(
+            TARGET_REGISTRY=dst.url,
+            TARGET_NAMESPACE="mirror",
+            TARGET_USERNAME=PUSHER[0],
+            TARGET_PASSWORD=PUSHER[1],
+        )
     env.update(extra)
     return env
 
@@ -68,12 +72,30 @@ def run(capsys, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
 
 def two_targets(tmp_path: Path, hub, full) -> str:
     path = tmp_path / "targets.yaml"
-    path.write_text(yaml.safe_dump({"targets": [
-        {"name": "hub", "registry": hub.url, "namespace": "mirror", "max_path_depth": 2,
-         "skip_artifact_types": [HELM_CONFIG], "username_env": "MIRROR_USER", "password_env": "MIRROR_PASS"},
-        {"name": "full", "registry": full.url, "namespace": "mirror",
-         "username_env": "MIRROR_USER", "password_env": "MIRROR_PASS"},
-    ]}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "targets": [
+                    {
+                        "name": "hub",
+                        "registry": hub.url,
+                        "namespace": "mirror",
+                        "max_path_depth": 2,
+                        "skip_artifact_types": [HELM_CONFIG],
+                        "username_env": "MIRROR_USER",
+                        "password_env": "MIRROR_PASS",
+                    },
+                    {
+                        "name": "full",
+                        "registry": full.url,
+                        "namespace": "mirror",
+                        "username_env": "MIRROR_USER",
+                        "password_env": "MIRROR_PASS",
+                    },
+                ]
+            }
+        )
+    )
     return str(path)
 
 
@@ -121,8 +143,12 @@ def test_help_of_every_command_exits_0_and_names_its_options(capsys, argv, menti
 def test_python_m_sync_core_help_runs_as_a_program():
     done = subprocess.run(
         [sys.executable, "-m", "sync_core", "--help"],
-        cwd=ROOT_DIR, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "usage: python -m sync_core" in done.stdout
     assert all(word in done.stdout for word in ("sync", "plan", "copy", "event", "TARGET_REGISTRY"))
@@ -132,8 +158,14 @@ def test_configuration_errors_exit_2_and_list_every_setting(acr, fresh_registry,
     bad = {"SYNC_COMPARE": "fuzzy", "TAG_KEEP_LATEST": "0", "SYNC_CONCURRENCY": "many", "TAG_INCLUDE": "("}
     code, out, err = run(capsys, ["sync"], bad)
     assert code == cli.EXIT_CONFIG and out == ""
-    for setting in ("SOURCE_REGISTRY", "TARGET_REGISTRY", "SYNC_COMPARE", "TAG_KEEP_LATEST", "SYNC_CONCURRENCY",
-                    "TAG_INCLUDE"):  # fmt: skip
+    for setting in (
+        "SOURCE_REGISTRY",
+        "TARGET_REGISTRY",
+        "SYNC_COMPARE",
+        "TAG_KEEP_LATEST",
+        "SYNC_CONCURRENCY",
+        "TAG_INCLUDE",
+    ):
         assert setting in err, (setting, err)
 
     dst = fresh_registry()
@@ -160,8 +192,14 @@ def test_sync_json_prints_the_summary_and_copies_every_tag(acr, fresh_registry, 
     summary = json.loads(out)  # stdout holds the JSON document and nothing else
     assert summary["ok"] is True and summary["dry_run"] is False
     assert summary["repositories"] == 4
-    assert summary["tags"] == {"considered": 7, "missing": 7, "copied": 7, "unchanged": 0, "skipped": 0,
-                               "failed": 0}  # fmt: skip
+    assert summary["tags"] == {
+        "considered": 7,
+        "missing": 7,
+        "copied": 7,
+        "unchanged": 0,
+        "skipped": 0,
+        "failed": 0,
+    }
     assert summary["bytes_uploaded"] > 0 and summary["failures"] == [] and summary["planned"] == []
     assert state(dst) == expected(IMAGES)
 

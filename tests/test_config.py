@@ -62,8 +62,17 @@ def test_every_problem_is_listed_by_setting_name():
     with pytest.raises(ConfigError) as info:
         load_config(env)
     text = str(info.value)
-    for setting in ("SOURCE_REGISTRY", "SOURCE_KIND", "TAG_INCLUDE", "TAG_MIN_AGE_DAYS", "TAG_KEEP_LATEST",
-                    "SYNC_COMPARE", "SYNC_CONCURRENCY", "TARGET_REGISTRY", "SOURCE_REPOSITORIES"):  # fmt: skip
+    for setting in (
+        "SOURCE_REGISTRY",
+        "SOURCE_KIND",
+        "TAG_INCLUDE",
+        "TAG_MIN_AGE_DAYS",
+        "TAG_KEEP_LATEST",
+        "SYNC_COMPARE",
+        "SYNC_CONCURRENCY",
+        "TARGET_REGISTRY",
+        "SOURCE_REPOSITORIES",
+    ):
         assert any(p.startswith(setting) for p in info.value.problems), (setting, text)
 
 
@@ -120,11 +129,23 @@ targets:
 
 def test_file_problems_name_the_target_field_and_refuse_passwords(tmp_path):
     path = tmp_path / "sync.json"
-    path.write_text(json.dumps({
-        "source_registry": "gsoci.azurecr.io",
-        "targets": [{"name": "hub", "registry": "docker.io", "password": "hunter2", "username": "x", "colour": 1},
-                    {"registry": "", "tag_include": "("}],
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "source_registry": "gsoci.azurecr.io",
+                "targets": [
+                    {
+                        "name": "hub",
+                        "registry": "docker.io",
+                        "password": "hunter2",
+                        "username": "x",
+                        "colour": 1,
+                    },
+                    {"registry": "", "tag_include": "("},
+                ],
+            }
+        )
+    )
     with pytest.raises(ConfigError) as info:
         load_config({}, str(path))
     problems = info.value.problems
@@ -183,8 +204,10 @@ def test_each_parser_names_its_setting(setting, value, problem):
 
 def test_unknown_and_misplaced_file_keys_are_reported(tmp_path):
     path = tmp_path / "sync.yaml"
-    path.write_text("source_registry: gsoci.azurecr.io\ntag_inclde: x\nsync_config: other.yaml\n"
-                    "target_registry: docker.io\n")  # fmt: skip
+    path.write_text(
+        "source_registry: gsoci.azurecr.io\ntag_inclde: x\nsync_config: other.yaml\n"
+        "target_registry: docker.io\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config({}, str(path))
     assert "SYNC_CONFIG tag_inclde: unknown setting" in info.value.problems
@@ -194,7 +217,12 @@ def test_unknown_and_misplaced_file_keys_are_reported(tmp_path):
 
 def test_app_settings_are_every_declared_environment_setting_but_local_credentials():
     assert "SYNC_SCHEDULE" in APP_SETTINGS and "TARGET_SKIP_ARTIFACT_TYPES" in APP_SETTINGS
-    assert set(LOCAL_ONLY_SETTINGS) == {"SOURCE_USERNAME", "SOURCE_PASSWORD", "TARGET_USERNAME", "TARGET_PASSWORD"}
+    assert set(LOCAL_ONLY_SETTINGS) == {
+        "SOURCE_USERNAME",
+        "SOURCE_PASSWORD",
+        "TARGET_USERNAME",
+        "TARGET_PASSWORD",
+    }
     assert not set(APP_SETTINGS) & set(LOCAL_ONLY_SETTINGS)
     assert len(set(APP_SETTINGS)) == len(APP_SETTINGS)
 
@@ -238,24 +266,52 @@ targets:
     )
     config = load_config({}, str(path))
     (ali,) = config.targets
-    assert ali.platforms == {"linux/amd64", "linux/arm64"} and ali.drop_attestations and TargetRules.of(ali).rewrites
+    assert (
+        ali.platforms == {"linux/amd64", "linux/arm64"}
+        and ali.drop_attestations
+        and TargetRules.of(ali).rewrites
+    )
     assert [(r.match.pattern, r.replace) for r in ali.mappings] == [("charts/.*", None)]
-    assert [(r.match.pattern, r.replace) for r in config.mappings] == [("charts/giantswarm/(.+)", r"giantswarmcharts/\1")]
+    assert [(r.match.pattern, r.replace) for r in config.mappings] == [
+        ("charts/giantswarm/(.+)", r"giantswarmcharts/\1")
+    ]
     assert config.filters.semver is not None and config.filters.semver.matches("v1.4.0")
 
 
 def test_bad_target_rules_name_the_field(tmp_path):
     path = tmp_path / "sync.json"
-    path.write_text(json.dumps({
-        "source_registry": "gsoci.azurecr.io",
-        "tag_semver": ">=banana",
-        "mappings": [{"match": "(", "replace": "x"}, {"match": "a/(.+)", "replace": r"b/\2"}, {"match": "x"}],
-        "targets": [{"name": "t", "registry": "docker.io", "platforms": ["amd64"], "drop_attestations": "maybe",
-                     "mappings": "charts"}],
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "source_registry": "gsoci.azurecr.io",
+                "tag_semver": ">=banana",
+                "mappings": [
+                    {"match": "(", "replace": "x"},
+                    {"match": "a/(.+)", "replace": r"b/\2"},
+                    {"match": "x"},
+                ],
+                "targets": [
+                    {
+                        "name": "t",
+                        "registry": "docker.io",
+                        "platforms": ["amd64"],
+                        "drop_attestations": "maybe",
+                        "mappings": "charts",
+                    }
+                ],
+            }
+        )
+    )
     with pytest.raises(ConfigError) as info:
         load_config({}, str(path))
     problems = "\n".join(info.value.problems)
-    for field in ("TAG_SEMVER", "mappings[0].match", "mappings[1].replace", "mappings[2]", "targets[t].platforms",
-                  "targets[t].drop_attestations", "targets[t].mappings"):  # fmt: skip
+    for field in (
+        "TAG_SEMVER",
+        "mappings[0].match",
+        "mappings[1].replace",
+        "mappings[2]",
+        "targets[t].platforms",
+        "targets[t].drop_attestations",
+        "targets[t].mappings",
+    ):
         assert field in problems, (field, problems)

@@ -447,7 +447,6 @@ def test_chunked_upload_sends_several_patches(fresh_registry, monkeypatch, chunk
 # -- a proxy in front of a real registry -------------------------------------------------------------
 
 
-
 def test_blob_download_redirected_to_storage_without_registry_credentials(
     token_registry_src, seeded, fresh_registry
 ):

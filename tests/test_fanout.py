@@ -66,7 +66,9 @@ def consume(tee: Tee, index: int, out: dict, pause: float = 0.0, fail_after: int
 
 def run(tee: Tee, consumers: list[dict]) -> tuple[dict, BaseException | None, float]:
     out: dict = {}
-    threads = [threading.Thread(target=consume, args=(tee, i, out), kwargs=kw) for i, kw in enumerate(consumers)]
+    threads = [
+        threading.Thread(target=consume, args=(tee, i, out), kwargs=kw) for i, kw in enumerate(consumers)
+    ]
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -120,13 +122,20 @@ def test_an_upload_that_waits_for_data_outlasts_the_others_stall_bound():
 
 
 def client(url: str, user, actions: str) -> RegistryClient:
-    return RegistryClient(url, StaticCredentials(Credentials(*user)), actions=actions,
-                          transport=RecordingTransport(sleep=Waits()))  # fmt: skip
+    return RegistryClient(
+        url,
+        StaticCredentials(Credentials(*user)),
+        actions=actions,
+        transport=RecordingTransport(sleep=Waits()),
+    )
 
 
 def blob_gets(source: RegistryClient) -> collections.Counter:
-    return collections.Counter(url.rsplit("/", 1)[-1] for method, url, *_ in source.transport.log
-                               if method == "GET" and "/blobs/" in url)  # fmt: skip
+    return collections.Counter(
+        url.rsplit("/", 1)[-1]
+        for method, url, *_ in source.transport.log
+        if method == "GET" and "/blobs/" in url
+    )
 
 
 @pytest.fixture
@@ -141,8 +150,10 @@ def test_uploads_fed_by_one_read_all_run_even_with_fewer_blob_threads_than_targe
     source, image = big_image
     targets = [fresh_registry(name=f"fan-{i}") for i in range(3)]
     src = client(source.url, READER, "pull")
-    placements = [Placement(Destination(f"t{i}", client(t.url, PUSHER, "pull,push")), "mirror/big", "1.0")
-                  for i, t in enumerate(targets)]  # fmt: skip
+    placements = [
+        Placement(Destination(f"t{i}", client(t.url, PUSHER, "pull,push")), "mirror/big", "1.0")
+        for i, t in enumerate(targets)
+    ]
     with Copier(src, blob_concurrency=1, stall=5.0) as copier:
         results = copier.copy_to("team/big", "1.0", placements)
     assert [r.status for r in results] == [CopyStatus.COPIED] * 3, [r.error for r in results]
@@ -159,8 +170,14 @@ def test_a_target_behind_a_slow_link_is_dropped_from_the_shared_read_and_finishe
     host, port = slow.url.removeprefix("http://").split(":")
     # 8 MiB/s: past what the socket buffers and the Tee's own buffer absorb, the slow target holds
     # the shared read back; it must be dropped after 0.5 s of that and upload the layer alone
-    with LatencyProxy(host, int(port), delay_ms=1, bandwidth_bytes_per_s=8 * MIB, max_buffer_bytes=256 * 1024,
-                      connect_rtt=False) as link:  # fmt: skip
+    with LatencyProxy(
+        host,
+        int(port),
+        delay_ms=1,
+        bandwidth_bytes_per_s=8 * MIB,
+        max_buffer_bytes=256 * 1024,
+        connect_rtt=False,
+    ) as link:
         src = client(source.url, READER, "pull")
         placements = [
             Placement(Destination("fast", client(fast.url, PUSHER, "pull,push")), "mirror/huge", "1.0"),

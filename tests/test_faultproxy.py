@@ -61,7 +61,11 @@ class Upstream:
                 parts = self.path.split("?")[0].strip("/").split("/")
                 if parts[0] == "data":
                     n = int(parts[1])
-                    self._send(200, payload(n), [("Docker-Content-Digest", "sha256:" + hashlib.sha256(payload(n)).hexdigest())])
+                    self._send(
+                        200,
+                        payload(n),
+                        [("Docker-Content-Digest", "sha256:" + hashlib.sha256(payload(n)).hexdigest())],
+                    )
                 elif parts[0] == "chunked":
                     data = payload(int(parts[1]))
                     self.send_response(200)
@@ -69,7 +73,7 @@ class Upstream:
                     self.end_headers()
                     if self.command != "HEAD":
                         for i in range(0, len(data), 1000):
-                            piece = data[i:i + 1000]
+                            piece = data[i : i + 1000]
                             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                         self.wfile.write(b"0\r\n\r\n")
                 elif parts[0] == "redirect":
@@ -77,12 +81,22 @@ class Upstream:
                 elif parts[0] == "relative-redirect":
                     self._send(307, b"", [("Location", "/data/10")])
                 elif parts[0] == "auth":
-                    self._send(401, b"{}", [("WWW-Authenticate", f'Bearer realm="http://{host}/token",service="svc"')])
+                    self._send(
+                        401,
+                        b"{}",
+                        [("WWW-Authenticate", f'Bearer realm="http://{host}/token",service="svc"')],
+                    )
                 elif parts[0] == "auth-external":
                     realm = f"http://127.0.0.1:{upstream.token_port}/token"
-                    self._send(401, b"{}", [("WWW-Authenticate", f'Bearer realm="{realm}",service="svc",scope="x"')])
+                    self._send(
+                        401, b"{}", [("WWW-Authenticate", f'Bearer realm="{realm}",service="svc",scope="x"')]
+                    )
                 elif parts[0] == "token":
-                    self._send(200, json.dumps({"token": "t", "host": host}).encode(), [("Content-Type", "application/json")])
+                    self._send(
+                        200,
+                        json.dumps({"token": "t", "host": host}).encode(),
+                        [("Content-Type", "application/json")],
+                    )
                 elif parts[0] == "link":
                     self._send(200, b"[]", [("Link", '</v2/_catalog?last=a&n=1>; rel="next"')])
                 else:
@@ -93,8 +107,12 @@ class Upstream:
             def do_POST(self):
                 upstream.seen.append((self.command, self.path))
                 body = self._body()
-                out = {"received": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-                       "te": self.headers.get("Transfer-Encoding"), "host": self.headers["Host"]}
+                out = {
+                    "received": len(body),
+                    "sha256": hashlib.sha256(body).hexdigest(),
+                    "te": self.headers.get("Transfer-Encoding"),
+                    "host": self.headers["Host"],
+                }
                 self._send(201, json.dumps(out).encode(), [("Content-Type", "application/json")])
 
             do_PUT = do_PATCH = do_DELETE = do_POST
@@ -103,7 +121,9 @@ class Upstream:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def stop(self) -> None:
@@ -210,7 +230,7 @@ def test_reset_mid_body_headers_arrive_first(fp):
         for chunk in r.iter_content(4096):
             got += chunk
     assert len(got) <= 25000
-    assert bytes(got) == payload(100000)[:len(got)]
+    assert bytes(got) == payload(100000)[: len(got)]
 
 
 @pytest.mark.parametrize("path", ["/data/50000", "/chunked/50000"])
@@ -327,8 +347,10 @@ def test_location_realm_and_link_rewriting(upstream, session):
     token_up = Upstream()
     try:
         upstream.token_port = token_up.port
-        with FaultProxy(token_up.url) as token_proxy, \
-                FaultProxy(upstream.url, rewrite={token_up.url: token_proxy.url}) as fp:
+        with (
+            FaultProxy(token_up.url) as token_proxy,
+            FaultProxy(upstream.url, rewrite={token_up.url: token_proxy.url}) as fp,
+        ):
             r = session.get(f"{fp.url}/redirect", allow_redirects=False, timeout=5)
             assert r.status_code == 307 and r.headers["Location"] == f"{fp.url}/data/10"
             r = session.get(f"{fp.url}/redirect", timeout=5)  # followed through the proxy
@@ -338,7 +360,10 @@ def test_location_realm_and_link_rewriting(upstream, session):
             r = session.get(f"{fp.url}/auth", timeout=5)
             assert r.headers["WWW-Authenticate"] == f'Bearer realm="{fp.url}/token",service="svc"'
             r = session.get(f"{fp.url}/auth-external", timeout=5)
-            assert r.headers["WWW-Authenticate"] == f'Bearer realm="{token_proxy.url}/token",service="svc",scope="x"'
+            assert (
+                r.headers["WWW-Authenticate"]
+                == f'Bearer realm="{token_proxy.url}/token",service="svc",scope="x"'
+            )
             realm = r.headers["WWW-Authenticate"].split('"')[1]
             assert session.get(realm, timeout=5).json()["host"] == f"127.0.0.1:{token_up.port}"
             assert [e.path for e in token_proxy.log] == ["/token"]
@@ -371,7 +396,15 @@ def test_stop_closes_keep_alive_connections(upstream):
 
 
 def test_rule_validation():
-    assert set(FAULT_KINDS) == {"reset", "reset_mid_body", "truncate", "status", "throttle", "slow", "corrupt_body"}
+    assert set(FAULT_KINDS) == {
+        "reset",
+        "reset_mid_body",
+        "truncate",
+        "status",
+        "throttle",
+        "slow",
+        "corrupt_body",
+    }
     with pytest.raises(ValueError):
         FaultRule("explode")
     with pytest.raises(ValueError):
@@ -418,8 +451,7 @@ def test_real_registry_push_pull_through_proxy_with_faults(anon_registry):
 def test_real_registry_token_realm_through_second_proxy(fresh_registry, token_issuer):
     reg = fresh_registry(auth="token")
     realm = urlparse_origin(token_issuer.realm)
-    with FaultProxy(realm) as token_proxy, \
-            FaultProxy(reg.url, rewrite={realm: token_proxy.url}) as fp:
+    with FaultProxy(realm) as token_proxy, FaultProxy(reg.url, rewrite={realm: token_proxy.url}) as fp:
         r = requests.get(f"{fp.url}/v2/", timeout=10)
         assert r.status_code == 401
         challenge = r.headers["WWW-Authenticate"]
@@ -427,10 +459,16 @@ def test_real_registry_token_realm_through_second_proxy(fresh_registry, token_is
         token_proxy.fail_next(1, "throttle", retry_after=3)
         r = requests.get(f"{token_proxy.url}/token", params={"service": token_issuer.service}, timeout=10)
         assert r.status_code == 429 and r.headers["Retry-After"] == "3"
-        r = requests.get(f"{token_proxy.url}/token", params={"service": token_issuer.service},
-                         auth=("admin", "admin-pass"), timeout=10)
+        r = requests.get(
+            f"{token_proxy.url}/token",
+            params={"service": token_issuer.service},
+            auth=("admin", "admin-pass"),
+            timeout=10,
+        )
         assert r.status_code == 200 and r.json()["token"]
-        r = requests.get(f"{fp.url}/v2/", headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=10)
+        r = requests.get(
+            f"{fp.url}/v2/", headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=10
+        )
         assert r.status_code == 200
 
 

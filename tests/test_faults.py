@@ -50,7 +50,9 @@ def catalog() -> dict[tuple[str, str], images.Manifest]:
         (f"{NAMESPACE}/alpine", "3.19"): images.oci_image("faults-alpine-3.19", (2048, 1024)),
         (f"{NAMESPACE}/alpine", "3.20"): images.oci_image("faults-alpine-3.20", (1024,), base_layer=base),
         (f"{NAMESPACE}/app", "1.0"): app,
-        (f"{NAMESPACE}/app", "1.1"): images.oci_index("faults-app-1.1", ("linux/amd64", "linux/arm64"), (900,)),
+        (f"{NAMESPACE}/app", "1.1"): images.oci_index(
+            "faults-app-1.1", ("linux/amd64", "linux/arm64"), (900,)
+        ),
         (f"{NAMESPACE}/app", images.digest_tag(app.digest)): images.signature("faults-app-sig", app),
         (f"{NAMESPACE}/legacy", "v1"): images.docker_image("faults-legacy-v1", (1536,), base_layer=base),
         (f"{NAMESPACE}/legacy", "v2"): images.docker_manifest_list("faults-legacy-v2"),
@@ -65,7 +67,7 @@ def catalog() -> dict[tuple[str, str], images.Manifest]:
 CATALOG = catalog()
 #: (target repository, tag) -> digest of everything the sync must produce.
 EXPECTED = {
-    (f"{MIRROR}/{repo[len(NAMESPACE) + 1:]}", tag): m.digest
+    (f"{MIRROR}/{repo[len(NAMESPACE) + 1 :]}", tag): m.digest
     for (repo, tag), m in CATALOG.items()
     if repo.startswith(NAMESPACE + "/")
 }
@@ -73,7 +75,7 @@ TARGET_REPOS = sorted({repo for repo, _ in EXPECTED} | {f"{MIRROR}/outside", "ot
 #: (target repository, referrers tag) -> referrer digests the tag must list: distribution 2.8 has
 #: no referrers API, so the sync keeps the referrers tag (sha256-<hex of the subject>) itself.
 REFERRERS_TAGS = {
-    (f"{MIRROR}/{repo[len(NAMESPACE) + 1:]}", images.digest_tag(m.subject.digest, suffix="")): {m.digest}
+    (f"{MIRROR}/{repo[len(NAMESPACE) + 1 :]}", images.digest_tag(m.subject.digest, suffix="")): {m.digest}
     for (repo, _), m in CATALOG.items()
     if repo.startswith(NAMESPACE + "/") and m.subject is not None
 }
@@ -93,8 +95,16 @@ def acr(token_issuer):
 class World:
     """Source and target behind fault proxies, for one test."""
 
-    def __init__(self, acr: AcrStandIn, fresh_issuer, fresh_registry, *, rate: float, seed: int,
-                 token_lifetime: int = 300):
+    def __init__(
+        self,
+        acr: AcrStandIn,
+        fresh_issuer,
+        fresh_registry,
+        *,
+        rate: float,
+        seed: int,
+        token_lifetime: int = 300,
+    ):
         self.acr = acr
         self.preexisting: dict[tuple[str, str], str] = {}
         self.issuer = fresh_issuer(lifetime=token_lifetime)
@@ -102,10 +112,15 @@ class World:
         realm_origin = f"http://127.0.0.1:{self.issuer.port}"
         self.token_fp = FaultProxy(
             realm_origin,
-            [FaultRule("throttle", retry_after=1), FaultRule("throttle"), FaultRule("status", status=(500, 503)),
-             FaultRule("reset")],
-            seed=seed + 1, rate=rate,
-        )  # fmt: skip
+            [
+                FaultRule("throttle", retry_after=1),
+                FaultRule("throttle"),
+                FaultRule("status", status=(500, 503)),
+                FaultRule("reset"),
+            ],
+            seed=seed + 1,
+            rate=rate,
+        )
         self.source_fp = FaultProxy(
             acr.url,
             [
@@ -118,8 +133,9 @@ class World:
                 FaultRule("throttle", weight=0.5),
                 FaultRule("slow", delay_ms=300),
             ],
-            seed=seed, rate=rate,
-        )  # fmt: skip
+            seed=seed,
+            rate=rate,
+        )
         self.target_fp = FaultProxy(
             self.target.url,
             [
@@ -133,8 +149,10 @@ class World:
                 FaultRule("throttle", weight=0.5),
                 FaultRule("slow", delay_ms=300),
             ],
-            seed=seed + 2, rate=rate, rewrite={realm_origin: self.token_fp.url},
-        )  # fmt: skip
+            seed=seed + 2,
+            rate=rate,
+            rewrite={realm_origin: self.token_fp.url},
+        )
         self.verifier = images.Pusher.for_issuer(self.target.url, self.issuer)
         self.env = {
             "SOURCE_REGISTRY": self.source_fp.url,
@@ -191,9 +209,9 @@ def reported(summary: Summary) -> tuple[set[tuple[str, str]], set[str]]:
         item = failure["item"].split(" -> ")[0]
         if ":" in item:
             repo, tag = item.rsplit(":", 1)
-            tags.add((f"{MIRROR}/{repo[len(NAMESPACE) + 1:]}", tag))
+            tags.add((f"{MIRROR}/{repo[len(NAMESPACE) + 1 :]}", tag))
         else:
-            repos.add(f"{MIRROR}/{item[len(NAMESPACE) + 1:]}")
+            repos.add(f"{MIRROR}/{item[len(NAMESPACE) + 1 :]}")
     return tags, repos
 
 
@@ -222,7 +240,10 @@ def seed_preexisting(world: World) -> None:
     keep = images.oci_image("faults-keep-me", (64,))
     world.verifier.push(f"{MIRROR}/alpine", keep, "keep-me")
     world.verifier.push(f"{MIRROR}/outside", keep, "1")
-    world.preexisting = {(f"{MIRROR}/alpine", "keep-me"): keep.digest, (f"{MIRROR}/outside", "1"): keep.digest}
+    world.preexisting = {
+        (f"{MIRROR}/alpine", "keep-me"): keep.digest,
+        (f"{MIRROR}/outside", "1"): keep.digest,
+    }
 
 
 def check_source_read_only_and_nothing_deleted(world: World) -> None:
@@ -267,11 +288,20 @@ def test_full_sync_with_ten_percent_faults_on_each_side_ends_complete_and_verifi
     for _ in range(3):  # "if one run cannot absorb the faults, the next run completes the job"
         with world.syncer() as syncer:
             summary = syncer.run()
-            tokens = (syncer.source_client.auth.tokens_fetched,
-                      sum(c.auth.tokens_fetched for c in syncer.target_clients.values()))  # fmt: skip
+            tokens = (
+                syncer.source_client.auth.tokens_fetched,
+                sum(c.auth.tokens_fetched for c in syncer.target_clients.values()),
+            )
         missing = check_target(world, summary)
-        runs.append({"failures": summary.failures, "missing": len(missing), "copied": summary.tags_copied,
-                     "tokens": tokens, "seconds": round(summary.duration_seconds, 2)})  # fmt: skip
+        runs.append(
+            {
+                "failures": summary.failures,
+                "missing": len(missing),
+                "copied": summary.tags_copied,
+                "tokens": tokens,
+                "seconds": round(summary.duration_seconds, 2),
+            }
+        )
         if summary.ok:
             assert not missing
             break
@@ -283,7 +313,9 @@ def test_full_sync_with_ten_percent_faults_on_each_side_ends_complete_and_verifi
     source_stats, target_stats = world.source_fp.stats(), world.target_fp.stats()
     token_stats = world.token_fp.stats()
     assert READ_KINDS <= set(source_stats["faults"]), source_stats
-    assert {"reset", "reset_mid_body", "truncate", "status", "throttle", "slow"} <= set(target_stats["faults"])
+    assert {"reset", "reset_mid_body", "truncate", "status", "throttle", "slow"} <= set(
+        target_stats["faults"]
+    )
     assert {r.rule for r in world.target_fp.log} >= {"reset-after-acting", "error-after-acting"}
     # "about 10 %": the random share plus the few deterministic ones above
     for stats in (source_stats, target_stats):
@@ -295,19 +327,23 @@ def test_full_sync_with_ten_percent_faults_on_each_side_ends_complete_and_verifi
         per_scope_set = collections.Counter(frozenset(g.requested) for g in grants)
         assert max(per_scope_set.values()) >= 2, per_scope_set
     print(f"\nfault sync: {len(runs)} run(s) in {elapsed:.1f}s: {runs}")
-    print(f"source faults {source_stats['faults']} of {source_stats['requests']} requests; "
-          f"target faults {target_stats['faults']} of {target_stats['requests']}; "
-          f"token proxy {token_stats['faults']} of {token_stats['requests']}")  # fmt: skip
+    print(
+        f"source faults {source_stats['faults']} of {source_stats['requests']} requests; "
+        f"target faults {target_stats['faults']} of {target_stats['requests']}; "
+        f"token proxy {token_stats['faults']} of {token_stats['requests']}"
+    )
 
 
 def test_an_overwhelmed_run_reports_exactly_what_failed_and_the_next_run_completes(world_factory, acr):
     world = world_factory(rate=0.0, seed=7)
     seed_preexisting(world)
     # Every blob upload into mirror/big fails; the source cannot list the tags of gs/legacy.
-    uploads = world.target_fp.add_rule(FaultRule("status", method="PUT", path=r"^/v2/mirror/big/blobs/uploads/",
-                                                 status=503, count=10_000))  # fmt: skip
-    listing = world.source_fp.add_rule(FaultRule("status", path=r"^/acr/v1/gs/legacy/_tags", status=500,
-                                                 count=10_000))  # fmt: skip
+    uploads = world.target_fp.add_rule(
+        FaultRule("status", method="PUT", path=r"^/v2/mirror/big/blobs/uploads/", status=503, count=10_000)
+    )
+    listing = world.source_fp.add_rule(
+        FaultRule("status", path=r"^/acr/v1/gs/legacy/_tags", status=500, count=10_000)
+    )
     with world.syncer() as syncer:
         first = syncer.run()
     assert not first.ok
@@ -316,7 +352,10 @@ def test_an_overwhelmed_run_reports_exactly_what_failed_and_the_next_run_complet
     failures = {f["item"]: f["reason"] for f in first.failures}
     assert set(failures) == {f"{NAMESPACE}/big:large -> target", f"{NAMESPACE}/legacy"}, failures
     assert "HTTP 503" in failures[f"{NAMESPACE}/big:large -> target"]
-    assert "listing source tags" in failures[f"{NAMESPACE}/legacy"] and "HTTP 500" in failures[f"{NAMESPACE}/legacy"]
+    assert (
+        "listing source tags" in failures[f"{NAMESPACE}/legacy"]
+        and "HTTP 500" in failures[f"{NAMESPACE}/legacy"]
+    )
     assert first.tags_failed == 1 + 1 and first.tags_copied == len(EXPECTED) - 3
     assert uploads.fired == 2 * FAST_UPLOAD_RETRY.attempts  # config and layer: restarted, then given up
 

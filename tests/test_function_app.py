@@ -58,8 +58,11 @@ def test_three_functions_with_expected_bindings():
     for name in found:
         out = bindings[name]["out"]
         assert (out["type"], out["direction"], out["queueName"], out["connection"]) == (
-            "queue", "OUT", "%SYNC_QUEUE%", "AzureWebJobsStorage"
-        )  # fmt: skip
+            "queue",
+            "OUT",
+            "%SYNC_QUEUE%",
+            "AzureWebJobsStorage",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +117,14 @@ def _event(name: str, **target) -> func.EventGridEvent:
     raw = json.loads((EVENTS / name).read_text())
     raw["data"]["target"].update(target)
     return func.EventGridEvent(
-        id=raw["id"], data=raw["data"], topic=raw["topic"], subject=raw["subject"], event_type=raw["eventType"],
-        event_time=None, data_version=raw["dataVersion"],
-    )  # fmt: skip
+        id=raw["id"],
+        data=raw["data"],
+        topic=raw["topic"],
+        subject=raw["subject"],
+        event_type=raw["eventType"],
+        event_time=None,
+        data_version=raw["dataVersion"],
+    )
 
 
 def test_sample_events_give_the_documented_decisions(app_env, acr, caplog):
@@ -155,9 +163,15 @@ def test_sample_events_give_the_documented_decisions(app_env, acr, caplog):
 def test_malformed_events_enqueue_nothing_and_raise_nothing(app_env, acr, data):
     if "request" in data:
         data["request"]["host"] = acr.host
-    event = func.EventGridEvent(id="x", data=data, topic="t", subject="s",
-                                event_type="Microsoft.ContainerRegistry.ImagePushed", event_time=None,
-                                data_version="1.0")  # fmt: skip
+    event = func.EventGridEvent(
+        id="x",
+        data=data,
+        topic="t",
+        subject="s",
+        event_type="Microsoft.ContainerRegistry.ImagePushed",
+        event_time=None,
+        data_version="1.0",
+    )
     out = Collect()
     call("on_image_pushed", event, out)
     assert out.value is None
@@ -209,9 +223,14 @@ def test_cloudevents_delivery_gives_the_same_decision(app_env, acr):
     raw = json.loads((EVENTS / "image-pushed.cloudevent.json").read_text())
     raw["data"]["request"]["host"] = acr.host
     event = func.CloudEvent(
-        id=raw["id"], source=raw["source"], type=raw["type"], specversion=raw["specversion"], time=None,
-        subject=raw["subject"], data=raw["data"],
-    )  # fmt: skip
+        id=raw["id"],
+        source=raw["source"],
+        type=raw["type"],
+        specversion=raw["specversion"],
+        time=None,
+        subject=raw["subject"],
+        data=raw["data"],
+    )
     out = Collect()
     call("on_image_pushed", event, out)
     (message,) = [messages.parse_message(m, runtime.shared_syncer().config) for m in out.value]
@@ -256,7 +275,10 @@ def test_ruff_fix_keeps_the_annotations_the_worker_accepts():
     ruff = Path(sys.executable).parent / "ruff"
     result = subprocess.run(
         [str(ruff), "check", "--fix", "--diff", "function_app.py"],
-        cwd=Path(function_app.__file__).parent, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=Path(function_app.__file__).parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
     assert "func.Out[typing.List[str]]" in Path(function_app.__file__).read_text()

@@ -52,7 +52,9 @@ DEEP = [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_00
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -110,7 +112,9 @@ def manifest_answers(draw):
     if kind == "valid":
         body = base.raw
     elif kind == "mutated":
-        key = draw(st.sampled_from(["schemaVersion", "mediaType", "config", "layers", "manifests", "artifactType"]))
+        key = draw(
+            st.sampled_from(["schemaVersion", "mediaType", "config", "layers", "manifests", "artifactType"])
+        )
         if draw(st.booleans()):
             doc.pop(key, None)
         else:
@@ -119,10 +123,22 @@ def manifest_answers(draw):
     elif kind == "descriptor":
         entries = doc.get("layers") or doc.get("manifests")
         field = draw(st.sampled_from(["mediaType", "digest", "size", "urls", "artifactType", "platform"]))
-        entries[0][field] = draw(json_values | st.sampled_from(
-            ["sha256:" + "0" * 64, "sha256:../../etc/passwd", "md5:abc", -1, 2**63, 10**9, images.OCI_INDEX,
-             ["https://evil.example/layer"], "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"]
-        ))  # fmt: skip
+        entries[0][field] = draw(
+            json_values
+            | st.sampled_from(
+                [
+                    "sha256:" + "0" * 64,
+                    "sha256:../../etc/passwd",
+                    "md5:abc",
+                    -1,
+                    2**63,
+                    10**9,
+                    images.OCI_INDEX,
+                    ["https://evil.example/layer"],
+                    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                ]
+            )
+        )
         body = json.dumps(doc).encode()
     elif kind == "bytes":
         body = draw(st.binary(max_size=200))
@@ -132,10 +148,19 @@ def manifest_answers(draw):
         body = draw(st.sampled_from(DEEP))
     else:
         body = OVER_4_MIB
-    content_type = draw(st.sampled_from(
-        [base.media_type, None, "text/html", "application/json", images.OCI_INDEX, images.DOCKER_MANIFEST,
-         f"{images.OCI_MANIFEST}; charset=utf-8"]
-    ))  # fmt: skip
+    content_type = draw(
+        st.sampled_from(
+            [
+                base.media_type,
+                None,
+                "text/html",
+                "application/json",
+                images.OCI_INDEX,
+                images.DOCKER_MANIFEST,
+                f"{images.OCI_MANIFEST}; charset=utf-8",
+            ]
+        )
+    )
     digest = draw(st.sampled_from(["right", "right", "wrong", "garbage", None]))
     status = draw(st.sampled_from([200] * 8 + [404, 500, 401, 302, 204, 429]))
     return status, body, content_type, digest
@@ -153,7 +178,9 @@ def serve_manifest(answer):
         if digest == "right":
             headers["Docker-Content-Digest"] = sha256_digest(body)
         elif digest == "wrong":
-            headers["Docker-Content-Digest"] = VALID.digest if sha256_digest(body) != VALID.digest else INDEX.digest
+            headers["Docker-Content-Digest"] = (
+                VALID.digest if sha256_digest(body) != VALID.digest else INDEX.digest
+            )
         elif digest == "garbage":
             headers["Docker-Content-Digest"] = "sha256:zz/../x"
         return Reply(status, headers, body)
@@ -187,21 +214,37 @@ def test_any_manifest_answer_ends_in_a_verified_copy_or_a_clear_error(evil, src,
 
 # -- listings and paging ----------------------------------------------------------------------------
 
-LINKS = ["none", "next", "absolute-next", "evil", "evil-protocol-relative", "localhost-alias", "https-same-host",
-         "loop", "garbage", "first"]  # fmt: skip
+LINKS = [
+    "none",
+    "next",
+    "absolute-next",
+    "evil",
+    "evil-protocol-relative",
+    "localhost-alias",
+    "https-same-host",
+    "loop",
+    "garbage",
+    "first",
+]
 
 
 @st.composite
 def pages(draw):
     out = []
     for _ in range(draw(st.integers(1, 5))):
-        body = draw(st.one_of(
-            st.builds(lambda tags: json.dumps({"name": "hostile/list", "tags": tags}).encode(),
-                      st.lists(st.text(max_size=12) | st.from_regex(r"[a-z0-9.]{1,8}", fullmatch=True), max_size=5)),
-            json_values.map(lambda v: json.dumps(v).encode()),
-            st.binary(max_size=50),
-            st.sampled_from(DEEP),
-        ))  # fmt: skip
+        body = draw(
+            st.one_of(
+                st.builds(
+                    lambda tags: json.dumps({"name": "hostile/list", "tags": tags}).encode(),
+                    st.lists(
+                        st.text(max_size=12) | st.from_regex(r"[a-z0-9.]{1,8}", fullmatch=True), max_size=5
+                    ),
+                ),
+                json_values.map(lambda v: json.dumps(v).encode()),
+                st.binary(max_size=50),
+                st.sampled_from(DEEP),
+            )
+        )
         out.append((body, draw(st.sampled_from(LINKS))))
     return out
 
@@ -283,8 +326,17 @@ def test_endless_pagination_is_cut_short_with_a_clear_error(evil, src, monkeypat
 
 # -- upload Location -----------------------------------------------------------------------------
 
-LOCATIONS = ["relative", "absolute", "evil", "evil-protocol-relative", "https-same-host", "localhost-alias",
-             "empty", "javascript", "missing"]  # fmt: skip
+LOCATIONS = [
+    "relative",
+    "absolute",
+    "evil",
+    "evil-protocol-relative",
+    "https-same-host",
+    "localhost-alias",
+    "empty",
+    "javascript",
+    "missing",
+]
 
 
 @HYPO
@@ -335,9 +387,26 @@ def test_upload_locations_are_followed_only_on_the_registrys_own_host(evil, src,
 
 # -- a catalog full of hostile names ----------------------------------------------------------------
 
-NASTY_REPOS = ["gs/../etc", "gs//x", "/gs/x", "gs/x/", "GS/x", "gsx/app", "gs", "gs/%2e%2e/x", "gs/x?y=1",
-               "gs/x#y", "gs/a b", "gs/" + "a" * 300, "http://evil/gs/x", "gs/x\n", "../gs/x", "gs/.hidden",
-               "gs/x/../../other", "other/gs/x"]  # fmt: skip
+NASTY_REPOS = [
+    "gs/../etc",
+    "gs//x",
+    "/gs/x",
+    "gs/x/",
+    "GS/x",
+    "gsx/app",
+    "gs",
+    "gs/%2e%2e/x",
+    "gs/x?y=1",
+    "gs/x#y",
+    "gs/a b",
+    "gs/" + "a" * 300,
+    "http://evil/gs/x",
+    "gs/x\n",
+    "../gs/x",
+    "gs/.hidden",
+    "gs/x/../../other",
+    "other/gs/x",
+]
 NASTY_TAGS = ["../x", "a" * 200, "-bad", ".bad", "x/y", "sha256:" + "a" * 64, "x y", "", "x\n"]
 
 
@@ -348,11 +417,16 @@ NASTY_TAGS = ["../x", "a" * 200, "-bad", ".bad", "x/y", "sha256:" + "a" * 64, "x
         | st.from_regex(r"[a-z]{1,3}/[a-z0-9]{1,5}", fullmatch=True)
         | st.sampled_from(NASTY_REPOS)
         | st.text(max_size=12),
-        max_size=5, unique=True,
+        max_size=5,
+        unique=True,
     ),
-    tags=st.lists(st.from_regex(r"[a-z0-9][a-z0-9.]{0,5}", fullmatch=True) | st.sampled_from(NASTY_TAGS),
-                  min_size=1, max_size=3, unique=True),
-)  # fmt: skip
+    tags=st.lists(
+        st.from_regex(r"[a-z0-9][a-z0-9.]{0,5}", fullmatch=True) | st.sampled_from(NASTY_TAGS),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    ),
+)
 def test_a_hostile_catalog_never_leads_to_a_copy_outside_the_namespaces(evil, dst, repos, tags):
     fresh(evil, None, dst)
     source = FakeRegistry()
@@ -363,9 +437,15 @@ def test_a_hostile_catalog_never_leads_to_a_copy_outside_the_namespaces(evil, ds
                 for tag in tags:
                     if is_tag(tag):
                         source.push(repo, VALID, tag)
-        env = {"SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": "gs",
-               "TARGET_REGISTRY": dst.url, "TARGET_NAMESPACE": "mirror", "SYNC_CONCURRENCY": "2",
-               "SOURCE_ALLOW_EMPTY": "true"}  # fmt: skip
+        env = {
+            "SOURCE_REGISTRY": source.url,
+            "SOURCE_KIND": "oci",
+            "SOURCE_NAMESPACE": "gs",
+            "TARGET_REGISTRY": dst.url,
+            "TARGET_NAMESPACE": "mirror",
+            "SYNC_CONCURRENCY": "2",
+            "SOURCE_ALLOW_EMPTY": "true",
+        }
         with Syncer(load_config(env)) as syncer:
             for c in (syncer.source_client, *syncer.target_clients.values()):
                 c.transport.retry = FAST
@@ -393,8 +473,15 @@ def test_a_hostile_catalog_never_leads_to_a_copy_outside_the_namespaces(evil, ds
 
 @pytest.fixture(scope="module")
 def config() -> SyncConfig:
-    return load_config({"SOURCE_REGISTRY": "http://127.0.0.1:9", "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": "gs",
-                        "TARGET_REGISTRY": "http://127.0.0.1:9", "TARGET_NAMESPACE": "mirror"})  # fmt: skip
+    return load_config(
+        {
+            "SOURCE_REGISTRY": "http://127.0.0.1:9",
+            "SOURCE_KIND": "acr",
+            "SOURCE_NAMESPACE": "gs",
+            "TARGET_REGISTRY": "http://127.0.0.1:9",
+            "TARGET_NAMESPACE": "mirror",
+        }
+    )
 
 
 def near_valid_messages():
@@ -412,14 +499,22 @@ def near_valid_messages():
 
 
 @HYPO
-@given(message=st.one_of(
-    near_valid_messages().map(json.dumps),
-    json_values.map(json.dumps),
-    st.text(max_size=100),
-    st.binary(max_size=100),
-    st.sampled_from([d.decode() for d in DEEP] + ["[" * 20_000 + "]" * 20_000, "x" * 60_000,
-                     '{"v": 1, "kind": "tag", "repository": "gs/a"' + "}" * 2]),
-))  # fmt: skip
+@given(
+    message=st.one_of(
+        near_valid_messages().map(json.dumps),
+        json_values.map(json.dumps),
+        st.text(max_size=100),
+        st.binary(max_size=100),
+        st.sampled_from(
+            [d.decode() for d in DEEP]
+            + [
+                "[" * 20_000 + "]" * 20_000,
+                "x" * 60_000,
+                '{"v": 1, "kind": "tag", "repository": "gs/a"' + "}" * 2,
+            ]
+        ),
+    )
+)
 def test_any_queue_message_is_a_valid_work_item_or_invalid_content(config, message):
     try:
         work = parse_message(message, config)
@@ -437,8 +532,12 @@ def test_any_queue_message_is_a_valid_work_item_or_invalid_content(config, messa
 def test_an_invalid_queue_message_fails_before_any_network_request(config):
     # a poison message must fail fast and plainly: the registries here do not even exist
     with Syncer(config) as syncer:
-        for bad in (b'{"v": 1, "kind": "tag", "repository": "other/x", "target": "target", "tag": "1"}',
-                    b"[" * 40_000, b"\xff\xfe", b'{"v": 1, "kind": "repository", "repository": "gs/x", "target": "t"}'):  # fmt: skip
+        for bad in (
+            b'{"v": 1, "kind": "tag", "repository": "other/x", "target": "target", "tag": "1"}',
+            b"[" * 40_000,
+            b"\xff\xfe",
+            b'{"v": 1, "kind": "repository", "repository": "gs/x", "target": "t"}',
+        ):
             started = time.monotonic()
             with pytest.raises(InvalidContent):
                 process_message(bad, syncer)
@@ -448,14 +547,54 @@ def test_an_invalid_queue_message_fails_before_any_network_request(config):
 
 # -- configuration values ---------------------------------------------------------------------------
 
-SETTINGS = ["SOURCE_REGISTRY", "SOURCE_KIND", "SOURCE_NAMESPACE", "SOURCE_REPOSITORIES", "TARGET_REGISTRY",
-            "TARGET_NAMESPACE", "TAG_INCLUDE", "TAG_EXCLUDE", "REPOSITORY_INCLUDE", "TAG_MIN_AGE_DAYS",
-            "TAG_MAX_AGE_DAYS", "TAG_KEEP_LATEST", "SYNC_COMPARE", "SYNC_CONCURRENCY", "SYNC_QUEUE",
-            "SYNC_TIME_BUDGET_SECONDS", "KEY_VAULT_URL", "SOURCE_USERNAME", "SOURCE_PASSWORD",
-            "SOURCE_USERNAME_SECRET", "TARGET_SKIP_ARTIFACT_TYPES"]  # fmt: skip
-ODD_VALUES = ["", " ", "gsoci.azurecr.io", "http://127.0.0.1:5000", "https://u:p@h", "ftp://x", "a{4294967296}",
-              "(" * 200 + ")" * 200, "[", "1e400", "nan", "-1", "9" * 5000, "acr", "oci", "digest", "0",
-              "\x00", "a,b,,c", "../x", "https://vault.example", "${HOME}", "x" * 10_000]  # fmt: skip
+SETTINGS = [
+    "SOURCE_REGISTRY",
+    "SOURCE_KIND",
+    "SOURCE_NAMESPACE",
+    "SOURCE_REPOSITORIES",
+    "TARGET_REGISTRY",
+    "TARGET_NAMESPACE",
+    "TAG_INCLUDE",
+    "TAG_EXCLUDE",
+    "REPOSITORY_INCLUDE",
+    "TAG_MIN_AGE_DAYS",
+    "TAG_MAX_AGE_DAYS",
+    "TAG_KEEP_LATEST",
+    "SYNC_COMPARE",
+    "SYNC_CONCURRENCY",
+    "SYNC_QUEUE",
+    "SYNC_TIME_BUDGET_SECONDS",
+    "KEY_VAULT_URL",
+    "SOURCE_USERNAME",
+    "SOURCE_PASSWORD",
+    "SOURCE_USERNAME_SECRET",
+    "TARGET_SKIP_ARTIFACT_TYPES",
+]
+ODD_VALUES = [
+    "",
+    " ",
+    "gsoci.azurecr.io",
+    "http://127.0.0.1:5000",
+    "https://u:p@h",
+    "ftp://x",
+    "a{4294967296}",
+    "(" * 200 + ")" * 200,
+    "[",
+    "1e400",
+    "nan",
+    "-1",
+    "9" * 5000,
+    "acr",
+    "oci",
+    "digest",
+    "0",
+    "\x00",
+    "a,b,,c",
+    "../x",
+    "https://vault.example",
+    "${HOME}",
+    "x" * 10_000,
+]
 
 
 def _load(env=None, path=None):
@@ -469,19 +608,45 @@ def _load(env=None, path=None):
 
 
 @HYPO
-@given(env=st.dictionaries(st.sampled_from(SETTINGS), st.sampled_from(ODD_VALUES) | st.text(max_size=30),
-                           max_size=10))  # fmt: skip
+@given(
+    env=st.dictionaries(
+        st.sampled_from(SETTINGS), st.sampled_from(ODD_VALUES) | st.text(max_size=30), max_size=10
+    )
+)
 def test_any_environment_is_a_configuration_or_a_config_error(env):
     _load({"SOURCE_REGISTRY": "gsoci.azurecr.io", "TARGET_REGISTRY": "docker.io", **env})
 
 
 @HYPO
-@given(doc=st.dictionaries(st.sampled_from([s.lower() for s in SETTINGS] + ["targets", "x"]),
-                           json_values | st.sampled_from(ODD_VALUES), max_size=8),
-       targets=st.none() | json_values | st.lists(st.dictionaries(
-           st.sampled_from(["name", "registry", "namespace", "tag_include", "max_path_depth",
-                            "skip_artifact_types", "username_secret", "password_env", "bogus"]),
-           json_values | st.sampled_from(ODD_VALUES), max_size=5), max_size=3))  # fmt: skip
+@given(
+    doc=st.dictionaries(
+        st.sampled_from([s.lower() for s in SETTINGS] + ["targets", "x"]),
+        json_values | st.sampled_from(ODD_VALUES),
+        max_size=8,
+    ),
+    targets=st.none()
+    | json_values
+    | st.lists(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "registry",
+                    "namespace",
+                    "tag_include",
+                    "max_path_depth",
+                    "skip_artifact_types",
+                    "username_secret",
+                    "password_env",
+                    "bogus",
+                ]
+            ),
+            json_values | st.sampled_from(ODD_VALUES),
+            max_size=5,
+        ),
+        max_size=3,
+    ),
+)
 def test_any_configuration_file_is_a_configuration_or_a_config_error(tmp_path_factory, doc, targets):
     path = tmp_path_factory.mktemp("cfg") / "sync.yaml"
     if targets is not None:
@@ -494,8 +659,13 @@ def test_any_configuration_file_is_a_configuration_or_a_config_error(tmp_path_fa
 
 
 @HYPO
-@given(payload=st.one_of(st.binary(max_size=200), st.sampled_from(DEEP + [b"\xff" * 10, b'[{"id": "\xc3"}]']),
-                         json_values.map(lambda v: json.dumps(v).encode("utf-16"))))  # fmt: skip
+@given(
+    payload=st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from(DEEP + [b"\xff" * 10, b'[{"id": "\xc3"}]']),
+        json_values.map(lambda v: json.dumps(v).encode("utf-16")),
+    )
+)
 def test_any_event_payload_bytes_enqueue_nothing_and_never_raise(config, payload):
     assert events_messages(payload, config) == []
     try:
@@ -505,9 +675,12 @@ def test_any_event_payload_bytes_enqueue_nothing_and_never_raise(config, payload
 
 
 @HYPO
-@given(data=json_values | st.fixed_dictionaries({"target": json_values, "request": json_values}),
-       event_type=st.sampled_from(["Microsoft.ContainerRegistry.ImagePushed", "Microsoft.ContainerRegistry.ImageDeleted",
-                                   "", "x" * 500]))  # fmt: skip
+@given(
+    data=json_values | st.fixed_dictionaries({"target": json_values, "request": json_values}),
+    event_type=st.sampled_from(
+        ["Microsoft.ContainerRegistry.ImagePushed", "Microsoft.ContainerRegistry.ImageDeleted", "", "x" * 500]
+    ),
+)
 def test_the_event_grid_function_never_raises_on_hostile_events(function_env, data, event_type):
     import function_app
 
@@ -521,8 +694,9 @@ def test_the_event_grid_function_never_raises_on_hostile_events(function_env, da
             return self.value
 
     out = Out()
-    event = func.EventGridEvent(id="e", data=data, topic="t", subject="s", event_type=event_type,
-                                event_time=None, data_version="1")  # fmt: skip
+    event = func.EventGridEvent(
+        id="e", data=data, topic="t", subject="s", event_type=event_type, event_time=None, data_version="1"
+    )
     function_app.on_image_pushed(event, out, Context())
     config = function_env
     for text in out.value or []:
@@ -534,8 +708,13 @@ def test_the_event_grid_function_never_raises_on_hostile_events(function_env, da
 def function_env():
     from sync_core import runtime
 
-    env = {"SOURCE_REGISTRY": "http://127.0.0.1:9", "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": "gs",
-           "TARGET_REGISTRY": "http://127.0.0.1:9", "TARGET_NAMESPACE": "mirror"}  # fmt: skip
+    env = {
+        "SOURCE_REGISTRY": "http://127.0.0.1:9",
+        "SOURCE_KIND": "acr",
+        "SOURCE_NAMESPACE": "gs",
+        "TARGET_REGISTRY": "http://127.0.0.1:9",
+        "TARGET_NAMESPACE": "mirror",
+    }
     mp = pytest.MonkeyPatch()
     for key, value in env.items():
         mp.setenv(key, value)

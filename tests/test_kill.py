@@ -41,16 +41,24 @@ def catalog() -> dict[tuple[str, str], images.Manifest]:
     base = images.layer("kill-base", 400_000)
     out: dict[tuple[str, str], images.Manifest] = {}
     for i in range(4):
-        out[(f"{NAMESPACE}/img{i}", "1.0")] = images.oci_image(f"kill-img{i}-1.0", (300_000, 150_000), base_layer=base)
-        out[(f"{NAMESPACE}/img{i}", "1.1")] = images.oci_image(f"kill-img{i}-1.1", (250_000,), base_layer=base)
-    out[(f"{NAMESPACE}/multi", "2.0")] = images.oci_index("kill-multi", ("linux/amd64", "linux/arm64"), (350_000,))
-    out[(f"{NAMESPACE}/legacy", "v1")] = images.docker_manifest_list("kill-legacy", layer_sizes=(200_000, 100_000))
+        out[(f"{NAMESPACE}/img{i}", "1.0")] = images.oci_image(
+            f"kill-img{i}-1.0", (300_000, 150_000), base_layer=base
+        )
+        out[(f"{NAMESPACE}/img{i}", "1.1")] = images.oci_image(
+            f"kill-img{i}-1.1", (250_000,), base_layer=base
+        )
+    out[(f"{NAMESPACE}/multi", "2.0")] = images.oci_index(
+        "kill-multi", ("linux/amd64", "linux/arm64"), (350_000,)
+    )
+    out[(f"{NAMESPACE}/legacy", "v1")] = images.docker_manifest_list(
+        "kill-legacy", layer_sizes=(200_000, 100_000)
+    )
     out[(f"{NAMESPACE}/big", "large")] = images.oci_image("kill-big", (1_500_000,))
     return out
 
 
 CATALOG = catalog()
-EXPECTED = {(f"{MIRROR}/{repo[len(NAMESPACE) + 1:]}", tag): m.digest for (repo, tag), m in CATALOG.items()}
+EXPECTED = {(f"{MIRROR}/{repo[len(NAMESPACE) + 1 :]}", tag): m.digest for (repo, tag), m in CATALOG.items()}
 TARGET_REPOS = sorted({repo for repo, _ in EXPECTED})
 
 
@@ -109,8 +117,9 @@ def world(fresh_registry, token_issuer):
     for (repo, tag), manifest in CATALOG.items():
         pusher.push(repo, manifest, tag)
     pusher.close()
-    link = LatencyProxy("127.0.0.1", source.port, delay_ms=2, bandwidth_bytes_per_s=LINK_BYTES_PER_S,
-                        connect_rtt=False).start()  # fmt: skip
+    link = LatencyProxy(
+        "127.0.0.1", source.port, delay_ms=2, bandwidth_bytes_per_s=LINK_BYTES_PER_S, connect_rtt=False
+    ).start()
     source_fp = FaultProxy(link.url)  # no faults: a request log to see what was in flight
     target_fp = FaultProxy(target.url)
     try:
@@ -143,8 +152,12 @@ def start_cli(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "sync_core", "sync", "--json"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
 
 
 def wait_for_copy(proc: subprocess.Popen, source_fp: FaultProxy, mark: int, timeout: float = 30.0) -> bool:
@@ -189,14 +202,25 @@ def test_sigkill_at_random_points_never_leaves_a_broken_tag_and_a_rerun_complete
             if proc.stdout:
                 proc.stdout.close()
             watcher.finish()
-            assert not watcher.violations, f"kill {k}: a target tag referenced missing content: {watcher.violations}"
+            assert not watcher.violations, (
+                f"kill {k}: a target tag referenced missing content: {watcher.violations}"
+            )
             try:
                 present = verify_present(verifier, TARGET_REPOS)  # deep: every blob fetched and hashed
             except Incomplete as exc:
-                pytest.fail(f"after kill {k} (at {delay:.2f}s) a target tag references missing content: {exc}")
+                pytest.fail(
+                    f"after kill {k} (at {delay:.2f}s) a target tag references missing content: {exc}"
+                )
             assert all(EXPECTED[key] == digest for key, digest in present.items())
-            kills.append({"at": round(delay, 2), "killed": not finished, "present": len(present),
-                          "in_flight": [] if finished else flying, "watch_rounds": watcher.rounds})  # fmt: skip
+            kills.append(
+                {
+                    "at": round(delay, 2),
+                    "killed": not finished,
+                    "present": len(present),
+                    "in_flight": [] if finished else flying,
+                    "watch_rounds": watcher.rounds,
+                }
+            )
             if finished:
                 break
 
@@ -205,8 +229,12 @@ def test_sigkill_at_random_points_never_leaves_a_broken_tag_and_a_rerun_complete
         watcher.start()
         final = subprocess.run(
             [sys.executable, "-m", "sync_core", "sync", "--json"],
-            cwd=ROOT, env=env, capture_output=True, timeout=120, check=False,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         watcher.finish()
         assert final.returncode == 0, final.stderr.decode()[-3000:]
         summary = json.loads(final.stdout)
@@ -218,9 +246,11 @@ def test_sigkill_at_random_points_never_leaves_a_broken_tag_and_a_rerun_complete
         verifier.close()
     elapsed = time.monotonic() - started
 
-    print(f"\nkills (delay s, tags present after, requests in flight, watcher rounds): "
-          f"{[(k['at'], k['present'], len(k['in_flight']), k['watch_rounds']) for k in kills]}; "
-          f"final run copied {summary['tags']['copied']} of {len(EXPECTED)}; {elapsed:.1f}s")
+    print(
+        f"\nkills (delay s, tags present after, requests in flight, watcher rounds): "
+        f"{[(k['at'], k['present'], len(k['in_flight']), k['watch_rounds']) for k in kills]}; "
+        f"final run copied {summary['tags']['copied']} of {len(EXPECTED)}; {elapsed:.1f}s"
+    )
     killed = [k for k in kills if k["killed"]]
     assert len(killed) >= 3, f"the runs were too short for the kills to land: {kills}"
     # the kills landed mid-copy: with blobs on the wire, and with some but not all tags copied

@@ -72,7 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             view = memoryview(PAYLOAD)[:n]
             for off in range(0, n, MB):
-                self.wfile.write(view[off:off + MB])
+                self.wfile.write(view[off : off + MB])
             return
         self._reply(b"ok " + self.path.encode())
 
@@ -164,9 +164,7 @@ def test_large_download_and_upload_stream_at_full_speed(proxy):
 
 
 def test_byte_counts_are_exact_and_half_close_is_propagated(proxy):
-    request = (
-        b"POST /exact HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world"
-    )
+    request = b"POST /exact HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world"
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
         sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)  # half-close: the response must still come back
@@ -216,8 +214,12 @@ def test_request_counting_keep_alive_post_chunked_put_head(proxy):
     ]
     assert st["requests_by_method"] == {"GET": 3, "HEAD": 1, "POST": 1, "PUT": 1}
     assert st["requests_by_kind"] == {
-        "GET base": 1, "GET manifest": 1, "HEAD blob": 1, "POST blob_upload": 1,
-        "PUT blob_upload": 1, "GET tags": 1,
+        "GET base": 1,
+        "GET manifest": 1,
+        "HEAD blob": 1,
+        "POST blob_upload": 1,
+        "PUT blob_upload": 1,
+        "GET tags": 1,
     }
     assert st["http_parse_errors"] == 0
     proxy.reset()
@@ -229,7 +231,8 @@ def test_pipelined_requests_in_one_write(proxy):
     body = b"0123456789"
     pipeline = (
         b"GET /p/1 HTTP/1.1\r\nHost: x\r\n\r\n"
-        b"POST /p/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" + body
+        b"POST /p/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+        + body
         + b"PUT /p/3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"4\r\nabcd\r\n3;ext=1\r\nefg\r\n0\r\nX-Trailer: 1\r\n\r\n"
         b"GET /p/4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -268,7 +271,7 @@ def test_parser_handles_every_split_point():
             assert parser.active and parser.error is None
     # byte by byte
     parser = HTTPRequestStreamParser()
-    got = [r for i in range(len(stream)) for r in parser.feed(stream[i:i + 1])]
+    got = [r for i in range(len(stream)) for r in parser.feed(stream[i : i + 1])]
     assert got == expected
 
     bad = HTTPRequestStreamParser()
@@ -301,8 +304,9 @@ def test_bandwidth_cap_per_connection(upstream):
 
 
 def test_bandwidth_cap_shared_between_connections(upstream):
-    with LatencyProxy("127.0.0.1", upstream, delay_ms=0, bandwidth_bytes_per_s=10_000_000,
-                      shared_bandwidth=True) as p:
+    with LatencyProxy(
+        "127.0.0.1", upstream, delay_ms=0, bandwidth_bytes_per_s=10_000_000, shared_bandwidth=True
+    ) as p:
         sizes: list[int] = []
 
         def fetch():
@@ -354,9 +358,21 @@ def test_stop_with_open_connections_is_prompt(upstream):
 
 def test_script_mode(upstream):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.latency_proxy", "--listen-port", "0",
-         "--upstream", f"127.0.0.1:{upstream}", "--delay-ms", "5"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.latency_proxy",
+            "--listen-port",
+            "0",
+            "--upstream",
+            f"127.0.0.1:{upstream}",
+            "--delay-ms",
+            "5",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stderr.readline()

@@ -61,10 +61,13 @@ def index(media_type: str | None = OCI_INDEX, child: str = OCI_MANIFEST, childre
     if media_type:
         doc["mediaType"] = media_type
     doc["manifests"] = (
-        [desc(child, "amd64", platform={"os": "linux", "architecture": "amd64"}),
-         desc(child, "arm64", platform={"os": "linux", "architecture": "arm64"})]
-        if children is None else children
-    )  # fmt: skip
+        [
+            desc(child, "amd64", platform={"os": "linux", "architecture": "amd64"}),
+            desc(child, "arm64", platform={"os": "linux", "architecture": "arm64"}),
+        ]
+        if children is None
+        else children
+    )
     doc.update(extra)
     return doc
 
@@ -103,42 +106,119 @@ def padded(size: int) -> bytes:
 VALID = [
     # (document, Content-Type, media type, blob labels, child labels)
     pytest.param(image(), OCI_MANIFEST, OCI_MANIFEST, ["config", "layer-1", "layer-2"], [], id="oci-image"),
-    pytest.param(image(DOCKER_MANIFEST, DOCKER_CONFIG, [desc(DOCKER_LAYER, "layer-1")]), DOCKER_MANIFEST,
-                 DOCKER_MANIFEST, ["config", "layer-1"], [], id="docker-image"),  # fmt: skip
+    pytest.param(
+        image(DOCKER_MANIFEST, DOCKER_CONFIG, [desc(DOCKER_LAYER, "layer-1")]),
+        DOCKER_MANIFEST,
+        DOCKER_MANIFEST,
+        ["config", "layer-1"],
+        [],
+        id="docker-image",
+    ),
     pytest.param(index(), OCI_INDEX, OCI_INDEX, [], ["amd64", "arm64"], id="oci-index"),
-    pytest.param(index(DOCKER_LIST, DOCKER_MANIFEST), DOCKER_LIST, DOCKER_LIST, [], ["amd64", "arm64"],
-                 id="docker-manifest-list"),  # fmt: skip
-    pytest.param(index(children=[desc(OCI_INDEX, "nested")]), OCI_INDEX, OCI_INDEX, [], ["nested"],
-                 id="index-of-an-index"),  # fmt: skip
+    pytest.param(
+        index(DOCKER_LIST, DOCKER_MANIFEST),
+        DOCKER_LIST,
+        DOCKER_LIST,
+        [],
+        ["amd64", "arm64"],
+        id="docker-manifest-list",
+    ),
+    pytest.param(
+        index(children=[desc(OCI_INDEX, "nested")]),
+        OCI_INDEX,
+        OCI_INDEX,
+        [],
+        ["nested"],
+        id="index-of-an-index",
+    ),
     pytest.param(index(children=[]), OCI_INDEX, OCI_INDEX, [], [], id="empty-index"),
     # where the media type comes from
     pytest.param(index(None), OCI_INDEX, OCI_INDEX, [], ["amd64", "arm64"], id="type-from-content-type"),
-    pytest.param(image(None), f"{OCI_MANIFEST}; charset=utf-8", OCI_MANIFEST, ["config", "layer-1", "layer-2"], [],
-                 id="content-type-parameters-ignored"),  # fmt: skip
-    pytest.param(index(), OCI_MANIFEST, OCI_INDEX, [], ["amd64", "arm64"], id="document-type-wins-over-header"),
-    pytest.param(image(), "application/json", OCI_MANIFEST, ["config", "layer-1", "layer-2"], [],
-                 id="document-type-wins-over-generic-header"),  # fmt: skip
+    pytest.param(
+        image(None),
+        f"{OCI_MANIFEST}; charset=utf-8",
+        OCI_MANIFEST,
+        ["config", "layer-1", "layer-2"],
+        [],
+        id="content-type-parameters-ignored",
+    ),
+    pytest.param(
+        index(), OCI_MANIFEST, OCI_INDEX, [], ["amd64", "arm64"], id="document-type-wins-over-header"
+    ),
+    pytest.param(
+        image(),
+        "application/json",
+        OCI_MANIFEST,
+        ["config", "layer-1", "layer-2"],
+        [],
+        id="document-type-wins-over-generic-header",
+    ),
     pytest.param(image(), None, OCI_MANIFEST, ["config", "layer-1", "layer-2"], [], id="no-content-type"),
     # layers
-    pytest.param(without(image(), "layers"), OCI_MANIFEST, OCI_MANIFEST, ["config"], [],
-                 id="oci-artifact-without-layers"),  # fmt: skip
+    pytest.param(
+        without(image(), "layers"),
+        OCI_MANIFEST,
+        OCI_MANIFEST,
+        ["config"],
+        [],
+        id="oci-artifact-without-layers",
+    ),
     pytest.param(image(layers=[]), OCI_MANIFEST, OCI_MANIFEST, ["config"], [], id="empty-layers"),
-    pytest.param(image(OCI_MANIFEST, HELM_CONFIG, [desc(HELM_CHART, "chart")]), OCI_MANIFEST,
-                 OCI_MANIFEST, ["config", "chart"], [], id="helm-chart"),  # fmt: skip
-    pytest.param(image(layers=[desc(OCI_LAYER, "layer-1"), desc(OCI_NONDISTRIBUTABLE, "foreign", urls=URLS)]),
-                 OCI_MANIFEST, OCI_MANIFEST, ["config", "layer-1"], [], id="non-distributable-layer-excluded"),
-    pytest.param(image(DOCKER_MANIFEST, DOCKER_CONFIG, [desc(DOCKER_FOREIGN, "windows", urls=URLS),
-                                                        desc(DOCKER_LAYER, "layer-1")]),
-                 DOCKER_MANIFEST, DOCKER_MANIFEST, ["config", "layer-1"], [], id="docker-foreign-layer-excluded"),
-    pytest.param(image(layers=[desc(OCI_NONDISTRIBUTABLE, "foreign")]), OCI_MANIFEST, OCI_MANIFEST,
-                 ["config", "foreign"], [], id="non-distributable-type-without-urls-is-a-blob"),
-    pytest.param(image(layers=[desc(OCI_LAYER, "layer-1", urls=URLS)]), OCI_MANIFEST, OCI_MANIFEST,
-                 ["config", "layer-1"], [], id="urls-on-a-normal-layer-still-a-blob"),
+    pytest.param(
+        image(OCI_MANIFEST, HELM_CONFIG, [desc(HELM_CHART, "chart")]),
+        OCI_MANIFEST,
+        OCI_MANIFEST,
+        ["config", "chart"],
+        [],
+        id="helm-chart",
+    ),
+    pytest.param(
+        image(layers=[desc(OCI_LAYER, "layer-1"), desc(OCI_NONDISTRIBUTABLE, "foreign", urls=URLS)]),
+        OCI_MANIFEST,
+        OCI_MANIFEST,
+        ["config", "layer-1"],
+        [],
+        id="non-distributable-layer-excluded",
+    ),
+    pytest.param(
+        image(
+            DOCKER_MANIFEST,
+            DOCKER_CONFIG,
+            [desc(DOCKER_FOREIGN, "windows", urls=URLS), desc(DOCKER_LAYER, "layer-1")],
+        ),
+        DOCKER_MANIFEST,
+        DOCKER_MANIFEST,
+        ["config", "layer-1"],
+        [],
+        id="docker-foreign-layer-excluded",
+    ),
+    pytest.param(
+        image(layers=[desc(OCI_NONDISTRIBUTABLE, "foreign")]),
+        OCI_MANIFEST,
+        OCI_MANIFEST,
+        ["config", "foreign"],
+        [],
+        id="non-distributable-type-without-urls-is-a-blob",
+    ),
+    pytest.param(
+        image(layers=[desc(OCI_LAYER, "layer-1", urls=URLS)]),
+        OCI_MANIFEST,
+        OCI_MANIFEST,
+        ["config", "layer-1"],
+        [],
+        id="urls-on-a-normal-layer-still-a-blob",
+    ),
     pytest.param(with_layer(urls=[]), OCI_MANIFEST, OCI_MANIFEST, ["config", "layer-1"], [], id="empty-urls"),
     pytest.param(with_layer(size=0), OCI_MANIFEST, OCI_MANIFEST, ["config", "layer-1"], [], id="size-zero"),
-    pytest.param(image(manifests=[]), OCI_MANIFEST, OCI_MANIFEST, ["config", "layer-1", "layer-2"], [],
-                 id="image-with-layers-and-a-manifests-key"),  # fmt: skip
-]  # fmt: skip
+    pytest.param(
+        image(manifests=[]),
+        OCI_MANIFEST,
+        OCI_MANIFEST,
+        ["config", "layer-1", "layer-2"],
+        [],
+        id="image-with-layers-and-a-manifests-key",
+    ),
+]
 
 
 @pytest.mark.parametrize("doc, content_type, media_type, blobs, children", VALID)
@@ -161,15 +241,26 @@ RAW = encode(image())
 DIGESTS = [
     # (expected digest passed in, the digest of the result or (error, match))
     pytest.param(None, "sha256:" + hashlib.sha256(RAW).hexdigest(), id="computed-when-not-given"),
-    pytest.param("sha256:" + hashlib.sha256(RAW).hexdigest(), "sha256:" + hashlib.sha256(RAW).hexdigest(),
-                 id="sha256-matches"),  # fmt: skip
-    pytest.param("sha512:" + hashlib.sha512(RAW).hexdigest(), "sha512:" + hashlib.sha512(RAW).hexdigest(),
-                 id="sha512-matches-and-is-kept"),  # fmt: skip
-    pytest.param(digest("something else"), (DigestMismatch, "expected sha256:.*content hashes to sha256:"),
-                 id="mismatch"),  # fmt: skip
+    pytest.param(
+        "sha256:" + hashlib.sha256(RAW).hexdigest(),
+        "sha256:" + hashlib.sha256(RAW).hexdigest(),
+        id="sha256-matches",
+    ),
+    pytest.param(
+        "sha512:" + hashlib.sha512(RAW).hexdigest(),
+        "sha512:" + hashlib.sha512(RAW).hexdigest(),
+        id="sha512-matches-and-is-kept",
+    ),
+    pytest.param(
+        digest("something else"),
+        (DigestMismatch, "expected sha256:.*content hashes to sha256:"),
+        id="mismatch",
+    ),
     pytest.param("sha256:" + "A" * 64, (InvalidContent, "invalid digest"), id="upper-case-hex"),
     pytest.param("sha256:zz", (InvalidContent, "invalid digest"), id="malformed"),
-    pytest.param("md5:" + hashlib.md5(RAW).hexdigest(), (InvalidContent, "invalid digest"), id="unsupported-algorithm"),
+    pytest.param(
+        "md5:" + hashlib.md5(RAW).hexdigest(), (InvalidContent, "invalid digest"), id="unsupported-algorithm"
+    ),
 ]
 
 
@@ -199,54 +290,111 @@ INVALID = [
     pytest.param(b"[" * 100_000 + b"]" * 100_000, OCI_MANIFEST, "not valid JSON", id="absurdly-nested"),
     pytest.param(b"[]", OCI_MANIFEST, "not a JSON object", id="json-array"),
     pytest.param(b'"manifest"', OCI_MANIFEST, "not a JSON object", id="json-string"),
-    pytest.param(padded(MAX_MANIFEST_BYTES + 1), OCI_MANIFEST, f"over the {MAX_MANIFEST_BYTES} byte limit",
-                 id="one-byte-over-the-size-limit"),  # fmt: skip
+    pytest.param(
+        padded(MAX_MANIFEST_BYTES + 1),
+        OCI_MANIFEST,
+        f"over the {MAX_MANIFEST_BYTES} byte limit",
+        id="one-byte-over-the-size-limit",
+    ),
     # schemaVersion
     pytest.param({**image(), "schemaVersion": 3}, OCI_MANIFEST, "schemaVersion 3", id="schema-version-3"),
     pytest.param({**image(), "schemaVersion": 1}, OCI_MANIFEST, "no fsLayers", id="schema-1-without-layers"),
-    pytest.param({**image(), "schemaVersion": "2"}, OCI_MANIFEST, "schemaVersion '2'", id="schema-version-string"),
-    pytest.param(without(image(), "schemaVersion"), OCI_MANIFEST, "schemaVersion None", id="schema-version-missing"),
+    pytest.param(
+        {**image(), "schemaVersion": "2"}, OCI_MANIFEST, "schemaVersion '2'", id="schema-version-string"
+    ),
+    pytest.param(
+        without(image(), "schemaVersion"), OCI_MANIFEST, "schemaVersion None", id="schema-version-missing"
+    ),
     # media type
-    pytest.param(image(DOCKER_SCHEMA1), DOCKER_SCHEMA1, "but is schemaVersion 2", id="docker-schema1-type-on-schema-2"),
+    pytest.param(
+        image(DOCKER_SCHEMA1), DOCKER_SCHEMA1, "but is schemaVersion 2", id="docker-schema1-type-on-schema-2"
+    ),
     pytest.param(image(None), None, "unsupported manifest media type ''", id="no-type-anywhere"),
-    pytest.param(image(None), "application/json", "unsupported manifest media type 'application/json'",
-                 id="generic-json-header-only"),  # fmt: skip
-    pytest.param(image(OCI_CONFIG), OCI_MANIFEST, "unsupported manifest media type", id="document-type-not-a-manifest"),
+    pytest.param(
+        image(None),
+        "application/json",
+        "unsupported manifest media type 'application/json'",
+        id="generic-json-header-only",
+    ),
+    pytest.param(
+        image(OCI_CONFIG), OCI_MANIFEST, "unsupported manifest media type", id="document-type-not-a-manifest"
+    ),
     # an image type on an index body, an index type on an image body
-    pytest.param(without(index(OCI_MANIFEST), "layers"), OCI_MANIFEST, "declares .*manifest.* looks like an index",
-                 id="image-type-that-looks-like-an-index"),  # fmt: skip
+    pytest.param(
+        without(index(OCI_MANIFEST), "layers"),
+        OCI_MANIFEST,
+        "declares .*manifest.* looks like an index",
+        id="image-type-that-looks-like-an-index",
+    ),
     pytest.param(index(None), DOCKER_MANIFEST, "looks like an index", id="image-header-on-an-index-body"),
     pytest.param(image(OCI_INDEX), OCI_INDEX, "has no manifests list", id="index-type-on-an-image-body"),
-    pytest.param(index(children=[{**desc(OCI_MANIFEST, "x"), "digest": "sha256:zz"}]), OCI_INDEX,
-                 r"manifests\[0\]: invalid digest", id="index-child-bad-digest"),  # fmt: skip
-    pytest.param(index(children={"amd64": desc(OCI_MANIFEST, "x")}), OCI_INDEX, "has no manifests list",
-                 id="index-manifests-not-a-list"),  # fmt: skip
+    pytest.param(
+        index(children=[{**desc(OCI_MANIFEST, "x"), "digest": "sha256:zz"}]),
+        OCI_INDEX,
+        r"manifests\[0\]: invalid digest",
+        id="index-child-bad-digest",
+    ),
+    pytest.param(
+        index(children={"amd64": desc(OCI_MANIFEST, "x")}),
+        OCI_INDEX,
+        "has no manifests list",
+        id="index-manifests-not-a-list",
+    ),
     # image contents
-    pytest.param(without(image(DOCKER_MANIFEST), "layers"), DOCKER_MANIFEST, "has no layers list",
-                 id="docker-image-without-layers"),  # fmt: skip
-    pytest.param(image(layers={"0": desc(OCI_LAYER, "l")}), OCI_MANIFEST, "has no layers list",
-                 id="layers-not-a-list"),  # fmt: skip
-    pytest.param(without(image(), "config"), OCI_MANIFEST, "config: descriptor is not an object", id="no-config"),
-    pytest.param(image(layers=["sha256:" + "0" * 64]), OCI_MANIFEST, r"layers\[0\]: descriptor is not an object",
-                 id="layer-not-an-object"),  # fmt: skip
+    pytest.param(
+        without(image(DOCKER_MANIFEST), "layers"),
+        DOCKER_MANIFEST,
+        "has no layers list",
+        id="docker-image-without-layers",
+    ),
+    pytest.param(
+        image(layers={"0": desc(OCI_LAYER, "l")}), OCI_MANIFEST, "has no layers list", id="layers-not-a-list"
+    ),
+    pytest.param(
+        without(image(), "config"), OCI_MANIFEST, "config: descriptor is not an object", id="no-config"
+    ),
+    pytest.param(
+        image(layers=["sha256:" + "0" * 64]),
+        OCI_MANIFEST,
+        r"layers\[0\]: descriptor is not an object",
+        id="layer-not-an-object",
+    ),
     # descriptors
-    pytest.param(with_layer(mediaType=...), OCI_MANIFEST, "has no mediaType", id="descriptor-without-media-type"),
-    pytest.param(with_layer(mediaType=""), OCI_MANIFEST, "has no mediaType", id="descriptor-empty-media-type"),
-    pytest.param(with_layer(mediaType=5), OCI_MANIFEST, "has no mediaType", id="descriptor-media-type-not-text"),
+    pytest.param(
+        with_layer(mediaType=...), OCI_MANIFEST, "has no mediaType", id="descriptor-without-media-type"
+    ),
+    pytest.param(
+        with_layer(mediaType=""), OCI_MANIFEST, "has no mediaType", id="descriptor-empty-media-type"
+    ),
+    pytest.param(
+        with_layer(mediaType=5), OCI_MANIFEST, "has no mediaType", id="descriptor-media-type-not-text"
+    ),
     pytest.param(with_layer(digest=...), OCI_MANIFEST, "invalid digest None", id="descriptor-without-digest"),
-    pytest.param(with_layer(digest="sha256:zz"), OCI_MANIFEST, "invalid digest", id="descriptor-digest-not-hex"),
-    pytest.param(with_layer(digest="sha256:../../etc/passwd"), OCI_MANIFEST, "invalid digest",
-                 id="descriptor-digest-path"),  # fmt: skip
-    pytest.param(with_layer(digest="md5:" + "0" * 32), OCI_MANIFEST, "invalid digest", id="descriptor-digest-md5"),
+    pytest.param(
+        with_layer(digest="sha256:zz"), OCI_MANIFEST, "invalid digest", id="descriptor-digest-not-hex"
+    ),
+    pytest.param(
+        with_layer(digest="sha256:../../etc/passwd"),
+        OCI_MANIFEST,
+        "invalid digest",
+        id="descriptor-digest-path",
+    ),
+    pytest.param(
+        with_layer(digest="md5:" + "0" * 32), OCI_MANIFEST, "invalid digest", id="descriptor-digest-md5"
+    ),
     pytest.param(with_layer(size=...), OCI_MANIFEST, "invalid size None", id="descriptor-without-size"),
     pytest.param(with_layer(size=-1), OCI_MANIFEST, "invalid size -1", id="descriptor-negative-size"),
     pytest.param(with_layer(size="7"), OCI_MANIFEST, "invalid size '7'", id="descriptor-size-string"),
     pytest.param(with_layer(size=7.0), OCI_MANIFEST, "invalid size 7.0", id="descriptor-size-float"),
     pytest.param(with_layer(size=True), OCI_MANIFEST, "invalid size True", id="descriptor-size-bool"),
-    pytest.param(with_layer(urls="https://storage.example/layer"), OCI_MANIFEST, "invalid urls",
-                 id="descriptor-urls-a-string"),  # fmt: skip
+    pytest.param(
+        with_layer(urls="https://storage.example/layer"),
+        OCI_MANIFEST,
+        "invalid urls",
+        id="descriptor-urls-a-string",
+    ),
     pytest.param(with_layer(urls=[1]), OCI_MANIFEST, "invalid urls", id="descriptor-urls-not-strings"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("doc, content_type, match", INVALID)
@@ -280,20 +428,43 @@ def test_document_errors_name_where_the_manifest_came_from(doc, match):
 MEDIA_TYPES = [
     # (document, Content-Type, every media/artifact type the manifest declares)
     pytest.param(image(), OCI_MANIFEST, {OCI_MANIFEST, OCI_CONFIG, OCI_LAYER}, id="oci-image"),
-    pytest.param(image(DOCKER_MANIFEST, DOCKER_CONFIG, [desc(DOCKER_LAYER, "l")]), DOCKER_MANIFEST,
-                 {DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER}, id="docker-image"),  # fmt: skip
-    pytest.param(image(config=HELM_CONFIG, layers=[desc(HELM_CHART, "chart")]), OCI_MANIFEST,
-                 {OCI_MANIFEST, HELM_CONFIG, HELM_CHART}, id="helm-chart"),  # fmt: skip
-    pytest.param(image(config=OCI_EMPTY, layers=[desc(COSIGN_SIMPLESIGNING, "sig")], artifactType=COSIGN_SIG),
-                 OCI_MANIFEST, {OCI_MANIFEST, COSIGN_SIG, OCI_EMPTY, COSIGN_SIMPLESIGNING},
-                 id="artifact-type-of-the-manifest"),  # fmt: skip
-    pytest.param(image(artifactType=7), OCI_MANIFEST, {OCI_MANIFEST, OCI_CONFIG, OCI_LAYER},
-                 id="artifact-type-not-text-ignored"),  # fmt: skip
-    pytest.param(image(layers=[desc(OCI_NONDISTRIBUTABLE, "foreign", urls=URLS)]), OCI_MANIFEST,
-                 {OCI_MANIFEST, OCI_CONFIG, OCI_NONDISTRIBUTABLE}, id="non-distributable-layers-count"),  # fmt: skip
+    pytest.param(
+        image(DOCKER_MANIFEST, DOCKER_CONFIG, [desc(DOCKER_LAYER, "l")]),
+        DOCKER_MANIFEST,
+        {DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER},
+        id="docker-image",
+    ),
+    pytest.param(
+        image(config=HELM_CONFIG, layers=[desc(HELM_CHART, "chart")]),
+        OCI_MANIFEST,
+        {OCI_MANIFEST, HELM_CONFIG, HELM_CHART},
+        id="helm-chart",
+    ),
+    pytest.param(
+        image(config=OCI_EMPTY, layers=[desc(COSIGN_SIMPLESIGNING, "sig")], artifactType=COSIGN_SIG),
+        OCI_MANIFEST,
+        {OCI_MANIFEST, COSIGN_SIG, OCI_EMPTY, COSIGN_SIMPLESIGNING},
+        id="artifact-type-of-the-manifest",
+    ),
+    pytest.param(
+        image(artifactType=7),
+        OCI_MANIFEST,
+        {OCI_MANIFEST, OCI_CONFIG, OCI_LAYER},
+        id="artifact-type-not-text-ignored",
+    ),
+    pytest.param(
+        image(layers=[desc(OCI_NONDISTRIBUTABLE, "foreign", urls=URLS)]),
+        OCI_MANIFEST,
+        {OCI_MANIFEST, OCI_CONFIG, OCI_NONDISTRIBUTABLE},
+        id="non-distributable-layers-count",
+    ),
     pytest.param(index(), OCI_INDEX, {OCI_INDEX}, id="index-not-its-children-types"),
-    pytest.param(index(children=[desc(OCI_MANIFEST, "amd64"), desc(OCI_MANIFEST, "sbom", artifactType=SBOM)]),
-                 OCI_INDEX, {OCI_INDEX, SBOM}, id="index-children-artifact-types"),  # fmt: skip
+    pytest.param(
+        index(children=[desc(OCI_MANIFEST, "amd64"), desc(OCI_MANIFEST, "sbom", artifactType=SBOM)]),
+        OCI_INDEX,
+        {OCI_INDEX, SBOM},
+        id="index-children-artifact-types",
+    ),
 ]
 
 

@@ -109,20 +109,43 @@ class World:
         self.source, self.plain, self.api = source, plain, api
         self.pusher = source.pusher()
         self.config = tmp_path / "targets.json"
-        self.config.write_text(json.dumps({"targets": [
-            {"name": "plain", "registry": plain.url, "namespace": "mirror",
-             "username_env": "PLAIN_USER", "password_env": "PLAIN_PASS"},
-            {"name": "api", "registry": api.url, "namespace": "mirror",
-             "username_env": "API_USER", "password_env": "API_PASS"},
-        ]}))  # fmt: skip
+        self.config.write_text(
+            json.dumps(
+                {
+                    "targets": [
+                        {
+                            "name": "plain",
+                            "registry": plain.url,
+                            "namespace": "mirror",
+                            "username_env": "PLAIN_USER",
+                            "password_env": "PLAIN_PASS",
+                        },
+                        {
+                            "name": "api",
+                            "registry": api.url,
+                            "namespace": "mirror",
+                            "username_env": "API_USER",
+                            "password_env": "API_PASS",
+                        },
+                    ]
+                }
+            )
+        )
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
-            "SOURCE_REGISTRY": self.source.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": NS,
-            "SOURCE_USERNAME": SOURCE_USER[0], "SOURCE_PASSWORD": SOURCE_USER[1],
-            "PLAIN_USER": PUSHER[0], "PLAIN_PASS": PUSHER[1], "API_USER": API_USER[0], "API_PASS": API_USER[1],
-            "SYNC_CONCURRENCY": "1", **extra,
-        }  # fmt: skip
+            "SOURCE_REGISTRY": self.source.url,
+            "SOURCE_KIND": "acr",
+            "SOURCE_NAMESPACE": NS,
+            "SOURCE_USERNAME": SOURCE_USER[0],
+            "SOURCE_PASSWORD": SOURCE_USER[1],
+            "PLAIN_USER": PUSHER[0],
+            "PLAIN_PASS": PUSHER[1],
+            "API_USER": API_USER[0],
+            "API_PASS": API_USER[1],
+            "SYNC_CONCURRENCY": "1",
+            **extra,
+        }
 
     def syncer(self) -> Syncer:
         return Syncer(load_config(self.env(), str(self.config)))
@@ -131,9 +154,14 @@ class World:
 @pytest.fixture
 def world(token_issuer, fresh_registry, tmp_path):
     users = {SOURCE_USER[0]: (SOURCE_USER[1], {"*": ["pull", "metadata_read"]})}
-    with AcrStandIn(users=users, issuer=token_issuer, name="metrics-src") as source, AcrStandIn(
-        users={API_USER[0]: (API_USER[1], {"*": ["pull", "push"]})}, issuer=token_issuer, name="metrics-api"
-    ) as api:
+    with (
+        AcrStandIn(users=users, issuer=token_issuer, name="metrics-src") as source,
+        AcrStandIn(
+            users={API_USER[0]: (API_USER[1], {"*": ["pull", "push"]})},
+            issuer=token_issuer,
+            name="metrics-api",
+        ) as api,
+    ):
         yield World(source, fresh_registry(), api, tmp_path)
 
 
@@ -195,9 +223,13 @@ def test_a_cli_sync_exports_every_figure_per_target_and_json_prints_the_same(wor
     duration = histogram(found, metrics.RUN_DURATION, trigger="cli", ok="true")
     assert duration.count == 1 and 0 < duration.sum < 120
     assert units(reader) == {
-        metrics.TAGS: "{tag}", metrics.BYTES_UPLOADED: "By", metrics.BLOBS: "{blob}",
-        metrics.REFERRERS: "{referrer}", metrics.RUN_DURATION: "s", metrics.MIRROR_LAG: "s",
-    }  # fmt: skip
+        metrics.TAGS: "{tag}",
+        metrics.BYTES_UPLOADED: "By",
+        metrics.BLOBS: "{blob}",
+        metrics.REFERRERS: "{referrer}",
+        metrics.RUN_DURATION: "s",
+        metrics.MIRROR_LAG: "s",
+    }
 
     # a second run has nothing to copy (the listings say so): no figure moves, one more cli run
     capsys.readouterr()
@@ -223,11 +255,19 @@ def test_event_worker_and_timer_invocations_record_duration_lag_from_the_event_a
     world.pusher.push(f"{NS}/app", app2, "2.0")
     pushed = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=40)  # as Event Grid said
     event = {
-        "id": "evt-metrics", "eventType": "Microsoft.ContainerRegistry.ImagePushed",
+        "id": "evt-metrics",
+        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
         "eventTime": pushed.isoformat(),
-        "data": {"target": {"mediaType": app2.media_type, "digest": app2.digest, "repository": f"{NS}/app",
-                            "tag": "2.0"}, "request": {"host": world.source.host}},
-    }  # fmt: skip
+        "data": {
+            "target": {
+                "mediaType": app2.media_type,
+                "digest": app2.digest,
+                "repository": f"{NS}/app",
+                "tag": "2.0",
+            },
+            "request": {"host": world.source.host},
+        },
+    }
     with world.syncer() as syncer:
         queued = handlers.event_messages(event, syncer.config)
         assert len(queued) == 2
@@ -236,7 +276,9 @@ def test_event_worker_and_timer_invocations_record_duration_lag_from_the_event_a
             assert summary.ok and left == [] and summary.tags_copied == 1
         summary, _ = handlers.process_message(queued[0], syncer)  # delivered twice: the target has it
         assert summary.tags_unchanged == 1
-        handlers.event_messages({"id": "bad", "eventType": "Microsoft.ContainerRegistry.ImagePushed"}, syncer.config)
+        handlers.event_messages(
+            {"id": "bad", "eventType": "Microsoft.ContainerRegistry.ImagePushed"}, syncer.config
+        )
         gone = messages.WorkMessage("tag", f"{NS}/app", "plain", "no-such-tag").dumps()
         summary, _ = handlers.process_message(gone, syncer)  # gone from the source: a skip, ok
         assert summary.ok and summary.tags_skipped == 1
@@ -270,8 +312,11 @@ def test_referrers_found_by_a_full_check_count_once(token_issuer, fresh_registry
         assert syncer.run().ok
     sig = images.signature("metrics-oci-sig", app)
     pusher.push("gs/app", sig)
-    listing = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-               "manifests": [sig.descriptor(artifact_type=sig.artifact_type)]}  # fmt: skip
+    listing = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [sig.descriptor(artifact_type=sig.artifact_type)],
+    }
     referrers_tag = images.digest_tag(app.digest, suffix="")  # distribution 2.8: no referrers API
     pusher.put_manifest("gs/app", images.Manifest(json.dumps(listing).encode(), OCI_INDEX), referrers_tag)
     with Syncer(load_config(env)) as syncer:
@@ -335,13 +380,27 @@ def run_python(tmp_path: Path, code_or_args: list[str], env: dict[str, str], tim
     guard.mkdir(exist_ok=True)
     (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
     log = tmp_path / "net-guard.log"
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("APPLICATIONINSIGHTS_", "OTEL_", "PYTHON_APPLICATIONINSIGHTS_"))}  # fmt: skip
-    full = {**base, **env, "PYTHONPATH": f"{guard}{os.pathsep}{ROOT}", "NET_GUARD_LOG": str(log),
-            "TMPDIR": str(tmp_path)}  # fmt: skip
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("APPLICATIONINSIGHTS_", "OTEL_", "PYTHON_APPLICATIONINSIGHTS_"))
+    }
+    full = {
+        **base,
+        **env,
+        "PYTHONPATH": f"{guard}{os.pathsep}{ROOT}",
+        "NET_GUARD_LOG": str(log),
+        "TMPDIR": str(tmp_path),
+    }
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, *code_or_args], env=full, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *code_or_args],
+        env=full,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     refused = log.read_text().splitlines() if log.exists() else []
     return proc, time.monotonic() - started, refused
 
@@ -362,12 +421,20 @@ def test_without_a_connection_string_nothing_of_opentelemetry_is_loaded_or_start
     proc, _, refused = run_python(tmp_path, ["-c", code], world.env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     facts = json.loads(proc.stderr.strip().splitlines()[-1])
-    assert facts == {"exit": 0, "enabled": False, "by_import": [], "after_sync": [], "threads": ["MainThread"]}
+    assert facts == {
+        "exit": 0,
+        "enabled": False,
+        "by_import": [],
+        "after_sync": [],
+        "threads": ["MainThread"],
+    }
     assert json.loads(proc.stdout)["metrics"]["plain"]["tags"]["copied"] == 2  # the figures all the same
     assert refused == []
 
 
-def test_with_the_functions_worker_telemetry_setting_the_global_provider_is_used_not_configured_again(tmp_path):
+def test_with_the_functions_worker_telemetry_setting_the_global_provider_is_used_not_configured_again(
+    tmp_path,
+):
     """The worker's ``configure_azure_monitor()`` stands here as an SDK provider set globally,
     before the core's first use and (for a proxy meter) after it."""
     code = textwrap.dedent("""
@@ -389,8 +456,11 @@ def test_with_the_functions_worker_telemetry_setting_the_global_provider_is_used
         print(json.dumps({"found": found, "owned": [early.owned, late.owned],
             "distro": sorted(m for m in sys.modules if m.startswith("azure.monitor"))}))
     """)
-    env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={IKEY}",
-           "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true", **QUIET_EXPORTER}  # fmt: skip
+    env = {
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={IKEY}",
+        "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
+        **QUIET_EXPORTER,
+    }
     proc, _, refused = run_python(tmp_path, ["-c", code], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     facts = json.loads(proc.stdout)
@@ -417,7 +487,9 @@ class Ingestion:
                 items = json.loads(body)
                 ingestion.paths.append(self.path)
                 ingestion.envelopes.extend(items)
-                answer = json.dumps({"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []}).encode()
+                answer = json.dumps(
+                    {"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []}
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
@@ -433,9 +505,12 @@ class Ingestion:
 
     def metrics(self) -> list[tuple[str, dict, dict]]:
         """``(name, properties, metric data)`` of every metric envelope (customMetrics rows)."""
-        return [(m["name"], e["data"]["baseData"].get("properties", {}), m)
-                for e in self.envelopes if e["name"] == "Microsoft.ApplicationInsights.Metric"
-                for m in e["data"]["baseData"]["metrics"]]  # fmt: skip
+        return [
+            (m["name"], e["data"]["baseData"].get("properties", {}), m)
+            for e in self.envelopes
+            if e["name"] == "Microsoft.ApplicationInsights.Metric"
+            for m in e["data"]["baseData"]["metrics"]
+        ]
 
     def close(self):
         self.server.shutdown()
@@ -451,9 +526,12 @@ def test_the_cli_exports_through_azure_monitor_what_it_prints(world, tmp_path):
     blobs = seed(world)
     ingestion = Ingestion()
     try:
-        env = world.env(APPLICATIONINSIGHTS_CONNECTION_STRING=connection_string(ingestion.url), **QUIET_EXPORTER)
-        proc, _, refused = run_python(tmp_path, ["-m", "sync_core", "sync", "--json", "--config", str(world.config)],
-                                      env)  # fmt: skip
+        env = world.env(
+            APPLICATIONINSIGHTS_CONNECTION_STRING=connection_string(ingestion.url), **QUIET_EXPORTER
+        )
+        proc, _, refused = run_python(
+            tmp_path, ["-m", "sync_core", "sync", "--json", "--config", str(world.config)], env
+        )
     finally:
         ingestion.close()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -469,7 +547,11 @@ def test_the_cli_exports_through_azure_monitor_what_it_prints(world, tmp_path):
 
     for target in ("plain", "api"):
         assert total(metrics.TAGS, target=target, outcome="copied") == printed[target]["tags"]["copied"] == 2
-        assert total(metrics.BYTES_UPLOADED, target=target) == printed[target]["bytes_uploaded"] == sum(blobs.values())
+        assert (
+            total(metrics.BYTES_UPLOADED, target=target)
+            == printed[target]["bytes_uploaded"]
+            == sum(blobs.values())
+        )
         for placement, count in printed[target]["blobs"].items():
             assert total(metrics.BLOBS, target=target, placement=placement) == count
         assert total(metrics.REFERRERS, target=target) == 2
@@ -493,10 +575,13 @@ def test_an_unreachable_ingestion_endpoint_neither_fails_nor_holds_the_cli(world
     else:
         listener.listen(16)  # accepts, never answers
     try:
-        env = world.env(APPLICATIONINSIGHTS_CONNECTION_STRING=connection_string(f"http://127.0.0.1:{port}/"),
-                        **QUIET_EXPORTER)  # fmt: skip
-        proc, seconds, refused = run_python(tmp_path, ["-m", "sync_core", "sync", "--json", "--config",
-                                                       str(world.config)], env)  # fmt: skip
+        env = world.env(
+            APPLICATIONINSIGHTS_CONNECTION_STRING=connection_string(f"http://127.0.0.1:{port}/"),
+            **QUIET_EXPORTER,
+        )
+        proc, seconds, refused = run_python(
+            tmp_path, ["-m", "sync_core", "sync", "--json", "--config", str(world.config)], env
+        )
     finally:
         listener.close()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -510,7 +595,9 @@ def test_an_unreachable_ingestion_endpoint_neither_fails_nor_holds_the_cli(world
 def test_a_connection_string_the_distro_refuses_leaves_the_sync_alone(world, tmp_path):
     seed(world)
     env = world.env(APPLICATIONINSIGHTS_CONNECTION_STRING="InstrumentationKey=not-a-guid", **QUIET_EXPORTER)
-    proc, _, refused = run_python(tmp_path, ["-m", "sync_core", "sync", "--json", "--config", str(world.config)], env)
+    proc, _, refused = run_python(
+        tmp_path, ["-m", "sync_core", "sync", "--json", "--config", str(world.config)], env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "metrics disabled: Azure Monitor could not be configured" in proc.stderr
     assert json.loads(proc.stdout)["metrics"]["api"]["tags"]["copied"] == 2

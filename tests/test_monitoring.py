@@ -64,7 +64,11 @@ def queries(alerts) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rules(alerts) -> dict[str, dict[str, Any]]:
-    found = {n: body(r) for n, r in alerts["resources"].items() if r["type"] == "Microsoft.Insights/scheduledQueryRules"}
+    found = {
+        n: body(r)
+        for n, r in alerts["resources"].items()
+        if r["type"] == "Microsoft.Insights/scheduledQueryRules"
+    }
     return found
 
 
@@ -94,7 +98,10 @@ def test_four_rules_on_application_insights(rules, queries):
         assert props["severity"] in range(5), name
         assert props["actions"] == {"actionGroups": "notify"}, name
         assert len(criteria[name]) == 1
-        assert criteria[name][0]["failingPeriods"] == {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1}
+        assert criteria[name][0]["failingPeriods"] == {
+            "numberOfEvaluationPeriods": 1,
+            "minFailingPeriodsToAlert": 1,
+        }
         # a measured column is one the query produces
         column = criteria[name][0].get("metricMeasureColumn")
         if column:
@@ -104,21 +111,36 @@ def test_four_rules_on_application_insights(rules, queries):
 
 
 def test_thresholds_and_windows(alerts, rules):
-    poison, failed, dead, lag = (rules[n]["properties"] for n in ("poisonAlert", "failedRunsAlert", "deadManAlert", "mirrorLagAlert"))
-    assert (poison["criteria"]["allOf"][0]["operator"], poison["criteria"]["allOf"][0]["threshold"]) == ("GreaterThan", 0)
+    poison, failed, dead, lag = (
+        rules[n]["properties"] for n in ("poisonAlert", "failedRunsAlert", "deadManAlert", "mirrorLagAlert")
+    )
+    assert (poison["criteria"]["allOf"][0]["operator"], poison["criteria"]["allOf"][0]["threshold"]) == (
+        "GreaterThan",
+        0,
+    )
     assert failed["criteria"]["allOf"][0]["operator"] == "GreaterThanOrEqual"
     assert failed["criteria"]["allOf"][0]["threshold"] == "failedRunsThreshold"
     dead_criterion = dead["criteria"]["allOf"][0]
-    assert (dead_criterion["timeAggregation"], dead_criterion["operator"], dead_criterion["threshold"]) == ("Count", "LessThan", 1)
+    assert (dead_criterion["timeAggregation"], dead_criterion["operator"], dead_criterion["threshold"]) == (
+        "Count",
+        "LessThan",
+        1,
+    )
     assert lag["criteria"]["allOf"][0]["threshold"] == {
-        "operator": {"type": "multiply", "operands": {"operand_1": "mirrorLagThresholdMinutes", "operand_2": 60}}
+        "operator": {
+            "type": "multiply",
+            "operands": {"operand_1": "mirrorLagThresholdMinutes", "operand_2": 60},
+        }
     }
     # the timer-driven rules look back two schedule periods and evaluate at most every 15 minutes
     for props in (poison, dead):
         assert (props["windowSize"], props["evaluationFrequency"]) == ("timerWindow", "timerFrequency")
     variables = {k: v["value"] for k, v in alerts["variables"].items()}
     assert variables["timerWindowMinutes"] == {
-        "operator": {"type": "multiply", "operands": {"operand_1": 2, "operand_2": "syncSchedulePeriodMinutes"}}
+        "operator": {
+            "type": "multiply",
+            "operands": {"operand_1": 2, "operand_2": "syncSchedulePeriodMinutes"},
+        }
     }
     assert variables["timerWindow"] == "PT${timerWindowMinutes}M"
     assert variables["timerFrequency"] == "PT${min(15, timerWindowMinutes)}M"
@@ -129,16 +151,26 @@ def test_thresholds_and_windows(alerts, rules):
 
 
 def test_action_group_is_optional(alerts):
-    (name, group), = [(n, r) for n, r in alerts["resources"].items() if r["type"] == "Microsoft.Insights/actionGroups"]
+    ((name, group),) = [
+        (n, r) for n, r in alerts["resources"].items() if r["type"] == "Microsoft.Insights/actionGroups"
+    ]
     assert group["config"]["condition"] == "createActionGroup"
     text = ALERTS.read_text()
     assert "var createActionGroup = empty(actionGroupId) && !empty(alertEmail)" in text
     # an existing group wins; else the new one when there is an e-mail; else none
-    assert re.search(r"var notify = empty\(actionGroupId\) \? \(createActionGroup \? \[\s*actionGroup\.id\s*\] : \[\]\) : \[\s*actionGroupId\s*\]", text)
+    assert re.search(
+        r"var notify = empty\(actionGroupId\) \? \(createActionGroup \? \[\s*actionGroup\.id\s*\] : \[\]\) : \[\s*actionGroupId\s*\]",
+        text,
+    )
     props = body(group)["properties"]
     assert body(group)["location"] == "global"
-    assert props["emailReceivers"] == [{"name": "operator", "emailAddress": "alertEmail", "useCommonAlertSchema": True}]
-    assert props["groupShortName"]["function"] == {"type": "take", "parameters": {"original_value": "namePrefix", "number_to_take": 12}}
+    assert props["emailReceivers"] == [
+        {"name": "operator", "emailAddress": "alertEmail", "useCommonAlertSchema": True}
+    ]
+    assert props["groupShortName"]["function"] == {
+        "type": "take",
+        "parameters": {"original_value": "namePrefix", "number_to_take": 12},
+    }
     assert alerts["parameters"]["alertEmail"]["default"] == ""
     assert alerts["parameters"]["actionGroupId"]["default"] == ""
 
@@ -149,12 +181,28 @@ def test_main_deploys_the_module(main, alerts):
     params = module["config"]["config"]["params"]
     required = {n for n, p in alerts["parameters"].items() if "default" not in p}
     assert required <= set(params) <= set(alerts["parameters"])
-    assert params["appInsightsId"] == {"operator": {"type": "property_accessor", "operands": {"operand_1": "appInsights", "operand_2": "id"}}}
-    defaults = {n: main["parameters"][n]["default"] for n in (
-        "deployAlerts", "alertEmail", "alertActionGroupId", "syncSchedulePeriodMinutes", "mirrorLagThresholdMinutes",
-        "failedRunsThreshold")}  # fmt: skip
-    assert defaults == {"deployAlerts": True, "alertEmail": "", "alertActionGroupId": "", "syncSchedulePeriodMinutes": 15,
-                        "mirrorLagThresholdMinutes": 60, "failedRunsThreshold": 3}  # fmt: skip
+    assert params["appInsightsId"] == {
+        "operator": {"type": "property_accessor", "operands": {"operand_1": "appInsights", "operand_2": "id"}}
+    }
+    defaults = {
+        n: main["parameters"][n]["default"]
+        for n in (
+            "deployAlerts",
+            "alertEmail",
+            "alertActionGroupId",
+            "syncSchedulePeriodMinutes",
+            "mirrorLagThresholdMinutes",
+            "failedRunsThreshold",
+        )
+    }
+    assert defaults == {
+        "deployAlerts": True,
+        "alertEmail": "",
+        "alertActionGroupId": "",
+        "syncSchedulePeriodMinutes": 15,
+        "mirrorLagThresholdMinutes": 60,
+        "failedRunsThreshold": 3,
+    }
     # the dead-man period is the timer's: "0 */15 * * * *" runs every 15 minutes
     minutes = main["parameters"]["syncSchedule"]["default"].split()[1]
     assert minutes == f"*/{defaults['syncSchedulePeriodMinutes']}"
@@ -189,7 +237,7 @@ def test_queries_use_the_agreed_metric_names(queries):
 
 def test_readme_shows_each_query_as_in_the_bicep(queries):
     readme = (INFRA / "README.md").read_text()
-    section = readme[readme.index("## Alerts"):]
+    section = readme[readme.index("## Alerts") :]
     blocks = [b.strip() for b in re.findall(r"```kusto\n(.*?)```", section, re.S)]
     for name, text in queries.items():
         assert text in blocks, f"{name} differs between infra/modules/alerts.bicep and infra/README.md"
@@ -200,8 +248,13 @@ def test_readme_shows_each_query_as_in_the_bicep(queries):
 def test_poison_query_reads_the_decision_line(queries, caplog):
     """The regexes of the poison query find the queue and count in the timer's log line."""
     caplog.set_level(logging.INFO)
-    logs.decision(logging.getLogger("sync_core.poison"), "poison_depth", "poison queue sync-work-poison holds "
-                  "about 7 message(s)", queue="sync-work-poison", count=7)  # fmt: skip
+    logs.decision(
+        logging.getLogger("sync_core.poison"),
+        "poison_depth",
+        "poison queue sync-work-poison holds about 7 message(s)",
+        queue="sync-work-poison",
+        count=7,
+    )
     (line,) = [r.getMessage() for r in caplog.records]
     query = queries["poisonQuery"]
     assert re.search(r'message contains "([^"]+)"', query).group(1) in line
@@ -228,8 +281,11 @@ def test_opentelemetry_is_on_for_host_and_worker(main):
     # the worker configures the exporter itself; a second configure_azure_monitor() would export
     # twice: the one call (for the CLI) is in metrics.py, behind the worker's setting (what it does
     # with the setting on is proven by tests/test_metrics.py)
-    calls = [p for p in [ROOT / "function_app.py", *(ROOT / "sync_core").glob("*.py")]
-             if "configure_azure_monitor(" in p.read_text()]  # fmt: skip
+    calls = [
+        p
+        for p in [ROOT / "function_app.py", *(ROOT / "sync_core").glob("*.py")]
+        if "configure_azure_monitor(" in p.read_text()
+    ]
     assert calls == [ROOT / "sync_core" / "metrics.py"]
     assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" in calls[0].read_text()
 
@@ -254,8 +310,16 @@ def test_decision_fields_reach_opentelemetry_as_attributes():
     handler = LoggingHandler(logger_provider=provider)
     logger.addHandler(handler)
     try:
-        logs.decision(logger, "failed", "copy failed", repository="giantswarm/app", tag="1.0", count=2,
-                      reason=ValueError("x"), level=logging.WARNING)  # fmt: skip
+        logs.decision(
+            logger,
+            "failed",
+            "copy failed",
+            repository="giantswarm/app",
+            tag="1.0",
+            count=2,
+            reason=ValueError("x"),
+            level=logging.WARNING,
+        )
     finally:
         logger.removeHandler(handler)
     (record,) = exporter.get_finished_logs()

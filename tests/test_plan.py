@@ -44,44 +44,94 @@ SELECT = [
     pytest.param(tags("a=1 b=? c=3"), filters(), ["a", "b", "c"], id="no-filters-keep-all-in-order"),
     pytest.param(tags(), filters(include=r".*", keep_latest=3), [], id="no-tags"),
     # include / exclude are full matches
-    pytest.param(tags("v1.0=1 v1.0-rc1=1 build-1.0=1"), filters(include=r"v\d+\.\d+"), ["v1.0"],
-                 id="include-full-match-only"),  # fmt: skip
+    pytest.param(
+        tags("v1.0=1 v1.0-rc1=1 build-1.0=1"),
+        filters(include=r"v\d+\.\d+"),
+        ["v1.0"],
+        id="include-full-match-only",
+    ),
     pytest.param(tags("v1.0=1 v1.0-rc1=1"), filters(include=r"v1"), [], id="include-prefix-is-not-a-match"),
-    pytest.param(tags("v1.0=1 v1.0-rc1=1 rc=1"), filters(exclude=r"rc\d*"), ["v1.0", "v1.0-rc1"],
-                 id="exclude-full-match-only"),  # fmt: skip
+    pytest.param(
+        tags("v1.0=1 v1.0-rc1=1 rc=1"),
+        filters(exclude=r"rc\d*"),
+        ["v1.0", "v1.0-rc1"],
+        id="exclude-full-match-only",
+    ),
     pytest.param(tags("v1.0=1 v1.0-rc1=1"), filters(exclude=r".*-rc\d+"), ["v1.0"], id="exclude-pattern"),
-    pytest.param(tags("v1.0=1 v1.0-rc1=1 latest=1"), filters(include=r"v.*", exclude=r".*rc.*"), ["v1.0"],
-                 id="include-then-exclude"),  # fmt: skip
+    pytest.param(
+        tags("v1.0=1 v1.0-rc1=1 latest=1"),
+        filters(include=r"v.*", exclude=r".*rc.*"),
+        ["v1.0"],
+        id="include-then-exclude",
+    ),
     # age: min_age_days <= age <= max_age_days, boundaries included
-    pytest.param(tags("young=0.5 edge=1 old=2"), filters(min_age_days=1), ["edge", "old"],
-                 id="min-age-boundary-kept"),  # fmt: skip
+    pytest.param(
+        tags("young=0.5 edge=1 old=2"), filters(min_age_days=1), ["edge", "old"], id="min-age-boundary-kept"
+    ),
     pytest.param(tags("young=0.999 edge=1"), filters(min_age_days=1), ["edge"], id="min-age-just-under"),
-    pytest.param(tags("new=1 edge=30 old=30.001"), filters(max_age_days=30), ["new", "edge"],
-                 id="max-age-boundary-kept"),  # fmt: skip
-    pytest.param(tags("a=0.5 b=5 c=50"), filters(min_age_days=1, max_age_days=10), ["b"], id="min-and-max-age"),
-    pytest.param(tags("future=-1 now=0"), filters(min_age_days=0), ["now"], id="future-time-is-younger-than-zero"),
+    pytest.param(
+        tags("new=1 edge=30 old=30.001"),
+        filters(max_age_days=30),
+        ["new", "edge"],
+        id="max-age-boundary-kept",
+    ),
+    pytest.param(
+        tags("a=0.5 b=5 c=50"), filters(min_age_days=1, max_age_days=10), ["b"], id="min-and-max-age"
+    ),
+    pytest.param(
+        tags("future=-1 now=0"), filters(min_age_days=0), ["now"], id="future-time-is-younger-than-zero"
+    ),
     pytest.param(tags("future=-1"), filters(max_age_days=1), ["future"], id="future-time-passes-max-age"),
-    pytest.param(tags("known=2 unknown=?"), filters(min_age_days=1), ["known"], id="unknown-time-min-age-dropped"),
-    pytest.param(tags("known=2 unknown=?"), filters(max_age_days=10), ["known"], id="unknown-time-max-age-dropped"),
-    pytest.param(tags("known=2 unknown=?"), filters(include=r".*"), ["known", "unknown"],
-                 id="unknown-time-kept-without-age-filter"),  # fmt: skip
+    pytest.param(
+        tags("known=2 unknown=?"), filters(min_age_days=1), ["known"], id="unknown-time-min-age-dropped"
+    ),
+    pytest.param(
+        tags("known=2 unknown=?"), filters(max_age_days=10), ["known"], id="unknown-time-max-age-dropped"
+    ),
+    pytest.param(
+        tags("known=2 unknown=?"),
+        filters(include=r".*"),
+        ["known", "unknown"],
+        id="unknown-time-kept-without-age-filter",
+    ),
     # keep_latest: the N newest, newest first, after the other filters
     pytest.param(tags("a=3 b=1 c=2"), filters(keep_latest=2), ["b", "c"], id="keep-latest-newest-first"),
-    pytest.param(tags("a=3 b=1 c=2"), filters(keep_latest=5), ["b", "c", "a"], id="keep-latest-more-than-there-are"),
-    pytest.param(tags("a=3 b=? c=2"), filters(keep_latest=5), ["c", "a"], id="keep-latest-drops-unknown-times"),
-    pytest.param(tags("a=1 c=1 b=1 old=2"), filters(keep_latest=2), ["c", "b"],
-                 id="keep-latest-tie-broken-by-name-descending"),  # fmt: skip
-    pytest.param(tags("rc=0.1 v2=0.2 v1=5 v0=9"), filters(exclude=r"rc", keep_latest=2), ["v2", "v1"],
-                 id="keep-latest-after-exclude"),  # fmt: skip
-    pytest.param(tags("v3=0.1 v2=2 v1=5 v0=9"), filters(min_age_days=1, keep_latest=2), ["v2", "v1"],
-                 id="keep-latest-after-min-age"),  # fmt: skip
+    pytest.param(
+        tags("a=3 b=1 c=2"), filters(keep_latest=5), ["b", "c", "a"], id="keep-latest-more-than-there-are"
+    ),
+    pytest.param(
+        tags("a=3 b=? c=2"), filters(keep_latest=5), ["c", "a"], id="keep-latest-drops-unknown-times"
+    ),
+    pytest.param(
+        tags("a=1 c=1 b=1 old=2"),
+        filters(keep_latest=2),
+        ["c", "b"],
+        id="keep-latest-tie-broken-by-name-descending",
+    ),
+    pytest.param(
+        tags("rc=0.1 v2=0.2 v1=5 v0=9"),
+        filters(exclude=r"rc", keep_latest=2),
+        ["v2", "v1"],
+        id="keep-latest-after-exclude",
+    ),
+    pytest.param(
+        tags("v3=0.1 v2=2 v1=5 v0=9"),
+        filters(min_age_days=1, keep_latest=2),
+        ["v2", "v1"],
+        id="keep-latest-after-min-age",
+    ),
     pytest.param(
         tags("1.0.0=400 1.1.0=100 1.2.0=30 1.3.0=10 1.3.1-rc1=5 1.4.0=0.1 latest=2 build-1.2.3=3"),
-        filters(include=r"v?\d+(\.\d+)+(-rc\d+)?", exclude=r".*-rc\d+", min_age_days=1, max_age_days=365,
-                keep_latest=2),
+        filters(
+            include=r"v?\d+(\.\d+)+(-rc\d+)?",
+            exclude=r".*-rc\d+",
+            min_age_days=1,
+            max_age_days=365,
+            keep_latest=2,
+        ),
         ["1.3.0", "1.2.0"],
         id="all-filters-together",
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -100,14 +150,21 @@ def semver(text: str) -> Filters:
 SEMVER = [
     # (range, tags, selected)
     pytest.param(">=1.2.0 <2", "1.1.9 1.2.0 1.9.9 2.0.0 latest", ["1.2.0", "1.9.9"], id="and-range"),
-    pytest.param(">=1.2.0 <2", "v1.2.0 v1.3 1.4", ["v1.2.0", "v1.3", "1.4"], id="v-prefix-and-short-versions"),
+    pytest.param(
+        ">=1.2.0 <2", "v1.2.0 v1.3 1.4", ["v1.2.0", "v1.3", "1.4"], id="v-prefix-and-short-versions"
+    ),
     pytest.param(">=v1.2.0 <v2", "1.5.0 2.1.0", ["1.5.0"], id="v-prefix-in-the-range"),
     pytest.param(">=1.2.0 <2", "1.3.0-rc.1 1.3.0-alpine 1.3.0", ["1.3.0"], id="pre-releases-excluded"),
-    pytest.param(">=1.3.0-rc.0 <2", "1.3.0-rc.1 1.4.0-rc.1 1.3.0", ["1.3.0-rc.1", "1.3.0"],
-                 id="pre-releases-of-the-version-the-range-names"),  # fmt: skip
+    pytest.param(
+        ">=1.3.0-rc.0 <2",
+        "1.3.0-rc.1 1.4.0-rc.1 1.3.0",
+        ["1.3.0-rc.1", "1.3.0"],
+        id="pre-releases-of-the-version-the-range-names",
+    ),
     pytest.param("^1.2.0 || >=3", "1.1.0 1.2.5 2.0.0 3.1.0", ["1.2.5", "3.1.0"], id="or-and-caret"),
-    pytest.param(">=1.0.0", "1.0.0.1 1.0.0-x.y+build sha256-abc", [],
-                 id="four-parts-and-non-versions-never-match"),  # fmt: skip
+    pytest.param(
+        ">=1.0.0", "1.0.0.1 1.0.0-x.y+build sha256-abc", [], id="four-parts-and-non-versions-never-match"
+    ),
 ]
 
 
@@ -132,7 +189,10 @@ def test_cosign_tags_follow_their_image_and_do_not_count_for_keep_latest():
     assert [t.name for t in chosen] == ["2.0", f"sha256-{'b' * 64}.att"]
     # without digests (a plain OCI listing) the name filters decide, as for any tag
     bare = [TagInfo(t.name, None, t.updated) for t in listed]
-    assert [t.name for t in select_tags(bare, Filters(tag_include=re.compile(r"\d+\.\d+")), NOW)] == ["1.0", "2.0"]
+    assert [t.name for t in select_tags(bare, Filters(tag_include=re.compile(r"\d+\.\d+")), NOW)] == [
+        "1.0",
+        "2.0",
+    ]
 
 
 # -- wanted_tags ---------------------------------------------------------------------------------
@@ -157,24 +217,59 @@ APP_TAGS = tags("v1=10 v2=5 v3=1 v3-rc=0.5 dev=?")
 WANTED = [
     # (repository, global filters, target filters, expected names)
     pytest.param("gs/app", Filters(), Filters(), ["v1", "v2", "v3", "v3-rc", "dev"], id="no-filters"),
-    pytest.param("gs/app", filters(include=r"v\d+"), filters(exclude=r"v1"), ["v2", "v3"],
-                 id="global-include-and-target-exclude"),  # fmt: skip
-    pytest.param("gs/app", filters(exclude=r"v2"), filters(exclude=r"v3"), ["v1", "v3-rc", "dev"],
-                 id="both-excludes-apply"),  # fmt: skip
-    pytest.param("gs/app", filters(keep_latest=3), filters(include=r"v\d+"), ["v3", "v2"],
-                 id="global-keep-latest-then-target-include"),  # fmt: skip
-    pytest.param("gs/app", filters(include=r"v\d+"), filters(keep_latest=1), ["v3"],
-                 id="global-include-then-target-keep-latest"),  # fmt: skip
-    pytest.param("gs/app", filters(min_age_days=2), filters(max_age_days=7), ["v2"], id="global-and-target-ages"),
-    pytest.param("gs/app", repos(include=r"gs/app"), Filters(), ["v1", "v2", "v3", "v3-rc", "dev"],
-                 id="repository-include-matches"),  # fmt: skip
-    pytest.param("gs/app-extra", repos(include=r"gs/app"), Filters(), [], id="repository-include-full-match-only"),
+    pytest.param(
+        "gs/app",
+        filters(include=r"v\d+"),
+        filters(exclude=r"v1"),
+        ["v2", "v3"],
+        id="global-include-and-target-exclude",
+    ),
+    pytest.param(
+        "gs/app",
+        filters(exclude=r"v2"),
+        filters(exclude=r"v3"),
+        ["v1", "v3-rc", "dev"],
+        id="both-excludes-apply",
+    ),
+    pytest.param(
+        "gs/app",
+        filters(keep_latest=3),
+        filters(include=r"v\d+"),
+        ["v3", "v2"],
+        id="global-keep-latest-then-target-include",
+    ),
+    pytest.param(
+        "gs/app",
+        filters(include=r"v\d+"),
+        filters(keep_latest=1),
+        ["v3"],
+        id="global-include-then-target-keep-latest",
+    ),
+    pytest.param(
+        "gs/app", filters(min_age_days=2), filters(max_age_days=7), ["v2"], id="global-and-target-ages"
+    ),
+    pytest.param(
+        "gs/app",
+        repos(include=r"gs/app"),
+        Filters(),
+        ["v1", "v2", "v3", "v3-rc", "dev"],
+        id="repository-include-matches",
+    ),
+    pytest.param(
+        "gs/app-extra", repos(include=r"gs/app"), Filters(), [], id="repository-include-full-match-only"
+    ),
     pytest.param("gs/app", repos(exclude=r"gs/.*"), Filters(), [], id="global-repository-exclude"),
     pytest.param("gs/app", Filters(), repos(exclude=r"gs/app"), [], id="target-repository-exclude"),
-    pytest.param("gs/app", repos(include=r"gs/.*"), repos(include=r"gs/other"), [],
-                 id="target-repository-include-also-applies"),  # fmt: skip
-    pytest.param("gs/app", repos(include=r"gs/.*", exclude=r"gs/app"), Filters(), [],
-                 id="exclude-wins-over-include"),  # fmt: skip
+    pytest.param(
+        "gs/app",
+        repos(include=r"gs/.*"),
+        repos(include=r"gs/other"),
+        [],
+        id="target-repository-include-also-applies",
+    ),
+    pytest.param(
+        "gs/app", repos(include=r"gs/.*", exclude=r"gs/app"), Filters(), [], id="exclude-wins-over-include"
+    ),
 ]
 
 
@@ -205,7 +300,9 @@ INTERLEAVE = [
     pytest.param([], [], id="empty"),
     pytest.param(["t r/a 1"], [["t r/a 1"]], id="one"),
     pytest.param(
-        ["t r/a 1", "t r/a 2", "t r/a 3"], [["t r/a 1"], ["t r/a 2"], ["t r/a 3"]], id="one-repository-order-kept"
+        ["t r/a 1", "t r/a 2", "t r/a 3"],
+        [["t r/a 1"], ["t r/a 2"], ["t r/a 3"]],
+        id="one-repository-order-kept",
     ),
     pytest.param(
         ["t r/a 1", "t r/a 2", "t r/a 3", "t r/b 1", "t r/c 1", "t r/c 2"],
@@ -237,8 +334,10 @@ def test_interleave(given, expected):
 def test_interleave_without_round_robin_keeps_the_planned_order():
     planned = work("t r/a 1", "t r/a 2", "t r/b 1", "t2 r/a 1")
     assert labels(interleave(planned, round_robin=False)) == [
-        ["t r/a 1", "t2 r/a 1"], ["t r/a 2"], ["t r/b 1"],
-    ]  # fmt: skip
+        ["t r/a 1", "t2 r/a 1"],
+        ["t r/a 2"],
+        ["t r/b 1"],
+    ]
 
 
 # -- target_repository ---------------------------------------------------------------------------
@@ -253,24 +352,56 @@ TARGET_REPOSITORY = [
     pytest.param("app", "", "mirror", None, "mirror/app", id="no-source-namespace"),
     pytest.param("team/app", "", "", None, "team/app", id="no-namespaces"),
     pytest.param("gs/a/b/app", "gs/a", "m", None, "m/b/app", id="multi-level-source-namespace"),
-    pytest.param("other/app", "gs", "mirror", None, (NameRejected, "outside the source namespace gs"),
-                 id="outside-namespace"),  # fmt: skip
-    pytest.param("gsx/app", "gs", "mirror", None, (NameRejected, "outside the source namespace"),
-                 id="namespace-is-a-path-prefix-not-a-string-prefix"),  # fmt: skip
-    pytest.param("gs", "gs", "mirror", None, (NameRejected, "outside the source namespace"),
-                 id="the-namespace-itself"),  # fmt: skip
+    pytest.param(
+        "other/app",
+        "gs",
+        "mirror",
+        None,
+        (NameRejected, "outside the source namespace gs"),
+        id="outside-namespace",
+    ),
+    pytest.param(
+        "gsx/app",
+        "gs",
+        "mirror",
+        None,
+        (NameRejected, "outside the source namespace"),
+        id="namespace-is-a-path-prefix-not-a-string-prefix",
+    ),
+    pytest.param(
+        "gs", "gs", "mirror", None, (NameRejected, "outside the source namespace"), id="the-namespace-itself"
+    ),
     pytest.param("gs/app", "gs", "mirror", 2, "mirror/app", id="depth-at-the-limit"),
-    pytest.param("gs/team/app", "gs", "mirror", 2, (NameRejected, "3 path levels.*at most 2"),
-                 id="depth-over-the-limit"),  # fmt: skip
+    pytest.param(
+        "gs/team/app",
+        "gs",
+        "mirror",
+        2,
+        (NameRejected, "3 path levels.*at most 2"),
+        id="depth-over-the-limit",
+    ),
     pytest.param("gs/team/app", "gs", "", 2, "team/app", id="depth-counts-the-target-name"),
     pytest.param("gs/" + LONG, "gs", "mirror", None, "mirror/" + LONG, id="255-characters"),
-    pytest.param("gs/" + LONG + "a", "gs", "mirror", None, (NameRejected, "not a valid repository name"),
-                 id="256-characters"),  # fmt: skip
-    pytest.param("gs/App", "gs", "mirror", None, (NameRejected, "not a valid repository name"), id="upper-case"),
-    pytest.param("gs/a//b", "gs", "mirror", None, (NameRejected, "not a valid repository name"),
-                 id="empty-component"),  # fmt: skip
-    pytest.param("gs/", "gs", "mirror", None, (NameRejected, "not a valid repository name"), id="nothing-after-ns"),
-    pytest.param("gs/../x", "gs", "mirror", None, (NameRejected, "not a valid repository name"), id="dot-dot"),
+    pytest.param(
+        "gs/" + LONG + "a",
+        "gs",
+        "mirror",
+        None,
+        (NameRejected, "not a valid repository name"),
+        id="256-characters",
+    ),
+    pytest.param(
+        "gs/App", "gs", "mirror", None, (NameRejected, "not a valid repository name"), id="upper-case"
+    ),
+    pytest.param(
+        "gs/a//b", "gs", "mirror", None, (NameRejected, "not a valid repository name"), id="empty-component"
+    ),
+    pytest.param(
+        "gs/", "gs", "mirror", None, (NameRejected, "not a valid repository name"), id="nothing-after-ns"
+    ),
+    pytest.param(
+        "gs/../x", "gs", "mirror", None, (NameRejected, "not a valid repository name"), id="dot-dot"
+    ),
 ]
 
 

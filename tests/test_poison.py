@@ -74,7 +74,9 @@ class Queues:
         return self.poison.send_message(content).id
 
     def poison_bodies(self) -> list[str]:
-        return sorted(base64.b64decode(m.content).decode() for m in self.poison.peek_messages(max_messages=32))
+        return sorted(
+            base64.b64decode(m.content).decode() for m in self.poison.peek_messages(max_messages=32)
+        )
 
     def work_contents(self) -> list[str]:
         return [m.content for m in self.work.peek_messages(max_messages=32)]
@@ -113,7 +115,9 @@ def test_list_decodes_validates_and_explains(azurite, queue_name, capsys):
     valid = q.put(repo_message())
     tagged = q.put(tag_message())
     not_json = q.put("{not json")
-    future = q.put(json.dumps({"v": 2, "kind": "repository", "repository": "giantswarm/app", "target": "target"}))
+    future = q.put(
+        json.dumps({"v": 2, "kind": "repository", "repository": "giantswarm/app", "target": "target"})
+    )
     unknown_target = q.put(repo_message(target="elsewhere"))
     plain = q.put(repo_message(), encode=False)  # plain text: accepted, in case the host stores that
     garbage = q.put("plain {text}", encode=False)
@@ -126,8 +130,10 @@ def test_list_decodes_validates_and_explains(azurite, queue_name, capsys):
     by_id = {m["id"]: m for m in listing["messages"]}
     assert by_id[valid]["status"] == "valid" and by_id[valid]["problem"] is None
     assert (by_id[valid]["repository"], by_id[valid]["target"], by_id[valid]["kind"]) == (
-        "giantswarm/app", "target", "repository",
-    )  # fmt: skip
+        "giantswarm/app",
+        "target",
+        "repository",
+    )
     assert (by_id[tagged]["status"], by_id[tagged]["tag"]) == ("valid", "1.0.0")
     assert by_id[not_json]["problem"] == "message: not valid JSON"
     assert by_id[future]["problem"] == "message version 2 is not supported (expected 1)"
@@ -229,8 +235,10 @@ def test_selectors(azurite, queue_name, capsys):
         assert [(o.id, o.action) for o in result.outcomes] == [(tool, poison.Action.REPLAYED)]
         result = queues.drop(poison.Selector(ids=frozenset({app, bad}), invalid_only=True))
         assert [(o.id, o.action) for o in result.outcomes] == [(bad, poison.Action.DROPPED)]
-        result = queues.drop(poison.Selector(targets=frozenset({"target"}), repositories=frozenset({"giantswarm/app"})),
-                             dry_run=True)  # fmt: skip
+        result = queues.drop(
+            poison.Selector(targets=frozenset({"target"}), repositories=frozenset({"giantswarm/app"})),
+            dry_run=True,
+        )
         assert [(o.id, o.action) for o in result.outcomes] == [(app, poison.Action.WOULD_DROP)]
     assert sorted(m.id for m in q.poison.peek_messages(max_messages=32)) == sorted([app, other])
 
@@ -356,13 +364,21 @@ def test_storage_access_from_the_environment():
     assert where({}) is None
     conn = f"DefaultEndpointsProtocol=https;AccountName=stx;AccountKey={ACCOUNT_KEY};EndpointSuffix=core.windows.net"
     assert where({"AZURE_STORAGE_CONNECTION_STRING": conn}) == "storage account stx"
-    assert where({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}).startswith("the local storage emulator")
-    assert where({"AzureWebJobsStorage__accountName": "stregsync"}) == "https://stregsync.queue.core.windows.net"
+    assert where({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}).startswith(
+        "the local storage emulator"
+    )
+    assert (
+        where({"AzureWebJobsStorage__accountName": "stregsync"}) == "https://stregsync.queue.core.windows.net"
+    )
     assert where({"AZURE_STORAGE_ACCOUNT": "other", "AzureWebJobsStorage__accountName": "stregsync"}) == (
         "https://other.queue.core.windows.net"
     )
-    identity = poison.access_from_env({"AzureWebJobsStorage__queueServiceUri": "https://st.queue.core.windows.net",
-                                       "AzureWebJobsStorage__clientId": "00000000-0000-0000-0000-000000000001"})  # fmt: skip
+    identity = poison.access_from_env(
+        {
+            "AzureWebJobsStorage__queueServiceUri": "https://st.queue.core.windows.net",
+            "AzureWebJobsStorage__clientId": "00000000-0000-0000-0000-000000000001",
+        }
+    )
     assert identity is not None and identity.client_id == "00000000-0000-0000-0000-000000000001"
     assert ACCOUNT_KEY not in repr(poison.QueueAccess(connection_string=conn))
     with pytest.raises(poison.ConfigError):
@@ -393,11 +409,18 @@ def test_poison_depth_is_logged_for_the_alert(azurite, queue_name, caplog):
 
     caplog.clear()
     started = time.monotonic()
-    assert poison.poison_depth(queue_name, {"AzureWebJobsStorage": azurite.connection_string("http://127.0.0.1:9")}) is None
+    assert (
+        poison.poison_depth(
+            queue_name, {"AzureWebJobsStorage": azurite.connection_string("http://127.0.0.1:9")}
+        )
+        is None
+    )
     assert poison.poison_depth(queue_name, {}) is None
     assert time.monotonic() - started < 20, "the timer is not held up"
     unknown = [r for r in caplog.records if "decision=poison_depth" in r.getMessage()]
-    assert len(unknown) == 2 and all(r.levelno == logging.WARNING and "count=" not in r.getMessage() for r in unknown)
+    assert len(unknown) == 2 and all(
+        r.levelno == logging.WARNING and "count=" not in r.getMessage() for r in unknown
+    )
 
 
 def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, monkeypatch, caplog):
@@ -406,8 +429,14 @@ def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, mon
     caplog.set_level(logging.INFO)
     q = Queues(azurite, queue_name)
     q.put(tag_message())
-    env = {**settings(queue_name), "SOURCE_REGISTRY": anon_registry.url, "TARGET_REGISTRY": anon_registry.url,
-           "TARGET_NAMESPACE": "mirror", "SOURCE_ALLOW_EMPTY": "true", "AzureWebJobsStorage": q.connection_string}  # fmt: skip
+    env = {
+        **settings(queue_name),
+        "SOURCE_REGISTRY": anon_registry.url,
+        "TARGET_REGISTRY": anon_registry.url,
+        "TARGET_NAMESPACE": "mirror",
+        "SOURCE_ALLOW_EMPTY": "true",
+        "AzureWebJobsStorage": q.connection_string,
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     runtime.reset()
@@ -426,12 +455,21 @@ def test_cli_in_a_real_process(azurite, queue_name):
     q = Queues(azurite, queue_name)
     q.put(tag_message())
     result = subprocess.run(
-        [sys.executable, "-m", "sync_core", "poison", "list"], env={**q.env(), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )  # fmt: skip
+        [sys.executable, "-m", "sync_core", "poison", "list"],
+        env={**q.env(), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert "about 1 message(s), 1 shown" in result.stdout
-    help_text = subprocess.run([sys.executable, "-m", "sync_core", "poison", "--help"], capture_output=True,
-                               text=True, timeout=60, cwd=ROOT).stdout  # fmt: skip
+    help_text = subprocess.run(
+        [sys.executable, "-m", "sync_core", "poison", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    ).stdout
     for action in ("list", "replay", "drop"):
         assert action in help_text

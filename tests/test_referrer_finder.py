@@ -27,13 +27,17 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def test_an_unknown_repository_does_not_turn_the_api_off(token_issuer):
-    with AcrStandIn(users={USER[0]: (USER[1], {"*": ["pull", "push"]})}, issuer=token_issuer, name="finder") as acr:
+    with AcrStandIn(
+        users={USER[0]: (USER[1], {"*": ["pull", "push"]})}, issuer=token_issuer, name="finder"
+    ) as acr:
         pusher = acr.pusher()
         app = images.oci_image("finder-app", (64,))
         sig = images.signature("finder-sig", app)
         pusher.push("gs/app", app, "1.0")
         pusher.push("gs/app", sig)
-        finder = ReferrerFinder(RegistryClient(acr.url, StaticCredentials(Credentials(*USER))), ReferrerPolicy())
+        finder = ReferrerFinder(
+            RegistryClient(acr.url, StaticCredentials(Credentials(*USER))), ReferrerPolicy()
+        )
         # deleted since it was listed: nothing there, and nothing settled about the API
         assert finder.of("gs/gone", app.digest) == [] and finder.api is None
         assert [d.digest for d in finder.of("gs/app", app.digest)] == [sig.digest] and finder.api is True
@@ -46,7 +50,9 @@ def test_a_registry_without_the_route_is_read_through_the_referrers_tag(fresh_re
     pusher = registry.pusher()
     app = images.oci_image("finder-plain", (64,))
     pusher.push("gs/app", app, "1.0")
-    finder = ReferrerFinder(RegistryClient(registry.url, StaticCredentials(Credentials(*PUSHER))), ReferrerPolicy())
+    finder = ReferrerFinder(
+        RegistryClient(registry.url, StaticCredentials(Credentials(*PUSHER))), ReferrerPolicy()
+    )
     assert finder.of("gs/app", app.digest) == [] and finder.api is False
 
 

@@ -31,16 +31,21 @@ NOTATION = "application/vnd.cncf.notary.signature"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-def artifact(seed: str, subject: images.Manifest, artifact_type: str, *, as_index: bool = False) -> images.Manifest:
+def artifact(
+    seed: str, subject: images.Manifest, artifact_type: str, *, as_index: bool = False
+) -> images.Manifest:
     """A referrer of ``subject``: an artifact manifest (empty config), or an index with a subject."""
     if not as_index:
         return images.signature(seed, subject, artifact_type)
     part = images.oci_image(f"{seed}-part", (64,))
     body = {
-        "schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": artifact_type,
-        "manifests": [part.descriptor()], "subject": subject.descriptor(),
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "artifactType": artifact_type,
+        "manifests": [part.descriptor()],
+        "subject": subject.descriptor(),
         "annotations": {"org.example.seed": seed},
-    }  # fmt: skip
+    }
     return images.Manifest(json.dumps(body).encode(), OCI_INDEX, (), (part,), subject=subject)
 
 
@@ -53,19 +58,37 @@ class World:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
-            "SOURCE_REGISTRY": self.source.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": NS,
-            "SOURCE_USERNAME": SOURCE_USER[0], "SOURCE_PASSWORD": SOURCE_USER[1],
-            "PLAIN_USER": PUSHER[0], "PLAIN_PASS": PUSHER[1],
-            "API_USER": TARGET_USER[0], "API_PASS": TARGET_USER[1], **extra,
-        }  # fmt: skip
+            "SOURCE_REGISTRY": self.source.url,
+            "SOURCE_KIND": "acr",
+            "SOURCE_NAMESPACE": NS,
+            "SOURCE_USERNAME": SOURCE_USER[0],
+            "SOURCE_PASSWORD": SOURCE_USER[1],
+            "PLAIN_USER": PUSHER[0],
+            "PLAIN_PASS": PUSHER[1],
+            "API_USER": TARGET_USER[0],
+            "API_PASS": TARGET_USER[1],
+            **extra,
+        }
 
     def config_file(self, tmp_path, **target_extra) -> str:
         targets = [
-            {"name": "plain", "registry": self.plain.url, "namespace": "mirror",
-             "username_env": "PLAIN_USER", "password_env": "PLAIN_PASS", **target_extra.get("plain", {})},
-            {"name": "api", "registry": self.api.url, "namespace": "mirror",
-             "username_env": "API_USER", "password_env": "API_PASS", **target_extra.get("api", {})},
-        ]  # fmt: skip
+            {
+                "name": "plain",
+                "registry": self.plain.url,
+                "namespace": "mirror",
+                "username_env": "PLAIN_USER",
+                "password_env": "PLAIN_PASS",
+                **target_extra.get("plain", {}),
+            },
+            {
+                "name": "api",
+                "registry": self.api.url,
+                "namespace": "mirror",
+                "username_env": "API_USER",
+                "password_env": "API_PASS",
+                **target_extra.get("api", {}),
+            },
+        ]
         path = tmp_path / "sync.json"
         path.write_text(json.dumps({"targets": targets}))
         return str(path)
@@ -78,8 +101,11 @@ def referrers_at(world: World, target: str, repo: str, digest: str) -> set[str]:
     """Discovery as a client does it: the referrers API, else the referrers tag (404: none)."""
     if target == "api":
         token = world.api.mint([f"repository:{repo}:pull"])
-        r = requests.get(f"{world.api.url}/v2/{repo}/referrers/{digest}",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        r = requests.get(
+            f"{world.api.url}/v2/{repo}/referrers/{digest}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         assert r.status_code == 200 and r.headers["Content-Type"] == OCI_INDEX
         return {m["digest"] for m in r.json()["manifests"]}
     pusher = world.plain.pusher()
@@ -99,9 +125,14 @@ def writes(acr: AcrStandIn) -> int:
 @pytest.fixture
 def world(token_issuer, fresh_registry):
     users = {SOURCE_USER[0]: (SOURCE_USER[1], {"*": ["pull", "metadata_read"]})}
-    with AcrStandIn(users=users, issuer=token_issuer, name="ref-src") as source, AcrStandIn(
-        users={TARGET_USER[0]: (TARGET_USER[1], {"*": ["pull", "push"]})}, issuer=token_issuer, name="ref-api"
-    ) as api:
+    with (
+        AcrStandIn(users=users, issuer=token_issuer, name="ref-src") as source,
+        AcrStandIn(
+            users={TARGET_USER[0]: (TARGET_USER[1], {"*": ["pull", "push"]})},
+            issuer=token_issuer,
+            name="ref-api",
+        ) as api,
+    ):
         yield World(source, fresh_registry(), api)
 
 
@@ -162,18 +193,26 @@ def test_a_referrer_pushed_later_follows_by_event_within_a_minute_and_by_the_tim
     tag = images.digest_tag(app.digest, suffix="")
     listed = json.loads(plain.fetch_manifest("mirror/app", tag)[0])
     listed["manifests"].append(
-        {"mediaType": native.media_type, "digest": native.digest, "size": native.size, "artifactType": NOTATION}
+        {
+            "mediaType": native.media_type,
+            "digest": native.digest,
+            "size": native.size,
+            "artifactType": NOTATION,
+        }
     )
     plain.put_manifest("mirror/app", images.Manifest(json.dumps(listed).encode(), OCI_INDEX), tag)
 
     late = artifact("late-sig", app, NOTATION)
     world.pusher.push(f"{NS}/app", late)
     event = {
-        "id": "evt-late", "eventType": "Microsoft.ContainerRegistry.ImagePushed",
+        "id": "evt-late",
+        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
         "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "data": {"target": {"mediaType": late.media_type, "digest": late.digest, "repository": f"{NS}/app"},
-                 "request": {"host": world.source.host}},
-    }  # fmt: skip
+        "data": {
+            "target": {"mediaType": late.media_type, "digest": late.digest, "repository": f"{NS}/app"},
+            "request": {"host": world.source.host},
+        },
+    }
     with world.syncer(tmp_path) as syncer:
         queued = handlers.event_messages(event, syncer.config)
         assert [messages.parse_message(m, syncer.config).kind for m in queued] == ["referrer", "referrer"]
@@ -206,16 +245,26 @@ def test_a_cosign_tag_pushed_later_follows_by_event_whatever_the_tag_filters(wor
     sig = images.cosign_signature("cosign-late", app)
     world.pusher.push(f"{NS}/app", sig, sig_tag)
     event = {
-        "id": "evt-cosign", "eventType": "Microsoft.ContainerRegistry.ImagePushed",
+        "id": "evt-cosign",
+        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
         "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "data": {"target": {"mediaType": sig.media_type, "digest": sig.digest, "repository": f"{NS}/app",
-                            "tag": sig_tag},
-                 "request": {"host": world.source.host}},
-    }  # fmt: skip
+        "data": {
+            "target": {
+                "mediaType": sig.media_type,
+                "digest": sig.digest,
+                "repository": f"{NS}/app",
+                "tag": sig_tag,
+            },
+            "request": {"host": world.source.host},
+        },
+    }
     with world.syncer(tmp_path, env_extra=env) as syncer:
         queued = handlers.event_messages(event, syncer.config)
         parsed = [messages.parse_message(m, syncer.config) for m in queued]
-        assert {(m.kind, m.tag, m.target) for m in parsed} == {("tag", sig_tag, "plain"), ("tag", sig_tag, "api")}
+        assert {(m.kind, m.tag, m.target) for m in parsed} == {
+            ("tag", sig_tag, "plain"),
+            ("tag", sig_tag, "api"),
+        }
         for message in queued:
             summary, left = handlers.process_message(message, syncer)
             assert summary.ok and left == [] and summary.tags_copied == 1, summary.to_dict()
@@ -234,8 +283,11 @@ def test_an_untagged_child_event_is_ignored_by_the_worker(world, tmp_path):
 
 def test_referrers_policy_and_target_skip_rules_apply_to_each_referrer(world, tmp_path):
     app, amd64, sig, sbom, sbom_sig, bundle = seed_signed_image(world)
-    with world.syncer(tmp_path, env_extra={"SYNC_REFERRERS": f"{images.COSIGN_SIG_ARTIFACT},{SPDX}"},
-                      plain={"skip_artifact_types": [SPDX]}) as syncer:  # fmt: skip
+    with world.syncer(
+        tmp_path,
+        env_extra={"SYNC_REFERRERS": f"{images.COSIGN_SIG_ARTIFACT},{SPDX}"},
+        plain={"skip_artifact_types": [SPDX]},
+    ) as syncer:
         summary = syncer.run()
     assert summary.ok, summary.failures
     # policy: only signatures and SBOMs (not the bundle, and not the notation signature of the SBOM)
@@ -293,10 +345,14 @@ def test_full_checks_are_spread_over_the_period_and_all_due_without_a_previous_r
             due[repo] += handlers.full_check_due(repo, previous, current, 24)
     assert set(due.values()) == {1}
     per_run = [
-        sum(handlers.full_check_due(r, start + dt.timedelta(minutes=15 * i), start + dt.timedelta(minutes=15 * (i + 1)), 24)
-            for r in repos)
+        sum(
+            handlers.full_check_due(
+                r, start + dt.timedelta(minutes=15 * i), start + dt.timedelta(minutes=15 * (i + 1)), 24
+            )
+            for r in repos
+        )
         for i in range(96)
-    ]  # fmt: skip
+    ]
     assert max(per_run) < 20  # ~400/96 a run, not all at once
 
 
@@ -310,7 +366,9 @@ def test_a_referrers_tag_that_is_not_ours_is_a_refusal_reported_not_a_failure_to
         summary = syncer.run()
     assert summary.ok and summary.failures == [], summary.failures
     refusals = [s for s in summary.skipped if s["target"] == "plain" and "refused" in s["reason"]]
-    assert {r["item"] for r in refusals} == {f"{NS}/app:1.0 (referrer {d})" for d in (sig.digest, bundle.digest)}
+    assert {r["item"] for r in refusals} == {
+        f"{NS}/app:1.0 (referrer {d})" for d in (sig.digest, bundle.digest)
+    }
     assert all("not an OCI image index" in r["reason"] for r in refusals)
     assert world.plain.pusher().fetch_manifest("mirror/app", tag)[2] == squatter.digest  # left alone
     assert referrers_at(world, "api", "mirror/app", app.digest) == {sig.digest, bundle.digest}
@@ -377,7 +435,11 @@ def test_a_target_that_narrows_indexes_gets_the_referrers_of_what_it_holds_only(
         world.source.reset_log()
         with world.syncer(tmp_path, **narrow) as syncer:
             again = syncer.run(check=check)
-        assert again.ok and (again.tags_copied, again.referrers_copied, again.manifests_pushed) == (0, 0, 0), check
+        assert again.ok and (again.tags_copied, again.referrers_copied, again.manifests_pushed) == (
+            0,
+            0,
+            0,
+        ), check
         assert world.source.count(("blob",)) == 0, check
 
 
@@ -392,18 +454,31 @@ def test_from_a_plain_oci_source_the_full_check_finds_late_referrers_of_the_inde
     with Syncer(load_config(env)) as syncer:
         assert syncer.run().tags_copied == 1
     # referrers added later, each listed in its subject's referrers tag (distribution has no API)
-    sig, child_sbom = artifact("oci-late-sig", app, NOTATION), artifact("oci-late-sbom", app.children[0], SPDX)
+    sig, child_sbom = (
+        artifact("oci-late-sig", app, NOTATION),
+        artifact("oci-late-sbom", app.children[0], SPDX),
+    )
     for referrer, subject, kind in ((sig, app, NOTATION), (child_sbom, app.children[0], SPDX)):
         pusher.push("gs/app", referrer)
-        entry = {"mediaType": referrer.media_type, "digest": referrer.digest, "size": referrer.size, "artifactType": kind}
+        entry = {
+            "mediaType": referrer.media_type,
+            "digest": referrer.digest,
+            "size": referrer.size,
+            "artifactType": kind,
+        }
         listing = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}
-        pusher.put_manifest("gs/app", images.Manifest(json.dumps(listing).encode(), OCI_INDEX),
-                            images.digest_tag(subject.digest, suffix=""))  # fmt: skip
+        pusher.put_manifest(
+            "gs/app",
+            images.Manifest(json.dumps(listing).encode(), OCI_INDEX),
+            images.digest_tag(subject.digest, suffix=""),
+        )
     with Syncer(load_config(env)) as syncer:
         full = syncer.run(check=Check.FULL)
     assert full.ok and full.referrers_copied == 2, full.to_dict()
     check = target.pusher()
     for referrer, subject in ((sig, app), (child_sbom, app.children[0])):
         assert check.fetch_manifest("mirror/app", referrer.digest)[0] == referrer.raw
-        listed = json.loads(check.fetch_manifest("mirror/app", images.digest_tag(subject.digest, suffix=""))[0])
+        listed = json.loads(
+            check.fetch_manifest("mirror/app", images.digest_tag(subject.digest, suffix=""))[0]
+        )
         assert [m["digest"] for m in listed["manifests"]] == [referrer.digest]

@@ -47,8 +47,9 @@ def jitter_at_its_bound(monkeypatch):
 
 
 def policy(attempts: int = 5, **kwargs) -> RetryPolicy:
-    return RetryPolicy(attempts=attempts, **{"backoff_base": 0.5, "backoff_cap": 20.0, "retry_after_cap": 60.0,
-                                             **kwargs})  # fmt: skip
+    return RetryPolicy(
+        attempts=attempts, **{"backoff_base": 0.5, "backoff_cap": 20.0, "retry_after_cap": 60.0, **kwargs}
+    )
 
 
 def unavailable() -> RegistryError:
@@ -60,36 +61,95 @@ def unavailable() -> RegistryError:
 RETRYING = [
     # (script, policy, outcome: a value or the exception type raised, waits)
     pytest.param(["ok"], policy(), "ok", [], id="success-at-once"),
-    pytest.param([unavailable(), requests.ConnectionError("reset"), "ok"], policy(), "ok", [0.5, 1.0],
-                 id="transient-then-success"),  # fmt: skip
-    pytest.param([unavailable()] * 5 + ["ok"], policy(6, backoff_base=1, backoff_cap=3), "ok", [1, 2, 3, 3, 3],
-                 id="backoff-doubles-up-to-its-cap"),  # fmt: skip
-    pytest.param([NotFound("no such manifest", status=404), "ok"], policy(), NotFound, [],
-                 id="not-transient-raised-at-once"),  # fmt: skip
-    pytest.param([ValueError("a bug"), "ok"], policy(), ValueError, [], id="unexpected-exception-raised-at-once"),
-    pytest.param([unavailable(), AuthError("refused", status=401), "ok"], policy(), AuthError, [0.5],
-                 id="not-transient-after-a-transient-one"),  # fmt: skip
-    pytest.param([RegistryError("503 after 5 attempts", status=503, exhausted=True), "ok"], policy(), RegistryError,
-                 [], id="exhausted-raised-at-once"),  # fmt: skip
-    pytest.param([unavailable(), RegistryError("gave up", status=None, exhausted=True), "ok"], policy(),
-                 RegistryError, [0.5], id="exhausted-after-a-retry"),  # fmt: skip
-    pytest.param([unavailable(), unavailable(), unavailable(), "ok"], policy(3), RegistryError, [0.5, 1.0],
-                 id="attempts-bound-the-tries"),  # fmt: skip
+    pytest.param(
+        [unavailable(), requests.ConnectionError("reset"), "ok"],
+        policy(),
+        "ok",
+        [0.5, 1.0],
+        id="transient-then-success",
+    ),
+    pytest.param(
+        [unavailable()] * 5 + ["ok"],
+        policy(6, backoff_base=1, backoff_cap=3),
+        "ok",
+        [1, 2, 3, 3, 3],
+        id="backoff-doubles-up-to-its-cap",
+    ),
+    pytest.param(
+        [NotFound("no such manifest", status=404), "ok"],
+        policy(),
+        NotFound,
+        [],
+        id="not-transient-raised-at-once",
+    ),
+    pytest.param(
+        [ValueError("a bug"), "ok"], policy(), ValueError, [], id="unexpected-exception-raised-at-once"
+    ),
+    pytest.param(
+        [unavailable(), AuthError("refused", status=401), "ok"],
+        policy(),
+        AuthError,
+        [0.5],
+        id="not-transient-after-a-transient-one",
+    ),
+    pytest.param(
+        [RegistryError("503 after 5 attempts", status=503, exhausted=True), "ok"],
+        policy(),
+        RegistryError,
+        [],
+        id="exhausted-raised-at-once",
+    ),
+    pytest.param(
+        [unavailable(), RegistryError("gave up", status=None, exhausted=True), "ok"],
+        policy(),
+        RegistryError,
+        [0.5],
+        id="exhausted-after-a-retry",
+    ),
+    pytest.param(
+        [unavailable(), unavailable(), unavailable(), "ok"],
+        policy(3),
+        RegistryError,
+        [0.5, 1.0],
+        id="attempts-bound-the-tries",
+    ),
     pytest.param([unavailable(), "ok"], policy(1), RegistryError, [], id="one-attempt-no-retry"),
     pytest.param([unavailable(), "ok"], policy(0), RegistryError, [], id="zero-attempts-still-one-try"),
-    pytest.param([RetryLater("429", delay=7.0), "ok"], policy(), "ok", [7.0], id="retry-later-delay-honoured"),
-    pytest.param([RetryLater("429", delay=3600.0), "ok"], policy(), "ok", [60.0], id="retry-later-delay-capped"),
+    pytest.param(
+        [RetryLater("429", delay=7.0), "ok"], policy(), "ok", [7.0], id="retry-later-delay-honoured"
+    ),
+    pytest.param(
+        [RetryLater("429", delay=3600.0), "ok"], policy(), "ok", [60.0], id="retry-later-delay-capped"
+    ),
     pytest.param([RetryLater("429", delay=0.0), "ok"], policy(), "ok", [0.0], id="retry-later-no-wait"),
-    pytest.param([RetryLater("429", delay=90.0), "ok"], policy(backoff_cap=1.0), "ok", [60.0],
-                 id="retry-later-delay-not-bound-by-backoff-cap"),  # fmt: skip
-    pytest.param([unavailable(), RetryLater("busy"), "ok"], policy(), "ok", [0.5, 1.0],
-                 id="retry-later-without-delay-backs-off"),  # fmt: skip
-    pytest.param([RetryLater("429", delay=1.0), RetryLater("429", delay=1.0)], policy(2), RetryLater, [1.0],
-                 id="retry-later-on-the-last-attempt-raised"),  # fmt: skip
-    pytest.param([DigestMismatch("damaged on the way"), "ok"], policy(), "ok", [0.5], id="digest-mismatch-retried"),
-    pytest.param([TokenExpired("401 mid-upload", status=401), "ok"], policy(), "ok", [0.5],
-                 id="token-expired-retried"),  # fmt: skip
-]  # fmt: skip
+    pytest.param(
+        [RetryLater("429", delay=90.0), "ok"],
+        policy(backoff_cap=1.0),
+        "ok",
+        [60.0],
+        id="retry-later-delay-not-bound-by-backoff-cap",
+    ),
+    pytest.param(
+        [unavailable(), RetryLater("busy"), "ok"],
+        policy(),
+        "ok",
+        [0.5, 1.0],
+        id="retry-later-without-delay-backs-off",
+    ),
+    pytest.param(
+        [RetryLater("429", delay=1.0), RetryLater("429", delay=1.0)],
+        policy(2),
+        RetryLater,
+        [1.0],
+        id="retry-later-on-the-last-attempt-raised",
+    ),
+    pytest.param(
+        [DigestMismatch("damaged on the way"), "ok"], policy(), "ok", [0.5], id="digest-mismatch-retried"
+    ),
+    pytest.param(
+        [TokenExpired("401 mid-upload", status=401), "ok"], policy(), "ok", [0.5], id="token-expired-retried"
+    ),
+]
 
 
 @pytest.mark.parametrize("script, how, outcome, waits", RETRYING)
@@ -106,8 +166,13 @@ def test_retrying(script, how, outcome, waits):
         return step
 
     def run():
-        return retrying(operation, how, what="scripted", sleep=slept.append,
-                        on_retry=lambda error, attempt, delay: retried.append((error, attempt, delay)))  # fmt: skip
+        return retrying(
+            operation,
+            how,
+            what="scripted",
+            sleep=slept.append,
+            on_retry=lambda error, attempt, delay: retried.append((error, attempt, delay)),
+        )
 
     if isinstance(outcome, type):
         with pytest.raises(outcome) as info:
@@ -132,7 +197,12 @@ def test_retrying_uses_the_predicate_it_is_given():
             raise step
         return step
 
-    assert retrying(operation, policy(), what="x", transient=lambda e: isinstance(e, KeyError), sleep=slept.append) == "ok"
+    assert (
+        retrying(
+            operation, policy(), what="x", transient=lambda e: isinstance(e, KeyError), sleep=slept.append
+        )
+        == "ok"
+    )
     assert slept == [0.5]
 
 
@@ -150,7 +220,9 @@ def test_retrying_never_catches_what_is_not_an_exception():
 
 def test_backoff_is_full_jitter_within_its_bound(monkeypatch):
     drawn: list[tuple[float, float]] = []
-    monkeypatch.setattr(retry_module, "random", types.SimpleNamespace(uniform=lambda a, b: drawn.append((a, b)) or a))
+    monkeypatch.setattr(
+        retry_module, "random", types.SimpleNamespace(uniform=lambda a, b: drawn.append((a, b)) or a)
+    )
     how = policy(backoff_base=0.5, backoff_cap=3.0)
     assert [how.delay(n) for n in range(5)] == [0.0] * 5
     assert drawn == [(0, 0.5), (0, 1.0), (0, 2.0), (0, 3.0), (0, 3.0)]
@@ -186,16 +258,16 @@ STATUSES = (None, 401, 403, 404, 408, 429, 500, 503)
 # Errors that carry the registry's HTTP status: transient or not, per status.
 BY_STATUS = {
     #                   None 401  403  404  408  429  500  503
-    RegistryError:     "yes  no   no   no   yes  yes  yes  yes",
-    AuthError:         "no   no   no   no   yes  yes  yes  yes",
+    RegistryError: "yes  no   no   no   yes  yes  yes  yes",
+    AuthError: "no   no   no   no   yes  yes  yes  yes",
     CredentialsRefused: "no   no   no   no   yes  yes  yes  yes",
-    CatalogForbidden:  "no   no   no   no   yes  yes  yes  yes",
-    TokenExpired:      "yes  yes  yes  yes  yes  yes  yes  yes",
+    CatalogForbidden: "no   no   no   no   yes  yes  yes  yes",
+    TokenExpired: "yes  yes  yes  yes  yes  yes  yes  yes",
     SourceStreamError: "yes  yes  yes  yes  yes  yes  yes  yes",
-    NotFound:          "no   no   no   no   no   no   no   no",
-    ProtocolError:     "no   no   no   no   no   no   no   no",
-    ForeignHostError:  "no   no   no   no   no   no   no   no",
-}  # fmt: skip
+    NotFound: "no   no   no   no   no   no   no   no",
+    ProtocolError: "no   no   no   no   no   no   no   no",
+    ForeignHostError: "no   no   no   no   no   no   no   no",
+}
 
 WITH_STATUS = [
     pytest.param(cls, status, verdict == "yes", id=f"{cls.__name__}-{status}")
@@ -208,7 +280,9 @@ WITH_STATUS = [
 def test_is_transient_by_status(cls, status, transient):
     error = cls(f"registry.example answered {status}", status=status)
     assert is_transient(error) is transient
-    assert is_transient(cls("the same, exhausted", status=status, exhausted=True)) is transient  # for the queue
+    assert (
+        is_transient(cls("the same, exhausted", status=status, exhausted=True)) is transient
+    )  # for the queue
 
 
 OTHERS = [
@@ -227,8 +301,11 @@ OTHERS = [
     pytest.param(requests.exceptions.ReadTimeout("x"), True, id="requests-ReadTimeout"),
     pytest.param(requests.exceptions.ChunkedEncodingError("x"), True, id="requests-ChunkedEncodingError"),
     pytest.param(urllib3.exceptions.ProtocolError("Connection aborted"), True, id="urllib3-ProtocolError"),
-    pytest.param(urllib3.exceptions.ReadTimeoutError(None, "/v2/", "read timed out"), True,
-                 id="urllib3-ReadTimeoutError"),  # fmt: skip
+    pytest.param(
+        urllib3.exceptions.ReadTimeoutError(None, "/v2/", "read timed out"),
+        True,
+        id="urllib3-ReadTimeoutError",
+    ),
     pytest.param(urllib3.exceptions.IncompleteRead(10, 90), True, id="urllib3-IncompleteRead"),
     pytest.param(ConnectionResetError(104, "reset"), True, id="ConnectionResetError"),
     pytest.param(BrokenPipeError(32, "broken pipe"), True, id="BrokenPipeError"),

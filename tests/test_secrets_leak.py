@@ -126,15 +126,23 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
     issued_tokens: set[str] = set()
     with KeyVaultStub({"dst-user": DST_USER, "dst-pass": DST_SECRET}) as vault:
         env = {
-            "SOURCE_REGISTRY": acr.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": "gs",
-            "SOURCE_USERNAME": SRC_USER, "SOURCE_PASSWORD": SRC_SECRET,
-            "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": "mirror",
-            "KEY_VAULT_URL": vault.url, "TARGET_USERNAME_SECRET": "dst-user", "TARGET_PASSWORD_SECRET": "dst-pass",
-        }  # fmt: skip
+            "SOURCE_REGISTRY": acr.url,
+            "SOURCE_KIND": "acr",
+            "SOURCE_NAMESPACE": "gs",
+            "SOURCE_USERNAME": SRC_USER,
+            "SOURCE_PASSWORD": SRC_SECRET,
+            "TARGET_REGISTRY": target.url,
+            "TARGET_NAMESPACE": "mirror",
+            "KEY_VAULT_URL": vault.url,
+            "TARGET_USERNAME_SECRET": "dst-user",
+            "TARGET_PASSWORD_SECRET": "dst-pass",
+        }
 
         def syncer_for(environment: dict) -> Syncer:
-            store = SecretStore(vault.url, vault=KeyVaultSecrets(vault.url, credential=FakeAzureCredential(),
-                                                                 **vault.client_kwargs()))  # fmt: skip
+            store = SecretStore(
+                vault.url,
+                vault=KeyVaultSecrets(vault.url, credential=FakeAzureCredential(), **vault.client_kwargs()),
+            )
             syncer = Syncer(load_config(environment), secrets=store)
             for c in (syncer.source_client, *syncer.target_clients.values()):
                 c.transport.retry = FAST
@@ -177,7 +185,9 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
             record(summary)
             acr.fail_next(4, 503, kinds="manifest")
             with pytest.raises(SyncError) as failed:
-                handlers.process_message(messages.WorkMessage("tag", "gs/app", "target", "1.1").dumps(), syncer)
+                handlers.process_message(
+                    messages.WorkMessage("tag", "gs/app", "target", "1.1").dumps(), syncer
+                )
             texts.extend(exception_texts(failed.value))
             tokens_of(syncer)
 
@@ -195,7 +205,9 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
             syncer.copy_image(ImageRef.parse("gs/tool:2.0"), summary)
             record(summary)
             with pytest.raises(SyncError) as failed:
-                handlers.process_message(messages.WorkMessage("tag", "gs/tool", "target", "2.0").dumps(), syncer)
+                handlers.process_message(
+                    messages.WorkMessage("tag", "gs/tool", "target", "2.0").dumps(), syncer
+                )
             texts.extend(exception_texts(failed.value))
             tokens_of(syncer)
 
@@ -213,17 +225,25 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
     assert_no_secret(texts, secrets, "a summary, configuration repr or exception text")
     # and the capture would have seen them: the same check finds a planted one
     with pytest.raises(AssertionError):
-        assert_no_secret([f"x {base64.b64encode(f'{DST_USER}:{DST_SECRET}'.encode()).decode()}"], secrets, "plant")
+        assert_no_secret(
+            [f"x {base64.b64encode(f'{DST_USER}:{DST_SECRET}'.encode()).decode()}"], secrets, "plant"
+        )
 
 
 def test_cli_output_and_argument_lists_hold_no_secret(acr, target, tmp_path):
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT),
-        "SOURCE_REGISTRY": acr.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": "gs",
-        "SOURCE_USERNAME": SRC_USER, "SOURCE_PASSWORD": SRC_SECRET,
-        "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": "cli",
-        "TARGET_USERNAME": DST_USER, "TARGET_PASSWORD": DST_SECRET,
-    }  # fmt: skip
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "SOURCE_REGISTRY": acr.url,
+        "SOURCE_KIND": "acr",
+        "SOURCE_NAMESPACE": "gs",
+        "SOURCE_USERNAME": SRC_USER,
+        "SOURCE_PASSWORD": SRC_SECRET,
+        "TARGET_REGISTRY": target.url,
+        "TARGET_NAMESPACE": "cli",
+        "TARGET_USERNAME": DST_USER,
+        "TARGET_PASSWORD": DST_SECRET,
+    }
     event = json.loads((EVENTS / "image-pushed.eventgrid.json").read_text())
     event["data"]["target"].update(repository="gs/tool", tag="2.0", digest=None)
     event["data"]["request"]["host"] = acr.host
@@ -232,14 +252,25 @@ def test_cli_output_and_argument_lists_hold_no_secret(acr, target, tmp_path):
         (["-vv", "sync"], env),
         (["-vv", "copy", "gs/app:1.0"], {**env, "TARGET_NAMESPACE": "cli-copy"}),
         (["-vv", "event", str(tmp_path / "event.json")], {**env, "TARGET_NAMESPACE": "cli-event"}),
-        (["-vv", "sync", "--json"], {**env, "TARGET_PASSWORD": WRONG_SECRET, "TARGET_NAMESPACE": "cli-wrong"}),
-        (["-vv", "sync"], {**env, "SOURCE_REGISTRY": f"https://{SRC_USER}:{SRC_SECRET}@{acr.host}"}),  # a typo
+        (
+            ["-vv", "sync", "--json"],
+            {**env, "TARGET_PASSWORD": WRONG_SECRET, "TARGET_NAMESPACE": "cli-wrong"},
+        ),
+        (
+            ["-vv", "sync"],
+            {**env, "SOURCE_REGISTRY": f"https://{SRC_USER}:{SRC_SECRET}@{acr.host}"},
+        ),  # a typo
     ]
     outputs: list[str] = []
     argv_seen: list[str] = []
     for args, run_env in runs:
-        proc = subprocess.Popen([sys.executable, "-m", "sync_core", *args], cwd=ROOT, env=run_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sync_core", *args],
+            cwd=ROOT,
+            env=run_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         sampler = threading.Thread(target=sample_cmdlines, args=(proc, argv_seen), daemon=True)
         sampler.start()
         out, err = proc.communicate(timeout=120)
@@ -270,7 +301,9 @@ def sample_cmdlines(proc: subprocess.Popen, seen: list[str]) -> None:
             pass
         for pid in pids:
             try:
-                seen.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                seen.append(
+                    Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
             except OSError:
                 pass
         time.sleep(0.02)
@@ -289,16 +322,24 @@ def test_authorization_goes_only_to_the_host_that_challenged_for_it(tmp_path):
     src.redirect_blobs_to = storage.url
     dst_token = "dst-token-" + pysecrets.token_hex(8)
     token_server = ScriptedServer(
-        lambda r: Reply.json({"token": dst_token, "expires_in": 300})
-        if r.headers.get("authorization") == "Basic " + base64.b64encode(f"{DST_USER}:{DST_SECRET}".encode()).decode()
-        else Reply.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401)
+        lambda r: (
+            Reply.json({"token": dst_token, "expires_in": 300})
+            if r.headers.get("authorization")
+            == "Basic " + base64.b64encode(f"{DST_USER}:{DST_SECRET}".encode()).decode()
+            else Reply.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401)
+        )
     )
     dst = FakeRegistry(bearer=(f"{token_server.url}/token", dst_token))
     try:
-        source = RegistryClient(src.url, StaticCredentials(Credentials(SRC_USER, SRC_SECRET)),
-                                transport=Transport(retry=FAST))  # fmt: skip
-        destination = RegistryClient(dst.url, StaticCredentials(Credentials(DST_USER, DST_SECRET)),
-                                     actions="pull,push", transport=Transport(retry=FAST))  # fmt: skip
+        source = RegistryClient(
+            src.url, StaticCredentials(Credentials(SRC_USER, SRC_SECRET)), transport=Transport(retry=FAST)
+        )
+        destination = RegistryClient(
+            dst.url,
+            StaticCredentials(Credentials(DST_USER, DST_SECRET)),
+            actions="pull,push",
+            transport=Transport(retry=FAST),
+        )
         with Copier(source, destination, retry=FAST) as copier:
             result = copier.copy("gs/app", "1.0", "mirror/app")
         assert result.status == "copied" and result.blobs_uploaded == len(image.all_blobs())
@@ -336,7 +377,7 @@ class MappedTransport(Transport):
         self.sent.append((method, url, dict(headers)))
         for origin, local in self.mapping.items():
             if url.startswith(origin):
-                url = local + url[len(origin):]
+                url = local + url[len(origin) :]
                 break
         else:
             raise AssertionError(f"unexpected request to {url}")
@@ -370,13 +411,20 @@ def token_service():
         ("http://registry.example.test", "https://auth.example.test/token", None, True),
     ],
 )
-def test_credentials_never_travel_over_plain_http_except_to_loopback(token_service, registry, realm, credentials,
-                                                                     allowed):  # fmt: skip
+def test_credentials_never_travel_over_plain_http_except_to_loopback(
+    token_service, registry, realm, credentials, allowed
+):
     realm = realm.format(port=token_service.port) if realm else None
-    fake = FakeRegistry(bearer=(realm, TOKEN) if realm else None, basic=None if realm else (DST_USER, DST_SECRET))
+    fake = FakeRegistry(
+        bearer=(realm, TOKEN) if realm else None, basic=None if realm else (DST_USER, DST_SECRET)
+    )
     fake.tags["a/b"] = []
-    mapping = {registry: fake.url, "https://auth.example.test": token_service.url,
-               "http://auth.example.test": token_service.url, token_service.url: token_service.url}  # fmt: skip
+    mapping = {
+        registry: fake.url,
+        "https://auth.example.test": token_service.url,
+        "http://auth.example.test": token_service.url,
+        token_service.url: token_service.url,
+    }
     transport = MappedTransport(mapping)
     client = RegistryClient(registry, credentials or StaticCredentials(None), transport=transport)
     try:
@@ -398,4 +446,6 @@ def test_credentials_never_travel_over_plain_http_except_to_loopback(token_servi
         if auth.startswith("Bearer"):
             assert url.startswith(registry), f"the registry token went to {url}"
         if auth.startswith("Basic"):
-            assert url.startswith(realm or registry), f"credentials went to {url}, not where the challenge said"
+            assert url.startswith(realm or registry), (
+                f"credentials went to {url}, not where the challenge said"
+            )

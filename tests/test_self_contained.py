@@ -6,8 +6,18 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIP_DIRS = {".git", ".venv", ".venv-tools", ".venv-worker", ".tools", ".pytest_cache", ".ruff_cache",
-             ".hypothesis", "__pycache__", "results"}  # fmt: skip
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    ".venv-tools",
+    ".venv-worker",
+    ".tools",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "__pycache__",
+    "results",
+}
 SUFFIXES = {".py", ".md", ".sh", ".toml", ".json", ".yaml", ".yml", ".txt", ".mk", ".bicep", ".example", ""}
 # A directory beside the clone (the sibling "shared" one, however written) or a machine's absolute path.
 OUTSIDE = re.compile(r"\.\./" + r"shared|\.parent\s*/\s*\"" + r"shared\"|/" + r"work/|parents\[[2-9]\]")

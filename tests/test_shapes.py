@@ -79,7 +79,9 @@ def _shapes() -> list[Shape]:
     shapes = []
 
     index = images.oci_index("rw-buildx", layer_sizes=(300,))  # amd64 + arm64 + buildx attestations
-    shapes.append(Shape("buildx", {"1.0": index, "legacy": images.docker_manifest_list("rw-list", layer_sizes=(200,))}))
+    shapes.append(
+        Shape("buildx", {"1.0": index, "legacy": images.docker_manifest_list("rw-list", layer_sizes=(200,))})
+    )
 
     zstd = images.oci_image("rw-zstd", (400, 300), layer_type=images.OCI_LAYER_ZSTD)
     both = images.index_of([images.oci_image("rw-gzip", (250,)), zstd])  # gzip and zstd side by side
@@ -90,10 +92,15 @@ def _shapes() -> list[Shape]:
     foreign = tuple(json.loads(m.raw)["layers"][0]["digest"] for m in (windows, windows_oci))
     shapes.append(Shape("foreign", {"ltsc2022": windows, "ltsc2022-oci": windows_oci}, absent_blobs=foreign))
 
-    shapes.append(Shape("buildkit-cache", {
-        "cache": images.buildkit_cache_index("rw-cache"),
-        "cache-docker": images.buildkit_cache_index("rw-cache-docker", media_type=images.DOCKER_LIST),
-    }))  # fmt: skip
+    shapes.append(
+        Shape(
+            "buildkit-cache",
+            {
+                "cache": images.buildkit_cache_index("rw-cache"),
+                "cache-docker": images.buildkit_cache_index("rw-cache-docker", media_type=images.DOCKER_LIST),
+            },
+        )
+    )
 
     app = images.oci_index("rw-app", ("linux/amd64", "linux/arm64"), (200,))
     amd64 = app.children[0]
@@ -102,53 +109,84 @@ def _shapes() -> list[Shape]:
     sbom_sig = images.oci_artifact("rw-sbom-sig", NOTATION, subject=sbom, blob_sizes=(80,))  # of a referrer
     bundle = images.referrer_index("rw-bundle", app, BUNDLE)  # an index that is itself a referrer
     wasm = images.oci_artifact("rw-wasm", "application/vnd.wasm.content.layer.v1+wasm")  # no subject
-    shapes.append(Shape(
-        "artifacts", {"1.0": app, "sbom": sbom, "module": wasm}, untagged=(sig, sbom_sig, bundle),
-        referrers={app.digest: {sig.digest, bundle.digest}, amd64.digest: {sbom.digest},
-                   sbom.digest: {sbom_sig.digest}},
-    ))  # fmt: skip
+    shapes.append(
+        Shape(
+            "artifacts",
+            {"1.0": app, "sbom": sbom, "module": wasm},
+            untagged=(sig, sbom_sig, bundle),
+            referrers={
+                app.digest: {sig.digest, bundle.digest},
+                amd64.digest: {sbom.digest},
+                sbom.digest: {sbom_sig.digest},
+            },
+        )
+    )
 
     signed = images.oci_image("rw-signed", (300,))
-    shapes.append(Shape("cosign", {
-        "1.0": signed,
-        digest_tag(signed.digest, "sig"): images.cosign_signature("rw-signed", signed),
-        digest_tag(signed.digest, "att"): images.cosign_attestation("rw-signed", signed),
-    }))  # fmt: skip
+    shapes.append(
+        Shape(
+            "cosign",
+            {
+                "1.0": signed,
+                digest_tag(signed.digest, "sig"): images.cosign_signature("rw-signed", signed),
+                digest_tag(signed.digest, "att"): images.cosign_attestation("rw-signed", signed),
+            },
+        )
+    )
 
     # an older client wrote the referrers tag (sha256-<hex>) at the source: it is not a release;
     # the referrers it lists reach the target with their subject, which gets its own referrers tag
     subject = images.oci_image("rw-fallback", (200,))
     listed = images.oci_artifact("rw-fallback-sig", NOTATION, subject=subject, blob_sizes=(60,))
     fallback = digest_tag(subject.digest, "")
-    shapes.append(Shape(
-        "fallback", {"1.0": subject, fallback: images.referrers_index([listed])},
-        referrers={subject.digest: {listed.digest}}, not_copied_tags=(fallback,),
-    ))  # fmt: skip
+    shapes.append(
+        Shape(
+            "fallback",
+            {"1.0": subject, fallback: images.referrers_index([listed])},
+            referrers={subject.digest: {listed.digest}},
+            not_copied_tags=(fallback,),
+        )
+    )
 
-    shapes.append(Shape("helm", {
-        "0.1.0": images.helm_chart("rw-hello-0.1.0", "hello", "0.1.0"),
-        "0.2.0": images.helm_chart("rw-hello-0.2.0", "hello", "0.2.0"),
-    }))  # fmt: skip
+    shapes.append(
+        Shape(
+            "helm",
+            {
+                "0.1.0": images.helm_chart("rw-hello-0.1.0", "hello", "0.1.0"),
+                "0.2.0": images.helm_chart("rw-hello-0.2.0", "hello", "0.2.0"),
+            },
+        )
+    )
 
     shapes.append(Shape("nested", {"5-deep": images.nested_index("rw-nested", 5)}))
-    shapes.append(Shape("too-deep", {"9-deep": images.nested_index("rw-too-deep", 9)}, fails="nests deeper than 8"))
+    shapes.append(
+        Shape("too-deep", {"9-deep": images.nested_index("rw-too-deep", 9)}, fails="nests deeper than 8")
+    )
 
     docker_child = images.docker_image("rw-ggcr", (300,))
-    shapes.append(Shape(
-        "ggcr", {"1.0": images.ggcr_index("rw-ggcr", docker_child)},
-        warns=f"as {images.OCI_MANIFEST}, the registry serves {images.DOCKER_MANIFEST}",
-    ))  # fmt: skip
+    shapes.append(
+        Shape(
+            "ggcr",
+            {"1.0": images.ggcr_index("rw-ggcr", docker_child)},
+            warns=f"as {images.OCI_MANIFEST}, the registry serves {images.DOCKER_MANIFEST}",
+        )
+    )
 
     good = images.oci_image("rw-size", (300,))
     config = good.blobs[0]
-    shapes.append(Shape(
-        "misdescribed", {"bad": images.misdescribed(good, config, config.size - 155)},
-        fails=f"source serves {config.size} bytes, the manifest says {config.size - 155}",
-    ))  # fmt: skip
+    shapes.append(
+        Shape(
+            "misdescribed",
+            {"bad": images.misdescribed(good, config, config.size - 155)},
+            fails=f"source serves {config.size} bytes, the manifest says {config.size - 155}",
+        )
+    )
     # two descriptors of one blob in one index that disagree on its size: whichever comes first
     # must not decide; and an index whose descriptor of a child manifest has the wrong size
     shared = images.oci_image("rw-disagree", (300,))
-    wrong = images.misdescribed(images.annotated(shared, {"variant": "b"}), shared.blobs[0], shared.blobs[0].size - 155)
+    wrong = images.misdescribed(
+        images.annotated(shared, {"variant": "b"}), shared.blobs[0], shared.blobs[0].size - 155
+    )
     disagreeing = images.index_of([shared, wrong])
     shapes.append(Shape("disagreeing", {"1.0": disagreeing}, fails=f"{shared.blobs[0].size - 155} bytes"))
     child = images.oci_image("rw-child-size", (300,))
@@ -163,14 +201,18 @@ SHAPES = {shape.name: shape for shape in _shapes()}
 # problem 5: one config blob, described right in one repository and with the wrong size in another
 SIZED = images.oci_image("rw-sized", (256,))
 SIZED_CONFIG = SIZED.blobs[0]
-MISSIZED = images.misdescribed(images.annotated(SIZED, {"variant": "b"}), SIZED_CONFIG, SIZED_CONFIG.size - 155)
+MISSIZED = images.misdescribed(
+    images.annotated(SIZED, {"variant": "b"}), SIZED_CONFIG, SIZED_CONFIG.size - 155
+)
 
 
 @pytest.fixture(scope="module")
 def source(token_issuer):
     """The ACR stand-in with every shape under ``rw/<shape>`` (referrers pushed by digest)."""
     users = {SOURCE_USER[0]: (SOURCE_USER[1], {"*": ["pull", "metadata_read"]})}
-    with AcrStandIn(users=users, issuer=token_issuer, name="shapes-src", backend_config=FOREIGN_URLS_ALLOWED) as acr:
+    with AcrStandIn(
+        users=users, issuer=token_issuer, name="shapes-src", backend_config=FOREIGN_URLS_ALLOWED
+    ) as acr:
         pusher = acr.pusher()
         for shape in SHAPES.values():
             for tag, manifest in shape.tags.items():
@@ -191,12 +233,18 @@ def target(fresh_registry):
 
 def syncer(source: AcrStandIn, target: Registry, repositories: list[str], **extra: str) -> Syncer:
     env = {
-        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": NS,
-        "SOURCE_USERNAME": SOURCE_USER[0], "SOURCE_PASSWORD": SOURCE_USER[1],
+        "SOURCE_REGISTRY": source.url,
+        "SOURCE_KIND": "acr",
+        "SOURCE_NAMESPACE": NS,
+        "SOURCE_USERNAME": SOURCE_USER[0],
+        "SOURCE_PASSWORD": SOURCE_USER[1],
         "SOURCE_REPOSITORIES": ",".join(repositories),
-        "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": MIRROR,
-        "TARGET_USERNAME": PUSHER[0], "TARGET_PASSWORD": PUSHER[1], **extra,
-    }  # fmt: skip
+        "TARGET_REGISTRY": target.url,
+        "TARGET_NAMESPACE": MIRROR,
+        "TARGET_USERNAME": PUSHER[0],
+        "TARGET_PASSWORD": PUSHER[1],
+        **extra,
+    }
     return Syncer(load_config(env))
 
 
@@ -252,8 +300,11 @@ def state(pusher: Pusher, repo: str) -> dict[str, object]:
     out: dict[str, object] = {}
     for tag in pusher.tags(repo):
         raw, _, digest = pusher.fetch_manifest(repo, tag)
-        out[tag] = frozenset(m["digest"] for m in json.loads(raw)["manifests"]) if re.fullmatch(
-            r"sha256-[0-9a-f]{64}", tag) else digest  # fmt: skip
+        out[tag] = (
+            frozenset(m["digest"] for m in json.loads(raw)["manifests"])
+            if re.fullmatch(r"sha256-[0-9a-f]{64}", tag)
+            else digest
+        )
     return out
 
 
@@ -272,10 +323,19 @@ def skopeo_raw(registry: Registry, repo: str, ref: str) -> bytes:
     skopeo = shutil.which("skopeo")
     assert skopeo, "skopeo is part of the test environment"
     out = subprocess.run(
-        [skopeo, "inspect", "--raw", "--tls-verify=false", "--creds", ":".join(PUSHER),
-         f"docker://{registry.host}/{repo}:{ref}"],
-        capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            skopeo,
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            ":".join(PUSHER),
+            f"docker://{registry.host}/{repo}:{ref}",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     return out.stdout
 
@@ -317,7 +377,12 @@ def test_each_shape_is_mirrored_exactly_a_second_run_writes_nothing_and_copy_agr
     mark = len(dst.access_log())
     second = run(source, dst, [shape.repository])
     assert dst.writes(mark) == [], dst.writes(mark)
-    assert (second.tags_copied, second.manifests_pushed, second.blobs_uploaded, second.bytes_uploaded) == (0, 0, 0, 0)
+    assert (second.tags_copied, second.manifests_pushed, second.blobs_uploaded, second.bytes_uploaded) == (
+        0,
+        0,
+        0,
+        0,
+    )
     assert outcome(second, dst.host)[0] == outcome(first, dst.host)[0]  # a refused tag: refused again, alike
 
     empty = target()
@@ -342,12 +407,20 @@ def test_skopeo_reads_the_source_bytes_of_the_unusual_shapes(source, target):
 
 def _event(source: AcrStandIn, repository: str, tag: str, manifest: Manifest) -> dict:
     return {
-        "id": f"evt-{tag}", "eventType": "Microsoft.ContainerRegistry.ImagePushed",
+        "id": f"evt-{tag}",
+        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
         "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "data": {"target": {"mediaType": manifest.media_type, "digest": manifest.digest, "size": manifest.size,
-                            "repository": repository, "tag": tag},
-                 "request": {"host": source.host}},
-    }  # fmt: skip
+        "data": {
+            "target": {
+                "mediaType": manifest.media_type,
+                "digest": manifest.digest,
+                "size": manifest.size,
+                "repository": repository,
+                "tag": tag,
+            },
+            "request": {"host": source.host},
+        },
+    }
 
 
 def worker(s: Syncer, messages: list[str]) -> list[Summary | str]:
@@ -369,7 +442,7 @@ def test_timer_events_and_workers_decide_like_sync_and_copy_whatever_the_target_
     below the top (tagged there by another client) changes nothing: a refused index is refused
     again, a warned one warned again, for ``sync`` and for ``copy``."""
     shape = SHAPES[name]
-    (tag, top), = shape.tags.items()  # fmt: skip
+    ((tag, top),) = shape.tags.items()
     reference = run(source, target(), [shape.repository])
     assert reference.ok and bool(refusals(reference)) is bool(shape.fails)
     hosts: list[str] = []
@@ -396,8 +469,11 @@ def test_timer_events_and_workers_decide_like_sync_and_copy_whatever_the_target_
         held_pusher = held.pusher()
         for i, child in enumerate(top.children):
             held_pusher.push(shape.target_repository, child, f"held-{i}")
-        summary = command(source, held, shape.repository, [tag]) if command is copy_each else command(
-            source, held, [shape.repository])  # fmt: skip
+        summary = (
+            command(source, held, shape.repository, [tag])
+            if command is copy_each
+            else command(source, held, [shape.repository])
+        )
         assert outcome(summary, held.host) == outcome(reference), (command.__name__, summary.to_dict())
         assert summary.tags_copied == reference.tags_copied
         if shape.fails:
@@ -429,9 +505,15 @@ def rc_source():
 
 
 def rc_syncer(source: FakeRegistry, target_url: str, **target_env: str) -> Syncer:
-    env = {"SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": NS,
-           "SOURCE_REPOSITORIES": f"{NS}/rc", "TARGET_REGISTRY": target_url, "TARGET_NAMESPACE": MIRROR,
-           **target_env}  # fmt: skip
+    env = {
+        "SOURCE_REGISTRY": source.url,
+        "SOURCE_KIND": "oci",
+        "SOURCE_NAMESPACE": NS,
+        "SOURCE_REPOSITORIES": f"{NS}/rc",
+        "TARGET_REGISTRY": target_url,
+        "TARGET_NAMESPACE": MIRROR,
+        **target_env,
+    }
     return Syncer(load_config(env))
 
 
@@ -483,7 +565,9 @@ def test_a_target_that_refuses_the_artifact_manifest_is_reported_with_its_reason
     with rc_syncer(rc_source, dst.url, TARGET_USERNAME=PUSHER[0], TARGET_PASSWORD=PUSHER[1]) as s:
         summary = s.run()
     reasons = {f["item"]: f["reason"] for f in summary.failures}
-    assert f"{NS}/rc:bundle -> target" in reasons and "MANIFEST_INVALID" in reasons[f"{NS}/rc:bundle -> target"]
+    assert (
+        f"{NS}/rc:bundle -> target" in reasons and "MANIFEST_INVALID" in reasons[f"{NS}/rc:bundle -> target"]
+    )
     assert any(RC_ARTIFACT.digest in r and "MANIFEST_INVALID" in r for r in reasons.values()), reasons
     assert summary.tags_copied == 1
     assert_identical(dst.pusher(), f"{MIRROR}/rc", RC_IMAGE, "1.0")
@@ -495,7 +579,9 @@ FAILING = images.oci_image("rw-failing", (3000, 2000, 1000))
 MISSING = FAILING.blobs[2]  # the source 404s this layer
 
 
-def test_a_failing_image_never_uploads_a_blob_twice_and_opens_no_upload_for_a_missing_blob(fresh_registry, tmp_path):
+def test_a_failing_image_never_uploads_a_blob_twice_and_opens_no_upload_for_a_missing_blob(
+    fresh_registry, tmp_path
+):
     """The source is a ``FakeRegistry`` that holds the manifest but answers 404 for one layer
     (GET and HEAD). Two distribution 2.8 targets (so the one-read-many-uploads path is covered
     too). distribution answers 404 to the tag listing of a repository that holds blobs but no tag:
@@ -505,12 +591,30 @@ def test_a_failing_image_never_uploads_a_blob_twice_and_opens_no_upload_for_a_mi
     del src.blobs[MISSING.digest]
     targets = [fresh_registry(), fresh_registry()]
     path = tmp_path / "targets.json"
-    path.write_text(json.dumps({"targets": [
-        {"name": f"t{i}", "registry": t.url, "namespace": MIRROR, "username_env": "T_USER", "password_env": "T_PASS"}
-        for i, t in enumerate(targets)
-    ]}))  # fmt: skip
-    env = {"SOURCE_REGISTRY": src.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": NS,
-           "SOURCE_REPOSITORIES": f"{NS}/failing", "T_USER": PUSHER[0], "T_PASS": PUSHER[1]}  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "targets": [
+                    {
+                        "name": f"t{i}",
+                        "registry": t.url,
+                        "namespace": MIRROR,
+                        "username_env": "T_USER",
+                        "password_env": "T_PASS",
+                    }
+                    for i, t in enumerate(targets)
+                ]
+            }
+        )
+    )
+    env = {
+        "SOURCE_REGISTRY": src.url,
+        "SOURCE_KIND": "oci",
+        "SOURCE_NAMESPACE": NS,
+        "SOURCE_REPOSITORIES": f"{NS}/failing",
+        "T_USER": PUSHER[0],
+        "T_PASS": PUSHER[1],
+    }
     others = [b for b in FAILING.blobs if b != MISSING]
     uploaded = 0
     puts_of: dict[str, list[int]] = {b.digest: [0, 0] for b in others}  # per blob: PUTs at each target
@@ -531,7 +635,9 @@ def test_a_failing_image_never_uploads_a_blob_twice_and_opens_no_upload_for_a_mi
                 assert not any(MISSING.digest.split(":")[1] in w[1] for w in writes)
                 for blob in others:
                     puts_of[blob.digest][i] += sum(blob.digest.split(":")[1] in w[1] for w in puts)
-                assert t.pusher().tags(f"{MIRROR}/failing") == []  # 404: "no such repository" says the listing
+                assert (
+                    t.pusher().tags(f"{MIRROR}/failing") == []
+                )  # 404: "no such repository" says the listing
         # Once a target's copy failed, blobs not yet started are left for the next run (how many
         # the first run gets to depends on timing); over all runs each is uploaded exactly once.
         assert all(counts == [1, 1] for counts in puts_of.values()), puts_of
@@ -554,9 +660,16 @@ def test_a_failing_index_does_not_push_its_children_again_on_every_run(fresh_reg
     src = FakeRegistry()
     src.push(f"{NS}/partial", index, "1.0")
     dst = fresh_registry()
-    env = {"SOURCE_REGISTRY": src.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": NS,
-           "SOURCE_REPOSITORIES": f"{NS}/partial", "TARGET_REGISTRY": dst.url, "TARGET_NAMESPACE": MIRROR,
-           "TARGET_USERNAME": PUSHER[0], "TARGET_PASSWORD": PUSHER[1]}  # fmt: skip
+    env = {
+        "SOURCE_REGISTRY": src.url,
+        "SOURCE_KIND": "oci",
+        "SOURCE_NAMESPACE": NS,
+        "SOURCE_REPOSITORIES": f"{NS}/partial",
+        "TARGET_REGISTRY": dst.url,
+        "TARGET_NAMESPACE": MIRROR,
+        "TARGET_USERNAME": PUSHER[0],
+        "TARGET_PASSWORD": PUSHER[1],
+    }
     try:
         for attempt in range(3):
             mark = len(dst.access_log())
@@ -601,7 +714,9 @@ def test_a_wrong_size_descriptor_is_refused_on_upload_mount_and_already_present(
     dst = target()
     mark = len(dst.access_log())
     summary = run(source, dst, [good, bad], SYNC_CONCURRENCY="1")
-    assert summary.tags_copied == 1 and _refused(summary, bad, f"at {dst.host}/{mirror_good} is"), summary.skipped
+    assert summary.tags_copied == 1 and _refused(summary, bad, f"at {dst.host}/{mirror_good} is"), (
+        summary.skipped
+    )
     assert dst.pusher().tags(mirror_bad) == []
     config_hex = SIZED_CONFIG.digest.split(":")[1]
     mounts = [w for w in dst.writes(mark) if "mount=" in w[1]]

@@ -142,8 +142,12 @@ def env_for(acr: AcrStandIn, dst, user=ROOT, target_user=PUSHER, **extra: str) -
         "SOURCE_PASSWORD": user[1],
     }
     if dst is not None:
-        env.update(TARGET_REGISTRY=dst.url, TARGET_NAMESPACE=MIRROR,
-                   TARGET_USERNAME=target_user[0], TARGET_PASSWORD=target_user[1])  # fmt: skip
+        env.update(
+            TARGET_REGISTRY=dst.url,
+            TARGET_NAMESPACE=MIRROR,
+            TARGET_USERNAME=target_user[0],
+            TARGET_PASSWORD=target_user[1],
+        )
     env.update(extra)
     return env
 
@@ -246,8 +250,13 @@ def test_filtered_sync_copies_exactly_the_selected_tags_then_a_second_run_touche
     needed = unique_blobs(FILTERED)
     assert first.blobs_uploaded == len(needed) and first.bytes_uploaded == sum(needed.values())
     assert vars(first.targets["target"]) == {
-        "considered": 8, "missing": 8, "copied": 8, "unchanged": 0, "skipped": 0, "failed": 0,
-    }  # fmt: skip
+        "considered": 8,
+        "missing": 8,
+        "copied": 8,
+        "unchanged": 0,
+        "skipped": 0,
+        "failed": 0,
+    }
 
     # Second run, as a new process would do it (fresh tokens): nothing to copy, and the source
     # is only listed -- the digests come with the ACR tag listing, no manifest or blob request.
@@ -313,16 +322,33 @@ def test_two_targets_depth_limit_and_skipped_artifact_type(acr, fresh_registry, 
     hub, full = fresh_registry(name="hub"), fresh_registry(name="full")
     config = {
         "targets": [
-            {"name": "hub", "registry": hub.url, "namespace": MIRROR, "username_env": "MIRROR_USER",
-             "password_env": "MIRROR_PASS", "max_path_depth": 2, "skip_artifact_types": [HELM_CONFIG]},
-            {"name": "full", "registry": full.url, "namespace": MIRROR, "username_env": "MIRROR_USER",
-             "password_env": "MIRROR_PASS"},
+            {
+                "name": "hub",
+                "registry": hub.url,
+                "namespace": MIRROR,
+                "username_env": "MIRROR_USER",
+                "password_env": "MIRROR_PASS",
+                "max_path_depth": 2,
+                "skip_artifact_types": [HELM_CONFIG],
+            },
+            {
+                "name": "full",
+                "registry": full.url,
+                "namespace": MIRROR,
+                "username_env": "MIRROR_USER",
+                "password_env": "MIRROR_PASS",
+            },
         ]
-    }  # fmt: skip
+    }
     path = tmp_path / "sync.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = env_for(acr, None, MIRROR_USER=PUSHER[0], MIRROR_PASS=PUSHER[1],
-                  REPOSITORY_INCLUDE=rf"{NS}/(alpine|hello|team/deep/tool)")  # fmt: skip
+    env = env_for(
+        acr,
+        None,
+        MIRROR_USER=PUSHER[0],
+        MIRROR_PASS=PUSHER[1],
+        REPOSITORY_INCLUDE=rf"{NS}/(alpine|hello|team/deep/tool)",
+    )
     with syncer_for(env, str(path)) as syncer:
         summary = syncer.run()
 
@@ -341,11 +367,21 @@ def test_two_targets_depth_limit_and_skipped_artifact_type(acr, fresh_registry, 
     assert "at most 2" in skipped[("hub", f"{NS}/team/deep/tool")]
     assert HELM_CONFIG in skipped[("hub", f"{NS}/hello:0.1.0")]
     assert vars(summary.targets["hub"]) == {
-        "considered": 5, "missing": 3, "copied": 2, "unchanged": 0, "skipped": 3, "failed": 0,
-    }  # fmt: skip
+        "considered": 5,
+        "missing": 3,
+        "copied": 2,
+        "unchanged": 0,
+        "skipped": 3,
+        "failed": 0,
+    }
     assert vars(summary.targets["full"]) == {
-        "considered": 5, "missing": 5, "copied": 5, "unchanged": 0, "skipped": 0, "failed": 0,
-    }  # fmt: skip
+        "considered": 5,
+        "missing": 5,
+        "copied": 5,
+        "unchanged": 0,
+        "skipped": 0,
+        "failed": 0,
+    }
     assert (summary.tags_copied, summary.tags_skipped) == (7, 3)
 
 
@@ -404,9 +440,16 @@ def test_key_vault_credentials_reach_the_registries_and_no_secret_is_ever_shown(
 
     caplog.set_level(logging.DEBUG)
     with KeyVaultStub({"acr-user": KV_USER[0], "acr-pass": KV_USER[1]}) as vault:
-        env = env_for(acr, dst, user=("", ""), target_user=("mirror-bot", target_pw),
-                      KEY_VAULT_URL=vault.url, SOURCE_USERNAME_SECRET="acr-user",
-                      SOURCE_PASSWORD_SECRET="acr-pass", TAG_INCLUDE=r"1\.3\.0|v2\.0|0\.1\.0")  # fmt: skip
+        env = env_for(
+            acr,
+            dst,
+            user=("", ""),
+            target_user=("mirror-bot", target_pw),
+            KEY_VAULT_URL=vault.url,
+            SOURCE_USERNAME_SECRET="acr-user",
+            SOURCE_PASSWORD_SECRET="acr-pass",
+            TAG_INCLUDE=r"1\.3\.0|v2\.0|0\.1\.0",
+        )
         del env["SOURCE_USERNAME"], env["SOURCE_PASSWORD"]
         config = load_config(env)
         store = SecretStore(
@@ -531,7 +574,9 @@ def test_digest_compare_recopies_a_retagged_tag_name_compare_does_not(token_issu
         # the default (recent): a tag the source changed within SYNC_RECHECK_HOURS is compared
         with syncer_for(env) as syncer:
             recent = syncer.run(dry_run=True)
-        assert [(w.tag, w.digest, w.reason) for w in recent.planned] == [("edge", new.digest, "digest differs")]
+        assert [(w.tag, w.digest, w.reason) for w in recent.planned] == [
+            ("edge", new.digest, "digest differs")
+        ]
 
         acr.reset_log()
         digest_env = dict(env, SYNC_COMPARE="digest")
@@ -573,7 +618,9 @@ def test_module_catalog_is_what_the_tests_assume(acr):
     """Guards the fixture: tag times as set, namespace contents, every manifest kind present."""
     kinds = {CATALOG[k][0].media_type for k in ALL_NS_TAGS}
     assert kinds == {images.OCI_INDEX, images.OCI_MANIFEST, images.DOCKER_LIST, images.DOCKER_MANIFEST}
-    assert any(c.platform == {"os": "unknown", "architecture": "unknown"}
-               for c in CATALOG[(f"{NS}/app", "1.3.0")][0].children)  # fmt: skip
+    assert any(
+        c.platform == {"os": "unknown", "architecture": "unknown"}
+        for c in CATALOG[(f"{NS}/app", "1.3.0")][0].children
+    )
     created, updated = acr.tag_times(f"{NS}/app", "1.4.0")
     assert NOW - updated == dt.timedelta(days=0.1)

@@ -49,11 +49,15 @@ def source(token_issuer):
 
 def env(source: AcrStandIn, **extra: str) -> dict[str, str]:
     return {
-        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "acr",
-        "SOURCE_USERNAME": SOURCE_USER[0], "SOURCE_PASSWORD": SOURCE_USER[1],
+        "SOURCE_REGISTRY": source.url,
+        "SOURCE_KIND": "acr",
+        "SOURCE_USERNAME": SOURCE_USER[0],
+        "SOURCE_PASSWORD": SOURCE_USER[1],
         "REPOSITORY_INCLUDE": "giantswarm/.+|charts/giantswarm/.+",
-        "MIRROR_USER": PUSHER[0], "MIRROR_PASS": PUSHER[1], **extra,
-    }  # fmt: skip
+        "MIRROR_USER": PUSHER[0],
+        "MIRROR_PASS": PUSHER[1],
+        **extra,
+    }
 
 
 def config_file(tmp_path, targets: list[dict], **top) -> str:
@@ -68,8 +72,10 @@ def config_file(tmp_path, targets: list[dict], **top) -> str:
 def test_charts_and_images_reach_a_hub_like_and_an_alibaba_like_mirror_reading_each_blob_once(
     source, fresh_registry, tmp_path, capsys
 ):
-    with RegistryFront(fresh_registry(name="hub"), refuse_mounts=True, immutable_tags=True) as hub, \
-            RegistryFront(fresh_registry(name="ali"), manifest_classes=IMAGE_CLASSES) as ali:  # fmt: skip
+    with (
+        RegistryFront(fresh_registry(name="hub"), refuse_mounts=True, immutable_tags=True) as hub,
+        RegistryFront(fresh_registry(name="ali"), manifest_classes=IMAGE_CLASSES) as ali,
+    ):
         path = config_file(
             tmp_path,
             [
@@ -106,9 +112,9 @@ def test_charts_and_images_reach_a_hub_like_and_an_alibaba_like_mirror_reading_e
         for child in platforms:
             assert ali_check.fetch_manifest("giantswarm/app", child.digest)[0] == child.raw
         assert ali.refused == {}  # nothing refused: the attestations never reached it
-        assert [(r["target"], r["item"], r["source_digest"], r["target_digest"]) for r in summary.rewritten] == [
-            ("ali", "giantswarm/app:1.0", source.app.digest, digest)
-        ]
+        assert [
+            (r["target"], r["item"], r["source_digest"], r["target_digest"]) for r in summary.rewritten
+        ] == [("ali", "giantswarm/app:1.0", source.app.digest, digest)]
         # each blob read from the source once for both mirrors
         blob_reads = collections.Counter(e.ref for e in source.log if e.kind == "blob" and e.method == "GET")
         assert blob_reads and set(blob_reads.values()) == {1}, blob_reads
@@ -144,8 +150,13 @@ def test_several_targets_are_asked_for_each_blob_and_child_manifest_at_once(tmp_
     for target in targets:
         target.hooks.append(at_once)
     path = config_file(tmp_path, [{"name": f"t{i}", "registry": t.url} for i, t in enumerate(targets)])
-    environment = {"SOURCE_REGISTRY": src.url, "SOURCE_KIND": "oci", "SOURCE_REPOSITORIES": "team/app",
-                   "MIRROR_USER": PUSHER[0], "MIRROR_PASS": PUSHER[1]}  # fmt: skip
+    environment = {
+        "SOURCE_REGISTRY": src.url,
+        "SOURCE_KIND": "oci",
+        "SOURCE_REPOSITORIES": "team/app",
+        "MIRROR_USER": PUSHER[0],
+        "MIRROR_PASS": PUSHER[1],
+    }
     try:
         with Syncer(load_config(environment, path)) as syncer:
             summary = syncer.run()
@@ -162,7 +173,9 @@ def test_several_targets_are_asked_for_each_blob_and_child_manifest_at_once(tmp_
             registry.stop()
 
 
-def test_without_drop_attestations_the_alibaba_refusal_is_a_skip_that_names_it(source, fresh_registry, tmp_path):
+def test_without_drop_attestations_the_alibaba_refusal_is_a_skip_that_names_it(
+    source, fresh_registry, tmp_path
+):
     with RegistryFront(fresh_registry(name="ali"), manifest_classes=IMAGE_CLASSES) as ali:
         path = config_file(tmp_path, [{"name": "ali", "registry": ali.url}])
         with Syncer(load_config(env(source, REPOSITORY_INCLUDE="giantswarm/app"), path)) as syncer:
@@ -190,7 +203,9 @@ def test_a_refused_mount_falls_back_to_an_upload(source, fresh_registry, tmp_pat
             assert hub.registry.pusher().fetch_blob(repo, base.digest) == base.data
 
 
-def test_an_immutable_tag_is_a_conflict_reported_with_both_digests_not_a_failure(source, fresh_registry, tmp_path):
+def test_an_immutable_tag_is_a_conflict_reported_with_both_digests_not_a_failure(
+    source, fresh_registry, tmp_path
+):
     with RegistryFront(fresh_registry(name="hub"), immutable_tags=True) as hub:
         path = config_file(tmp_path, [{"name": "hub", "registry": hub.url}])
         settings = env(source, REPOSITORY_INCLUDE="giantswarm/tool")
@@ -202,11 +217,17 @@ def test_an_immutable_tag_is_a_conflict_reported_with_both_digests_not_a_failure
             summary = syncer.run()
         assert summary.ok and summary.tags_skipped == 1 and hub.refused["immutable"] == 1
         (skip,) = summary.skipped
-        assert "conflict" in skip["reason"] and source.tool.digest in skip["reason"] and moved.digest in skip["reason"]
+        assert (
+            "conflict" in skip["reason"]
+            and source.tool.digest in skip["reason"]
+            and moved.digest in skip["reason"]
+        )
         assert hub.registry.pusher().fetch_manifest("giantswarm/tool", "2.0")[2] == source.tool.digest
 
 
-def test_a_bare_403_on_a_moved_tag_is_a_failure_of_our_rights_not_an_immutable_tag(source, fresh_registry, tmp_path):
+def test_a_bare_403_on_a_moved_tag_is_a_failure_of_our_rights_not_an_immutable_tag(
+    source, fresh_registry, tmp_path
+):
     with RegistryFront(fresh_registry(name="hub"), deny_tag_writes=False) as hub:
         path = config_file(tmp_path, [{"name": "hub", "registry": hub.url}])
         settings = env(source, REPOSITORY_INCLUDE="giantswarm/tool")
@@ -225,9 +246,11 @@ def test_platform_selection_narrows_indexes_for_one_target_only(source, fresh_re
     narrow, full = fresh_registry(name="narrow"), fresh_registry(name="full")
     path = config_file(
         tmp_path,
-        [{"name": "narrow", "registry": narrow.url, "platforms": ["linux/amd64"]},
-         {"name": "full", "registry": full.url}],
-    )  # fmt: skip
+        [
+            {"name": "narrow", "registry": narrow.url, "platforms": ["linux/amd64"]},
+            {"name": "full", "registry": full.url},
+        ],
+    )
     with Syncer(load_config(env(source, REPOSITORY_INCLUDE="giantswarm/(app|tool)"), path)) as syncer:
         summary = syncer.run()
     assert summary.ok, summary.failures
@@ -251,13 +274,20 @@ def test_platform_selection_narrows_indexes_for_one_target_only(source, fresh_re
         assert source.count(("manifest", "blob")) == 0, (check, source.log)
 
 
-def test_two_repositories_mapped_to_one_stop_the_run_before_anything_is_copied(source, fresh_registry, tmp_path):
+def test_two_repositories_mapped_to_one_stop_the_run_before_anything_is_copied(
+    source, fresh_registry, tmp_path
+):
     dst = fresh_registry()
     path = config_file(
         tmp_path,
-        [{"name": "hub", "registry": dst.url,
-          "mappings": [{"match": "giantswarm/(app|tool)", "replace": "giantswarm/everything"}]}],
-    )  # fmt: skip
+        [
+            {
+                "name": "hub",
+                "registry": dst.url,
+                "mappings": [{"match": "giantswarm/(app|tool)", "replace": "giantswarm/everything"}],
+            }
+        ],
+    )
     with Syncer(load_config(env(source), path)) as syncer, pytest.raises(ConfigError) as info:
         syncer.run()
     (problem,) = info.value.problems
@@ -269,7 +299,8 @@ def test_two_repositories_mapped_to_one_stop_the_run_before_anything_is_copied(s
 def test_a_null_mapping_leaves_a_repository_out_of_one_target(source, fresh_registry, tmp_path):
     dst = fresh_registry()
     path = config_file(
-        tmp_path, [{"name": "hub", "registry": dst.url, "mappings": [{"match": "charts/.*", "replace": None}]}]
+        tmp_path,
+        [{"name": "hub", "registry": dst.url, "mappings": [{"match": "charts/.*", "replace": None}]}],
     )
     with Syncer(load_config(env(source), path)) as syncer:
         summary = syncer.run()
@@ -287,14 +318,18 @@ def test_schema1_is_mirrored_where_the_target_takes_it_and_skipped_once_where_it
         legacy = images.schema1_image("tg-legacy", "giantswarm/legacy", "0.9", (700, 300))
         acr.pusher().push("giantswarm/legacy", legacy, "0.9")
         takes, refuses = fresh_registry(name="takes", extra_config=schema1), fresh_registry(name="refuses")
-        path = config_file(tmp_path, [{"name": "takes", "registry": takes.url}, {"name": "refuses", "registry": refuses.url}])
+        path = config_file(
+            tmp_path, [{"name": "takes", "registry": takes.url}, {"name": "refuses", "registry": refuses.url}]
+        )
         with Syncer(load_config(env(acr), path)) as syncer:
             for target in syncer.target_clients.values():
                 target.transport.sleep = lambda seconds: None
             summary = syncer.run()
             assert summary.ok, summary.failures  # a refusal is a skip, not a failure
             raw, content_type, digest = takes.pusher().fetch_manifest("giantswarm/legacy", "0.9")
-            assert digest == legacy.digest and content_type.startswith("application/vnd.docker.distribution.manifest.v1")
+            assert digest == legacy.digest and content_type.startswith(
+                "application/vnd.docker.distribution.manifest.v1"
+            )
             for blob in legacy.blobs:
                 assert takes.pusher().fetch_blob("giantswarm/legacy", blob.digest) == blob.data
             (skip,) = summary.skipped
@@ -311,9 +346,14 @@ def test_an_empty_catalog_fails_the_run_naming_the_token_scope_unless_allowed(to
     with AcrStandIn(users=users, issuer=token_issuer, name="empty-src") as acr:
         acr.catalog_filtered = True  # ACR: HTTP 200 and an empty list for a token that sees nothing
         acr.pusher().push("giantswarm/app", images.oci_image("tg-empty", (64,)), "1")
-        settings = {"SOURCE_REGISTRY": acr.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": "giantswarm",
-                    "SOURCE_USERNAME": "narrow", "SOURCE_PASSWORD": "narrow-pw",
-                    "TARGET_REGISTRY": fresh_registry().url}  # fmt: skip
+        settings = {
+            "SOURCE_REGISTRY": acr.url,
+            "SOURCE_KIND": "acr",
+            "SOURCE_NAMESPACE": "giantswarm",
+            "SOURCE_USERNAME": "narrow",
+            "SOURCE_PASSWORD": "narrow-pw",
+            "TARGET_REGISTRY": fresh_registry().url,
+        }
         with Syncer(load_config(settings)) as syncer, pytest.raises(SetupError, match="scope map"):
             syncer.run()
         assert cli.main(["sync"], environ=settings) == cli.EXIT_CONFIG
@@ -323,7 +363,9 @@ def test_an_empty_catalog_fails_the_run_naming_the_token_scope_unless_allowed(to
 
 
 @pytest.mark.timeout(90)  # the old failure was a hang
-def test_a_tag_listed_twice_is_planned_once_and_a_doubled_work_item_does_not_hang(source, fresh_registry, tmp_path):
+def test_a_tag_listed_twice_is_planned_once_and_a_doubled_work_item_does_not_hang(
+    source, fresh_registry, tmp_path
+):
     # ACR pages tags newest first: a re-push while the listing is paged can name a tag twice.
     # Two works for one tag at one target would each wait for the other's upload claim.
     mirror = fresh_registry(name="twice")
@@ -334,7 +376,9 @@ def test_a_tag_listed_twice_is_planned_once_and_a_doubled_work_item_does_not_han
         planned = syncer.plan_repository("giantswarm/app", Summary())
         assert [(w.tag, w.target) for w in planned] == [("1.0", "mirror")]
         summary = Summary()
-        copying = threading.Thread(target=syncer.copy_group, args=(planned * 2, syncer.recorder(summary)), daemon=True)
+        copying = threading.Thread(
+            target=syncer.copy_group, args=(planned * 2, syncer.recorder(summary)), daemon=True
+        )
         copying.start()
         copying.join(60)
         assert not copying.is_alive(), "a doubled work item waits for itself"

@@ -37,19 +37,43 @@ class World:
 
     def write_config(self, top: dict | None = None, **plain_extra) -> None:
         self.config = self.tmp_path / "targets.json"
-        self.config.write_text(json.dumps({**(top or {}), "targets": [
-            {"name": "plain", "registry": self.plain.url, "namespace": "mirror",
-             "username_env": "PLAIN_USER", "password_env": "PLAIN_PASS", **plain_extra},
-            {"name": "api", "registry": self.api.url, "namespace": "mirror",
-             "username_env": "API_USER", "password_env": "API_PASS"},
-        ]}))  # fmt: skip
+        self.config.write_text(
+            json.dumps(
+                {
+                    **(top or {}),
+                    "targets": [
+                        {
+                            "name": "plain",
+                            "registry": self.plain.url,
+                            "namespace": "mirror",
+                            "username_env": "PLAIN_USER",
+                            "password_env": "PLAIN_PASS",
+                            **plain_extra,
+                        },
+                        {
+                            "name": "api",
+                            "registry": self.api.url,
+                            "namespace": "mirror",
+                            "username_env": "API_USER",
+                            "password_env": "API_PASS",
+                        },
+                    ],
+                }
+            )
+        )
 
     def env(self) -> dict[str, str]:
         return {
-            "SOURCE_REGISTRY": self.source.url, "SOURCE_KIND": "acr", "SOURCE_NAMESPACE": NS,
-            "SOURCE_USERNAME": SOURCE_USER[0], "SOURCE_PASSWORD": SOURCE_USER[1],
-            "PLAIN_USER": PUSHER[0], "PLAIN_PASS": PUSHER[1], "API_USER": API_USER[0], "API_PASS": API_USER[1],
-        }  # fmt: skip
+            "SOURCE_REGISTRY": self.source.url,
+            "SOURCE_KIND": "acr",
+            "SOURCE_NAMESPACE": NS,
+            "SOURCE_USERNAME": SOURCE_USER[0],
+            "SOURCE_PASSWORD": SOURCE_USER[1],
+            "PLAIN_USER": PUSHER[0],
+            "PLAIN_PASS": PUSHER[1],
+            "API_USER": API_USER[0],
+            "API_PASS": API_USER[1],
+        }
 
     def sync(self) -> None:
         with Syncer(load_config(self.env(), str(self.config))) as syncer:
@@ -60,9 +84,14 @@ class World:
 @pytest.fixture
 def world(token_issuer, fresh_registry, tmp_path):
     users = {SOURCE_USER[0]: (SOURCE_USER[1], {"*": ["pull", "metadata_read"]})}
-    with AcrStandIn(users=users, issuer=token_issuer, name="verify-src") as source, AcrStandIn(
-        users={API_USER[0]: (API_USER[1], {"*": ["pull", "push", "delete"]})}, issuer=token_issuer, name="verify-api"
-    ) as api:
+    with (
+        AcrStandIn(users=users, issuer=token_issuer, name="verify-src") as source,
+        AcrStandIn(
+            users={API_USER[0]: (API_USER[1], {"*": ["pull", "push", "delete"]})},
+            issuer=token_issuer,
+            name="verify-api",
+        ) as api,
+    ):
         yield World(source, fresh_registry(), api, tmp_path)
 
 
@@ -98,8 +127,14 @@ def test_a_complete_mirror_verifies_with_and_without_deep(world, capsys):
     assert code == 0 and report["complete"] and report["findings"] == [], report
     for target in ("plain", "api"):
         # three tags; the signature of the index (the SBOM belongs to a child: --deep only)
-        assert report["targets"][target] == {"tags": 3, "referrers": 1, "manifests": 0, "blobs": 0,
-                                             "skipped": 0, "problems": 0}  # fmt: skip
+        assert report["targets"][target] == {
+            "tags": 3,
+            "referrers": 1,
+            "manifests": 0,
+            "blobs": 0,
+            "skipped": 0,
+            "problems": 0,
+        }
     code, deep = verify(world, capsys, "--deep")
     assert code == 0 and deep["complete"] and deep["deep"], deep
     blobs = {b.digest for m in (app, sig, sbom, tool1, tool2) for b in m.all_blobs()}
@@ -125,8 +160,13 @@ def test_what_is_missing_or_differs_is_named_per_target(world, capsys):
     api.delete_manifest("mirror/app", sig.digest)  # a missing referrer (API target)
     # the plain target's referrers tag no longer lists the signature (it is still there)
     tag = images.digest_tag(app.digest, suffix="")
-    plain.put_manifest("mirror/app", images.Manifest(json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode(), OCI_INDEX), tag)
+    plain.put_manifest(
+        "mirror/app",
+        images.Manifest(
+            json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode(), OCI_INDEX
+        ),
+        tag,
+    )
     code, report = verify(world, capsys)
     assert code == 1 and not report["complete"]
     assert rows(report) == {
@@ -139,7 +179,11 @@ def test_what_is_missing_or_differs_is_named_per_target(world, capsys):
     assert f"referrers tag {tag}" in unlisted["detail"] and images.COSIGN_SIG_ARTIFACT in unlisted["detail"]
     # one target only
     code, report = verify(world, capsys, "--target", "plain")
-    assert code == 1 and set(report["targets"]) == {"plain"} and {f["target"] for f in report["findings"]} == {"plain"}
+    assert (
+        code == 1
+        and set(report["targets"]) == {"plain"}
+        and {f["target"] for f in report["findings"]} == {"plain"}
+    )
     # the table for a person names them too
     capsys.readouterr()
     assert cli.main(["verify", "--config", str(world.config)], environ=world.env()) == 1
@@ -198,7 +242,11 @@ def test_a_plain_oci_source_is_asked_for_each_digest(token_issuer, fresh_registr
     assert cli.main(["verify", "--json"], environ=env) == 1
     (finding,) = json.loads(capsys.readouterr().out)["findings"]
     assert (finding["item"], finding["status"], finding["expected"], finding["actual"]) == (
-        "mirror/app:1.0", "differs", second.digest, first.digest)
+        "mirror/app:1.0",
+        "differs",
+        second.digest,
+        first.digest,
+    )
 
 
 def test_global_mapping_rules_place_repositories_as_sync_does(world, capsys):
@@ -211,7 +259,9 @@ def test_global_mapping_rules_place_repositories_as_sync_does(world, capsys):
     assert report["targets"]["plain"]["tags"] == 3 and report["targets"]["plain"]["skipped"] == 0
     world.plain.pusher().delete_manifest("mirror/tools/the-tool", tool2.digest)
     code, report = verify(world, capsys)
-    assert code == 1 and rows(report) == {("plain", "mirror/tools/the-tool:2.0", "missing", tool2.digest, None)}
+    assert code == 1 and rows(report) == {
+        ("plain", "mirror/tools/the-tool:2.0", "missing", tool2.digest, None)
+    }
 
 
 def test_a_target_that_narrows_indexes_verifies_against_the_index_narrowed_from_the_source(world, capsys):
@@ -228,7 +278,9 @@ def test_a_target_that_narrows_indexes_verifies_against_the_index_narrowed_from_
     # the rules change: what the target holds was narrowed by the old ones, and sync re-narrows
     world.write_config(platforms=["linux/arm64"])
     code, report = verify(world, capsys)
-    assert code == 1 and {(f["item"], f["status"]) for f in report["findings"]} == {("mirror/app:1.0", "differs")}
+    assert code == 1 and {(f["item"], f["status"]) for f in report["findings"]} == {
+        ("mirror/app:1.0", "differs")
+    }
     world.sync()
     code, report = verify(world, capsys)
     assert code == 0 and report["complete"], report

@@ -30,15 +30,20 @@ PUSHER = ("pusher", "pusher-pass")
 BASIC = ("basic", "basic-pass")
 
 
-
 def oci_env(source: Registry, target: Registry, repositories: str = "gs/app") -> dict[str, str]:
     """The settings of a sync from a plain OCI ``source`` (namespace ``gs``) to ``target`` (``mirror``)."""
     return {
-        "SOURCE_REGISTRY": source.url, "SOURCE_KIND": "oci", "SOURCE_NAMESPACE": "gs",
-        "SOURCE_USERNAME": PUSHER[0], "SOURCE_PASSWORD": PUSHER[1], "SOURCE_REPOSITORIES": repositories,
-        "TARGET_REGISTRY": target.url, "TARGET_NAMESPACE": "mirror",
-        "TARGET_USERNAME": PUSHER[0], "TARGET_PASSWORD": PUSHER[1],
-    }  # fmt: skip
+        "SOURCE_REGISTRY": source.url,
+        "SOURCE_KIND": "oci",
+        "SOURCE_NAMESPACE": "gs",
+        "SOURCE_USERNAME": PUSHER[0],
+        "SOURCE_PASSWORD": PUSHER[1],
+        "SOURCE_REPOSITORIES": repositories,
+        "TARGET_REGISTRY": target.url,
+        "TARGET_NAMESPACE": "mirror",
+        "TARGET_USERNAME": PUSHER[0],
+        "TARGET_PASSWORD": PUSHER[1],
+    }
 
 
 #: ``TokenIssuer(users=...)`` of the session issuer.

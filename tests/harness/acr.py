@@ -420,7 +420,9 @@ class AcrStandIn:
         with self._lock:
             (self._unreadable.discard if enabled else self._unreadable.add)((repo, tag))
 
-    def _record_manifest(self, repo: str, raw: bytes, media_type: str, digest: str | None = None) -> StoredManifest:
+    def _record_manifest(
+        self, repo: str, raw: bytes, media_type: str, digest: str | None = None
+    ) -> StoredManifest:
         digest = digest or "sha256:" + hashlib.sha256(raw).hexdigest()  # schema 1: the registry's digest
         now = _now_ticks()
         with self._lock:
@@ -681,9 +683,13 @@ class AcrStandIn:
         storage: the tag's ``current/link``, exactly what the backend reads to answer); a HEAD
         when that file is not there. Listings of 1,500 tags need that many lookups per page."""
         link = (
-            self.backend.storage_dir / "docker/registry/v2/repositories" / repo / "_manifests/tags" / tag
+            self.backend.storage_dir
+            / "docker/registry/v2/repositories"
+            / repo
+            / "_manifests/tags"
+            / tag
             / "current/link"
-        )  # fmt: skip
+        )
         try:
             digest = link.read_text().strip()
         except OSError:
@@ -830,8 +836,11 @@ class AcrStandIn:
         h.drain_body()
         claims = self._bearer_claims(h.headers.get("Authorization"))
         if not self._allows(claims, "registry", "catalog", "*"):
-            h.send_json(401, {"errors": [{"code": "UNAUTHORIZED", "message": _UNAUTHORIZED_MSG}]},
-                        {"WWW-Authenticate": self._challenge(CATALOG_SCOPE, "invalid_token")})  # fmt: skip
+            h.send_json(
+                401,
+                {"errors": [{"code": "UNAUTHORIZED", "message": _UNAUTHORIZED_MSG}]},
+                {"WWW-Authenticate": self._challenge(CATALOG_SCOPE, "invalid_token")},
+            )
             return
         scope_map = self.users.get(claims.get("sub", "") if claims else "", ("", {}))[1]
         visible = [r for r in self._backend_catalog() if any(fnmatch.fnmatchcase(r, g) for g in scope_map)]
@@ -852,7 +861,10 @@ class AcrStandIn:
             known = repo in self._manifests
             stored = sorted(self._manifests.get(repo, {}).values(), key=lambda m: m.digest)
         if not known:  # as every ACR route answers for a repository it does not have
-            h.send_json(404, {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]})
+            h.send_json(
+                404,
+                {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]},
+            )
             return
         entries = [m.referrer_descriptor() for m in stored if m.subject == digest]
         headers = {"Content-Type": _OCI_INDEX}
@@ -863,7 +875,9 @@ class AcrStandIn:
             entries = [e for e in entries if e["digest"] > last]
         page = entries[: self.referrers_page_size]
         if len(entries) > len(page):
-            q = urllib.parse.urlencode({**({"artifactType": wanted} if wanted else {}), "last": page[-1]["digest"]})
+            q = urllib.parse.urlencode(
+                {**({"artifactType": wanted} if wanted else {}), "last": page[-1]["digest"]}
+            )
             headers["Link"] = f'</v2/{repo}/referrers/{digest}?{q}>; rel="next"'
         body = json.dumps({"schemaVersion": 2, "mediaType": _OCI_INDEX, "manifests": page}).encode()
         h.send_response(200)
@@ -886,8 +900,18 @@ class AcrStandIn:
         with self._lock:
             stored = dict(self._manifests.get(repo, {}))
         if tags is None and not stored:
-            h.send_json(404, {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry",
-                                          "detail": {"name": repo}}]})  # fmt: skip
+            h.send_json(
+                404,
+                {
+                    "errors": [
+                        {
+                            "code": "NAME_UNKNOWN",
+                            "message": "repository name not known to registry",
+                            "detail": {"name": repo},
+                        }
+                    ]
+                },
+            )
             return
         times = self._times_for(repo, tags or [])
         tags_of: dict[str, list[str]] = {}
@@ -911,9 +935,13 @@ class AcrStandIn:
                 "imageSize": size,
                 "createdTime": format_ticks(created),
                 "lastUpdateTime": format_ticks(updated),
-                "changeableAttributes": {"deleteEnabled": True, "writeEnabled": True, "readEnabled": True,
-                                         "listEnabled": True},
-            }  # fmt: skip
+                "changeableAttributes": {
+                    "deleteEnabled": True,
+                    "writeEnabled": True,
+                    "readEnabled": True,
+                    "listEnabled": True,
+                },
+            }
             if media_type:
                 entry["mediaType"] = media_type
             config = doc.get("config")
@@ -923,9 +951,13 @@ class AcrStandIn:
                 entry["tags"] = tagged
             if media_type in _INDEX_TYPES:
                 entry["references"] = [
-                    {"digest": c.get("digest"), **{k: (c.get("platform") or {}).get(k) for k in ("architecture", "os")}}
-                    for c in doc.get("manifests") or [] if isinstance(c, dict)
-                ]  # fmt: skip
+                    {
+                        "digest": c.get("digest"),
+                        **{k: (c.get("platform") or {}).get(k) for k in ("architecture", "os")},
+                    }
+                    for c in doc.get("manifests") or []
+                    if isinstance(c, dict)
+                ]
             entries.append((updated, entry))
         if orderby == "timedesc":
             entries.sort(key=lambda e: (e[0], e[1]["digest"]), reverse=True)
@@ -1065,10 +1097,26 @@ class AcrStandIn:
         return value
 
     def _proxy(self, h: _Handler, kind: str, repo: str | None, ref: str | None) -> None:
-        if kind == "manifest" and repo and ref and h.command in ("GET", "HEAD") and (repo, ref) in self._unreadable:
+        if (
+            kind == "manifest"
+            and repo
+            and ref
+            and h.command in ("GET", "HEAD")
+            and (repo, ref) in self._unreadable
+        ):
             h.drain_body()
-            h.send_json(403, {"errors": [{"code": "DENIED", "message": "The operation is disallowed on this "
-                                          "image: read is disabled (changeableAttributes.readEnabled=false)"}]})  # fmt: skip
+            h.send_json(
+                403,
+                {
+                    "errors": [
+                        {
+                            "code": "DENIED",
+                            "message": "The operation is disallowed on this "
+                            "image: read is disabled (changeableAttributes.readEnabled=false)",
+                        }
+                    ]
+                },
+            )
             return
         body: bytes | None = None  # a manifest PUT's body, kept to list it (_manifests, referrers)
         if kind == "manifest" and h.command == "PUT":

@@ -28,7 +28,10 @@ from .servers import end_process, log_tail, spawn
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 AZURITE_QUEUE = Path(
-    os.environ.get("REGISTRY_SYNC_TEST_AZURITE_BIN", ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-queue")
+    os.environ.get(
+        "REGISTRY_SYNC_TEST_AZURITE_BIN",
+        ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-queue",
+    )
 )
 
 #: The emulator's well-known development account (public, documented by Microsoft; not a secret).
@@ -94,9 +97,17 @@ class Azurite:
         self._log = open(self.log_path, "ab")
         self._proc = spawn(
             [
-                str(self.binary), "--queueHost", "127.0.0.1", "--queuePort", str(self.port),
-                "--location", str(self.location), "--skipApiVersionCheck", "--loose", "--disableTelemetry",
-            ],  # fmt: skip
+                str(self.binary),
+                "--queueHost",
+                "127.0.0.1",
+                "--queuePort",
+                str(self.port),
+                "--location",
+                str(self.location),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+            ],
             self._log,
             self._tmp,
         )

@@ -74,13 +74,17 @@ class FakeRegistry:
         if self.basic is not None:
             expected = "Basic " + base64.b64encode(f"{self.basic[0]}:{self.basic[1]}".encode()).decode()
             if auth != expected:
-                return Reply.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401,
-                                   {"WWW-Authenticate": 'Basic realm="fake"'})  # fmt: skip
+                return Reply.json(
+                    {"errors": [{"code": "UNAUTHORIZED"}]}, 401, {"WWW-Authenticate": 'Basic realm="fake"'}
+                )
         if self.bearer is not None:
             realm, token = self.bearer
             if auth != f"Bearer {token}":
-                return Reply.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401,
-                                   {"WWW-Authenticate": f'Bearer realm="{realm}",service="fake"'})  # fmt: skip
+                return Reply.json(
+                    {"errors": [{"code": "UNAUTHORIZED"}]},
+                    401,
+                    {"WWW-Authenticate": f'Bearer realm="{realm}",service="fake"'},
+                )
         return None
 
     def handle(self, r: Request) -> Reply | None:
@@ -114,7 +118,9 @@ class FakeRegistry:
                 if found is None:
                     return Reply.json({"errors": [{"code": "MANIFEST_UNKNOWN"}]}, 404)
                 raw, media_type = found
-                return Reply(200, {"Content-Type": media_type, "Docker-Content-Digest": sha256_digest(raw)}, raw)
+                return Reply(
+                    200, {"Content-Type": media_type, "Docker-Content-Digest": sha256_digest(raw)}, raw
+                )
             if r.method == "PUT":
                 self.manifests[(repo, rest)] = (r.body, r.headers.get("content-type", ""))
                 self.manifests[(repo, sha256_digest(r.body))] = (r.body, r.headers.get("content-type", ""))

@@ -123,7 +123,8 @@ class RegistryFront:
                 'error="insufficient_scope"'
             )
             return self._refuse(
-                "mount", _error(401, "UNAUTHORIZED", "authentication required", {"WWW-Authenticate": challenge})
+                "mount",
+                _error(401, "UNAUTHORIZED", "authentication required", {"WWW-Authenticate": challenge}),
             )
         if request.method == "PUT" and "/manifests/" in path:
             repo, _, reference = path[len("/v2/") :].partition("/manifests/")
@@ -139,8 +140,12 @@ class RegistryFront:
             return None
         if self.manifest_classes is not None and isinstance(document.get("config"), dict):
             config = document["config"].get("mediaType")
-            layers = [layer.get("mediaType") for layer in document.get("layers") or [] if isinstance(layer, dict)]
-            refused = config if config not in self.manifest_classes else (IN_TOTO if IN_TOTO in layers else None)
+            layers = [
+                layer.get("mediaType") for layer in document.get("layers") or [] if isinstance(layer, dict)
+            ]
+            refused = (
+                config if config not in self.manifest_classes else (IN_TOTO if IN_TOTO in layers else None)
+            )
             if refused:
                 return self._refuse("class", _error(403, "DENIED", f"unknown manifest class for {refused}"))
         if self.deny_tag_writes and not reference.startswith("sha256:"):
@@ -148,11 +153,11 @@ class RegistryFront:
         if self.immutable_tags and not reference.startswith("sha256:"):
             headers = {k: v for k, v in request.headers.items() if k in ("authorization", "host")}
             head = forward(
-                self.registry.host, Request("HEAD", f"/v2/{repo}/manifests/{reference}", {**headers, "accept": ACCEPT}, b"")
+                self.registry.host,
+                Request("HEAD", f"/v2/{repo}/manifests/{reference}", {**headers, "accept": ACCEPT}, b""),
             )
             held = head.headers.get("Docker-Content-Digest")
             digest = "sha256:" + hashlib.sha256(request.body).hexdigest()
             if head.status == 200 and held and held != digest:
                 return self._refuse("immutable", _error(403, "DENIED", IMMUTABLE_MESSAGE))
         return None
-

@@ -498,23 +498,44 @@ def schema1_image(seed: str, name: str, tag: str, layer_sizes: Sequence[int] = (
 
     layers = [layer(f"{seed}-{i}", size, DOCKER_LAYER) for i, size in enumerate(layer_sizes)]
     body = {
-        "schemaVersion": 1, "name": name, "tag": tag, "architecture": "amd64",
+        "schemaVersion": 1,
+        "name": name,
+        "tag": tag,
+        "architecture": "amd64",
         "fsLayers": [{"blobSum": b.digest} for b in reversed(layers)],
-        "history": [{"v1Compatibility": json.dumps({"id": hashlib.sha256(f"{seed}{i}".encode()).hexdigest()})}
-                    for i in range(len(layers))],
-    }  # fmt: skip
+        "history": [
+            {"v1Compatibility": json.dumps({"id": hashlib.sha256(f"{seed}{i}".encode()).hexdigest()})}
+            for i in range(len(layers))
+        ],
+    }
     payload = json.dumps(body, indent=3).encode()
     key = ec.generate_private_key(ec.SECP256R1())
     numbers = key.public_key().public_numbers()
-    jwk = {"crv": "P-256", "kty": "EC", "x": _b64url(numbers.x.to_bytes(32, "big")),
-           "y": _b64url(numbers.y.to_bytes(32, "big"))}  # fmt: skip
+    jwk = {
+        "crv": "P-256",
+        "kty": "EC",
+        "x": _b64url(numbers.x.to_bytes(32, "big")),
+        "y": _b64url(numbers.y.to_bytes(32, "big")),
+    }
     cut = len(payload) - 2  # formatLength: up to the closing "\n}"
-    protected = _b64url(json.dumps({"formatLength": cut, "formatTail": _b64url(payload[cut:]),
-                                    "time": _CREATED}).encode())  # fmt: skip
-    r, s = decode_dss_signature(key.sign(f"{protected}.{_b64url(payload)}".encode(), ec.ECDSA(hashes.SHA256())))
-    signatures = [{"header": {"jwk": jwk, "alg": "ES256"}, "protected": protected,
-                   "signature": _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))}]  # fmt: skip
-    raw = payload[:cut] + b',\n   "signatures": ' + json.dumps(signatures, indent=3).replace("\n", "\n   ").encode()
+    protected = _b64url(
+        json.dumps({"formatLength": cut, "formatTail": _b64url(payload[cut:]), "time": _CREATED}).encode()
+    )
+    r, s = decode_dss_signature(
+        key.sign(f"{protected}.{_b64url(payload)}".encode(), ec.ECDSA(hashes.SHA256()))
+    )
+    signatures = [
+        {
+            "header": {"jwk": jwk, "alg": "ES256"},
+            "protected": protected,
+            "signature": _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big")),
+        }
+    ]
+    raw = (
+        payload[:cut]
+        + b',\n   "signatures": '
+        + json.dumps(signatures, indent=3).replace("\n", "\n   ").encode()
+    )
     raw += payload[cut:]
     return Manifest(raw, DOCKER_SCHEMA1_SIGNED, tuple(layers), payload=payload)
 
@@ -531,8 +552,14 @@ def digest_tag(digest: str, suffix: str = "sig") -> str:
 def annotated(manifest: Manifest, annotations: dict) -> Manifest:
     """``manifest`` with ``annotations`` added: another digest, the same blobs and children."""
     body = manifest.json | {"annotations": {**manifest.json.get("annotations", {}), **annotations}}
-    return Manifest(_dump(body), manifest.media_type, manifest.blobs, manifest.children, manifest.subject,
-                    manifest.platform)  # fmt: skip
+    return Manifest(
+        _dump(body),
+        manifest.media_type,
+        manifest.blobs,
+        manifest.children,
+        manifest.subject,
+        manifest.platform,
+    )
 
 
 def index_of(children: Sequence[Manifest], entries: Sequence[dict] | None = None) -> Manifest:
@@ -588,13 +615,17 @@ def buildkit_cache_index(
     (``media_type``: :data:`DOCKER_LIST` with ``oci-mediatypes=false``)."""
     layers = [layer(f"{seed}:{i}", n) for i, n in enumerate(layer_sizes)]
     config = Blob(
-        _dump({
-            "layers": [{"blob": b.digest, "parent": i - 1} for i, b in enumerate(layers)],
-            "records": [{"digest": sha256_digest(f"{seed}:record:{i}".encode()), "layers": [{"layer": i}]}
-                        for i in range(len(layers))],
-        }),
+        _dump(
+            {
+                "layers": [{"blob": b.digest, "parent": i - 1} for i, b in enumerate(layers)],
+                "records": [
+                    {"digest": sha256_digest(f"{seed}:record:{i}".encode()), "layers": [{"layer": i}]}
+                    for i in range(len(layers))
+                ],
+            }
+        ),
         BUILDKIT_CACHE_CONFIG,
-    )  # fmt: skip
+    )
     entries = [
         b.descriptor(
             {"buildkit/createdat": _CREATED, "containerd.io/uncompressed": sha256_digest(b.data[::-1])}
@@ -705,19 +736,30 @@ def ggcr_index(seed: str, child: Manifest) -> Manifest:
     go-containerregistry versions wrote them): the descriptor's type is not the served one."""
     entry = child.descriptor(platform=child.platform or _platform("linux", "amd64"))
     entry["mediaType"] = OCI_MANIFEST
-    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry],
-            "annotations": {"org.example.seed": seed}}  # fmt: skip
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [entry],
+        "annotations": {"org.example.seed": seed},
+    }
     return Manifest(_dump(body), OCI_INDEX, (), (child,))
 
 
 def _cosign_manifest(seed: str, subject: Manifest, layer_blob: Blob, annotations: dict) -> Manifest:
     config = Blob(
-        json.dumps({
-            "architecture": "", "created": "0001-01-01T00:00:00Z", "history": [{"created": "0001-01-01T00:00:00Z"}],
-            "os": "", "rootfs": {"type": "layers", "diff_ids": [layer_blob.digest]}, "config": {},
-        }, separators=(",", ":")).encode(),
+        json.dumps(
+            {
+                "architecture": "",
+                "created": "0001-01-01T00:00:00Z",
+                "history": [{"created": "0001-01-01T00:00:00Z"}],
+                "os": "",
+                "rootfs": {"type": "layers", "diff_ids": [layer_blob.digest]},
+                "config": {},
+            },
+            separators=(",", ":"),
+        ).encode(),
         OCI_CONFIG,
-    )  # fmt: skip
+    )
     body = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -731,30 +773,43 @@ def cosign_signature(seed: str, subject: Manifest) -> Manifest:
     """cosign's tag-based signature (tag ``sha256-<hex>.sig``): no ``subject``, a simplesigning
     layer with the signature in an annotation. Compact JSON, as cosign writes it."""
     payload = Blob(
-        json.dumps({
-            "critical": {"identity": {"docker-reference": "synthetic"},
-                         "image": {"docker-manifest-digest": subject.digest},
-                         "type": "cosign container image signature"},
-            "optional": None,
-        }, separators=(",", ":")).encode(),
+        json.dumps(
+            {
+                "critical": {
+                    "identity": {"docker-reference": "synthetic"},
+                    "image": {"docker-manifest-digest": subject.digest},
+                    "type": "cosign container image signature",
+                },
+                "optional": None,
+            },
+            separators=(",", ":"),
+        ).encode(),
         COSIGN_SIMPLESIGNING,
-    )  # fmt: skip
+    )
     signature_ = pseudo_random(f"cosign-sig:{seed}", 70).hex()
     return _cosign_manifest(seed, subject, payload, {"dev.cosignproject.cosign/signature": signature_})
 
 
 def cosign_attestation(seed: str, subject: Manifest) -> Manifest:
     """cosign's tag-based attestation (tag ``sha256-<hex>.att``): a DSSE envelope layer."""
-    statement = json.dumps({
-        "_type": "https://in-toto.io/Statement/v0.1", "predicateType": "https://slsa.dev/provenance/v0.2",
-        "subject": [{"name": "synthetic", "digest": {"sha256": subject.digest[7:]}}],
-        "predicate": {"seed": seed},
-    }).encode()  # fmt: skip
+    statement = json.dumps(
+        {
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "predicateType": "https://slsa.dev/provenance/v0.2",
+            "subject": [{"name": "synthetic", "digest": {"sha256": subject.digest[7:]}}],
+            "predicate": {"seed": seed},
+        }
+    ).encode()
     envelope = Blob(
-        json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": statement.hex(),
-                    "signatures": [{"sig": pseudo_random(f"cosign-att:{seed}", 64).hex()}]}).encode(),
+        json.dumps(
+            {
+                "payloadType": "application/vnd.in-toto+json",
+                "payload": statement.hex(),
+                "signatures": [{"sig": pseudo_random(f"cosign-att:{seed}", 64).hex()}],
+            }
+        ).encode(),
         DSSE_ENVELOPE,
-    )  # fmt: skip
+    )
     return _cosign_manifest(seed, subject, envelope, {"predicateType": "https://slsa.dev/provenance/v0.2"})
 
 

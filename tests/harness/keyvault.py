@@ -106,8 +106,12 @@ class KeyVaultStub:
                         'Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", '
                         'resource="https://vault.azure.net"'
                     )
-                    send_json(self, 401, {"error": {"code": "Unauthorized", "message": "AKV10000"}},
-                               {"WWW-Authenticate": challenge})  # fmt: skip
+                    send_json(
+                        self,
+                        401,
+                        {"error": {"code": "Unauthorized", "message": "AKV10000"}},
+                        {"WWW-Authenticate": challenge},
+                    )
                     return
                 segments = [s for s in parts.path.split("/") if s]
                 if len(segments) < 2 or segments[0] != "secrets":
@@ -115,17 +119,34 @@ class KeyVaultStub:
                     return
                 name = segments[1]
                 if name not in stub.secrets:
-                    send_json(self, 404, {"error": {"code": "SecretNotFound",
-                                               "message": f"A secret with (name/id) {name} was not found in this key vault."}})  # fmt: skip
+                    send_json(
+                        self,
+                        404,
+                        {
+                            "error": {
+                                "code": "SecretNotFound",
+                                "message": f"A secret with (name/id) {name} was not found in this key vault.",
+                            }
+                        },
+                    )
                     return
                 now = int(time.time())
-                send_json(self, 200, {
-                    "value": stub.secrets[name],
-                    "id": f"{stub.url}/secrets/{name}/0123456789abcdef0123456789abcdef",
-                    "attributes": {"enabled": True, "created": now, "updated": now,
-                                   "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90},
-                    "tags": {},
-                })  # fmt: skip
+                send_json(
+                    self,
+                    200,
+                    {
+                        "value": stub.secrets[name],
+                        "id": f"{stub.url}/secrets/{name}/0123456789abcdef0123456789abcdef",
+                        "attributes": {
+                            "enabled": True,
+                            "created": now,
+                            "updated": now,
+                            "recoveryLevel": "Recoverable+Purgeable",
+                            "recoverableDays": 90,
+                        },
+                        "tags": {},
+                    },
+                )
 
         self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -50,7 +50,9 @@ def deep_verify(pusher: Pusher, repo: str, ref: str, *, _seen: set | None = None
                 f"{repo}:{ref}: blob {desc['digest']} not fetchable ({exc.status_code})"
             ) from None
         if len(data) != desc["size"] or sha256_digest(data) != desc["digest"]:
-            raise Incomplete(f"{repo}:{ref}: blob {desc['digest']} is {len(data)} bytes hashing to {sha256_digest(data)}")
+            raise Incomplete(
+                f"{repo}:{ref}: blob {desc['digest']} is {len(data)} bytes hashing to {sha256_digest(data)}"
+            )
         seen.add((repo, desc["digest"]))
     return digest
 

@@ -81,8 +81,11 @@ def test_worker_reports_every_function_with_its_bindings(worker):
     for name, by_name in bindings.items():
         out = by_name["out"]
         assert (out["type"], out["direction"], out["queueName"], out["connection"]) == (
-            "queue", "OUT", "%SYNC_QUEUE%", "AzureWebJobsStorage"
-        ), name  # fmt: skip
+            "queue",
+            "OUT",
+            "%SYNC_QUEUE%",
+            "AzureWebJobsStorage",
+        ), name
         meta = worker.functions[name]
         assert meta.bindings["out"].direction == protos.BindingInfo.out
         assert meta.properties["worker_indexed"] == "True"
@@ -163,9 +166,13 @@ def test_pushed_event_enqueues_a_tag_message_that_the_worker_copies(worker, acr,
     pushed = message.pop("pushed")  # the event's push time travels with the work (mirror lag)
     assert pushed.startswith(event["data"]["timestamp"][:19])
     assert message == {
-        "v": 1, "kind": "tag", "repository": "giantswarm/example-app", "target": "target", "tag": tag,
+        "v": 1,
+        "kind": "tag",
+        "repository": "giantswarm/example-app",
+        "target": "target",
+        "tag": tag,
         "digest": SEEDED["giantswarm/example-app"][tag].digest,
-    }  # fmt: skip
+    }
     # The host puts that message on the queue; sync_worker gets it back as text or bytes.
     text = json.dumps({**message, "pushed": pushed}, separators=(",", ":"))
     payload = text.encode() if body is bytes else text
@@ -249,7 +256,9 @@ def test_worker_failure_fails_the_invocation_so_the_host_retries(worker, acr):
     # a source answering 503 to every retry: the invocation fails, so the host redelivers it
     acr.fail_next(5, 503, kinds="manifest")
     tag = sorted(SEEDED["giantswarm/multi"])[0]
-    flaky = json.dumps({"v": 1, "kind": "tag", "repository": "giantswarm/multi", "target": "target", "tag": tag})
+    flaky = json.dumps(
+        {"v": 1, "kind": "tag", "repository": "giantswarm/multi", "target": "target", "tag": tag}
+    )
     failed = worker.invoke("sync_worker", *queue_input(flaky.encode(), message_id="flaky"))
     assert failed.result.status == protos.StatusResult.Failure
     assert "failure" in failed.result.exception.message
