@@ -192,6 +192,9 @@ class Placement:
     tag: str | None = None  # None: by digest (a referrer)
     at_target: AtTarget = AtTarget.UNKNOWN
     rules: TargetRules = TargetRules()
+    # A referrer copied with its siblings: the caller lists them all in the subject's referrers
+    # tag at once (a target without the referrers API), instead of each writing it.
+    list_later: bool = False
 
 
 @dataclass
@@ -703,6 +706,8 @@ class Copier:
             destination.ledger.record(repo, tree.top.digest)
         result.manifests_pushed += 1
         for manifest in [*missing, tree.top]:
+            if manifest is tree.top and placement.list_later:
+                continue
             if manifest.subject is not None and not destination.referrers_api:
                 destination.referrers_tags.add(repo, manifest.subject.digest, manifest)
 
@@ -1097,29 +1102,38 @@ class Copier:
         found = [d for d in self.finder.of(src_repo, subject) if d.digest not in seen]
         seen.update(d.digest for d in found)
 
-        def mirror(descriptor: Descriptor) -> list[tuple[Placement, CopyResult]]:
-            """One referrer (and its own referrers) to every placement; its results, one each."""
-            subs = [(_by_digest(p), self._result(src_repo, descriptor.digest, p)) for p, _ in todo]
+        def mirror(descriptor: Descriptor) -> tuple[list[tuple[Placement, CopyResult]], Manifest | None]:
+            """One referrer (and its own referrers) to every placement: its results, one each,
+            and its manifest when it was pushed somewhere (to be listed in the referrers tag)."""
+            subs = [
+                (_by_digest(p, list_later=True), self._result(src_repo, descriptor.digest, p))
+                for p, _ in todo
+            ]
             waiting = self._not_up_to_date(subs, descriptor.digest)
             for placement, sub in subs:
                 if sub.status is CopyStatus.UNCHANGED and sub.error is None:
                     self._keep_listed(src_repo, placement, sub, descriptor.digest, subject)
+            top = None
             try:
                 if waiting:
                     tree = self.tree(src_repo, descriptor.digest)
+                    top = tree.top
                     self._copy_tree(src_repo, tree, waiting)
                     self._mirror_referrers(src_repo, tree, _copied(waiting), seen, depth + 1)
             except Exception as exc:  # noqa: BLE001 - recorded on the subject's results
                 for _, sub in waiting:
                     sub.fail(exc)
-            return subs
+            return subs, top
 
         if len(found) > 1:  # a subject's referrers are independent of each other: side by side
             with InvocationPool(min(REFERRER_CONCURRENCY, len(found)), thread_name_prefix="referrer") as pool:
                 outcomes = list(pool.map(mirror, found))
         else:
             outcomes = [mirror(d) for d in found]
-        for descriptor, subs in zip(found, outcomes, strict=True):
+        for i, (placement, _) in enumerate(todo):  # one referrers tag write for all of them
+            pushed = [(top, subs[i][1]) for subs, top in outcomes if top is not None]
+            self._list_referrers(placement, [(m, sub) for m, sub in pushed if _copied([(placement, sub)])])
+        for descriptor, (subs, _) in zip(found, outcomes, strict=True):
             for (_, sub), (_, result) in zip(subs, todo, strict=True):
                 if sub.error is not None:
                     result.referrer_errors.append(ReferrerFailure(descriptor.digest, sub.error))
@@ -1129,6 +1143,25 @@ class Copier:
                 result.referrer_errors.extend(sub.referrer_errors)
                 if sub.status is CopyStatus.SKIPPED:
                     result.warnings.append(f"referrer {descriptor.digest} not mirrored: {sub.reason}")
+
+    def _list_referrers(self, placement: Placement, pushed: list[tuple[Manifest, CopyResult]]) -> None:
+        """List the referrers just pushed to ``placement`` (by :meth:`_referrers_of`, with
+        ``list_later``) in their subject's referrers tag, one write for all, where the target has
+        no referrers API. A failure is each of these referrers'."""
+        destination, repo = placement.destination, placement.repository
+        listed = [(m, sub) for m, sub in pushed if m.subject is not None]
+        if not listed or destination.referrers_api:
+            return
+        by_subject: dict[str, list[tuple[Manifest, CopyResult]]] = {}
+        for manifest, sub in listed:
+            assert manifest.subject is not None
+            by_subject.setdefault(manifest.subject.digest, []).append((manifest, sub))
+        for subject, entries in by_subject.items():
+            try:
+                destination.referrers_tags.add(repo, subject, *(m for m, _ in entries))
+            except Exception as exc:  # noqa: BLE001 - these referrers at this target
+                for _, sub in entries:
+                    sub.fail(exc)
 
     def _keep_listed(
         self,
@@ -1275,9 +1308,11 @@ def _copied(todo: list[tuple[Placement, CopyResult]]) -> list[tuple[Placement, C
     return [(p, r) for p, r in todo if r.error is None and r.status is CopyStatus.COPIED]
 
 
-def _by_digest(placement: Placement) -> Placement:
+def _by_digest(placement: Placement, *, list_later: bool = False) -> Placement:
     """The same target repository and rules, without a tag (referrers are pushed by digest)."""
-    return Placement(placement.destination, placement.repository, None, AtTarget.UNKNOWN, placement.rules)
+    return Placement(
+        placement.destination, placement.repository, None, AtTarget.UNKNOWN, placement.rules, list_later
+    )
 
 
 # The work a copy did, as CopyResult and Summary both count it.

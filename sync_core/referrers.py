@@ -141,18 +141,23 @@ class ReferrersTags:
                 return cached[1]
             return self._remember(key, self._entries(repository, subject))
 
-    def add(self, repository: str, subject: str, referrer: Manifest) -> bool:
-        """List ``referrer`` in the referrers tag of ``subject``. True when the tag was written.
+    def add(self, repository: str, subject: str, *referrers: Manifest) -> bool:
+        """List ``referrers`` in the referrers tag of ``subject`` (one write for all of them).
+        True when the tag was written.
 
         Raises :class:`InvalidContent` when the tag holds something other than an OCI index (it
         is then left alone: it is not ours to overwrite).
         """
         tag = fallback_tag(subject)
+        wanted = {r.digest: r for r in referrers}
+        missing = list(wanted.values())
         wrote = False
         with self.ledger.manifest_writes(repository):
             for attempt in range(self.ATTEMPTS + 1):
-                entries = self._entries(repository, subject)  # after a write: is our entry still there?
-                if any(isinstance(e, dict) and e.get("digest") == referrer.digest for e in entries):
+                entries = self._entries(repository, subject)  # after a write: are our entries still there?
+                there = {e.get("digest") for e in entries if isinstance(e, dict)}
+                missing = [r for digest, r in wanted.items() if digest not in there]
+                if not missing:
                     self._remember((repository, subject), entries)
                     return wrote
                 if attempt == self.ATTEMPTS:
@@ -160,7 +165,7 @@ class ReferrersTags:
                 document = {
                     "schemaVersion": 2,
                     "mediaType": OCI_INDEX,
-                    "manifests": [*entries, referrer.referrer_descriptor()],
+                    "manifests": [*entries, *(r.referrer_descriptor() for r in missing)],
                 }
                 raw = json.dumps(document, separators=(",", ":")).encode()
                 self.client.put_manifest(
@@ -169,7 +174,7 @@ class ReferrersTags:
                 wrote = True
         raise RegistryError(
             f"{self.client.host}/{repository}:{tag} changed under every one of {self.ATTEMPTS} writes; "
-            f"the referrer {referrer.digest} is not listed there yet"
+            f"not listed there yet: {', '.join(r.digest for r in missing)}"
         )
 
     def _entries(self, repository: str, subject: str) -> list[Any]:

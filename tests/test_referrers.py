@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 
 import pytest
 import requests
@@ -482,3 +483,20 @@ def test_from_a_plain_oci_source_the_full_check_finds_late_referrers_of_the_inde
             check.fetch_manifest("mirror/app", images.digest_tag(subject.digest, suffix=""))[0]
         )
         assert [m["digest"] for m in listed["manifests"]] == [referrer.digest]
+
+
+def test_the_referrers_of_one_subject_are_listed_with_one_write(world, tmp_path):
+    # distribution 2.8 has no referrers API: the copier writes the referrers tag itself, once for
+    # all the referrers of a subject it pushed in one go (the index has two here).
+    app, amd64, sig, sbom, sbom_sig, bundle = seed_signed_image(world)
+    mark = len(world.plain.access_log())
+    with world.syncer(tmp_path) as syncer:
+        summary = syncer.run()
+    assert summary.ok, summary.failures
+    tag_puts = Counter(
+        w[1].split("?")[0].rsplit("/", 1)[1]
+        for w in world.plain.writes(mark)
+        if w[0] == "PUT" and "/manifests/sha256-" in w[1]
+    )
+    assert tag_puts == {images.digest_tag(d, suffix=""): 1 for d in (app.digest, amd64.digest, sbom.digest)}
+    assert referrers_at(world, "plain", "mirror/app", app.digest) == {sig.digest, bundle.digest}
