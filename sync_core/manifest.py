@@ -7,7 +7,6 @@ digest at the destination is the digest at the source.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -230,14 +229,16 @@ def schema1_payload(raw: bytes, where: str) -> bytes:
     the text that closes it (``formatTail``, base64url), as libtrust writes them.
     """
     try:
-        signatures = json.loads(raw)["signatures"]
+        signatures = parse_json(raw, "manifest", dict)["signatures"]
         header = signatures[0]["protected"]
-        protected = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+        protected = parse_json(
+            base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)), "protected header", dict
+        )
         length, tail = protected["formatLength"], protected["formatTail"]
         if not isinstance(length, int) or not 0 < length <= len(raw):
             raise ValueError("formatLength")
         return raw[:length] + base64.urlsafe_b64decode(tail + "=" * (-len(tail) % 4))
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (InvalidContent, ValueError, KeyError, IndexError, TypeError) as exc:
         raise InvalidContent(
             f"{where}: signed schema 1 manifest with an unreadable signature ({exc})"
         ) from None

@@ -280,6 +280,14 @@ def test_a_digest_mismatch_is_invalid_content_and_transient():
     assert isinstance(info.value, DigestMismatch) and info.value.transient
 
 
+def test_damaged_bytes_that_look_like_a_nested_schema_1_manifest_are_a_digest_mismatch():
+    # a mismatch first tries the signed schema 1 payload digest: its parse must refuse the nesting too
+    raw = b'{"signatures":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidContent) as info:
+        parse_manifest(raw, None, WHERE, digest("something else"))
+    assert isinstance(info.value, DigestMismatch) and info.value.transient
+
+
 # -- documents that are refused -----------------------------------------------------------------------
 
 INVALID = [
