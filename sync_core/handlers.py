@@ -11,45 +11,25 @@ Each invocation records its duration (``registry_sync.run.duration``, trigger ti
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from . import logs, metrics
 from .catalog import parse_time
-from .config import Compare, SyncConfig
+from .config import Compare, SyncConfig, TargetConfig
 from .errors import InvalidContent, NameRejected, SyncError
 from .events import Action, decide, load_events, log_decision
 from .messages import MessageKind, WorkMessage, parse_message
 from .metrics import Trigger
 from .names import fallback_tag, fallback_tag_subject
-from .plan import Check, Reason, TagWork, WorkKind, check_mappings, map_repository, repository_wanted
+from .plan import Check, Reason, TagWork, WorkKind, check_mappings
 from .report import Summary
 from .sync import Syncer
 
 log = logging.getLogger("sync_core.work")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _timed(trigger: Trigger) -> Callable[[F], F]:
-    """Record each call's duration with the Syncer's metrics (else the process's): ok unless it raises."""
-
-    def wrap(function: F) -> F:
-        @functools.wraps(function)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            syncers = [a for a in (*args, *kwargs.values()) if isinstance(a, Syncer)]
-            sink = syncers[0].metrics if syncers else metrics.current()
-            with sink.timed(trigger):
-                return function(*args, **kwargs)
-
-        return timed  # type: ignore[return-value]
-
-    return wrap
 
 
 def full_check_due(repository: str, previous: dt.datetime | None, now: dt.datetime, hours: float) -> bool:
@@ -76,7 +56,6 @@ def last_run(schedule_status: object) -> dt.datetime | None:
     return when if when is not None and when.year > 2000 else None
 
 
-@_timed(Trigger.TIMER)
 def schedule_messages(
     syncer: Syncer, previous: dt.datetime | None = None, now: dt.datetime | None = None
 ) -> list[str]:
@@ -85,42 +64,36 @@ def schedule_messages(
     ``previous``: when the timer last ran (the host's schedule status), to spread the periodic
     full checks (``SYNC_COMPARE=recent``); see :func:`full_check_due`.
     """
-    config = syncer.config
-    now = now or syncer.clock()
-    messages = []
-    full = 0
-    repositories = syncer.repositories()
-    check_mappings(config, repositories)  # two repositories onto one target repository: stop here
-    for repository in repositories:
-        due = config.compare is Compare.RECENT and full_check_due(
-            repository, previous, now, config.full_check_hours
-        )
-        full += due
-        for target in config.targets:
-            if not repository_wanted(config, target, repository):
-                continue
-            try:
-                map_repository(config, target, repository)
-            except NameRejected as exc:
-                logs.decision(
-                    log,
-                    "ignored",
-                    f"not enqueued {repository} for {target.name}: {exc}",
-                    repository=repository,
-                    target=target.name,
-                )
-                continue
-            messages.append(
-                WorkMessage(MessageKind.REPOSITORY, repository, target.name, full_check=due).dumps()
+    with syncer.metrics.timed(Trigger.TIMER):
+        config = syncer.config
+        now = now or syncer.clock()
+        messages = []
+        full = 0
+        repositories = syncer.repositories()
+
+        def not_enqueued(target: TargetConfig, repository: str, exc: NameRejected) -> None:
+            message = f"not enqueued {repository} for {target.name}: {exc}"
+            logs.decision(log, "ignored", message, repository=repository, target=target.name)
+
+        # two repositories onto one target repository: stop here
+        mapped = check_mappings(config, repositories, not_enqueued)
+        for repository in repositories:
+            due = config.compare is Compare.RECENT and full_check_due(
+                repository, previous, now, config.full_check_hours
             )
-    logs.decision(
-        log,
-        "enqueued",
-        f"enqueued {len(messages)} repository messages ({full} repositories fully checked)",
-        count=len(messages),
-        full_checks=full,
-    )
-    return messages
+            full += due
+            for target in config.targets:
+                if repository in mapped.get(target.name, {}):
+                    message = WorkMessage(MessageKind.REPOSITORY, repository, target.name, full_check=due)
+                    messages.append(message.dumps())
+        logs.decision(
+            log,
+            "enqueued",
+            f"enqueued {len(messages)} repository messages ({full} repositories fully checked)",
+            count=len(messages),
+            full_checks=full,
+        )
+        return messages
 
 
 def event_messages(event: dict[str, Any], config: SyncConfig) -> list[str]:

@@ -198,11 +198,16 @@ def map_repository(config: SyncConfig, target: TargetConfig, repository: str) ->
     return target_repository(repository, config.source.namespace, target, config.mappings)
 
 
-def check_mappings(config: SyncConfig, repositories: Iterable[str]) -> dict[str, dict[str, str]]:
+def check_mappings(
+    config: SyncConfig,
+    repositories: Iterable[str],
+    rejected: Callable[[TargetConfig, str, NameRejected], None] | None = None,
+) -> dict[str, dict[str, str]]:
     """``{target: {source repository: target repository}}`` for the repositories each target gets.
 
     Two source repositories mapped to one target repository would overwrite each other's tags:
     that is a configuration error (every such pair is listed), found before anything is copied.
+    ``rejected`` hears of each wanted repository whose name a target cannot hold.
     """
     problems = []
     mapped: dict[str, dict[str, str]] = {}
@@ -213,7 +218,9 @@ def check_mappings(config: SyncConfig, repositories: Iterable[str]) -> dict[str,
                 continue
             try:
                 name = map_repository(config, target, repository)
-            except NameRejected:
+            except NameRejected as exc:
+                if rejected is not None:
+                    rejected(target, repository, exc)
                 continue
             if name in seen:
                 problems.append(
