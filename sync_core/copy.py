@@ -353,8 +353,12 @@ class Copier:
                 waiting = []
                 for placement, result in pending:
                     why = unwanted
-                    if why is None and subject is not None and not self._holds(placement, subject.digest):
-                        why = f"its subject {subject.digest} is not at the target (a referrer follows its subject)"
+                    try:
+                        if why is None and subject is not None and not self._holds(placement, subject.digest):
+                            why = f"its subject {subject.digest} is not at the target (a referrer follows its subject)"
+                    except Exception as exc:  # noqa: BLE001 - this target only
+                        result.fail(exc)
+                        continue
                     if why is not None:
                         result.status, result.reason = CopyStatus.IGNORED, why
                     else:
@@ -370,12 +374,19 @@ class Copier:
             result.status = CopyStatus.UNCHANGED
         with self._settling(results) as pending:
             tree = self.tree(src_repo, subject)  # its children too: their referrers count as well
+            held = []
             for placement, result in zip(placements, results, strict=True):
-                current = placement.at_target is AtTarget.TAG_CURRENT  # the planner just saw it
-                if current or self._holds(placement, self._view(tree, placement.rules).top.digest):
-                    pending.append((placement, result))
-                else:
-                    result.status, result.reason = CopyStatus.IGNORED, "the subject is not at the target"
+                try:
+                    current = placement.at_target is AtTarget.TAG_CURRENT  # the planner just saw it
+                    if current or self._holds(placement, self._view(tree, placement.rules).top.digest):
+                        held.append((placement, result))
+                    else:
+                        result.status, result.reason = CopyStatus.IGNORED, "the subject is not at the target"
+                except SkipImage as exc:  # this target's platforms leave nothing of it
+                    result.status, result.reason = CopyStatus.SKIPPED, str(exc)
+                except Exception as exc:  # noqa: BLE001 - this target only
+                    result.fail(exc)
+            pending[:] = held
             if pending:
                 self._mirror_referrers(src_repo, tree, pending, set(), 0)
         for result in results:
@@ -508,7 +519,10 @@ class Copier:
             try:
                 if isinstance(missing, Exception):
                     raise missing
-                self._check_held(placement, view, missing)
+                again = self._check_held(placement, view, missing)
+                if again:  # held manifests whose blobs are gone: placed again, children first
+                    again |= {m.digest for m in missing}
+                    missing = [m for m in view.manifests if m.digest in again]
                 active.append((placement, result, view, missing))
             except Exception as exc:  # noqa: BLE001 - this target only
                 result.fail(exc)
@@ -611,13 +625,15 @@ class Copier:
             out.append(failed or [m for m in tree.manifests if m.digest not in present])
         return out
 
-    def _check_held(self, placement: Placement, tree: ImageTree, missing: list[Manifest]) -> None:
+    def _check_held(self, placement: Placement, tree: ImageTree, missing: list[Manifest]) -> set[str]:
         """Check the size of every blob below the manifests the target already holds.
 
         Those blobs are not placed again, but their descriptors are checked as if they were: a
         manifest at the target with a wrong-size descriptor (put there by another client, or by
         a mount that did not check) must not make the outcome differ from an empty target's.
         A size this process verified costs nothing; else one HEAD per blob, in parallel.
+        Returns the held manifests with a blob the target lacks (deleted, garbage-collected):
+        the tag must not be written over them, so they are placed again with their blobs.
         """
         placed = {b.digest for m in [*missing, tree.top] for b in tree.blobs_of.get(m.digest, ())}
         below = {m.digest for m in missing}
@@ -629,21 +645,30 @@ class Copier:
             if b.digest not in placed
         }
         if not held:
-            return
+            return set()
         destination, repo = placement.destination, placement.repository
 
         def size(blob: Descriptor) -> int | None:
+            """The blob's size at the target (-1: there, size not told), None: not there."""
             known = destination.ledger.size_of(blob.digest)
             if known is not None:
                 return known
             found = destination.client.blob_size(repo, blob.digest)
-            if found is None or found < 0:
-                return None  # not there, or no size told: nothing to compare
-            destination.ledger.record(repo, blob.digest, found)
+            if found is not None and found >= 0:
+                destination.ledger.record(repo, blob.digest, found)
             return found
 
+        absent = set()
         for blob, found in zip(held.values(), self.pool.map(size, held.values()), strict=True):
-            _check_size(blob, found, f"{destination.host}/{repo}")
+            if found is None:
+                absent.add(blob.digest)
+            elif found >= 0:
+                _check_size(blob, found, f"{destination.host}/{repo}")
+        return {
+            m.digest
+            for m in tree.manifests
+            if m.digest not in below and any(b.digest in absent for b in tree.blobs_of.get(m.digest, ()))
+        }
 
     def _holds(self, placement: Placement, digest: str) -> bool:
         """The target repository holds manifest ``digest`` (this process knows it, or a HEAD says)."""
@@ -1102,9 +1127,9 @@ class Copier:
         found = [d for d in self.finder.of(src_repo, subject) if d.digest not in seen]
         seen.update(d.digest for d in found)
 
-        def mirror(descriptor: Descriptor) -> tuple[list[tuple[Placement, CopyResult]], Manifest | None]:
+        def mirror(descriptor: Descriptor) -> tuple[list[tuple[Placement, CopyResult]], ImageTree | None]:
             """One referrer (and its own referrers) to every placement: its results, one each,
-            and its manifest when it was pushed somewhere (to be listed in the referrers tag)."""
+            and its tree when it was pushed somewhere (to be listed in the referrers tag)."""
             subs = [
                 (_by_digest(p, list_later=True), self._result(src_repo, descriptor.digest, p))
                 for p, _ in todo
@@ -1113,17 +1138,16 @@ class Copier:
             for placement, sub in subs:
                 if sub.status is CopyStatus.UNCHANGED and sub.error is None:
                     self._keep_listed(src_repo, placement, sub, descriptor.digest, subject)
-            top = None
+            tree = None
             try:
                 if waiting:
                     tree = self.tree(src_repo, descriptor.digest)
-                    top = tree.top
                     self._copy_tree(src_repo, tree, waiting)
                     self._mirror_referrers(src_repo, tree, _copied(waiting), seen, depth + 1)
             except Exception as exc:  # noqa: BLE001 - recorded on the subject's results
                 for _, sub in waiting:
                     sub.fail(exc)
-            return subs, top
+            return subs, tree
 
         if len(found) > 1:  # a subject's referrers are independent of each other: side by side
             with InvocationPool(min(REFERRER_CONCURRENCY, len(found)), thread_name_prefix="referrer") as pool:
@@ -1131,8 +1155,12 @@ class Copier:
         else:
             outcomes = [mirror(d) for d in found]
         for i, (placement, _) in enumerate(todo):  # one referrers tag write for all of them
-            pushed = [(top, subs[i][1]) for subs, top in outcomes if top is not None]
-            self._list_referrers(placement, [(m, sub) for m, sub in pushed if _copied([(placement, sub)])])
+            pushed = [
+                (self._view(tree, placement.rules).top, subs[i][1])  # what this target got
+                for subs, tree in outcomes
+                if tree is not None and _copied([(placement, subs[i][1])])
+            ]
+            self._list_referrers(placement, pushed)
         for descriptor, (subs, _) in zip(found, outcomes, strict=True):
             for (_, sub), (_, result) in zip(subs, todo, strict=True):
                 if sub.error is not None:

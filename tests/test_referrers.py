@@ -18,8 +18,11 @@ import pytest
 import requests
 
 from sync_core import handlers, messages
+from sync_core.auth import Credentials, StaticCredentials
 from sync_core.config import load_config
+from sync_core.copy import AtTarget, CopyStatus, Destination, Placement
 from sync_core.plan import Check
+from sync_core.registry import RegistryClient
 from sync_core.sync import Syncer
 from tests.harness import PUSHER, images, oci_env
 from tests.harness.acr import AcrStandIn
@@ -500,3 +503,52 @@ def test_the_referrers_of_one_subject_are_listed_with_one_write(world, tmp_path)
     )
     assert tag_puts == {images.digest_tag(d, suffix=""): 1 for d in (app.digest, amd64.digest, sbom.digest)}
     assert referrers_at(world, "plain", "mirror/app", app.digest) == {sig.digest, bundle.digest}
+
+
+def test_a_target_that_fails_to_answer_decides_nothing_for_the_other_targets(world, tmp_path):
+    # copy_referrer and copy_referrers_of ask each target whether it holds the subject: a target
+    # answering 401 (wrong credentials here) fails alone; the target before it still gets the
+    # new signature, and the one before is not charged with the other's error.
+    app, *_ = seed_signed_image(world)
+    with world.syncer(tmp_path) as syncer:
+        assert syncer.run().ok
+    late = artifact("ref-late", app, images.COSIGN_SIG_ARTIFACT)
+    world.pusher.push(f"{NS}/app", late)
+    wrong = Destination(
+        "wrong", RegistryClient(world.plain.url, StaticCredentials(Credentials("nobody", "x")))
+    )
+    with world.syncer(tmp_path) as syncer:
+        good = Placement(syncer.destinations["plain"], "mirror/app", None, AtTarget.TAG_ABSENT)
+        bad = Placement(wrong, "mirror/app", None, AtTarget.TAG_ABSENT)
+        for copy, reference in (
+            (syncer.copier.copy_referrer, late.digest),
+            (syncer.copier.copy_referrers_of, app.digest),
+        ):
+            ok, failed = copy(f"{NS}/app", reference, [good, bad])
+            assert ok.error is None and ok.status in (CopyStatus.COPIED, CopyStatus.UNCHANGED), (copy, ok)
+            assert failed.error is not None and "401" in str(failed.error), (copy, failed)
+    assert late.digest in referrers_at(world, "plain", "mirror/app", app.digest)
+
+
+def test_a_referrer_index_narrowed_for_a_target_is_listed_as_the_target_holds_it(world, tmp_path):
+    # a referrer that is itself a multi-platform index reaches a target that keeps linux/amd64
+    # only as its own narrowed index (another digest): the referrers tag lists that one
+    app, amd64, *_ = seed_signed_image(world)
+    parts = [images.oci_image(f"ref-multi:{p}", (64,), platform=p) for p in ("linux/amd64", "linux/arm64")]
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "artifactType": "application/vnd.example.bundle",
+        "manifests": [m.descriptor(platform=m.platform) for m in parts],
+        "subject": amd64.descriptor(),
+    }
+    multi = images.Manifest(json.dumps(body).encode(), OCI_INDEX, (), tuple(parts), subject=amd64)
+    world.pusher.push(f"{NS}/app", multi)
+    with world.syncer(tmp_path, plain={"platforms": ["linux/amd64"]}) as syncer:
+        summary = syncer.run()
+    assert summary.ok, summary.failures
+    plain = world.plain.pusher()
+    listed = referrers_at(world, "plain", "mirror/app", amd64.digest)
+    assert multi.digest not in listed and not plain.exists_manifest("mirror/app", multi.digest)
+    narrowed = listed - {m.digest for m in (amd64,)}
+    assert narrowed and all(plain.exists_manifest("mirror/app", d) for d in narrowed), listed

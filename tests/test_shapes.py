@@ -816,3 +816,40 @@ def test_a_repository_with_1500_tags_is_mirrored_and_the_second_run_only_lists(t
         copied = copy_each(acr, empty, f"{NS}/many", ["build-0042"])
         assert copied.ok and copied.tags_copied == 1
         assert empty.pusher().fetch_manifest(f"{MIRROR}/many", "build-0042")[0] == variants["build-0042"].raw
+
+
+def test_a_tag_is_not_written_over_a_held_child_whose_blob_the_target_lost(fresh_registry):
+    """The target holds an index's children, but one child's layer was deleted there since (a
+    garbage collection, an operator). A new tag for that index must place the layer again before
+    the tag is written, not trust the child manifest because it is present."""
+    first, second = images.oci_image("rw-lost-a", (300,)), images.oci_image("rw-lost-b", (200,))
+    index = images.index_of([first, second])
+    src = FakeRegistry()
+    src.push(f"{NS}/lost", index, "1.0")
+    dst = fresh_registry()
+    env = {
+        "SOURCE_REGISTRY": src.url,
+        "SOURCE_KIND": "oci",
+        "SOURCE_NAMESPACE": NS,
+        "SOURCE_REPOSITORIES": f"{NS}/lost",
+        "TARGET_REGISTRY": dst.url,
+        "TARGET_NAMESPACE": MIRROR,
+        "TARGET_USERNAME": PUSHER[0],
+        "TARGET_PASSWORD": PUSHER[1],
+    }
+    layer = first.blobs[-1]
+    pusher = dst.pusher()
+    try:
+        with Syncer(load_config(env)) as s:
+            assert s.run().ok
+        deleted = pusher.request("DELETE", f"/v2/{MIRROR}/lost/blobs/{layer.digest}", f"{MIRROR}/lost")
+        assert deleted.status_code == 202 and not pusher.blob_exists(f"{MIRROR}/lost", layer.digest)
+        src.push(f"{NS}/lost", index, "2.0")
+        with Syncer(load_config(env)) as s:
+            summary = s.run()
+        assert summary.ok and summary.tags_copied == 1, summary.to_dict()
+        assert pusher.blob_exists(f"{MIRROR}/lost", layer.digest)
+        assert summary.bytes_uploaded == layer.size, summary.to_dict()
+        assert_identical(pusher, f"{MIRROR}/lost", index, "2.0")
+    finally:
+        src.stop()
