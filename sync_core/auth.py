@@ -32,7 +32,7 @@ import requests
 
 from .errors import AuthError, CredentialsRefused, InvalidContent, RegistryError, TokenExpired
 from .jsondoc import parse_json
-from .transport import Body, Transport, is_loopback, redact_url
+from .transport import Body, Transport, exhausted, is_loopback, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +395,7 @@ class Authenticator:
                     raise RegistryError(
                         f"token service {redact_url(realm)} answered HTTP {response.status_code}",
                         status=response.status_code,
+                        exhausted=exhausted(response),
                     )
                 try:
                     answer = parse_json(response.content, f"token service {redact_url(realm)}", dict)

@@ -15,7 +15,11 @@ from __future__ import annotations
 import requests
 import urllib3
 
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+def transient_status(status: int) -> bool:
+    """An HTTP status worth sending the same request again: 408, 429 and every 5xx but what the
+    server says it cannot do at all (501 Not Implemented, 505 HTTP Version Not Supported)."""
+    return status in (408, 429) or (status >= 500 and status not in (501, 505))
 
 
 class SyncError(Exception):
@@ -64,7 +68,7 @@ class RegistryError(SyncError):
 
     @property
     def transient(self) -> bool:
-        return self.status is None or self.status in TRANSIENT_STATUSES or self.status >= 500
+        return self.status is None or transient_status(self.status)
 
 
 class AuthError(RegistryError):
@@ -72,7 +76,7 @@ class AuthError(RegistryError):
 
     @property
     def transient(self) -> bool:
-        return self.status is not None and self.status in TRANSIENT_STATUSES
+        return self.status is not None and transient_status(self.status)
 
 
 class CredentialsRefused(AuthError):

@@ -17,7 +17,7 @@ from .jsondoc import parse_json
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
 from .names import MANIFEST_ACCEPT, OCI_INDEX, check_digest, check_reference, check_repository, is_digest
 from .retry import retrying
-from .transport import Body, Readable, Transport, resolve_on_host
+from .transport import Body, Readable, Transport, exhausted, resolve_on_host
 
 log = logging.getLogger(__name__)
 
@@ -415,11 +415,6 @@ class RegistryClient:
         except NotFound:
             return None
         return tags
-
-
-def exhausted(response: requests.Response) -> bool:
-    """True when the transport already retried this answer's status as often as it may."""
-    return bool(getattr(response, "retries_exhausted", False))
 
 
 def _string_list(page: dict[str, Any], key: str, what: str) -> list[str]:

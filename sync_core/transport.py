@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from .errors import ForeignHostError, ProtocolError, RegistryError, SyncError, is_transient
+from .errors import ForeignHostError, ProtocolError, RegistryError, SyncError, is_transient, transient_status
 from .retry import RetryLater, RetryPolicy, retry_after_seconds, retrying
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ class Readable(Protocol):
 
 Body = bytes | Readable | None
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "registry-sync/0.1 (+python-requests)"
 
@@ -137,7 +136,7 @@ class Transport:
                     f"{where} failed after {number + 1} attempt(s): {type(exc).__name__}",
                     exhausted=last and number > 0,
                 ) from None
-            if response.status_code in RETRY_STATUSES:
+            if transient_status(response.status_code):
                 if not last:
                     hinted = None
                     if response.status_code == 429:
@@ -199,3 +198,9 @@ class Transport:
             url = target
             response = self._send_once(method, url, headers, None, stream)
         return response
+
+
+def exhausted(response: requests.Response) -> bool:
+    """True when :meth:`Transport.send` already retried this answer's status as often as it may:
+    an error made of it must say so (``exhausted``), or loops around would retry it again."""
+    return bool(getattr(response, "retries_exhausted", False))

@@ -251,3 +251,33 @@ def test_manifest_over_4_mib_is_refused_naming_the_limit(chunked):
         assert "team/app" in str(info.value)
         manifest = client.get_manifest("team/app", "fits")  # exactly at the limit is fine
         assert manifest.raw == fits and len(manifest.raw) == MAX_MANIFEST_BYTES
+
+
+def test_a_failing_token_service_is_retried_by_the_transport_only():
+    # the transport retries the token service's 503; the error it ends in says so (exhausted),
+    # so the manifest fetch around it does not send the whole exchange again
+    def answer(request: Request) -> Reply:
+        if request.path.startswith("/token"):
+            return Reply(503)
+        realm = f'Bearer realm="{srv.url}/token",service="svc"'
+        return Reply(401, {"WWW-Authenticate": realm})
+
+    with ScriptedServer(answer) as srv:
+        transport = Transport(retry=RetryPolicy(attempts=3, backoff_base=0.01), sleep=Waits())
+        client = RegistryClient(srv.url, transport=transport)
+        with pytest.raises(RegistryError) as info:
+            client.get_manifest("team/app", "1.0")
+        token_requests = [r for r in srv.requests if r.path.startswith("/token")]
+    assert info.value.status == 503 and info.value.transient and info.value.exhausted
+    assert len(token_requests) == 3, [r.path for r in srv.requests]
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_what_a_server_cannot_do_is_neither_retried_nor_transient(status):
+    with ScriptedServer(lambda request: Reply(status)) as srv:
+        transport = Transport(retry=RetryPolicy(attempts=3, backoff_base=0.01), sleep=Waits())
+        client = RegistryClient(srv.url, transport=transport)
+        with pytest.raises(RegistryError) as info:
+            client.get_manifest("team/app", "1.0")
+        assert len(srv.requests) == 1
+    assert info.value.status == status and not info.value.transient
