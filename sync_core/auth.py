@@ -231,10 +231,6 @@ class Authenticator:
             if first:
                 self._first_answer.set()
 
-    def header(self, scopes: Iterable[str]) -> str | None:
-        """The ``Authorization`` value for a request needing ``scopes`` (None: send none)."""
-        return self._authorization(tuple(scopes))[0]
-
     def unauthorized(
         self, www_authenticate: str, scopes: Iterable[str], attempt: int
     ) -> tuple[str, ...] | None:

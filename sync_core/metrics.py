@@ -231,7 +231,7 @@ class Metrics:
     @contextmanager
     def timed(self, trigger: Trigger) -> Iterator[RunTimer]:
         """Record the duration of the block: ok unless it raises or sets ``ok = False``."""
-        timer = RunTimer(trigger)
+        timer = RunTimer()
         try:
             yield timer
         except BaseException:
@@ -261,7 +261,6 @@ class Metrics:
 
 @dataclass
 class RunTimer:
-    trigger: Trigger
     ok: bool = True
     started: float = field(default_factory=time.monotonic)
 

@@ -24,7 +24,6 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 # The OCI 1.1 release candidates' artifact manifest (removed before 1.1.0; ACR still serves old ones).
 OCI_ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 # Docker image manifest schema 1 (deprecated, still held by old registries): signed or not.
 SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"

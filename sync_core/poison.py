@@ -711,9 +711,7 @@ class PoisonQueue:
 # -- the timer's signal ---------------------------------------------------------------------------
 
 
-def poison_depth(
-    queue: str, env: Mapping[str, str] | None = None, *, access: QueueAccess | None = None
-) -> int | None:
+def poison_depth(queue: str, env: Mapping[str, str] | None = None) -> int | None:
     """Log the poison queue's approximate depth as a decision line; the count, or None if unknown.
 
     The timer calls this every run: ``decision=poison_depth queue=<name> count=<n>`` (a warning
@@ -722,7 +720,7 @@ def poison_depth(
     """
     name = poison_queue_name(queue)
     try:
-        access = access or access_from_env(os.environ if env is None else env)
+        access = access_from_env(os.environ if env is None else env)
         if access is None:
             raise ConfigError(f"no storage setting ({HOST_STORAGE} or {HOST_STORAGE}__accountName)")
         with access.client(name, retries=1) as client:

@@ -179,7 +179,6 @@ class TeeBody:
         self.index = index
         self.left = b""
         self.length = len(tee.reader)
-        self.sent = 0
 
     def __len__(self) -> int:
         return self.length
@@ -191,7 +190,6 @@ class TeeBody:
         if not self.left:
             self.left = self._next()
         data, self.left = self.left[:limit], self.left[limit:]
-        self.sent += len(data)
         return data
 
     def _next(self) -> bytes:

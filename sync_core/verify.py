@@ -54,7 +54,6 @@ one tag listing per repository):
 
 
 class Status(str, enum.Enum):
-    OK = "ok"
     MISSING = "missing"  # not at the target
     DIFFERS = "differs"  # there, with another digest (or a blob of another size)
     UNLISTED = "unlisted-referrer"  # at the target, but its referrers listing does not name it

@@ -330,7 +330,7 @@ def test_basic_credentials_never_go_to_a_plain_http_non_loopback_registry():
     auth = Authenticator("http://registry.example.invalid", Transport(), creds(BASIC))
     with pytest.raises(AuthError, match="plain http"):
         auth.unauthorized('Basic realm="r"', ["repository:a:pull"], 0)
-    assert auth.header(["repository:a:pull"]) is None  # nothing learned, nothing sent
+    assert auth._authorization(("repository:a:pull",))[0] is None  # nothing learned, nothing sent
 
 
 # -- the real registry and token issuer -------------------------------------------------------------
