@@ -355,8 +355,9 @@ class Planner:
                 recorder.failed(repository, f"listing source tags: {describe(exc)}", target.name)
             return []
         work: list[TagWork] = []
+        digests: dict[str, str | None] = {}  # asked of the source once, whatever the number of targets
         for target in chosen:
-            work.extend(self._diff(repository, tags, candidates, target, recorder, now, check))
+            work.extend(self._diff(repository, tags, candidates, target, recorder, now, check, digests))
         return work
 
     def _untagged(self, repository: str, check: Check, now: dt.datetime) -> list[ManifestEntry] | None:
@@ -397,6 +398,7 @@ class Planner:
         recorder: Recorder,
         now: dt.datetime,
         check: Check,
+        digests: dict[str, str | None],
     ) -> list[TagWork]:
         selected = wanted_tags(self.config, target, repository, tags, now)
         if not selected and not candidates:
@@ -434,7 +436,7 @@ class Planner:
                         )
                     )
                 elif self._recheck(tag, check, now):
-                    source_digest = tag.digest or self._source_digest(repository, tag.name)
+                    source_digest = tag.digest or self._source_digest(repository, tag.name, digests)
                     info = client.head_manifest(dst_repo, tag.name)
                     if info is None or not self._same(
                         client, target, dst_repo, tag.name, info.digest, source_digest
@@ -519,9 +521,12 @@ class Planner:
         namespace = self.config.target(target).namespace
         return f"{namespace}/{relative}" if namespace else relative
 
-    def _source_digest(self, repository: str, tag: str) -> str | None:
-        info = self.source.client.head_manifest(repository, tag)
-        return info.digest if info else None
+    def _source_digest(self, repository: str, tag: str, known: dict[str, str | None]) -> str | None:
+        """The tag's digest at the source (a listing without digests): one HEAD, kept in ``known``."""
+        if tag not in known:
+            info = self.source.client.head_manifest(repository, tag)
+            known[tag] = info.digest if info else None
+        return known[tag]
 
     def image(
         self,

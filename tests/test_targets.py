@@ -384,3 +384,51 @@ def test_a_tag_listed_twice_is_planned_once_and_a_doubled_work_item_does_not_han
         assert not copying.is_alive(), "a doubled work item waits for itself"
     assert summary.ok and summary.tags_copied == 1, summary.to_dict()
     assert mirror.pusher().fetch_manifest("giantswarm/app", "1.0")[2] == source.app.digest
+
+
+def test_a_full_check_asks_a_plain_source_for_each_tag_digest_once_for_all_targets(fresh_registry, tmp_path):
+    # a plain OCI tag listing has no digests: the full check HEADs each tag at the source, once,
+    # and compares that digest with every target's
+    source, first, second = (
+        fresh_registry(name="fc-src"),
+        fresh_registry(name="fc-a"),
+        fresh_registry(name="fc-b"),
+    )
+    app = images.oci_image("fc-app", (64,))
+    source.pusher().push("gs/app", app, "1.0")
+    path = tmp_path / "targets.json"
+    path.write_text(
+        json.dumps(
+            {
+                "targets": [
+                    {
+                        "name": n,
+                        "registry": r.url,
+                        "namespace": "mirror",
+                        "username_env": "U",
+                        "password_env": "P",
+                    }
+                    for n, r in (("a", first), ("b", second))
+                ]
+            }
+        )
+    )
+    env = {
+        "SOURCE_REGISTRY": source.url,
+        "SOURCE_KIND": "oci",
+        "SOURCE_NAMESPACE": "gs",
+        "SOURCE_USERNAME": PUSHER[0],
+        "SOURCE_PASSWORD": PUSHER[1],
+        "SOURCE_REPOSITORIES": "gs/app",
+        "SYNC_REFERRERS": "none",
+        "U": PUSHER[0],
+        "P": PUSHER[1],
+    }
+    with Syncer(load_config(env, str(path))) as syncer:
+        assert syncer.run().tags_copied == 2
+    mark = len(source.access_log())
+    with Syncer(load_config(env, str(path))) as syncer:
+        full = syncer.run(check=Check.FULL)
+    assert full.ok and full.tags_copied == 0 and full.tags_considered == 2, full.to_dict()
+    heads = [e for e in source.access_log()[mark:] if e[0] == "HEAD" and "/manifests/1.0" in e[1]]
+    assert len(heads) == 1, heads
