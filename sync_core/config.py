@@ -704,13 +704,13 @@ SETTINGS: tuple[Setting, ...] = (
 
 GLOBAL_SETTINGS = tuple(s for s in SETTINGS if s.scope & G)
 TARGET_SETTINGS = tuple(s for s in SETTINGS if s.scope & T)
+_GLOBAL_BY_KEY = {s.key: s for s in GLOBAL_SETTINGS}
+_TARGET_BY_KEY = {s.key: s for s in TARGET_SETTINGS}
 _ENV_TARGET_KEYS = {s.key for s in SETTINGS if s.scope is T and s.in_env}
 
 #: Every app setting the Functions app reads (infra/main.bicep and local.settings.json.example
 #: must provide each; tests check both).
-APP_SETTINGS = tuple(
-    s.env_name for s in SETTINGS if s.in_env and not s.local_only and (s.scope & G or s.scope is T)
-)
+APP_SETTINGS = tuple(s.env_name for s in SETTINGS if s.in_env and not s.local_only)
 #: Direct credentials for local runs only (in Azure they come from Key Vault).
 LOCAL_ONLY_SETTINGS = tuple(s.env_name for s in SETTINGS if s.local_only)
 
@@ -730,7 +730,7 @@ def settings_markdown() -> str:
     """The README's configuration tables (a test keeps the README equal to this)."""
     lines = ["| setting | meaning | default |", "| --- | --- | --- |"]
     for s in SETTINGS:
-        if s.in_env and (s.scope & G or s.scope is T):
+        if s.in_env:
             lines.append(f"| `{s.env_name}` | {s.help} | {_documented_default(s)} |")
     lines += [
         "",
@@ -750,7 +750,7 @@ def settings_help() -> str:
     lines = ["configuration comes from environment variables (app settings) or a YAML/JSON file:"]
     width = max(len(s.env_name) for s in SETTINGS)
     for s in SETTINGS:
-        if s.in_env and (s.scope & G or s.scope is T):
+        if s.in_env:
             text = s.help.replace("`", "")
             lines.append(f"  {s.env_name.ljust(width)}  {text}")
     lines.append("a file's `targets` entries take: " + ", ".join(s.key for s in TARGET_SETTINGS if s.in_file))
@@ -783,7 +783,7 @@ def _read_filters(values: Mapping[str, Any], prefix: str, problems: Problems) ->
     """Filters from keys such as ``tag_include``; ``prefix`` names the settings in messages."""
 
     def read(key: str) -> Any:
-        setting = next(s for s in GLOBAL_SETTINGS if s.key == key)
+        setting = _GLOBAL_BY_KEY[key]
         return _read(values, setting, f"{prefix}{key}" if prefix else key.upper(), problems)
 
     filters = Filters(
@@ -873,7 +873,7 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
             settings.update(data)
 
     def read(key: str) -> Any:
-        setting = next(s for s in GLOBAL_SETTINGS if s.key == key)
+        setting = _GLOBAL_BY_KEY[key]
         return _read(settings, setting, setting.env_name if setting.in_env else setting.key, problems)
 
     source_registry = read("source_registry")
@@ -955,7 +955,7 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
 def _check_file_keys(data: dict[str, Any], problems: Problems) -> None:
     """Top-level keys of the file: global settings, or ``target_*`` for one target without a list."""
     for key in sorted(data):
-        setting = next((s for s in GLOBAL_SETTINGS if s.key == key), None)
+        setting = _GLOBAL_BY_KEY.get(key)
         if setting is not None and setting.in_file:
             continue
         if key.startswith("target_") and key[len("target_") :] in _ENV_TARGET_KEYS:
@@ -1013,7 +1013,7 @@ def _target(
     file_mode: bool,
 ) -> TargetConfig:
     def read(key: str) -> Any:
-        setting = next(s for s in TARGET_SETTINGS if s.key == key)
+        setting = _TARGET_BY_KEY[key]
         return _read(values, setting, setting_name(key), problems)
 
     registry = read("registry")
