@@ -17,7 +17,7 @@ from typing import TypeVar
 from .catalog import ManifestEntry, Source, TagInfo
 from .config import Compare, Filters, MappingRule, SyncConfig, TargetConfig
 from .copy import AtTarget, TargetRules, narrowed_from
-from .errors import ConfigError, NameRejected, NotFound, describe
+from .errors import ConfigError, NameRejected, NotFound, describe, is_transient
 from .logs import InvocationPool
 from .names import (
     DOCKER_LIST,
@@ -347,13 +347,19 @@ class Planner:
         now = self.clock()
         try:
             tags = _unique(self.source.tags(repository), lambda t: t.name)
-            candidates = self._untagged(repository, check, now)
-            if candidates:
-                candidates = _unique(candidates, lambda e: e.digest)
         except Exception as exc:  # noqa: BLE001 - one repository's failure must not stop the rest
             for target in chosen:
                 recorder.failed(repository, f"listing source tags: {describe(exc)}", target.name)
             return []
+        try:
+            candidates = self._untagged(repository, check, now)
+            if candidates:
+                candidates = _unique(candidates, lambda e: e.digest)
+        except Exception as exc:  # noqa: BLE001 - the tags are still planned; referrers asked per tag
+            for target in chosen:
+                reason = f"listing untagged manifests (referrers): {describe(exc)}"
+                recorder.failed(repository, reason, target.name, tags=0, retry=is_transient(exc))
+            candidates = None
         work: list[TagWork] = []
         digests: dict[str, str | None] = {}  # asked of the source once, whatever the number of targets
         for target in chosen:

@@ -552,3 +552,17 @@ def test_a_referrer_index_narrowed_for_a_target_is_listed_as_the_target_holds_it
     assert multi.digest not in listed and not plain.exists_manifest("mirror/app", multi.digest)
     narrowed = listed - {m.digest for m in (amd64,)}
     assert narrowed and all(plain.exists_manifest("mirror/app", d) for d in narrowed), listed
+
+
+def test_a_failing_untagged_listing_does_not_stop_the_tags(world, tmp_path):
+    # ACR's _manifests listing only finds candidate referrers: when it fails, the repository's
+    # tags are still planned and copied (their referrers with them); the failure is reported
+    app, amd64, sig, *_ = seed_signed_image(world)
+    world.source.fail_next(1, 403, kinds="acr_manifests")
+    with world.syncer(tmp_path) as syncer:
+        summary = syncer.run()
+    assert summary.tags_copied == 2, summary.to_dict()
+    reasons = [f["reason"] for f in summary.failures]
+    assert reasons and all("untagged manifests" in r for r in reasons), reasons
+    assert not summary.ok and summary.tags_failed == 0
+    assert sig.digest in referrers_at(world, "plain", "mirror/app", app.digest)
