@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .config import ReferrerPolicy
 from .errors import InvalidContent, NotFound, RegistryError
@@ -28,6 +28,34 @@ from .names import OCI_INDEX, digest_of, fallback_tag
 from .registry import RegistryClient
 
 MAX_REFERRER_DEPTH = 8  # a signature of an SBOM of an attestation ...: deeper is not real content
+READ_LOCKS = 64  # referrers tags read one at a time per lock (keys spread over them by hash)
+
+V = TypeVar("V")
+
+
+class Expiring(Generic[V]):
+    """Answers kept for ``ttl`` seconds. The process lives on between runs (a Functions worker):
+    expired answers are dropped as new ones come in, so it holds one ``ttl``'s worth at most."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float]):
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[tuple[str, str], tuple[float, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> V | None:
+        with self._lock:
+            entry = self._entries.get(key)
+        return entry[1] if entry is not None and self.clock() - entry[0] < self.ttl else None
+
+    def put(self, key: tuple[str, str], value: V) -> V:
+        now = self.clock()
+        with self._lock:
+            self._entries[key] = (now, value)
+            if len(self._entries) % 256 == 0:  # now and then: drop what has expired
+                for old in [k for k, (at, _) in self._entries.items() if now - at >= self.ttl]:
+                    del self._entries[old]
+        return value
 
 
 class ReferrerFinder:
@@ -49,11 +77,8 @@ class ReferrerFinder:
     ):
         self.client = client
         self.policy = policy
-        self.ttl = ttl
-        self.clock = clock
         self.api: bool | None = None  # None until the registry has answered once
-        self._cache: dict[tuple[str, str], tuple[float, list[Descriptor]]] = {}
-        self._lock = threading.Lock()
+        self._cache: Expiring[list[Descriptor]] = Expiring(ttl, clock)
         self._probing = threading.Lock()  # until the API question is settled, one lookup at a time
 
     def of(self, repository: str, digest: str) -> list[Descriptor]:
@@ -61,15 +86,11 @@ class ReferrerFinder:
         if not self.policy.enabled:
             return []
         key = (repository, digest)
-        now = self.clock()
-        with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < self.ttl:
-            return cached[1]
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         found = [d for d in self._list(repository, digest) if self.policy.wants(d.artifact_type)]
-        with self._lock:
-            self._cache[key] = (now, found)
-        return found
+        return self._cache.put(key, found)
 
     def _list(self, repository: str, digest: str) -> list[Descriptor]:
         if self.api is None:  # lookups that start together would each probe the API
@@ -123,22 +144,18 @@ class ReferrersTags:
     ):
         self.client = client
         self.ledger = ledger
-        self.ttl = ttl
-        self.clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
-        self._reading: dict[tuple[str, str], threading.Lock] = {}
-        self._lock = threading.Lock()
+        self._cache: Expiring[frozenset[str]] = Expiring(ttl, clock)
+        self._reading = [threading.Lock() for _ in range(READ_LOCKS)]
 
     def listed(self, repository: str, subject: str) -> frozenset[str]:
         """The digests the referrers tag of ``subject`` lists (none when there is no such tag)."""
         key = (repository, subject)
-        with self._lock:
-            reading = self._reading.setdefault(key, threading.Lock())
-        with reading:  # referrers of one subject checked side by side read the tag once
-            with self._lock:
-                cached = self._cache.get(key)
-            if cached is not None and self.clock() - cached[0] < self.ttl:
-                return cached[1]
+        with self._reading[
+            hash(key) % READ_LOCKS
+        ]:  # referrers of one subject checked side by side read it once
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
             return self._remember(key, self._entries(repository, subject))
 
     def add(self, repository: str, subject: str, *referrers: Manifest) -> bool:
@@ -194,6 +211,4 @@ class ReferrersTags:
         digests = frozenset(
             e["digest"] for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str)
         )
-        with self._lock:
-            self._cache[key] = (self.clock(), digests)
-        return digests
+        return self._cache.put(key, digests)

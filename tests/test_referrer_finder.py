@@ -17,7 +17,7 @@ from sync_core.config import ReferrerPolicy
 from sync_core.ledger import BlobLedger
 from sync_core.manifest import parse_manifest
 from sync_core.names import digest_of
-from sync_core.referrers import ReferrerFinder, ReferrersTags
+from sync_core.referrers import Expiring, ReferrerFinder, ReferrersTags
 from sync_core.registry import RegistryClient
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
@@ -117,3 +117,13 @@ def test_lookups_that_start_together_probe_the_api_once(fresh_registry):
         found = list(pool.map(look, [a.digest for a in apps]))
     assert found == [[]] * len(apps) and finder.api is False
     assert len(probes) == 1, probes
+
+
+def test_expired_answers_do_not_pile_up_in_a_long_lived_process():
+    now = [0.0]
+    cache: Expiring[int] = Expiring(60.0, lambda: now[0])
+    for i in range(1000):
+        now[0] = float(i)  # one answer a second: at most ~60 of them alive at any time
+        cache.put(("repo", f"sha256:{i}"), i)
+    assert cache.get(("repo", "sha256:999")) == 999 and cache.get(("repo", "sha256:100")) is None
+    assert len(cache._entries) <= 60 + 256, len(cache._entries)
