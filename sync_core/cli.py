@@ -384,12 +384,12 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
     if args.command == "poison":
         return _poison(args, config, environ)
     sink = metrics.current()
-    started, code = time.monotonic(), EXIT_FAILED
     try:
-        code = _command(args, config)
+        with sink.timed(Trigger.CLI) as run:
+            code = _command(args, config)
+            run.ok = code == EXIT_OK
         return code
     finally:
-        sink.run(Trigger.CLI, code == EXIT_OK, time.monotonic() - started)
         sink.flush()  # a short process: export before it ends
 
 

@@ -161,35 +161,19 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
         except NameRejected as exc:
             reasons.append(f"{t.name}: {exc}")
             continue
-        if tag is None:
+        expected: str | None
+        if tag is None:  # an untagged push: the worker looks at it (a referrer?)
             assert digest is not None
-            work.append(
-                TagWork(
-                    t.name,
-                    repository,
-                    dst_repo,
-                    digest,
-                    digest,
-                    Reason.PUSHED,
-                    kind=WorkKind.REFERRER,
-                    pushed=pushed,
-                )
-            )
-        elif subject is not None:
-            work.append(
-                TagWork(
-                    t.name,
-                    repository,
-                    dst_repo,
-                    subject,
-                    subject,
-                    Reason.PUSHED,
-                    kind=WorkKind.REFERRERS_OF,
-                    pushed=pushed,
-                )
-            )
+            reference, expected, kind = digest, digest, WorkKind.REFERRER
+        elif subject is not None:  # a referrers tag: the referrers of its subject
+            reference, expected, kind = subject, subject, WorkKind.REFERRERS_OF
         else:
-            work.append(TagWork(t.name, repository, dst_repo, tag, digest, Reason.PUSHED, pushed=pushed))
+            reference, expected, kind = tag, digest, WorkKind.TAG
+        work.append(
+            TagWork(
+                t.name, repository, dst_repo, reference, expected, Reason.PUSHED, kind=kind, pushed=pushed
+            )
+        )
     if not work:
         return Decision(event_id, Action.IGNORE, "; ".join(reasons) or "no target", repository, tag, digest)
     return Decision(event_id, Action.COPY, "pushed", repository, tag, digest, tuple(work))

@@ -166,42 +166,29 @@ def _process(text: str | bytes, syncer: Syncer, budget_seconds: float | None) ->
     if message.kind is MessageKind.REPOSITORY:
         check = Check.FULL if message.full_check else None
         work = syncer.plan_repository(message.repository, summary, [target.name], check)
-    elif message.kind is MessageKind.REFERRER:
-        assert message.digest is not None
+    else:
+        reference: str
+        digest: str | None
+        if message.kind is MessageKind.REFERRER:
+            assert message.digest is not None
+            reference, digest, kind = message.digest, message.digest, WorkKind.REFERRER
+        else:
+            assert message.tag is not None
+            subject = fallback_tag_subject(message.tag)
+            if subject is not None:  # a referrers tag: the referrers of its subject
+                reference, digest, kind = subject, subject, WorkKind.REFERRERS_OF
+            else:
+                reference, digest, kind = message.tag, message.digest, WorkKind.TAG
         work = syncer.planner.image(
             message.repository,
-            message.digest,
-            message.digest,
+            reference,
+            digest,
             Reason.QUEUED,
             recorder,
             [target.name],
-            WorkKind.REFERRER,
+            kind,
             message.pushed,
         )
-    else:
-        assert message.tag is not None
-        subject = fallback_tag_subject(message.tag)
-        if subject is not None:
-            work = syncer.planner.image(
-                message.repository,
-                subject,
-                subject,
-                Reason.QUEUED,
-                recorder,
-                [target.name],
-                WorkKind.REFERRERS_OF,
-                message.pushed,
-            )
-        else:
-            work = syncer.planner.image(
-                message.repository,
-                message.tag,
-                message.digest,
-                Reason.QUEUED,
-                recorder,
-                [target.name],
-                pushed=message.pushed,
-            )
     left = syncer.execute(work, summary, deadline=deadline)
     summary.duration_seconds = time.monotonic() - started
     leftover = [_tag_message(w) for w in left]
