@@ -38,7 +38,7 @@ from sync_core.config import load_config
 from sync_core.errors import SyncError
 from sync_core.plan import Check
 from sync_core.sync import Syncer
-from tests.harness import PUSHER, images, oci_env
+from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
 from tests.harness.servers import LoopbackHTTPServer
 
@@ -109,43 +109,11 @@ class World:
         self.source, self.plain, self.api = source, plain, api
         self.pusher = source.pusher()
         self.config = tmp_path / "targets.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    "targets": [
-                        {
-                            "name": "plain",
-                            "registry": plain.url,
-                            "namespace": "mirror",
-                            "username_env": "PLAIN_USER",
-                            "password_env": "PLAIN_PASS",
-                        },
-                        {
-                            "name": "api",
-                            "registry": api.url,
-                            "namespace": "mirror",
-                            "username_env": "API_USER",
-                            "password_env": "API_PASS",
-                        },
-                    ]
-                }
-            )
-        )
+        self.config.write_text(json.dumps({"targets": plain_and_api_targets(plain.url, api.url)}))
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {
-            "SOURCE_REGISTRY": self.source.url,
-            "SOURCE_KIND": "acr",
-            "SOURCE_NAMESPACE": NS,
-            "SOURCE_USERNAME": SOURCE_USER[0],
-            "SOURCE_PASSWORD": SOURCE_USER[1],
-            "PLAIN_USER": PUSHER[0],
-            "PLAIN_PASS": PUSHER[1],
-            "API_USER": API_USER[0],
-            "API_PASS": API_USER[1],
-            "SYNC_CONCURRENCY": "1",
-            **extra,
-        }
+        env = plain_and_api_env(self.source.url, NS, SOURCE_USER, API_USER)
+        return {**env, "SYNC_CONCURRENCY": "1", **extra}
 
     def syncer(self) -> Syncer:
         return Syncer(load_config(self.env(), str(self.config)))

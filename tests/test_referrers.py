@@ -24,7 +24,7 @@ from sync_core.copy import AtTarget, CopyStatus, Destination, Placement
 from sync_core.plan import Check
 from sync_core.registry import RegistryClient
 from sync_core.sync import Syncer
-from tests.harness import PUSHER, images, oci_env
+from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
 
 NS = "gs"
@@ -61,38 +61,12 @@ class World:
         self.pusher = source.pusher()
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {
-            "SOURCE_REGISTRY": self.source.url,
-            "SOURCE_KIND": "acr",
-            "SOURCE_NAMESPACE": NS,
-            "SOURCE_USERNAME": SOURCE_USER[0],
-            "SOURCE_PASSWORD": SOURCE_USER[1],
-            "PLAIN_USER": PUSHER[0],
-            "PLAIN_PASS": PUSHER[1],
-            "API_USER": TARGET_USER[0],
-            "API_PASS": TARGET_USER[1],
-            **extra,
-        }
+        return {**plain_and_api_env(self.source.url, NS, SOURCE_USER, TARGET_USER), **extra}
 
     def config_file(self, tmp_path, **target_extra) -> str:
-        targets = [
-            {
-                "name": "plain",
-                "registry": self.plain.url,
-                "namespace": "mirror",
-                "username_env": "PLAIN_USER",
-                "password_env": "PLAIN_PASS",
-                **target_extra.get("plain", {}),
-            },
-            {
-                "name": "api",
-                "registry": self.api.url,
-                "namespace": "mirror",
-                "username_env": "API_USER",
-                "password_env": "API_PASS",
-                **target_extra.get("api", {}),
-            },
-        ]
+        targets = plain_and_api_targets(
+            self.plain.url, self.api.url, target_extra.get("plain"), target_extra.get("api")
+        )
         path = tmp_path / "sync.json"
         path.write_text(json.dumps({"targets": targets}))
         return str(path)

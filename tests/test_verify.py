@@ -18,7 +18,7 @@ import pytest
 from sync_core import cli
 from sync_core.config import load_config
 from sync_core.sync import Syncer
-from tests.harness import PUSHER, images, oci_env
+from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
 
 NS = "gs"
@@ -37,43 +37,11 @@ class World:
 
     def write_config(self, top: dict | None = None, **plain_extra) -> None:
         self.config = self.tmp_path / "targets.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    **(top or {}),
-                    "targets": [
-                        {
-                            "name": "plain",
-                            "registry": self.plain.url,
-                            "namespace": "mirror",
-                            "username_env": "PLAIN_USER",
-                            "password_env": "PLAIN_PASS",
-                            **plain_extra,
-                        },
-                        {
-                            "name": "api",
-                            "registry": self.api.url,
-                            "namespace": "mirror",
-                            "username_env": "API_USER",
-                            "password_env": "API_PASS",
-                        },
-                    ],
-                }
-            )
-        )
+        targets = plain_and_api_targets(self.plain.url, self.api.url, plain_extra)
+        self.config.write_text(json.dumps({**(top or {}), "targets": targets}))
 
     def env(self) -> dict[str, str]:
-        return {
-            "SOURCE_REGISTRY": self.source.url,
-            "SOURCE_KIND": "acr",
-            "SOURCE_NAMESPACE": NS,
-            "SOURCE_USERNAME": SOURCE_USER[0],
-            "SOURCE_PASSWORD": SOURCE_USER[1],
-            "PLAIN_USER": PUSHER[0],
-            "PLAIN_PASS": PUSHER[1],
-            "API_USER": API_USER[0],
-            "API_PASS": API_USER[1],
-        }
+        return plain_and_api_env(self.source.url, NS, SOURCE_USER, API_USER)
 
     def sync(self) -> None:
         with Syncer(load_config(self.env(), str(self.config))) as syncer:

@@ -46,6 +46,48 @@ def oci_env(source: Registry, target: Registry, repositories: str = "gs/app") ->
     }
 
 
+def plain_and_api_env(
+    source_url: str, namespace: str, source_user: tuple[str, str], api_user: tuple[str, str]
+) -> dict[str, str]:
+    """The settings of a sync from an ACR(-like) source to :func:`plain_and_api_targets`."""
+    return {
+        "SOURCE_REGISTRY": source_url,
+        "SOURCE_KIND": "acr",
+        "SOURCE_NAMESPACE": namespace,
+        "SOURCE_USERNAME": source_user[0],
+        "SOURCE_PASSWORD": source_user[1],
+        "PLAIN_USER": PUSHER[0],
+        "PLAIN_PASS": PUSHER[1],
+        "API_USER": api_user[0],
+        "API_PASS": api_user[1],
+    }
+
+
+def plain_and_api_targets(
+    plain_url: str, api_url: str, plain: dict | None = None, api: dict | None = None
+) -> list[dict]:
+    """Two targets under ``mirror``: "plain" (a registry without the referrers API, as PUSHER)
+    and "api" (one with it); ``plain``/``api``: more keys for each."""
+    return [
+        {
+            "name": "plain",
+            "registry": plain_url,
+            "namespace": "mirror",
+            "username_env": "PLAIN_USER",
+            "password_env": "PLAIN_PASS",
+            **(plain or {}),
+        },
+        {
+            "name": "api",
+            "registry": api_url,
+            "namespace": "mirror",
+            "username_env": "API_USER",
+            "password_env": "API_PASS",
+            **(api or {}),
+        },
+    ]
+
+
 #: ``TokenIssuer(users=...)`` of the session issuer.
 STANDARD_USERS = {
     ADMIN[0]: (ADMIN[1], {"*": ["*"], CATALOG: ["*"]}),
@@ -54,6 +96,8 @@ STANDARD_USERS = {
 }
 
 __all__ = [
+    "plain_and_api_env",
+    "plain_and_api_targets",
     "ACCEPT",
     "ADMIN",
     "BASIC",
