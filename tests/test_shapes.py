@@ -649,6 +649,20 @@ def test_a_failing_image_never_uploads_a_blob_twice_and_opens_no_upload_for_a_mi
         src.stop()
 
 
+def fake_source_env(src: FakeRegistry, dst: Registry, repository: str) -> dict[str, str]:
+    """A sync of ``repository`` from an in-memory source to ``dst`` (namespace ``MIRROR``)."""
+    return {
+        "SOURCE_REGISTRY": src.url,
+        "SOURCE_KIND": "oci",
+        "SOURCE_NAMESPACE": NS,
+        "SOURCE_REPOSITORIES": repository,
+        "TARGET_REGISTRY": dst.url,
+        "TARGET_NAMESPACE": MIRROR,
+        "TARGET_USERNAME": PUSHER[0],
+        "TARGET_PASSWORD": PUSHER[1],
+    }
+
+
 def test_a_failing_index_does_not_push_its_children_again_on_every_run(fresh_registry):
     """An index whose second child the target refuses (an OCI 1.1-rc artifact manifest: 400 from
     distribution 2.8; the source is a ``FakeRegistry``, 2.8 cannot hold it either). The first
@@ -660,16 +674,7 @@ def test_a_failing_index_does_not_push_its_children_again_on_every_run(fresh_reg
     src = FakeRegistry()
     src.push(f"{NS}/partial", index, "1.0")
     dst = fresh_registry()
-    env = {
-        "SOURCE_REGISTRY": src.url,
-        "SOURCE_KIND": "oci",
-        "SOURCE_NAMESPACE": NS,
-        "SOURCE_REPOSITORIES": f"{NS}/partial",
-        "TARGET_REGISTRY": dst.url,
-        "TARGET_NAMESPACE": MIRROR,
-        "TARGET_USERNAME": PUSHER[0],
-        "TARGET_PASSWORD": PUSHER[1],
-    }
+    env = fake_source_env(src, dst, f"{NS}/partial")
     try:
         for attempt in range(3):
             mark = len(dst.access_log())
@@ -827,16 +832,7 @@ def test_a_tag_is_not_written_over_a_held_child_whose_blob_the_target_lost(fresh
     src = FakeRegistry()
     src.push(f"{NS}/lost", index, "1.0")
     dst = fresh_registry()
-    env = {
-        "SOURCE_REGISTRY": src.url,
-        "SOURCE_KIND": "oci",
-        "SOURCE_NAMESPACE": NS,
-        "SOURCE_REPOSITORIES": f"{NS}/lost",
-        "TARGET_REGISTRY": dst.url,
-        "TARGET_NAMESPACE": MIRROR,
-        "TARGET_USERNAME": PUSHER[0],
-        "TARGET_PASSWORD": PUSHER[1],
-    }
+    env = fake_source_env(src, dst, f"{NS}/lost")
     layer = first.blobs[-1]
     pusher = dst.pusher()
     try:
