@@ -21,7 +21,8 @@ import typing
 
 import azure.functions as func
 
-from sync_core import handlers, logs, poison, runtime
+from sync_core import logs
+from sync_core.azure import handlers, poison, runtime
 
 app = func.FunctionApp()
 log = logging.getLogger("sync_core.functions")
@@ -69,14 +70,14 @@ def sync_worker(msg: func.QueueMessage, out: func.Out[typing.List[str]], context
             log,
             "done",
             f"worker done: {summary.tags_copied} copied, {summary.tags_unchanged} unchanged, "
-            f"{summary.tags_skipped} skipped, {summary.bytes_uploaded} bytes uploaded",
+            f"{summary.tags_skipped} skipped, {summary.work.bytes_uploaded} bytes uploaded",
             message_id=msg.id,
             dequeue_count=msg.dequeue_count,
         )
 
 
 def event_envelope(event: func.EventGridEvent | func.CloudEvent) -> dict[str, typing.Any]:
-    """The event as Event Grid delivered it, in its schema, for ``sync_core.events.decide``.
+    """The event as Event Grid delivered it, in its schema, for ``sync_core.azure.events.decide``.
 
     The worker decodes a delivery in CloudEvents 1.0 schema to ``func.CloudEvent`` (``type``,
     ``time``, ``source``) whatever the annotation says, and one in EventGridSchema to

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sync_core.config import settings_markdown  # noqa: E402
+from sync_core.config.settings import settings_markdown  # noqa: E402
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 

@@ -140,7 +140,7 @@ class DigestMismatch(InvalidContent):
 
     Transient: bytes damaged on the way hash differently; a few retries tell that apart from a
     source that really stores damaged content. When every attempt gave a mismatch
-    (``exhausted``, set by :func:`~sync_core.retry.retrying`) it is the content itself: refused.
+    (``exhausted``, set by :func:`~sync_core.registry.retry.retrying`) it is the content itself: refused.
     """
 
     exhausted = False

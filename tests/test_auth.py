@@ -14,7 +14,8 @@ import urllib.parse
 import jwt
 import pytest
 
-from sync_core.auth import (
+from sync_core.errors import AuthError
+from sync_core.registry.auth import (
     ANONYMOUS,
     Authenticator,
     Credentials,
@@ -25,9 +26,8 @@ from sync_core.auth import (
     parse_challenge,
     token_expiry,
 )
-from sync_core.errors import AuthError
-from sync_core.registry import RegistryClient
-from sync_core.transport import Transport
+from sync_core.registry.client import RegistryClient
+from sync_core.registry.transport import Transport
 from tests.harness import ADMIN, BASIC, PUSHER, READER
 from tests.harness import images as img
 from tests.harness.recording import RecordingTransport, Waits

@@ -1,4 +1,4 @@
-"""The command line (sync_core.cli): called in-process with ``main(argv, environ=...)``, as the
+"""The command line (sync_core.cli.main): called in-process with ``main(argv, environ=...)``, as the
 operator would run it, against a module-scoped ACR stand-in and fresh token-auth targets."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sync_core import cli
-from sync_core.retry import RetryPolicy
+from sync_core.cli import main as cli
+from sync_core.registry.retry import RetryPolicy
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
 from tests.harness.images import HELM_CONFIG
@@ -290,7 +290,9 @@ def test_a_failing_target_repository_fails_the_run_and_the_rerun_copies_only_the
 ):
     # Refused uploads are retried (4 attempts per blob, randomized backoff up to seconds); the
     # retry timing is not what this test is about, so no waiting between the attempts.
-    monkeypatch.setattr("sync_core.copy.RetryPolicy", functools.partial(RetryPolicy, backoff_base=0.0))
+    monkeypatch.setattr(
+        "sync_core.engine.copier.RetryPolicy", functools.partial(RetryPolicy, backoff_base=0.0)
+    )
     # The target token service will not grant push on mirror/legacy (pull only).
     perms = {
         "mirror/*": ["pull"],

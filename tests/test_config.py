@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sync_core import cli
-from sync_core.config import (
-    APP_SETTINGS,
-    DOCKER_HUB,
-    LOCAL_ONLY_SETTINGS,
-    SETTINGS,
-    load_config,
-    settings_markdown,
-)
-from sync_core.copy import TargetRules
+from sync_core.cli import main as cli
+from sync_core.config.load import load_config
+from sync_core.config.registries import DOCKER_HUB
+from sync_core.config.settings import APP_SETTINGS, LOCAL_ONLY_SETTINGS, SETTINGS, settings_markdown
 from sync_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +116,7 @@ targets:
     config = load_config({}, str(path))
     assert [t.name for t in config.targets] == ["dockerhub", "aliyun"]
     hub, ali = config.targets
-    assert hub.max_path_depth == 2 and "application/vnd.cncf.helm.config.v1+json" in hub.skip_artifact_types
+    assert hub.max_path_depth == 2 and "application/vnd.cncf.helm.config.v1+json" in hub.rules.skip_types
     assert ali.max_path_depth == 3 and ali.filters.tag_include.pattern == "v?[0-9.]+"
     assert config.compare == "digest" and config.source.namespace == "giantswarm"
 
@@ -267,9 +261,9 @@ targets:
     config = load_config({}, str(path))
     (ali,) = config.targets
     assert (
-        ali.platforms == {"linux/amd64", "linux/arm64"}
-        and ali.drop_attestations
-        and TargetRules.of(ali).rewrites
+        ali.rules.platforms == {"linux/amd64", "linux/arm64"}
+        and ali.rules.drop_attestations
+        and ali.rules.rewrites
     )
     assert [(r.match.pattern, r.replace) for r in ali.mappings] == [("charts/.*", None)]
     assert [(r.match.pattern, r.replace) for r in config.mappings] == [

@@ -24,14 +24,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from sync_core import copy as copy_module
-from sync_core.auth import Credentials, StaticCredentials
-from sync_core.copy import Copier, CopyResult
+from sync_core.engine import blobs as blobs_module
+from sync_core.engine.ledger import BlobLedger
+from sync_core.engine.results import CopyResult
 from sync_core.errors import DigestMismatch, refused, worth_redelivering
-from sync_core.registry import RegistryClient
-from sync_core.retry import RetryPolicy
+from sync_core.registry.auth import Credentials, StaticCredentials
+from sync_core.registry.client import RegistryClient
+from sync_core.registry.retry import RetryPolicy
 from tests.harness import BASIC, PUSHER, READER, Pusher
 from tests.harness import images as img
+from tests.harness.copying import OneTarget
 from tests.harness.front import forward
 from tests.harness.recording import RecordingTransport, Waits
 from tests.harness.scripted import Reply, Request, ScriptedServer
@@ -79,7 +81,7 @@ def mirrored(request, token_registry_src, seeded, token_registry_dst, basic_regi
         mirror = Mirror(basic_registry, BASIC, f"m{RUN}")
     src = client(token_registry_src, READER)
     dst = client(mirror.registry, mirror.user, "pull,push")
-    with Copier(src, dst, blob_concurrency=4) as copier:
+    with OneTarget(src, dst, blob_concurrency=4) as copier:
         for repo, tag in seeded:
             mirror.results[repo, tag] = copier.copy(repo, tag, mirror.repo(repo))
     return mirror
@@ -107,15 +109,17 @@ def test_result_counts_match_the_image_tree(mirrored, seeded):
     for (repo, tag), manifest in seeded.items():
         result = mirrored.results[repo, tag]
         blobs = manifest.all_blobs()
-        assert result.blobs_uploaded + result.blobs_mounted + result.blobs_skipped == len(blobs), (repo, tag)
-        assert result.manifests_pushed <= len(list(manifest.walk()))  # children may already be there
-        assert result.manifests_pushed >= 1
+        assert result.work.blobs_uploaded + result.work.blobs_mounted + result.work.blobs_skipped == len(
+            blobs
+        ), (repo, tag)
+        assert result.work.manifests_pushed <= len(list(manifest.walk()))  # children may already be there
+        assert result.work.manifests_pushed >= 1
     # nothing of big/blob exists anywhere else: all uploaded, bytes counted exactly
     big = seeded.manifest("big/blob", "large")
     result = mirrored.results["big/blob", "large"]
-    assert result.blobs_uploaded == len(big.all_blobs())
-    assert result.bytes_uploaded == sum(b.size for b in big.all_blobs())
-    assert result.manifests_pushed == 1
+    assert result.work.blobs_uploaded == len(big.all_blobs())
+    assert result.work.bytes_uploaded == sum(b.size for b in big.all_blobs())
+    assert result.work.manifests_pushed == 1
 
 
 def test_skopeo_reads_the_exact_source_bytes(mirrored, seeded):
@@ -162,12 +166,16 @@ def test_copying_again_uploads_nothing(mirrored, seeded, token_registry_src):
     # a new Copier (empty ledger) and new clients: the destination itself says "up to date"
     src = client(token_registry_src, READER)
     dst = client(mirrored.registry, mirrored.user, "pull,push")
-    with Copier(src, dst) as copier:
+    with OneTarget(src, dst) as copier:
         for repo, tag in seeded:
             result = copier.copy(repo, tag, mirrored.repo(repo))
             assert result.status == "unchanged", (repo, tag)
             assert result.digest == seeded.manifest(repo, tag).digest
-            assert (result.bytes_uploaded, result.blobs_uploaded, result.manifests_pushed) == (0, 0, 0)
+            assert (result.work.bytes_uploaded, result.work.blobs_uploaded, result.work.manifests_pushed) == (
+                0,
+                0,
+                0,
+            )
     assert uploads(dst.transport) == []
     # only manifest HEADs at the destination (and token requests, which go elsewhere)
     assert all(m == "HEAD" or not url.startswith(mirrored.registry.url) for m, url, _ in dst.transport.log)
@@ -176,7 +184,7 @@ def test_copying_again_uploads_nothing(mirrored, seeded, token_registry_src):
 def test_expected_digest_makes_no_source_request(mirrored, seeded, token_registry_src):
     src = client(token_registry_src, READER)
     dst = client(mirrored.registry, mirrored.user, "pull,push")
-    with Copier(src, dst) as copier:
+    with OneTarget(src, dst) as copier:
         for (repo, tag), manifest in seeded.items():
             result = copier.copy(repo, tag, mirrored.repo(repo), expected_digest=manifest.digest)
             assert result.status == "unchanged" and result.digest == manifest.digest
@@ -199,25 +207,25 @@ def test_shared_layer_is_uploaded_once_then_mounted(token_registry_src, token_re
     src = client(token_registry_src, READER)
     dst = client(token_registry_dst, PUSHER, "pull,push")
     prefix = f"mount{RUN}"
-    with Copier(src, dst, blob_concurrency=4) as copier:
+    with OneTarget(src, dst, blob_concurrency=4) as copier:
         first = copier.copy("library/alpine", "3.20", f"{prefix}/alpine")
-        assert first.blobs_mounted == 0 and first.blobs_uploaded == 3
-        assert first.bytes_uploaded == sum(
+        assert first.work.blobs_mounted == 0 and first.work.blobs_uploaded == 3
+        assert first.work.bytes_uploaded == sum(
             b.size for b in seeded.manifest("library/alpine", "3.20").all_blobs()
         )
 
         legacy = seeded.manifest("team/legacy", "v1")
         second = copier.copy("team/legacy", "v1", f"{prefix}/legacy")
         assert second.status == "copied"
-        assert second.blobs_mounted == 1
-        assert second.blobs_uploaded == len(legacy.all_blobs()) - 1
-        assert second.bytes_uploaded == sum(b.size for b in legacy.all_blobs()) - base.size
+        assert second.work.blobs_mounted == 1
+        assert second.work.blobs_uploaded == len(legacy.all_blobs()) - 1
+        assert second.work.bytes_uploaded == sum(b.size for b in legacy.all_blobs()) - base.size
 
         # an index whose two platforms share the layer: one mount, not two
         third = copier.copy("team/app", "1.0.0", f"{prefix}/app")
-        assert third.blobs_mounted == 1
+        assert third.work.blobs_mounted == 1
         app_blobs = seeded.manifest("team/app", "1.0.0").all_blobs()
-        assert third.bytes_uploaded == sum(b.size for b in app_blobs) - base.size
+        assert third.work.bytes_uploaded == sum(b.size for b in app_blobs) - base.size
 
     mounts = [url for m, url, status in dst.transport.log if m == "POST" and "mount=" in url]
     assert len(mounts) == 2 and all(f"from={urllib.parse.quote(prefix)}" in u for u in mounts)
@@ -231,7 +239,7 @@ def test_concurrent_copies_sharing_a_layer_upload_it_once(token_registry_src, to
     dst = client(token_registry_dst, PUSHER, "pull,push")
     prefix = f"conc{RUN}"
     jobs = [("library/alpine", "3.20", f"{prefix}/a"), ("team/legacy", "v1", f"{prefix}/b")]
-    with Copier(src, dst, blob_concurrency=4) as copier, ThreadPoolExecutor(2) as pool:
+    with OneTarget(src, dst, blob_concurrency=4) as copier, ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda job: copier.copy(*job), jobs))
     assert all(r.status == "copied" for r in results)
     unique = {
@@ -239,8 +247,8 @@ def test_concurrent_copies_sharing_a_layer_upload_it_once(token_registry_src, to
         for tag in (("library/alpine", "3.20"), ("team/legacy", "v1"))
         for b in seeded.manifest(*tag).all_blobs()
     }
-    assert sum(r.bytes_uploaded for r in results) == sum(unique.values())
-    assert sum(r.blobs_mounted for r in results) == 1
+    assert sum(r.work.bytes_uploaded for r in results) == sum(unique.values())
+    assert sum(r.work.blobs_mounted for r in results) == 1
 
 
 # -- verification of source bytes ------------------------------------------------------------------
@@ -253,7 +261,7 @@ def _blob_data_path(registry, digest: str) -> Path:
 
 @pytest.mark.parametrize("size, chunked", [(1000, False), (700_000, False), (700_000, True)])
 def test_source_serving_wrong_bytes_fails_with_digest_mismatch(fresh_registry, size, chunked, monkeypatch):
-    monkeypatch.setattr(copy_module, "CHUNK_SIZE", 300_000)
+    monkeypatch.setattr(blobs_module, "CHUNK_SIZE", 300_000)
     src_reg, dst_reg = fresh_registry(), fresh_registry()
     image = img.oci_image(f"corrupt-{size}", (size, 2048))
     src_reg.pusher().push("team/app", image, "1.0")
@@ -272,7 +280,7 @@ def test_source_serving_wrong_bytes_fails_with_digest_mismatch(fresh_registry, s
 
     src = client(src_reg, READER)
     dst = client(dst_reg, PUSHER, "pull,push")
-    with Copier(src, dst, retry=FAST_RETRY, chunked=chunked) as copier:
+    with OneTarget(src, dst, retry=FAST_RETRY, chunked=chunked) as copier:
         with pytest.raises(DigestMismatch) as info:
             copier.copy("team/app", "1.0", "mirror/app")
     assert victim.digest in str(info.value)
@@ -312,7 +320,7 @@ def test_token_invalidated_mid_copy_is_refreshed(fresh_issuer, fresh_registry):
 
     src = client(src_reg, READER, transport=HookTransport(sleep=Waits()))
     dst = client(dst_reg, PUSHER, "pull,push", transport=HookTransport(sleep=Waits()))
-    with Copier(src, dst, blob_concurrency=1, retry=RetryPolicy(attempts=3, backoff_base=0.01)) as copier:
+    with OneTarget(src, dst, blob_concurrency=1, retry=RetryPolicy(attempts=3, backoff_base=0.01)) as copier:
         assert copier.copy("team/app", "one", "mirror/app").status == "copied"
         tokens_before = issuer.token_requests
         fired = []
@@ -399,14 +407,14 @@ def test_large_layer_streams_in_flat_memory(fresh_registry):
     pusher.put_manifest("big/layer", manifest, "64m")
 
     src, dst = client(src_reg, READER), client(dst_reg, PUSHER, "pull,push")
-    with Copier(src, dst, blob_concurrency=4) as copier:
+    with OneTarget(src, dst, blob_concurrency=4) as copier:
         tracemalloc.start()
         try:
             result = copier.copy("big/layer", "64m", "mirror/big")
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert result.status == "copied" and result.bytes_uploaded == size + config.size
+    assert result.status == "copied" and result.work.bytes_uploaded == size + config.size
     assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB while copying a 64 MiB layer"
 
     # the destination holds the exact bytes (hashed while streaming, not loaded)
@@ -426,13 +434,13 @@ def test_large_layer_streams_in_flat_memory(fresh_registry):
 def test_chunked_upload_sends_several_patches(fresh_registry, monkeypatch, chunk_size):
     # 100 000 is not a multiple of the 256 KiB read size: each PATCH must still carry exactly
     # its Content-Length (it overran it before the fix, and the registry then hung on it)
-    monkeypatch.setattr(copy_module, "CHUNK_SIZE", chunk_size)
+    monkeypatch.setattr(blobs_module, "CHUNK_SIZE", chunk_size)
     src_reg, dst_reg = fresh_registry(), fresh_registry()
     image = img.oci_image(f"chunked-{chunk_size}", (700_000, 100))
     src_reg.pusher().push("team/app", image, "1.0")
     src = client(src_reg, READER)
     dst = client(dst_reg, PUSHER, "pull,push", transport=RecordingTransport(sleep=Waits(), timeout=(5, 10)))
-    with Copier(src, dst, chunked=True, retry=FAST_RETRY) as copier:
+    with OneTarget(src, dst, chunked=True, retry=FAST_RETRY) as copier:
         result = copier.copy("team/app", "1.0", "mirror/app")
     assert result.status == "copied"
     patches = [e for e in dst.transport.log if e[0] == "PATCH"]
@@ -477,7 +485,7 @@ def test_blob_download_redirected_to_storage_without_registry_credentials(
                 transport=RecordingTransport(sleep=Waits()),
             )
             dst = client(dst_reg, PUSHER, "pull,push")
-            with Copier(src, dst) as copier:
+            with OneTarget(src, dst) as copier:
                 results = [
                     copier.copy("team/app", "1.0.0", "mirror/app"),
                     copier.copy("team/legacy", "v1", "mirror/legacy"),
@@ -503,7 +511,7 @@ def test_blob_download_redirected_to_storage_without_registry_credentials(
 def test_rejected_single_request_upload_falls_back_to_chunked(
     token_registry_src, seeded, fresh_registry, monkeypatch
 ):
-    monkeypatch.setattr(copy_module, "CHUNK_SIZE", 3000)
+    monkeypatch.setattr(blobs_module, "CHUNK_SIZE", 3000)
     dst_reg = fresh_registry()
 
     def registry(request: Request) -> Reply:
@@ -519,10 +527,10 @@ def test_rejected_single_request_upload_falls_back_to_chunked(
             actions="pull,push",
             transport=RecordingTransport(sleep=Waits()),
         )
-        with Copier(src, dst, retry=FAST_RETRY) as copier:
+        with OneTarget(src, dst, retry=FAST_RETRY) as copier:
             result = copier.copy("library/alpine", "3.19", "mirror/alpine")
     image = seeded.manifest("library/alpine", "3.19")
-    assert result.status == "copied" and result.blobs_uploaded == len(image.all_blobs())
+    assert result.status == "copied" and result.work.blobs_uploaded == len(image.all_blobs())
     rejected = [s for s in proxy.requests if s.method == "PUT" and "/blobs/uploads/" in s.path and s.body]
     assert len(rejected) == len(image.all_blobs())  # each blob tried whole once
     assert len([s for s in proxy.requests if s.method == "PATCH"]) >= len(image.all_blobs())
@@ -549,7 +557,7 @@ def test_skipped_media_types_write_nothing(token_registry_src, seeded, fresh_reg
         tag = img.digest_tag(seeded.manifest("team/app", "1.0.0").digest)
     dst_reg = fresh_registry()
     src, dst = client(token_registry_src, READER), client(dst_reg, PUSHER, "pull,push")
-    with Copier(src, dst) as copier:
+    with OneTarget(src, dst) as copier:
         result = copier.copy(repo, tag, "mirror/x", skip_media_types=frozenset({skip}))
     assert result.status == "skipped" and skip in result.reason
     assert uploads(dst.transport) == []
@@ -557,7 +565,7 @@ def test_skipped_media_types_write_nothing(token_registry_src, seeded, fresh_reg
 
 
 def test_blob_ledger_gives_an_upload_to_exactly_one_claimant():
-    ledger = copy_module.BlobLedger()
+    ledger = BlobLedger()
     owners = []
     barrier = threading.Barrier(8)
 
@@ -581,7 +589,7 @@ def test_long_lived_copier_recovers_when_the_target_loses_content(token_registry
     src = client(token_registry_src, READER)
     dst = RegistryClient(target.url, actions="pull,push")
     manifest = seeded.manifest("library/alpine", "3.19")
-    with Copier(src, dst, retry=FAST_RETRY) as copier:
+    with OneTarget(src, dst, retry=FAST_RETRY) as copier:
         assert copier.copy("library/alpine", "3.19", "kept/alpine").status == "copied"
         pusher = target.pusher()
         pusher.delete_manifest("kept/alpine", manifest.digest)
@@ -591,14 +599,14 @@ def test_long_lived_copier_recovers_when_the_target_loses_content(token_registry
         with pytest.raises(Exception, match="manifest"):
             copier.copy("library/alpine", "3.19", "kept/alpine")  # trusted its memory: refused
         result = copier.copy("library/alpine", "3.19", "kept/alpine")  # looks again, re-uploads
-    assert result.status == "copied" and result.blobs_uploaded >= 1
+    assert result.status == "copied" and result.work.blobs_uploaded >= 1
     assert pusher.fetch_manifest("kept/alpine", "3.19")[0] == manifest.raw
     assert sha256(pusher.fetch_blob("kept/alpine", layer.digest)) == layer.digest
 
 
 def test_ledger_knowledge_expires():
     now = [0.0]
-    ledger = copy_module.BlobLedger(ttl=60, clock=lambda: now[0])
+    ledger = BlobLedger(ttl=60, clock=lambda: now[0])
     ledger.record("a/b", "sha256:" + "1" * 64)
     assert ledger.known("a/b", "sha256:" + "1" * 64) and ledger.holder("sha256:" + "1" * 64, "c/d") == "a/b"
     now[0] = 61

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_core.config import load_config
-from sync_core.events import decide, load_events
-from sync_core.handlers import events_messages
-from sync_core.messages import parse_message
+from sync_core.azure.events import decide, load_events
+from sync_core.azure.handlers import events_messages
+from sync_core.azure.messages import parse_message
+from sync_core.config.load import load_config
 
 EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 
@@ -61,7 +61,9 @@ def test_untagged_push_is_handed_to_the_worker_which_looks_for_a_subject(config)
     event = sample("image-pushed-child.eventgrid.json")
     decision = decide(event, config)
     assert decision.action == "copy" and decision.tag is None
-    assert {(w.kind, w.tag) for w in decision.work} == {("referrer", event["data"]["target"]["digest"])}
+    assert {(w.kind, w.tag, w.digest) for w in decision.work} == {
+        ("referrer", None, event["data"]["target"]["digest"])
+    }
     parsed = [parse_message(m, config) for m in events_messages(json.dumps(event), config)]
     assert {(m.kind, m.digest, m.target) for m in parsed} == {
         ("referrer", event["data"]["target"]["digest"], "dockerhub"),

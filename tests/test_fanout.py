@@ -1,7 +1,7 @@
 """One source read for several targets (``stream.Tee``), and the bound on what a bad target costs the others.
 
-The :class:`~sync_core.stream.Tee` is driven first on its own, with uploads that read slowly,
-fail or stop, over a real :class:`~sync_core.stream.VerifyingReader`. Then the copier fans one
+The :class:`~sync_core.registry.stream.Tee` is driven first on its own, with uploads that read slowly,
+fail or stop, over a real :class:`~sync_core.registry.stream.VerifyingReader`. Then the copier fans one
 image out to three real ``distribution`` registries: with fewer blob threads than uploads (the
 uploads fed by one source read must all run at once), and with one target behind a
 bandwidth-capped link (``bench.latency_proxy``), which is dropped from the shared read and
@@ -19,12 +19,14 @@ import time
 import pytest
 
 from bench.latency_proxy import LatencyProxy
-from sync_core.auth import Credentials, StaticCredentials
-from sync_core.copy import Copier, CopyStatus, Destination, Placement
+from sync_core.engine.copier import Copier
+from sync_core.engine.destination import Destination, Placement
+from sync_core.engine.results import CopyStatus
 from sync_core.errors import SourceStreamError
-from sync_core.manifest import Descriptor
-from sync_core.registry import RegistryClient
-from sync_core.stream import READ_SIZE, Tee, VerifyingReader
+from sync_core.registry.auth import Credentials, StaticCredentials
+from sync_core.registry.client import RegistryClient
+from sync_core.registry.manifest import Descriptor
+from sync_core.registry.stream import READ_SIZE, Tee, VerifyingReader
 from tests.harness import PUSHER, READER, images
 from tests.harness.recording import RecordingTransport, Waits
 

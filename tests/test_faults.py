@@ -23,9 +23,10 @@ import time
 
 import pytest
 
-from sync_core.config import load_config
-from sync_core.retry import RetryPolicy
-from sync_core.sync import Summary, Syncer
+from sync_core.config.load import load_config
+from sync_core.jobs.syncer import Syncer
+from sync_core.registry.retry import RetryPolicy
+from sync_core.report.summary import Summary
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
 from tests.harness.faultproxy import FaultProxy, FaultRule
@@ -173,7 +174,7 @@ class World:
         syncer.source_client.transport.retry = FAST_RETRY
         for client in syncer.target_clients.values():
             client.transport.retry = FAST_RETRY
-        syncer.copier.retry = FAST_UPLOAD_RETRY
+        syncer.copier.blobs.retry = FAST_UPLOAD_RETRY
         return syncer
 
     def close(self) -> None:
@@ -205,8 +206,8 @@ def reported(summary: Summary) -> tuple[set[tuple[str, str]], set[str]]:
     """(target tags named by tag-level failures, source repositories named by repository-level ones)."""
     tags, repos = set(), set()
     for failure in summary.failures:
-        assert failure["item"] and failure["reason"], failure
-        item = failure["item"].split(" -> ")[0]
+        assert failure.item and failure.reason, failure
+        item = failure.item.split(" -> ")[0]
         if ":" in item:
             repo, tag = item.rsplit(":", 1)
             tags.add((f"{MIRROR}/{repo[len(NAMESPACE) + 1 :]}", tag))
@@ -349,7 +350,7 @@ def test_an_overwhelmed_run_reports_exactly_what_failed_and_the_next_run_complet
     assert not first.ok
     missing = check_target(world, first)
     assert missing == {(f"{MIRROR}/big", "large"), (f"{MIRROR}/legacy", "v1"), (f"{MIRROR}/legacy", "v2")}
-    failures = {f["item"]: f["reason"] for f in first.failures}
+    failures = {f.item: f.reason for f in first.failures}
     assert set(failures) == {f"{NAMESPACE}/big:large -> target", f"{NAMESPACE}/legacy"}, failures
     assert "HTTP 503" in failures[f"{NAMESPACE}/big:large -> target"]
     assert (

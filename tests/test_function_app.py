@@ -18,8 +18,8 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import function_app
-from sync_core import handlers, messages, runtime
-from sync_core.retry import RetryPolicy
+from sync_core.azure import handlers, messages, runtime
+from sync_core.registry.retry import RetryPolicy
 from tests.harness.acr import AcrStandIn
 from tests.harness.function_context import Collect, Context
 from tests.harness.images import oci_image, oci_index
@@ -209,7 +209,7 @@ def test_worker_raises_on_transient_failures_and_invalid_messages_only(app_env, 
     # a tag gone from the source: reported as a skip, never retried into the poison queue
     missing = messages.WorkMessage("tag", "giantswarm/app", "target", "does-not-exist").dumps()
     summary, _ = handlers.process_message(missing, runtime.shared_syncer())
-    assert summary.ok and "not at the source" in summary.skipped[0]["reason"]
+    assert summary.ok and "not at the source" in summary.skipped[0].reason
     call("sync_worker", func.QueueMessage(id="m3", body=missing), Collect())  # does not raise
     # a source that keeps answering 503: the host must retry the message (then poison it)
     runtime.shared_syncer().source_client.transport.retry = RetryPolicy(attempts=2, backoff_base=0.0)

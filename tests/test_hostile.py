@@ -21,19 +21,20 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_core import registry as registry_module
-from sync_core.config import SyncConfig, load_config
-from sync_core.copy import Copier
+from sync_core.azure.events import load_events
+from sync_core.azure.handlers import events_messages, process_message
+from sync_core.azure.messages import WorkMessage, parse_message
+from sync_core.config.load import load_config
+from sync_core.config.model import SyncConfig
 from sync_core.errors import ConfigError, ForeignHostError, InvalidContent, RegistryError, SyncError
-from sync_core.events import load_events
-from sync_core.handlers import events_messages, process_message
-from sync_core.messages import WorkMessage, parse_message
-from sync_core.names import is_digest, is_repository, is_tag
-from sync_core.registry import RegistryClient
-from sync_core.retry import RetryPolicy
-from sync_core.sync import Syncer
-from sync_core.transport import Transport
+from sync_core.jobs.syncer import Syncer
+from sync_core.registry import client as registry_module
+from sync_core.registry.client import RegistryClient
+from sync_core.registry.names import is_digest, is_repository, is_tag
+from sync_core.registry.retry import RetryPolicy
+from sync_core.registry.transport import Transport
 from tests.harness import images
+from tests.harness.copying import OneTarget
 from tests.harness.fakeregistry import FakeRegistry
 from tests.harness.function_context import Context
 from tests.harness.images import sha256_digest
@@ -193,7 +194,7 @@ def serve_manifest(answer):
 def test_any_manifest_answer_ends_in_a_verified_copy_or_a_clear_error(evil, src, dst, answer):
     fresh(evil, src, dst)
     src.hooks.append(serve_manifest(answer))
-    copier = Copier(client(src.url), client(dst.url), retry=FAST, blob_concurrency=2)
+    copier = OneTarget(client(src.url), client(dst.url), retry=FAST, blob_concurrency=2)
     started = time.monotonic()
     try:
         result = copier.copy("hostile/app", "hostile", "mirror/app")
@@ -372,7 +373,7 @@ def test_upload_locations_are_followed_only_on_the_registrys_own_host(evil, src,
         return None
 
     dst.hooks.append(hook)
-    copier = Copier(client(src.url), client(dst.url), retry=FAST, blob_concurrency=1, chunked=chunked)
+    copier = OneTarget(client(src.url), client(dst.url), retry=FAST, blob_concurrency=1, chunked=chunked)
     try:
         result = copier.copy("hostile/app", "valid", "mirror/app")
     except SyncError as exc:
@@ -706,7 +707,7 @@ def test_the_event_grid_function_never_raises_on_hostile_events(function_env, da
 
 @pytest.fixture(scope="module")
 def function_env():
-    from sync_core import runtime
+    from sync_core.azure import runtime
 
     env = {
         "SOURCE_REGISTRY": "http://127.0.0.1:9",

@@ -17,7 +17,9 @@ import pytest
 import yaml
 from pycep import BicepParser
 
-from sync_core.config import APP_SETTINGS, Compare, load_config
+from sync_core.config.load import load_config
+from sync_core.config.model import Compare
+from sync_core.config.settings import APP_SETTINGS
 from tests.harness.secret_values import looks_like_secret
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sync_core.errors import InvalidContent
-from sync_core.jsondoc import MAX_DEPTH, parse_json
+from sync_core.registry.jsondoc import MAX_DEPTH, parse_json
 
 
 @pytest.mark.parametrize(

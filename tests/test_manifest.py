@@ -1,4 +1,4 @@
-"""``sync_core.manifest.parse_manifest`` and ``Manifest``, table by table (no registry, no network).
+"""``sync_core.registry.manifest.parse_manifest`` and ``Manifest``, table by table (no registry, no network).
 
 Each row is one document as a registry could answer it (bytes and ``Content-Type``) and what
 must come of it: the media type, the blobs a target must hold, the child manifests, the digest,
@@ -14,7 +14,7 @@ import json
 import pytest
 
 from sync_core.errors import DigestMismatch, InvalidContent
-from sync_core.manifest import MAX_MANIFEST_BYTES, parse_manifest
+from sync_core.registry.manifest import MAX_MANIFEST_BYTES, parse_manifest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

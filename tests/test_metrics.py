@@ -1,4 +1,4 @@
-"""Metrics (sync_core.metrics): what a real sync exports, read back through the OpenTelemetry SDK.
+"""Metrics (sync_core.report.metrics): what a real sync exports, read back through the OpenTelemetry SDK.
 
 In-process tests inject a real SDK ``MeterProvider`` with an ``InMemoryMetricReader`` (a global
 provider can be set only once per process) and run real syncs: the ACR stand-in (referrers API,
@@ -33,11 +33,13 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from sync_core import cli, handlers, messages, metrics
-from sync_core.config import load_config
+from sync_core.azure import handlers, messages
+from sync_core.cli import main as cli
+from sync_core.config.load import load_config
 from sync_core.errors import SyncError
-from sync_core.plan import Check
-from sync_core.sync import Syncer
+from sync_core.jobs.syncer import Syncer
+from sync_core.plan.work import Check
+from sync_core.report import metrics
 from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
 from tests.harness.servers import LoopbackHTTPServer
@@ -289,8 +291,8 @@ def test_referrers_found_by_a_full_check_count_once(token_issuer, fresh_registry
     pusher.put_manifest("gs/app", images.Manifest(json.dumps(listing).encode(), OCI_INDEX), referrers_tag)
     with Syncer(load_config(env)) as syncer:
         run = syncer.run(check=Check.FULL)
-    assert run.ok and run.referrers_copied == 1, run.to_dict()
-    (name,) = run.figures.targets
+    assert run.ok and run.work.referrers_copied == 1, run.to_dict()
+    (name,) = run.targets
     assert run.to_dict()["metrics"][name]["referrers"] == 1
     assert value(points(reader), metrics.REFERRERS, target=name) == 1
 
@@ -379,7 +381,8 @@ def test_without_a_connection_string_nothing_of_opentelemetry_is_loaded_or_start
         import json, sys, threading
         import function_app  # the Functions entry point imports the whole core
         loaded_by_import = sorted(m for m in sys.modules if m.startswith(("opentelemetry", "azure.monitor")))
-        from sync_core import cli, metrics
+        from sync_core.cli import main as cli
+        from sync_core.report import metrics
         exit_code = cli.main(["sync", "--json", "--config", {str(world.config)!r}])
         print(json.dumps({{"exit": exit_code, "enabled": metrics.current().enabled,
             "by_import": loaded_by_import,
@@ -410,7 +413,7 @@ def test_with_the_functions_worker_telemetry_setting_the_global_provider_is_used
         from opentelemetry import metrics as otel
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-        from sync_core import metrics
+        from sync_core.report import metrics
         early = metrics.current()  # before the worker set its provider: a proxy meter
         reader = InMemoryMetricReader()
         otel.set_meter_provider(MeterProvider(metric_readers=[reader]))

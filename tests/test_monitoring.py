@@ -22,7 +22,7 @@ INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
 ALERTS = INFRA / "modules" / "alerts.bicep"
 
-#: The instruments of sync_core/metrics.py (agreed names) and their attributes.
+#: The instruments of sync_core/report/metrics.py (agreed names) and their attributes.
 METRICS = {
     "registry_sync.tags": {"target", "outcome"},
     "registry_sync.bytes_uploaded": {"target"},
@@ -283,10 +283,10 @@ def test_opentelemetry_is_on_for_host_and_worker(main):
     # with the setting on is proven by tests/test_metrics.py)
     calls = [
         p
-        for p in [ROOT / "function_app.py", *(ROOT / "sync_core").glob("*.py")]
+        for p in [ROOT / "function_app.py", *(ROOT / "sync_core").rglob("*.py")]
         if "configure_azure_monitor(" in p.read_text()
     ]
-    assert calls == [ROOT / "sync_core" / "metrics.py"]
+    assert calls == [ROOT / "sync_core" / "report" / "metrics.py"]
     assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" in calls[0].read_text()
 
 

@@ -1,4 +1,4 @@
-"""The pure selection logic of ``sync_core.plan``, table by table (no registry, no network).
+"""The pure selection logic of ``sync_core.plan.planner``, table by table (no registry, no network).
 
 Each row is one case and its expected result: ``select_tags`` (name and age filters,
 keep-latest), ``wanted_tags`` (global and target filters together), ``interleave`` (the copy
@@ -12,10 +12,13 @@ import re
 
 import pytest
 
-from sync_core.catalog import TagInfo
-from sync_core.config import Filters, Problems, SourceConfig, SourceKind, SyncConfig, TargetConfig, _semver
+from sync_core.config.model import Filters, SourceConfig, SourceKind, SyncConfig, TargetConfig
+from sync_core.config.settings import Problems, _semver
 from sync_core.errors import NameRejected
-from sync_core.plan import Reason, TagWork, interleave, select_tags, target_repository, wanted_tags
+from sync_core.plan.catalog import TagInfo
+from sync_core.plan.mapping import target_repository
+from sync_core.plan.selection import select_tags, wanted_tags
+from sync_core.plan.work import Reason, WorkItem, WorkKind, interleave
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -282,16 +285,16 @@ def test_wanted_tags(repository, global_filters, target_filters, expected):
 # -- interleave ----------------------------------------------------------------------------------
 
 
-def work(*items: str) -> list[TagWork]:
+def work(*items: str) -> list[WorkItem]:
     """``work("t1 r/a 1", ...)``: target, target repository, tag."""
     out = []
     for item in items:
         target, repository, tag = item.split()
-        out.append(TagWork(target, f"gs/{repository}", repository, tag, None, Reason.MISSING))
+        out.append(WorkItem(target, f"gs/{repository}", repository, WorkKind.TAG, tag, None, Reason.MISSING))
     return out
 
 
-def labels(groups: list[list[TagWork]]) -> list[list[str]]:
+def labels(groups: list[list[WorkItem]]) -> list[list[str]]:
     return [[f"{w.target} {w.target_repository} {w.tag}" for w in group] for group in groups]
 
 

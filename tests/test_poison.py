@@ -1,4 +1,4 @@
-"""Poison queue tooling (sync_core.poison, ``python -m sync_core poison ...``) against a real Azurite.
+"""Poison queue tooling (sync_core.azure.poison, ``python -m sync_core poison ...``) against a real Azurite.
 
 One ``azurite-queue`` per module (tests/harness/azurite.py); each test uses its own queue names.
 Messages are stored base64-encoded, as the Functions host stores them (host.json
@@ -22,9 +22,10 @@ import pytest
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
-from sync_core import cli, poison, runtime
-from sync_core.config import load_config
-from sync_core.messages import MessageKind, WorkMessage, parse_message
+from sync_core.azure import poison, runtime
+from sync_core.azure.messages import MessageKind, WorkMessage, parse_message
+from sync_core.cli import main as cli
+from sync_core.config.load import load_config
 from tests.harness.azurite import ACCOUNT_KEY, Azurite
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.function_context import Collect, Context

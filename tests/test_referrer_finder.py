@@ -12,13 +12,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from sync_core.auth import Credentials, StaticCredentials
-from sync_core.config import ReferrerPolicy
-from sync_core.ledger import BlobLedger
-from sync_core.manifest import parse_manifest
-from sync_core.names import digest_of
-from sync_core.referrers import Expiring, ReferrerFinder, ReferrersTags
-from sync_core.registry import RegistryClient
+from sync_core.config.model import ReferrerPolicy
+from sync_core.engine.ledger import BlobLedger
+from sync_core.engine.referrers import Expiring, ReferrerFinder, ReferrersTags
+from sync_core.registry.auth import Credentials, StaticCredentials
+from sync_core.registry.client import RegistryClient
+from sync_core.registry.manifest import parse_manifest
+from sync_core.registry.names import digest_of
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
 

@@ -17,13 +17,14 @@ from collections import Counter
 import pytest
 import requests
 
-from sync_core import handlers, messages
-from sync_core.auth import Credentials, StaticCredentials
-from sync_core.config import load_config
-from sync_core.copy import AtTarget, CopyStatus, Destination, Placement
-from sync_core.plan import Check
-from sync_core.registry import RegistryClient
-from sync_core.sync import Syncer
+from sync_core.azure import handlers, messages
+from sync_core.config.load import load_config
+from sync_core.engine.destination import AtTarget, Destination, Placement
+from sync_core.engine.results import CopyStatus
+from sync_core.jobs.syncer import Syncer
+from sync_core.plan.work import Check
+from sync_core.registry.auth import Credentials, StaticCredentials
+from sync_core.registry.client import RegistryClient
 from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
 
@@ -133,7 +134,7 @@ def test_referrers_reach_both_kinds_of_target_and_a_second_run_writes_nothing(wo
     with world.syncer(tmp_path) as syncer:
         first = syncer.run()
     assert first.ok, first.failures
-    assert first.tags_copied == 2 and first.referrers_copied == 2 * 4, first.to_dict()
+    assert first.tags_copied == 2 and first.work.referrers_copied == 2 * 4, first.to_dict()
 
     for target in ("plain", "api"):
         assert referrers_at(world, target, "mirror/app", app.digest) == {sig.digest, bundle.digest}, target
@@ -154,7 +155,11 @@ def test_referrers_reach_both_kinds_of_target_and_a_second_run_writes_nothing(wo
     world.api.reset_log()
     with world.syncer(tmp_path) as syncer:
         second = syncer.run()
-    assert second.ok and (second.tags_copied, second.referrers_copied, second.manifests_pushed) == (0, 0, 0)
+    assert second.ok and (second.tags_copied, second.work.referrers_copied, second.work.manifests_pushed) == (
+        0,
+        0,
+        0,
+    )
     assert writes(world.api) == 0
     # no manifest, blob or referrers request at the source: the listings say it all
     assert world.source.count(("manifest", "blob", "referrers")) == 0, world.source.log
@@ -196,7 +201,7 @@ def test_a_referrer_pushed_later_follows_by_event_within_a_minute_and_by_the_tim
         assert [messages.parse_message(m, syncer.config).kind for m in queued] == ["referrer", "referrer"]
         for message in queued:
             summary, left = handlers.process_message(message, syncer)
-            assert summary.ok and left == [] and summary.referrers_copied == 1
+            assert summary.ok and left == [] and summary.work.referrers_copied == 1
     for target in ("plain", "api"):
         assert late.digest in referrers_at(world, target, "mirror/app", app.digest), target
     assert native.digest in referrers_at(world, "plain", "mirror/app", app.digest)  # merged, not dropped
@@ -206,7 +211,7 @@ def test_a_referrer_pushed_later_follows_by_event_within_a_minute_and_by_the_tim
     world.pusher.push(f"{NS}/app", missed)
     with world.syncer(tmp_path) as syncer:
         run = syncer.run()
-    assert run.ok and run.referrers_copied == 2 and run.tags_copied == 0, run.to_dict()
+    assert run.ok and run.work.referrers_copied == 2 and run.tags_copied == 0, run.to_dict()
     for target in ("plain", "api"):
         assert {late.digest, missed.digest} <= referrers_at(world, target, "mirror/app", app.digest)
 
@@ -256,7 +261,7 @@ def test_an_untagged_child_event_is_ignored_by_the_worker(world, tmp_path):
         assert syncer.run().ok
         message = messages.WorkMessage("referrer", f"{NS}/app", "plain", digest=amd64.digest).dumps()
         summary, _ = handlers.process_message(message, syncer)
-    assert summary.ok and summary.referrers_copied == 0 and summary.manifests_pushed == 0
+    assert summary.ok and summary.work.referrers_copied == 0 and summary.work.manifests_pushed == 0
 
 
 def test_referrers_policy_and_target_skip_rules_apply_to_each_referrer(world, tmp_path):
@@ -276,11 +281,11 @@ def test_referrers_policy_and_target_skip_rules_apply_to_each_referrer(world, tm
     assert referrers_at(world, "plain", "mirror/app", app.digest) == {sig.digest}
     assert referrers_at(world, "plain", "mirror/app", amd64.digest) == set()
     assert world.plain.pusher().fetch_manifest("mirror/app", "1.0")[2] == app.digest
-    assert any(SPDX in w["warning"] for w in summary.warnings if w["target"] == "plain")
+    assert any(SPDX in w.warning for w in summary.warnings if w.target == "plain")
 
     with world.syncer(tmp_path, env_extra={"SYNC_REFERRERS": "none"}) as syncer:
         run = syncer.run()
-    assert run.ok and run.referrers_copied == 0
+    assert run.ok and run.work.referrers_copied == 0
 
 
 def test_moved_tags_follow_within_one_run_and_old_ones_at_the_full_check(world, tmp_path):
@@ -343,11 +348,9 @@ def test_a_referrers_tag_that_is_not_ours_is_a_refusal_reported_not_a_failure_to
     with world.syncer(tmp_path) as syncer:
         summary = syncer.run()
     assert summary.ok and summary.failures == [], summary.failures
-    refusals = [s for s in summary.skipped if s["target"] == "plain" and "refused" in s["reason"]]
-    assert {r["item"] for r in refusals} == {
-        f"{NS}/app:1.0 (referrer {d})" for d in (sig.digest, bundle.digest)
-    }
-    assert all("not an OCI image index" in r["reason"] for r in refusals)
+    refusals = [s for s in summary.skipped if s.target == "plain" and "refused" in s.reason]
+    assert {r.item for r in refusals} == {f"{NS}/app:1.0 (referrer {d})" for d in (sig.digest, bundle.digest)}
+    assert all("not an OCI image index" in r.reason for r in refusals)
     assert world.plain.pusher().fetch_manifest("mirror/app", tag)[2] == squatter.digest  # left alone
     assert referrers_at(world, "api", "mirror/app", app.digest) == {sig.digest, bundle.digest}
 
@@ -413,7 +416,7 @@ def test_a_target_that_narrows_indexes_gets_the_referrers_of_what_it_holds_only(
         world.source.reset_log()
         with world.syncer(tmp_path, **narrow) as syncer:
             again = syncer.run(check=check)
-        assert again.ok and (again.tags_copied, again.referrers_copied, again.manifests_pushed) == (
+        assert again.ok and (again.tags_copied, again.work.referrers_copied, again.work.manifests_pushed) == (
             0,
             0,
             0,
@@ -452,7 +455,7 @@ def test_from_a_plain_oci_source_the_full_check_finds_late_referrers_of_the_inde
         )
     with Syncer(load_config(env)) as syncer:
         full = syncer.run(check=Check.FULL)
-    assert full.ok and full.referrers_copied == 2, full.to_dict()
+    assert full.ok and full.work.referrers_copied == 2, full.to_dict()
     check = target.pusher()
     for referrer, subject in ((sig, app), (child_sbom, app.children[0])):
         assert check.fetch_manifest("mirror/app", referrer.digest)[0] == referrer.raw
@@ -536,7 +539,7 @@ def test_a_failing_untagged_listing_does_not_stop_the_tags(world, tmp_path):
     with world.syncer(tmp_path) as syncer:
         summary = syncer.run()
     assert summary.tags_copied == 2, summary.to_dict()
-    reasons = [f["reason"] for f in summary.failures]
+    reasons = [f.reason for f in summary.failures]
     assert reasons and all("untagged manifests" in r for r in reasons), reasons
     assert not summary.ok and summary.tags_failed == 0
     assert sig.digest in referrers_at(world, "plain", "mirror/app", app.digest)

@@ -6,9 +6,10 @@ import hashlib
 
 import pytest
 
-from sync_core.auth import Credentials, StaticCredentials
 from sync_core.errors import AuthError, ForeignHostError, InvalidContent, NotFound, RegistryError
-from sync_core.registry import RegistryClient, normalize_registry_url
+from sync_core.registry.auth import Credentials, StaticCredentials
+from sync_core.registry.client import RegistryClient
+from sync_core.registry.names import normalize_registry_url
 from tests.harness import ADMIN, PUSHER, READER
 from tests.harness import images as img
 from tests.harness.recording import RecordingTransport, Waits

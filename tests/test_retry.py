@@ -1,4 +1,4 @@
-"""``sync_core.retry.retrying`` and ``sync_core.errors.is_transient``, table by table.
+"""``sync_core.registry.retry.retrying`` and ``sync_core.errors.is_transient``, table by table.
 
 ``retrying`` runs a scripted operation (each attempt returns the next value or raises the next
 exception of its script) with an injected ``sleep`` that records the waits; the jitter of the
@@ -16,7 +16,6 @@ import pytest
 import requests
 import urllib3
 
-from sync_core import retry as retry_module
 from sync_core.errors import (
     AuthError,
     CatalogForbidden,
@@ -37,7 +36,8 @@ from sync_core.errors import (
     TokenExpired,
     is_transient,
 )
-from sync_core.retry import RetryLater, RetryPolicy, retry_after_seconds, retrying
+from sync_core.registry import retry as retry_module
+from sync_core.registry.retry import RetryLater, RetryPolicy, retry_after_seconds, retrying
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sync_core.config import CredentialSpec
+from sync_core.config.model import CredentialSpec
+from sync_core.config.secrets import KeyVaultSecrets, SecretStore
 from sync_core.errors import SecretUnavailable
-from sync_core.registry import RegistryClient
-from sync_core.secrets import KeyVaultSecrets, SecretStore
+from sync_core.registry.client import RegistryClient
 from tests.harness.keyvault import FakeAzureCredential, KeyVaultStub
 
 
@@ -35,7 +35,7 @@ def test_secrets_are_read_once_and_reach_the_registry(vault, basic_registry):
 
 
 def test_rotated_password_is_reread_once_after_401(vault, fresh_registry, monkeypatch):
-    monkeypatch.setattr("sync_core.secrets.REREAD_INTERVAL", 0.0)
+    monkeypatch.setattr("sync_core.config.secrets.REREAD_INTERVAL", 0.0)
     registry = fresh_registry(auth="htpasswd", htpasswd_users={"basic": "new-pass"})
     vault.secrets["reg-pass"] = "old-pass"
     store = _store(vault)

@@ -29,20 +29,22 @@ from pathlib import Path
 
 import pytest
 
-from sync_core import handlers, messages
-from sync_core.auth import Credentials, StaticCredentials
-from sync_core.cli import copy_events, read_events, render_summary
-from sync_core.config import load_config
-from sync_core.copy import Copier
+from sync_core.azure import handlers, messages
+from sync_core.cli.main import copy_events, read_events
+from sync_core.cli.render import render_summary
+from sync_core.config.load import load_config
+from sync_core.config.secrets import KeyVaultSecrets, SecretStore
 from sync_core.errors import AuthError, SyncError
-from sync_core.names import ImageRef
-from sync_core.registry import RegistryClient
-from sync_core.retry import RetryPolicy
-from sync_core.secrets import KeyVaultSecrets, SecretStore
-from sync_core.sync import Summary, Syncer
-from sync_core.transport import Transport
+from sync_core.jobs.syncer import Syncer
+from sync_core.registry.auth import Credentials, StaticCredentials
+from sync_core.registry.client import RegistryClient
+from sync_core.registry.names import ImageRef
+from sync_core.registry.retry import RetryPolicy
+from sync_core.registry.transport import Transport
+from sync_core.report.summary import Summary
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
+from tests.harness.copying import OneTarget
 from tests.harness.fakeregistry import FakeRegistry, storage_server
 from tests.harness.keyvault import ACCESS_TOKEN, FakeAzureCredential, KeyVaultStub
 from tests.harness.scripted import Reply, ScriptedServer
@@ -146,7 +148,7 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
             syncer = Syncer(load_config(environment), secrets=store)
             for c in (syncer.source_client, *syncer.target_clients.values()):
                 c.transport.retry = FAST
-            syncer.copier.retry = FAST
+            syncer.copier.blobs.retry = FAST
             return syncer
 
         def tokens_of(syncer: Syncer) -> None:
@@ -199,7 +201,7 @@ def test_no_secret_in_logs_summaries_or_exceptions_on_the_sync_copy_event_and_qu
             assert "SOURCE_REPOSITORIES" not in str(failed.value)  # not a catalog-rights problem
             texts.extend(exception_texts(failed.value))
             summary = syncer.run(repositories=["gs/tool"])  # repository-level failure, recorded
-            assert not summary.ok and "refused" in summary.failures[0]["reason"], summary.failures
+            assert not summary.ok and "refused" in summary.failures[0].reason, summary.failures
             record(summary)
             summary = Summary()
             syncer.copy_image(ImageRef.parse("gs/tool:2.0"), summary)
@@ -340,9 +342,9 @@ def test_authorization_goes_only_to_the_host_that_challenged_for_it(tmp_path):
             actions="pull,push",
             transport=Transport(retry=FAST),
         )
-        with Copier(source, destination, retry=FAST) as copier:
+        with OneTarget(source, destination, retry=FAST) as copier:
             result = copier.copy("gs/app", "1.0", "mirror/app")
-        assert result.status == "copied" and result.blobs_uploaded == len(image.all_blobs())
+        assert result.status == "copied" and result.work.blobs_uploaded == len(image.all_blobs())
 
         src_basic = "Basic " + base64.b64encode(f"{SRC_USER}:{SRC_SECRET}".encode()).decode()
         dst_basic = "Basic " + base64.b64encode(f"{DST_USER}:{DST_SECRET}".encode()).decode()

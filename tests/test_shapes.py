@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sync_core import handlers
-from sync_core.config import load_config
-from sync_core.names import ImageRef
-from sync_core.report import Summary
-from sync_core.sync import Syncer
+from sync_core.azure import handlers
+from sync_core.config.load import load_config
+from sync_core.jobs.syncer import Syncer
+from sync_core.registry.names import ImageRef
+from sync_core.report.summary import Summary
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
 from tests.harness.fakeregistry import FakeRegistry
@@ -275,14 +275,14 @@ def outcome(summary: Summary, *hosts: str) -> tuple[set, set, set]:
         return text
 
     return (
-        {(f["item"], plain(f["reason"])) for f in summary.failures},
-        {(r["item"], plain(r["reason"])) for r in refusals(summary)},
-        {(w["item"], plain(w["warning"])) for w in summary.warnings},
+        {(f.item, plain(f.reason)) for f in summary.failures},
+        {(r.item, plain(r.reason)) for r in refusals(summary)},
+        {(w.item, plain(w.warning)) for w in summary.warnings},
     )
 
 
 def refusals(summary: Summary) -> list[dict]:
-    return [s for s in summary.skipped if s["reason"].startswith("refused: ")]
+    return [s for s in summary.skipped if s.reason.startswith("refused: ")]
 
 
 def referrers_at(pusher: Pusher, repo: str, digest: str) -> set[str]:
@@ -352,8 +352,8 @@ def test_each_shape_is_mirrored_exactly_a_second_run_writes_nothing_and_copy_agr
     mirrored = [t for t in shape.tags if t not in shape.not_copied_tags]
     if shape.fails:
         assert first.ok and first.tags_copied == 0 and first.tags_skipped == len(mirrored), first.to_dict()
-        assert {r["item"] for r in refusals(first)} == {f"{shape.repository}:{t}" for t in mirrored}
-        assert all(shape.fails in r["reason"] for r in refusals(first)), first.skipped
+        assert {r.item for r in refusals(first)} == {f"{shape.repository}:{t}" for t in mirrored}
+        assert all(shape.fails in r.reason for r in refusals(first)), first.skipped
         assert pusher.tags(shape.target_repository) == []  # a refused tag is never written
     else:
         assert first.ok, first.failures
@@ -370,14 +370,19 @@ def test_each_shape_is_mirrored_exactly_a_second_run_writes_nothing_and_copy_agr
         tags = set(pusher.tags(shape.target_repository))
         assert tags == {*mirrored, *(digest_tag(s, "") for s in shape.referrers)}
     if shape.warns:
-        assert any(shape.warns in w["warning"] for w in first.warnings), first.warnings
+        assert any(shape.warns in w.warning for w in first.warnings), first.warnings
     else:
         assert first.warnings == []
 
     mark = len(dst.access_log())
     second = run(source, dst, [shape.repository])
     assert dst.writes(mark) == [], dst.writes(mark)
-    assert (second.tags_copied, second.manifests_pushed, second.blobs_uploaded, second.bytes_uploaded) == (
+    assert (
+        second.tags_copied,
+        second.work.manifests_pushed,
+        second.work.blobs_uploaded,
+        second.work.bytes_uploaded,
+    ) == (
         0,
         0,
         0,
@@ -479,7 +484,9 @@ def test_timer_events_and_workers_decide_like_sync_and_copy_whatever_the_target_
         if shape.fails:
             assert tag not in held_pusher.tags(shape.target_repository)
         else:
-            assert summary.manifests_pushed == 1 and summary.blobs_uploaded == 0  # only the top was missing
+            assert (
+                summary.work.manifests_pushed == 1 and summary.work.blobs_uploaded == 0
+            )  # only the top was missing
             assert_identical(held_pusher, shape.target_repository, top, tag)
 
 
@@ -525,7 +532,7 @@ def test_oci_1_1_rc_artifact_manifests_are_copied_as_manifests_with_their_blobs_
         with rc_syncer(rc_source, dst.url) as s:
             first = s.run()
         assert first.ok, first.failures
-        assert first.tags_copied == 2 and first.referrers_copied == 2, first.to_dict()
+        assert first.tags_copied == 2 and first.work.referrers_copied == 2, first.to_dict()
         repo = f"{MIRROR}/rc"
         for manifest in (RC_IMAGE, RC_TAGGED, RC_ARTIFACT, RC_OF_RC):
             raw, media_type = dst.manifests[(repo, manifest.digest)]
@@ -550,7 +557,7 @@ def test_oci_1_1_rc_artifact_manifests_are_copied_as_manifests_with_their_blobs_
             for tag in ("1.0", "bundle"):
                 with rc_syncer(rc_source, empty.url) as s:
                     s.copy_image(ImageRef(f"{NS}/rc", tag), summary)
-            assert summary.ok and summary.tags_copied == 2 and summary.referrers_copied == 2
+            assert summary.ok and summary.tags_copied == 2 and summary.work.referrers_copied == 2
             assert empty.manifests == before
         finally:
             empty.stop()
@@ -564,7 +571,7 @@ def test_a_target_that_refuses_the_artifact_manifest_is_reported_with_its_reason
     dst = fresh_registry()
     with rc_syncer(rc_source, dst.url, TARGET_USERNAME=PUSHER[0], TARGET_PASSWORD=PUSHER[1]) as s:
         summary = s.run()
-    reasons = {f["item"]: f["reason"] for f in summary.failures}
+    reasons = {f.item: f.reason for f in summary.failures}
     assert (
         f"{NS}/rc:bundle -> target" in reasons and "MANIFEST_INVALID" in reasons[f"{NS}/rc:bundle -> target"]
     )
@@ -624,8 +631,8 @@ def test_a_failing_image_never_uploads_a_blob_twice_and_opens_no_upload_for_a_mi
             with Syncer(load_config(env, str(path))) as s:
                 summary = s.run()
             assert not summary.ok and summary.tags_failed == 2
-            assert all(MISSING.digest in f["reason"] and "404" in f["reason"] for f in summary.failures)
-            uploaded += summary.bytes_uploaded
+            assert all(MISSING.digest in f.reason and "404" in f.reason for f in summary.failures)
+            uploaded += summary.work.bytes_uploaded
             for i, (t, mark) in enumerate(zip(targets, marks, strict=True)):
                 writes = t.writes(mark)
                 posts = [w for w in writes if w[0] == "POST"]
@@ -680,13 +687,13 @@ def test_a_failing_index_does_not_push_its_children_again_on_every_run(fresh_reg
             mark = len(dst.access_log())
             with Syncer(load_config(env)) as s:
                 summary = s.run()
-            assert not summary.ok and "MANIFEST_INVALID" in summary.failures[0]["reason"], summary.failures
+            assert not summary.ok and "MANIFEST_INVALID" in summary.failures[0].reason, summary.failures
             writes = dst.writes(mark)
             refused_puts = [w for w in writes if w[0] == "PUT" and refused.digest in w[1]]
             assert [w[2] for w in refused_puts] == [400], writes
             if attempt:
                 assert writes == refused_puts, writes  # the stored child is not pushed again
-                assert (summary.manifests_pushed, summary.bytes_uploaded) == (0, 0)
+                assert (summary.work.manifests_pushed, summary.work.bytes_uploaded) == (0, 0)
             assert dst.pusher().tags(f"{MIRROR}/partial") == []
     finally:
         src.stop()
@@ -699,7 +706,7 @@ def _refused(summary: Summary, repository: str, via: str) -> bool:
     """``repository``'s tag was refused on the wrong size, found the way ``via`` says (the source's
     Content-Length for an upload, else the size the target has for the blob where it is)."""
     says = f"{SIZED_CONFIG.size} bytes, the manifest says {SIZED_CONFIG.size - 155}"
-    reasons = [r["reason"] for r in refusals(summary) if r["item"].startswith(f"{repository}:")]
+    reasons = [r.reason for r in refusals(summary) if r.item.startswith(f"{repository}:")]
     return len(reasons) == 1 and f"{via} {says}" in reasons[0] and summary.tags_skipped == 1
 
 
@@ -765,17 +772,17 @@ def test_a_wrong_size_descriptor_below_a_manifest_the_target_already_holds_is_re
 
     empty = target()
     refused = run(source, empty, [f"{NS}/size-d-held"])
-    assert refused.ok and expected in refusals(refused)[0]["reason"], refused.skipped
+    assert refused.ok and expected in refusals(refused)[0].reason, refused.skipped
 
     held = target()
     held.pusher().push(f"{MIRROR}/size-d-held", misdescribed, "1.0-arm64")  # tagged: HEADs are asked
     again = run(source, held, [f"{NS}/size-d-held"])
-    assert again.ok and expected in refusals(again)[0]["reason"], again.skipped
+    assert again.ok and expected in refusals(again)[0].reason, again.skipped
     assert held.pusher().tags(f"{MIRROR}/size-d-held") == ["1.0-arm64"]
     with syncer(source, held, [f"{NS}/size-d-held"]) as s:  # and `copy`, which knows nothing beforehand
         copied = Summary()
         s.copy_image(ImageRef(f"{NS}/size-d-held", "1.0"), copied)
-    assert copied.ok and expected in refusals(copied)[0]["reason"], copied.skipped
+    assert copied.ok and expected in refusals(copied)[0].reason, copied.skipped
 
 
 # -- 1,500 tags in one repository ------------------------------------------------------------------
@@ -805,7 +812,7 @@ def test_a_repository_with_1500_tags_is_mirrored_and_the_second_run_only_lists(t
         dst = fresh_registry()
         first = run(acr, dst, [f"{NS}/many"])
         assert first.ok, first.failures[:3]
-        assert first.tags_copied == MANY + 1 and first.blobs_uploaded == 2, first.to_dict()
+        assert first.tags_copied == MANY + 1 and first.work.blobs_uploaded == 2, first.to_dict()
         target_pusher = dst.pusher()
         assert target_pusher.tags(f"{MIRROR}/many") == sorted([*variants, "base"])
         for tag in list(variants)[:: MANY // 10]:
@@ -845,7 +852,7 @@ def test_a_tag_is_not_written_over_a_held_child_whose_blob_the_target_lost(fresh
             summary = s.run()
         assert summary.ok and summary.tags_copied == 1, summary.to_dict()
         assert pusher.blob_exists(f"{MIRROR}/lost", layer.digest)
-        assert summary.bytes_uploaded == layer.size, summary.to_dict()
+        assert summary.work.bytes_uploaded == layer.size, summary.to_dict()
         assert_identical(pusher, f"{MIRROR}/lost", index, "2.0")
     finally:
         src.stop()

@@ -1,4 +1,4 @@
-"""End-to-end sync from the ACR stand-in to real token-auth registries (sync_core.sync.Syncer).
+"""End-to-end sync from the ACR stand-in to real token-auth registries (sync_core.jobs.syncer.Syncer).
 
 One module-scoped ACR stand-in holds a catalog under the source namespace ``giantswarm`` with
 every kind of content the mirror must carry byte for byte: multi-arch OCI indexes with buildx
@@ -21,12 +21,13 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from sync_core import cli
-from sync_core.config import load_config
+from sync_core.cli import main as cli
+from sync_core.config.load import load_config
+from sync_core.config.secrets import KeyVaultSecrets, SecretStore
 from sync_core.errors import CatalogForbidden
-from sync_core.retry import RetryPolicy
-from sync_core.secrets import KeyVaultSecrets, SecretStore
-from sync_core.sync import Summary, Syncer
+from sync_core.jobs.syncer import Syncer
+from sync_core.registry.retry import RetryPolicy
+from sync_core.report.summary import Summary
 from tests.harness import images
 from tests.harness.acr import AcrStandIn, classify
 from tests.harness.images import HELM_CONFIG, Manifest, Pusher
@@ -246,10 +247,10 @@ def test_filtered_sync_copies_exactly_the_selected_tags_then_a_second_run_touche
         len(FILTERED),
     )
     assert (first.tags_unchanged, first.tags_skipped, first.tags_failed) == (0, 0, 0)
-    assert first.manifests_pushed == manifests_of(FILTERED)
+    assert first.work.manifests_pushed == manifests_of(FILTERED)
     needed = unique_blobs(FILTERED)
-    assert first.blobs_uploaded == len(needed) and first.bytes_uploaded == sum(needed.values())
-    assert vars(first.targets["target"]) == {
+    assert first.work.blobs_uploaded == len(needed) and first.work.bytes_uploaded == sum(needed.values())
+    assert first.targets["target"].tags() == {
         "considered": 8,
         "missing": 8,
         "copied": 8,
@@ -266,7 +267,7 @@ def test_filtered_sync_copies_exactly_the_selected_tags_then_a_second_run_touche
         second = syncer.run()
     assert second.ok
     assert (second.tags_considered, second.tags_missing, second.tags_copied) == (len(FILTERED), 0, 0)
-    assert (second.manifests_pushed, second.blobs_uploaded, second.bytes_uploaded) == (0, 0, 0)
+    assert (second.work.manifests_pushed, second.work.blobs_uploaded, second.work.bytes_uploaded) == (0, 0, 0)
     assert acr.count(("manifest", "blob", "upload", "referrers", "tags_list")) == 0
     kinds = collections.Counter(entry.kind for entry in acr.log)
     assert set(kinds) <= {"token", "catalog", "acr_tags", "acr_manifests"}, kinds
@@ -312,9 +313,7 @@ def test_a_repository_no_filter_selects_is_never_read_so_it_cannot_fail_the_run(
     with syncer_for(env_for(acr, dst, user=HELLO_ONLY)) as syncer:
         unfiltered = syncer.run()
     assert not unfiltered.ok
-    assert sorted(f["item"] for f in unfiltered.failures) == [
-        r for r in NAMESPACE_REPOS if r != f"{NS}/hello"
-    ]
+    assert sorted(f.item for f in unfiltered.failures) == [r for r in NAMESPACE_REPOS if r != f"{NS}/hello"]
     assert unfiltered.tags_considered == 1 and unfiltered.tags_missing == 0
 
 
@@ -361,12 +360,12 @@ def test_two_targets_depth_limit_and_skipped_artifact_type(acr, fresh_registry, 
     assert hub.pusher().catalog() == [f"{MIRROR}/alpine"]  # the deep repository was never created
 
     assert summary.ok, summary.failures
-    skipped = {(s["target"], s["item"]): s["reason"] for s in summary.skipped}
+    skipped = {(s.target, s.item): s.reason for s in summary.skipped}
     assert set(skipped) == {("hub", f"{NS}/team/deep/tool"), ("hub", f"{NS}/hello:0.1.0")}
     assert "4 path levels" in skipped[("hub", f"{NS}/team/deep/tool")]
     assert "at most 2" in skipped[("hub", f"{NS}/team/deep/tool")]
     assert HELM_CONFIG in skipped[("hub", f"{NS}/hello:0.1.0")]
-    assert vars(summary.targets["hub"]) == {
+    assert summary.targets["hub"].tags() == {
         "considered": 5,
         "missing": 3,
         "copied": 2,
@@ -374,7 +373,7 @@ def test_two_targets_depth_limit_and_skipped_artifact_type(acr, fresh_registry, 
         "skipped": 3,
         "failed": 0,
     }
-    assert vars(summary.targets["full"]) == {
+    assert summary.targets["full"].tags() == {
         "considered": 5,
         "missing": 5,
         "copied": 5,
@@ -463,7 +462,7 @@ def test_key_vault_credentials_reach_the_registries_and_no_secret_is_ever_shown(
         assert vault.secret_reads("acr-user") == 1 and vault.secret_reads("acr-pass") == 1
 
         # the same through the CLI (which builds its own SecretStore from KEY_VAULT_URL)
-        monkeypatch.setattr("sync_core.sync.SecretStore", lambda url: store)
+        monkeypatch.setattr("sync_core.jobs.syncer.SecretStore", lambda url: store)
         assert cli.main(["-vv", "sync", "--dry-run"], environ=env) == 0
         assert cli.main(["plan", "--json"], environ=env) == 0
 
@@ -513,7 +512,7 @@ def test_target_dying_mid_run_records_failures_and_a_rerun_finishes_only_the_res
     with syncer_for(env) as syncer:
         client = syncer.target_clients["target"]
         client.transport.sleep = lambda seconds: None  # the dead target is retried, without waiting
-        syncer.copier.retry = RetryPolicy(attempts=2, backoff_base=0.0)
+        syncer.copier.blobs.retry = RetryPolicy(attempts=2, backoff_base=0.0)
         put_blob = client.put_blob
 
         def put_blob_then_die(repository, location, digest, body, size):
@@ -527,7 +526,7 @@ def test_target_dying_mid_run_records_failures_and_a_rerun_finishes_only_the_res
     assert not first.ok
     assert first.tags_copied + first.tags_failed == len(FILTERED)  # every item was attempted
     assert first.tags_copied == 3  # alpine 3.20, 3.19, app 1.3.0 (sorted repositories, newest first)
-    assert {f["item"].split(" ->")[0] for f in first.failures} == {
+    assert {f.item.split(" ->")[0] for f in first.failures} == {
         f"{repo}:{tag}" for repo, tag in FILTERED if repo not in (f"{NS}/alpine",)
     } - {f"{NS}/app:1.3.0"}
 
@@ -544,9 +543,9 @@ def test_target_dying_mid_run_records_failures_and_a_rerun_finishes_only_the_res
         second = syncer.run()
     assert second.ok, second.failures
     assert (second.tags_missing, second.tags_copied) == (len(rest), len(rest))
-    assert second.blobs_skipped == len(present)
-    assert second.blobs_uploaded == len(needed) - len(present)
-    assert second.bytes_uploaded == sum(size for k, size in needed.items() if k not in present)
+    assert second.work.blobs_skipped == len(present)
+    assert second.work.blobs_uploaded == len(needed) - len(present)
+    assert second.work.bytes_uploaded == sum(size for k, size in needed.items() if k not in present)
     assert state(check) == expected_state(FILTERED)
     assert_identical(check, FILTERED)
 
@@ -610,8 +609,8 @@ def test_concurrency_one_and_eight_give_the_same_end_state(acr, fresh_registry):
     (one, state_one), (eight, state_eight) = results["1"], results["8"]
     assert state_one == state_eight == expected_state(ALL_NS_TAGS)
     assert one.tags_copied == eight.tags_copied == len(ALL_NS_TAGS)
-    assert one.bytes_uploaded == eight.bytes_uploaded == sum(unique_blobs(ALL_NS_TAGS).values())
-    assert one.blobs_uploaded == eight.blobs_uploaded == len(unique_blobs(ALL_NS_TAGS))
+    assert one.work.bytes_uploaded == eight.work.bytes_uploaded == sum(unique_blobs(ALL_NS_TAGS).values())
+    assert one.work.blobs_uploaded == eight.work.blobs_uploaded == len(unique_blobs(ALL_NS_TAGS))
 
 
 def test_module_catalog_is_what_the_tests_assume(acr):

@@ -15,12 +15,12 @@ import threading
 
 import pytest
 
-from sync_core import cli
-from sync_core.config import load_config
+from sync_core.cli import main as cli
+from sync_core.config.load import load_config
 from sync_core.errors import ConfigError, SetupError
-from sync_core.plan import Check
-from sync_core.report import Summary
-from sync_core.sync import Syncer
+from sync_core.jobs.syncer import Syncer
+from sync_core.plan.work import Check
+from sync_core.report.summary import Summary
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
 from tests.harness.fakeregistry import FakeRegistry
@@ -112,9 +112,9 @@ def test_charts_and_images_reach_a_hub_like_and_an_alibaba_like_mirror_reading_e
         for child in platforms:
             assert ali_check.fetch_manifest("giantswarm/app", child.digest)[0] == child.raw
         assert ali.refused == {}  # nothing refused: the attestations never reached it
-        assert [
-            (r["target"], r["item"], r["source_digest"], r["target_digest"]) for r in summary.rewritten
-        ] == [("ali", "giantswarm/app:1.0", source.app.digest, digest)]
+        assert [(r.target, r.item, r.source_digest, r.target_digest) for r in summary.rewritten] == [
+            ("ali", "giantswarm/app:1.0", source.app.digest, digest)
+        ]
         # each blob read from the source once for both mirrors
         blob_reads = collections.Counter(e.ref for e in source.log if e.kind == "blob" and e.method == "GET")
         assert blob_reads and set(blob_reads.values()) == {1}, blob_reads
@@ -122,7 +122,11 @@ def test_charts_and_images_reach_a_hub_like_and_an_alibaba_like_mirror_reading_e
         # a second run writes nothing, narrowed index included
         with Syncer(load_config(environment, path)) as syncer:
             again = syncer.run()
-        assert again.ok and (again.tags_copied, again.manifests_pushed, again.bytes_uploaded) == (0, 0, 0)
+        assert again.ok and (again.tags_copied, again.work.manifests_pushed, again.work.bytes_uploaded) == (
+            0,
+            0,
+            0,
+        )
 
 
 def test_several_targets_are_asked_for_each_blob_and_child_manifest_at_once(tmp_path):
@@ -182,7 +186,7 @@ def test_without_drop_attestations_the_alibaba_refusal_is_a_skip_that_names_it(
             summary = syncer.run()
             assert summary.ok and summary.tags_skipped == 1
             (skip,) = summary.skipped
-            assert "unknown manifest class" in skip["reason"] and "drop_attestations" in skip["reason"]
+            assert "unknown manifest class" in skip.reason and "drop_attestations" in skip.reason
             assert ali.refused["class"] >= 1
             assert syncer.run().tags_skipped == 1  # the same, every run: never a failure, never retried
 
@@ -198,7 +202,7 @@ def test_a_refused_mount_falls_back_to_an_upload(source, fresh_registry, tmp_pat
         with Syncer(load_config(settings, path)) as syncer:
             summary = syncer.run()
         assert summary.ok, summary.failures
-        assert hub.refused["mount"] >= 1 and summary.blobs_mounted == 0
+        assert hub.refused["mount"] >= 1 and summary.work.blobs_mounted == 0
         for repo in ("giantswarm/one", "giantswarm/two"):
             assert hub.registry.pusher().fetch_blob(repo, base.digest) == base.data
 
@@ -217,11 +221,7 @@ def test_an_immutable_tag_is_a_conflict_reported_with_both_digests_not_a_failure
             summary = syncer.run()
         assert summary.ok and summary.tags_skipped == 1 and hub.refused["immutable"] == 1
         (skip,) = summary.skipped
-        assert (
-            "conflict" in skip["reason"]
-            and source.tool.digest in skip["reason"]
-            and moved.digest in skip["reason"]
-        )
+        assert "conflict" in skip.reason and source.tool.digest in skip.reason and moved.digest in skip.reason
         assert hub.registry.pusher().fetch_manifest("giantswarm/tool", "2.0")[2] == source.tool.digest
 
 
@@ -239,7 +239,7 @@ def test_a_bare_403_on_a_moved_tag_is_a_failure_of_our_rights_not_an_immutable_t
             summary = syncer.run()
     assert not summary.ok and summary.tags_skipped == 0 and hub.refused["denied"] >= 1
     (failure,) = summary.failures
-    assert "403" in failure["reason"] and "conflict" not in failure["reason"] and failure["retry"], failure
+    assert "403" in failure.reason and "conflict" not in failure.reason and failure.retry, failure
 
 
 def test_platform_selection_narrows_indexes_for_one_target_only(source, fresh_registry, tmp_path):
@@ -270,7 +270,10 @@ def test_platform_selection_narrows_indexes_for_one_target_only(source, fresh_re
         source.reset_log()
         with Syncer(load_config(env(source, REPOSITORY_INCLUDE="giantswarm/(app|tool)"), path)) as syncer:
             again = syncer.run(check=check)
-        assert again.ok and again.tags_copied == 0 and again.manifests_pushed == 0, (check, again.to_dict())
+        assert again.ok and again.tags_copied == 0 and again.work.manifests_pushed == 0, (
+            check,
+            again.to_dict(),
+        )
         assert source.count(("manifest", "blob")) == 0, (check, source.log)
 
 
@@ -306,7 +309,7 @@ def test_a_null_mapping_leaves_a_repository_out_of_one_target(source, fresh_regi
         summary = syncer.run()
     assert summary.ok and summary.tags_copied == 2
     assert sorted(dst.pusher().catalog()) == ["giantswarm/app", "giantswarm/tool"]
-    assert any("leaves it out" in s["reason"] for s in summary.skipped)
+    assert any("leaves it out" in s.reason for s in summary.skipped)
 
 
 def test_schema1_is_mirrored_where_the_target_takes_it_and_skipped_once_where_it_does_not(
@@ -333,12 +336,12 @@ def test_schema1_is_mirrored_where_the_target_takes_it_and_skipped_once_where_it
             for blob in legacy.blobs:
                 assert takes.pusher().fetch_blob("giantswarm/legacy", blob.digest) == blob.data
             (skip,) = summary.skipped
-            assert skip["target"] == "refuses" and "schema 1" in skip["reason"]
+            assert skip.target == "refuses" and "schema 1" in skip.reason
             assert not refuses.pusher().exists_manifest("giantswarm/legacy", "0.9")
             # the same process does not try again: it learned the target refuses schema 1
             again = syncer.run()
         assert again.ok and again.tags_skipped == 1 and again.tags_copied == 0
-        assert "earlier in this process" in again.skipped[0]["reason"]
+        assert "earlier in this process" in again.skipped[0].reason
 
 
 def test_an_empty_catalog_fails_the_run_naming_the_token_scope_unless_allowed(token_issuer, fresh_registry):

@@ -17,10 +17,10 @@ import time
 import pytest
 
 from sync_core.errors import ForeignHostError, InvalidContent, NotFound, RegistryError
-from sync_core.manifest import MAX_MANIFEST_BYTES
-from sync_core.registry import RegistryClient
-from sync_core.retry import RetryPolicy
-from sync_core.transport import (
+from sync_core.registry.client import RegistryClient
+from sync_core.registry.manifest import MAX_MANIFEST_BYTES
+from sync_core.registry.retry import RetryPolicy
+from sync_core.registry.transport import (
     Transport,
     is_loopback,
     redact_url,

@@ -1,4 +1,4 @@
-"""``python -m sync_core verify`` (sync_core.verify) against real registries.
+"""``python -m sync_core verify`` (sync_core.jobs.verify) against real registries.
 
 The source is the ACR stand-in (digests in ``_tags``, the referrers API); the targets a plain
 ``distribution`` registry (no referrers API: the referrers tag ``sha256-<hex>`` lists them) and a
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sync_core import cli
-from sync_core.config import load_config
-from sync_core.sync import Syncer
+from sync_core.cli import main as cli
+from sync_core.config.load import load_config
+from sync_core.jobs.syncer import Syncer
 from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
 

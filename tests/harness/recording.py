@@ -1,7 +1,7 @@
 """Instruments for the client under test: a recording ``Transport`` and a recording ``sleep``.
 
 The one harness module that imports ``sync_core``: :class:`RecordingTransport` *is* the real
-:class:`sync_core.transport.Transport` (nothing is replaced), with a log of what it sent. It is
+:class:`sync_core.registry.transport.Transport` (nothing is replaced), with a log of what it sent. It is
 not re-exported from :mod:`tests.harness`, which stays independent of the code under test.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from requests import Response
 
-from sync_core.transport import Transport
+from sync_core.registry.transport import Transport
 
 
 class RecordingTransport(Transport):

@@ -22,7 +22,7 @@ import azure.functions as func
 import pytest
 from azure.functions.decorators.core import BindingDirection
 
-from sync_core import runtime
+from sync_core.azure import runtime
 from tests.harness.faultproxy import FaultProxy, FaultRule
 from tests.worker.conftest import NAMESPACE, SEEDED, TARGET_NAMESPACE
 from tests.worker.host import ROOT, event_grid_input, ok, protos, queue_input, timer_input

@@ -1,0 +1,109 @@
+"""Queue messages: the versioned schema of the work the timer and events hand to the workers.
+
+A message names one repository (the worker diffs it and copies all it lacks) or one work item (a
+tag, an untagged manifest that may be a referrer, the referrers of a manifest), for one target. Messages are validated like any other outside input: a message that does not parse
+names the field at fault and is never retried into success.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sync_core.config.model import SyncConfig
+from sync_core.errors import InvalidContent
+from sync_core.plan.catalog import parse_time
+from sync_core.registry.jsondoc import parse_json
+from sync_core.registry.names import in_namespace, is_digest, is_repository, is_tag
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 48 * 1024  # Storage queue messages are at most 64 KiB (base64 adds a third)
+_FIELDS = frozenset({"v", "kind", "repository", "target", "tag", "digest", "check", "pushed"})
+
+
+class MessageKind(str, enum.Enum):
+    """A repository to diff, or one work item: the other kinds are :class:`~sync_core.plan.work.WorkKind`'s."""
+
+    REPOSITORY = "repository"  # diff one repository, copy what the target lacks
+    TAG = "tag"  # copy one tag (``tag``; ``digest``: what the event said it is)
+    REFERRER = "referrer"  # an untagged manifest (``digest``): mirrored if it is a referrer
+    REFERRERS = "referrers"  # the referrers the source lists for the manifest ``digest``
+
+
+@dataclass(frozen=True)
+class WorkMessage:
+    kind: MessageKind
+    repository: str
+    target: str
+    tag: str | None = None
+    digest: str | None = None
+    full_check: bool = False  # a repository message: compare everything the target has
+    pushed: dt.datetime | None = None  # when the source got it (the event's time): mirror lag
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", MessageKind(self.kind))
+
+    def dumps(self) -> str:
+        body: dict[str, Any] = {
+            "v": VERSION,
+            "kind": self.kind.value,
+            "repository": self.repository,
+            "target": self.target,
+        }
+        if self.kind is MessageKind.TAG:
+            body["tag"] = self.tag
+        if self.kind is not MessageKind.REPOSITORY and self.digest:
+            body["digest"] = self.digest
+        if self.full_check:
+            body["check"] = "full"
+        if self.pushed is not None:
+            body["pushed"] = self.pushed.isoformat()
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def parse_message(text: str | bytes, config: SyncConfig) -> WorkMessage:
+    """Validate a queue message; raises :class:`InvalidContent` naming the bad field."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise InvalidContent(f"message is {len(text)} characters, over {MAX_MESSAGE_BYTES}")
+    body = parse_json(text, "message", dict)
+    if body.get("v") != VERSION:
+        raise InvalidContent(f"message version {body.get('v')!r} is not supported (expected {VERSION})")
+    try:
+        kind = MessageKind(body.get("kind"))
+    except ValueError:
+        raise InvalidContent(
+            f"message kind {body.get('kind')!r} is not one of {', '.join(k.value for k in MessageKind)}"
+        ) from None
+    unknown = set(body) - _FIELDS
+    if unknown:
+        raise InvalidContent(f"message has unknown fields {sorted(unknown)}")
+    repository, target = body.get("repository"), body.get("target")
+    if not isinstance(repository, str) or not is_repository(repository):
+        raise InvalidContent(f"message repository {repository!r} is not a valid repository name")
+    if not isinstance(target, str) or target not in {t.name for t in config.targets}:
+        raise InvalidContent(f"message target {target!r} is not a configured target")
+    namespace = config.source.namespace
+    if not in_namespace(repository, namespace):
+        raise InvalidContent(f"message repository {repository} is outside the source namespace {namespace}")
+    tag, digest = body.get("tag"), body.get("digest")
+    if kind is MessageKind.TAG and (not isinstance(tag, str) or not is_tag(tag)):
+        raise InvalidContent(f"message tag {tag!r} is not a valid tag")
+    if kind is not MessageKind.TAG and tag is not None:
+        raise InvalidContent(f"a {kind.value} message carries no tag")
+    if digest is not None and (not isinstance(digest, str) or not is_digest(digest)):
+        raise InvalidContent(f"message digest {digest!r} is not a valid digest")
+    if kind in (MessageKind.REFERRER, MessageKind.REFERRERS) and digest is None:
+        raise InvalidContent(f"a {kind.value} message needs the manifest's digest")
+    check = body.get("check")
+    if check is not None and (kind is not MessageKind.REPOSITORY or check != "full"):
+        raise InvalidContent(f"message check {check!r} is not 'full' (repository messages only)")
+    pushed = body.get("pushed")
+    when = parse_time(pushed)
+    if pushed is not None and when is None:
+        raise InvalidContent(f"message pushed {pushed!r} is not an ISO 8601 time")
+    return WorkMessage(kind, repository, target, tag, digest, check == "full", when)
