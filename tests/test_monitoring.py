@@ -290,6 +290,20 @@ def test_opentelemetry_is_on_for_host_and_worker(main):
     assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" in calls[0].read_text()
 
 
+def test_the_exporter_floor_excludes_live_metrics_without_entra_id():
+    """Exporters before 1.0.0b56 sent Live Metrics without the credential of
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 401 on a resource with local auth disabled
+    (Azure/azure-sdk-for-python#48251). The distro 1.8.9 still admitted 1.0.0b54."""
+    from packaging.requirements import Requirement
+
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    reqs = {r.name: r for r in (Requirement(x) for x in lines if x.strip() and not x.startswith("#"))}
+    distro = reqs["azure-monitor-opentelemetry"].specifier
+    exporter = reqs["azure-monitor-opentelemetry-exporter"].specifier
+    assert not distro.contains("1.8.9") and distro.contains("1.8.11")
+    assert not exporter.contains("1.0.0b55", prereleases=True) and exporter.contains("1.0.0b58")
+
+
 def test_decision_fields_reach_opentelemetry_as_attributes():
     """The OpenTelemetry log handler keeps each extra as an attribute (customDimensions entry)."""
     from opentelemetry.instrumentation.logging.handler import LoggingHandler  # what the distro attaches
