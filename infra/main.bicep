@@ -1,17 +1,23 @@
 // registry-sync: Azure Functions app (Flex Consumption, Python 3.13) that mirrors images from an
 // Azure Container Registry to Docker Hub / Alibaba Cloud ACR.
 //
-// Deploy at resource-group scope (the app's resource group). The source registry may live in
-// another resource group: its Event Grid system topic is created there by modules/acr-events.bicep.
-// See infra/README.md for the full procedure (secrets, ACR token, event subscription).
+// Deployed at resource-group scope into the app's own resource group, and only there: `azd down`
+// deletes that whole group. The source registry lives in another group (acrResourceGroupName,
+// required; a deployment where the two are the same fails before anything is created) and is
+// only read here (`existing`). Its Event Grid system topic and the event subscription are created
+// outside this deployment, by scripts/create-event-subscription.sh (azd postdeploy hook).
+// infra/README.md has the whole procedure.
 targetScope = 'resourceGroup'
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
 // ---------------------------------------------------------------------------------------------
 
-@description('Region of the app resources. The system topic always follows the registry region.')
-param location string = resourceGroup().location
+@description('Region of the app resources; empty: the resource group\'s (azd passes AZURE_LOCATION).')
+param location string = ''
+
+@description('azd environment name (AZURE_ENV_NAME): tags every resource with azd-env-name; empty: no tag.')
+param environmentName string = ''
 
 @description('Short prefix for resource names (letters and digits, 3-9 characters).')
 @minLength(3)
@@ -21,17 +27,15 @@ param namePrefix string = 'regsync'
 @description('Tags applied to every resource.')
 param tags object = {}
 
-@description('Name of the existing source Azure Container Registry.')
+@description('Name of the existing source Azure Container Registry (azd: SOURCE_REGISTRY_NAME). Only read.')
+@minLength(5)
+@maxLength(50)
 param acrName string
 
-@description('Resource group of the source registry (defaults to this resource group).')
-param acrResourceGroupName string = resourceGroup().name
-
-@description('Name of the Event Grid system topic on the registry. If the registry already has a system topic, give its name here (a registry can have only one).')
-param systemTopicName string = '${acrName}-events'
-
-@description('Also create the Event Grid subscription to on_image_pushed. Only once the code is deployed (second deployment); the default flow uses scripts/create-event-subscription.sh instead.')
-param deployEventSubscription bool = false
+@description('Resource group of the source registry (azd: SOURCE_REGISTRY_RESOURCE_GROUP). Required, and never this deployment\'s resource group: `azd down` deletes that whole group.')
+@minLength(1)
+@maxLength(90)
+param acrResourceGroupName string
 
 @description('Flex Consumption: upper bound of instances.')
 @minValue(1)
@@ -46,7 +50,7 @@ param maximumInstanceCount int = 10
 ])
 param instanceMemoryMB int = 2048
 
-@description('Key Vault purge protection. Off by default: `azd down --purge` then purges the vault, so `azd up` in the same environment can create it again under its name. Turn it on for production (infra/README.md): it cannot be turned off again, and a deleted vault then keeps its name for 90 days.')
+@description('Key Vault purge protection. Off by default (a test environment\'s deleted vault can be purged to free its name); on for production (infra/README.md): it cannot be turned off again, and nobody can purge a deleted vault or secret before its 90 days are over.')
 param keyVaultPurgeProtection bool = false
 
 @description('Log Analytics retention in days.')
@@ -186,6 +190,19 @@ param failedRunsThreshold int = 3
 // Names and constants
 // ---------------------------------------------------------------------------------------------
 
+// The registry's resource group is never this one: `azd down` deletes this whole group. Resource
+// group names are case-insensitive. fail() (Bicep 0.33.13 and later) stops the deployment in ARM's
+// validation, before any resource is created: every resource carries this value in a tag.
+var sourceRegistryResourceGroup = (toLower(acrResourceGroupName) == toLower(resourceGroup().name)) ? fail('acrResourceGroupName names this deployment\'s own resource group; the source registry must be in another group (azd down deletes this one).') : acrResourceGroupName
+var environmentTags = empty(environmentName) ? {} : {
+  'azd-env-name': environmentName
+}
+var sourceTags = {
+  'registry-sync-source': '${sourceRegistryResourceGroup}/${acrName}'
+}
+var commonTags = union(tags, environmentTags, sourceTags)
+var appLocation = empty(location) ? resourceGroup().location : location
+
 var suffix = uniqueString(subscription().id, resourceGroup().id, namePrefix)
 var compactPrefix = toLower(replace(namePrefix, '-', ''))
 var functionAppName = '${namePrefix}-func-${suffix}'
@@ -210,7 +227,7 @@ var roleMonitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
 resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
   name: acrName
-  scope: resourceGroup(acrResourceGroupName)
+  scope: resourceGroup(sourceRegistryResourceGroup)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -219,8 +236,8 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing =
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
   name: logAnalyticsName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   properties: {
     sku: {
       name: 'PerGB2018'
@@ -231,8 +248,8 @@ resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
   name: appInsightsName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   kind: 'web'
   properties: {
     Application_Type: 'web'
@@ -249,8 +266,8 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: storageAccountName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   kind: 'StorageV2'
   sku: {
     name: 'Standard_LRS'
@@ -340,12 +357,12 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: keyVaultName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   properties: {
     //checkov:skip=CKV_AZURE_109:The Flex Consumption app has no VNet integration and is not a trusted Azure service for Key Vault; a deny-by-default firewall would block it. Access is RBAC-only (Key Vault Secrets User for the app identity).
     //checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the app reads secrets over the public endpoint with its managed identity.
-    //checkov:skip=CKV_AZURE_110:Purge protection is the parameter keyVaultPurgeProtection (on for production, infra/README.md); off by default so that azd down --purge + azd up can reuse an environment's vault name. Soft delete (90 days) stays on either way.
+    //checkov:skip=CKV_AZURE_110:Purge protection is the parameter keyVaultPurgeProtection (on for production, infra/README.md); off by default so that a test environment's deleted vault can be purged to free its name. Soft delete (90 days) stays on either way.
     //checkov:skip=CKV_AZURE_42:Recoverable = soft delete + purge protection: soft delete is always on, purge protection follows keyVaultPurgeProtection (same reason as CKV_AZURE_110).
     tenantId: subscription().tenantId
     sku: {
@@ -374,8 +391,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 
 resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
   name: planName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   kind: 'functionapp'
   sku: {
     name: 'FC1'
@@ -389,9 +406,9 @@ resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
 
 resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
   name: functionAppName
-  location: location
+  location: appLocation
   // azd deploys the service "sync" (azure.yaml) to the resource with this tag.
-  tags: union(tags, {
+  tags: union(commonTags, {
     'azd-service-name': 'sync'
   })
   kind: 'functionapp,linux'
@@ -655,31 +672,14 @@ resource appInsightsMetricsPublisher 'Microsoft.Authorization/roleAssignments@20
 }
 
 // ---------------------------------------------------------------------------------------------
-// Event Grid system topic on the registry (in the registry's resource group)
-// ---------------------------------------------------------------------------------------------
-
-module acrEvents 'modules/acr-events.bicep' = {
-  name: 'registry-sync-acr-events'
-  scope: resourceGroup(acrResourceGroupName)
-  params: {
-    acrName: acrName
-    systemTopicName: systemTopicName
-    tags: tags
-    deployEventSubscription: deployEventSubscription
-    functionAppId: functionApp.id
-    sourceNamespace: sourceNamespace
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Alerts: log search alerts on Application Insights (+ an action group when alertEmail is set)
 // ---------------------------------------------------------------------------------------------
 
 module alerts 'modules/alerts.bicep' = if (deployAlerts) {
   name: 'registry-sync-alerts'
   params: {
-    location: location
-    tags: tags
+    location: appLocation
+    tags: commonTags
     namePrefix: namePrefix
     suffix: suffix
     appInsightsId: appInsights.id
@@ -703,8 +703,8 @@ output KEY_VAULT_URI string = keyVault.properties.vaultUri
 output STORAGE_ACCOUNT_NAME string = storage.name
 output SYNC_QUEUE string = syncQueueName
 output SYNC_POISON_QUEUE string = poisonQueueName
-output SYSTEM_TOPIC_NAME string = acrEvents.outputs.systemTopicName
-output SYSTEM_TOPIC_RESOURCE_GROUP string = acrResourceGroupName
+output SOURCE_REGISTRY_NAME string = acrName
+output SOURCE_REGISTRY_RESOURCE_GROUP string = sourceRegistryResourceGroup
 output SOURCE_NAMESPACE string = sourceNamespace
 output APPLICATIONINSIGHTS_NAME string = appInsights.name
 output LOG_ANALYTICS_WORKSPACE_NAME string = logAnalytics.name
