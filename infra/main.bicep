@@ -206,6 +206,7 @@ var appLocation = empty(location) ? resourceGroup().location : location
 var suffix = uniqueString(subscription().id, resourceGroup().id, namePrefix)
 var compactPrefix = toLower(replace(namePrefix, '-', ''))
 var functionAppName = '${namePrefix}-func-${suffix}'
+var identityName = '${namePrefix}-id-${suffix}'
 var planName = '${namePrefix}-plan-${suffix}'
 var storageAccountName = take('st${compactPrefix}${suffix}', 24)
 var keyVaultName = take('kv${compactPrefix}${suffix}', 24)
@@ -228,6 +229,17 @@ var roleMonitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
   name: acrName
   scope: resourceGroup(sourceRegistryResourceGroup)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The app's identity: user-assigned, so that it and its role assignments exist before the app
+// (the first package upload to the identity-authenticated deployment container needs them)
+// ---------------------------------------------------------------------------------------------
+
+resource appIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: identityName
+  location: appLocation
+  tags: commonTags
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,13 +425,26 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
   })
   kind: 'functionapp,linux'
   identity: {
-    type: 'SystemAssigned'
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${appIdentity.id}': {}
+    }
   }
+  // The identity's roles exist before the app starts and before the first package upload (azd
+  // deploy right after provisioning).
+  dependsOn: [
+    storageBlobDataOwner
+    storageQueueDataContributor
+    storageTableDataContributor
+    keyVaultSecretsUser
+    appInsightsMetricsPublisher
+  ]
   properties: {
     //checkov:skip=CKV_AZURE_222:Event Grid delivers ImagePushed events to the public endpoint of the app; the only HTTP entry point is the Event Grid webhook (/runtime/webhooks/eventgrid), authorised by the function system key that Event Grid fetches through ARM. There are no HTTP-triggered functions.
     //checkov:skip=CKV_AZURE_17:Event Grid does not present client certificates; requiring them would reject every delivery.
     //checkov:skip=CKV_AZURE_212:Flex Consumption scales to zero by design and work waits in a queue, so no always-ready instances are paid for; a missed timer run is repeated by the next one.
     //checkov:skip=CKV_AZURE_213:No HTTP endpoint to probe (timer, queue and Event Grid triggers only); the Flex Consumption platform manages instance health.
+    //checkov:skip=CKV_AZURE_78:The check reads siteConfig.ftpsState, which Flex Consumption rejects (ARM error 51021); FTP publishing is off through the basicPublishingCredentialsPolicies ftp resource (allow false).
     serverFarmId: plan.id
     httpsOnly: true
     clientCertEnabled: false
@@ -430,7 +455,8 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
           type: 'blobContainer'
           value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
           authentication: {
-            type: 'SystemAssignedIdentity'
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: appIdentity.id
           }
         }
       }
@@ -444,18 +470,33 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         version: '3.13'
       }
     }
+    // No ftpsState: Flex Consumption rejects it (ARM error 51021); the ftp publishing policy below
+    // turns FTP off.
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       // Flex Consumption: FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION are not app
       // settings (functionAppConfig.runtime replaces them) and must not be set.
       appSettings: [
-        // Host storage through the managed identity: no connection string, no account key.
+        // Host storage through the user-assigned identity: no connection string, no account key.
         {
           name: 'AzureWebJobsStorage__accountName'
           value: storage.name
+        }
+        {
+          name: 'AzureWebJobsStorage__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'AzureWebJobsStorage__clientId'
+          value: appIdentity.properties.clientId
+        }
+        // DefaultAzureCredential (Key Vault in sync_core/secrets.py) picks the user-assigned
+        // identity by this client id; without it the app has no identity to use.
+        {
+          name: 'AZURE_CLIENT_ID'
+          value: appIdentity.properties.clientId
         }
         {
           name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
@@ -463,7 +504,7 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         }
         {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
-          value: 'Authorization=AAD'
+          value: 'ClientId=${appIdentity.properties.clientId};Authorization=AAD'
         }
         // host.json telemetryMode OpenTelemetry: the Python worker exports its own logs and metrics
         // (azure-monitor-opentelemetry, requirements.txt) instead of the host relaying them.
@@ -614,16 +655,16 @@ resource scmPublishingPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPoli
 }
 
 // ---------------------------------------------------------------------------------------------
-// Role assignments for the app's system-assigned identity
+// Role assignments for the app's identity (before the app: it depends on them)
 // ---------------------------------------------------------------------------------------------
 
 // Deployment package container, timer leases and host locks (blob).
 resource storageBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, functionApp.id, roleStorageBlobDataOwner)
+  name: guid(storage.id, appIdentity.id, roleStorageBlobDataOwner)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageBlobDataOwner)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
@@ -631,42 +672,42 @@ resource storageBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-0
 // Queue trigger (read, update, delete, move to poison) and queue output (send): the
 // contributor role covers Data Message Processor and Data Message Sender.
 resource storageQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, functionApp.id, roleStorageQueueDataContributor)
+  name: guid(storage.id, appIdentity.id, roleStorageQueueDataContributor)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageQueueDataContributor)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
 // The Functions host keeps some diagnostic state in tables (not strictly needed by this app).
 resource storageTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, functionApp.id, roleStorageTableDataContributor)
+  name: guid(storage.id, appIdentity.id, roleStorageTableDataContributor)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageTableDataContributor)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
 resource keyVaultSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(keyVault.id, functionApp.id, roleKeyVaultSecretsUser)
+  name: guid(keyVault.id, appIdentity.id, roleKeyVaultSecretsUser)
   scope: keyVault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleKeyVaultSecretsUser)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
 resource appInsightsMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(appInsights.id, functionApp.id, roleMonitoringMetricsPublisher)
+  name: guid(appInsights.id, appIdentity.id, roleMonitoringMetricsPublisher)
   scope: appInsights
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleMonitoringMetricsPublisher)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
@@ -697,7 +738,9 @@ module alerts 'modules/alerts.bicep' = if (deployAlerts) {
 
 output FUNCTION_APP_NAME string = functionApp.name
 output FUNCTION_APP_ID string = functionApp.id
-output FUNCTION_APP_PRINCIPAL_ID string = functionApp.identity.principalId
+output FUNCTION_APP_PRINCIPAL_ID string = appIdentity.properties.principalId
+output APP_IDENTITY_NAME string = appIdentity.name
+output APP_IDENTITY_CLIENT_ID string = appIdentity.properties.clientId
 output KEY_VAULT_NAME string = keyVault.name
 output KEY_VAULT_URI string = keyVault.properties.vaultUri
 output STORAGE_ACCOUNT_NAME string = storage.name

@@ -49,6 +49,7 @@ FORBIDDEN_SETTINGS = {
 
 ROLE_STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 ROLE_STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+ROLE_STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ROLE_MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 
@@ -66,6 +67,7 @@ KNOWN_API_VERSIONS = {
     "Microsoft.OperationalInsights/workspaces": "2022-10-01",
     "Microsoft.Insights/components": "2020-02-02",
     "Microsoft.Authorization/roleAssignments": "2022-04-01",
+    "Microsoft.ManagedIdentity/userAssignedIdentities": "2023-01-31",
     "Microsoft.ContainerRegistry/registries": "2023-07-01",
 }
 
@@ -154,6 +156,11 @@ def main() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def site(main: dict[str, Any]) -> dict[str, Any]:
     return body(only(main, "Microsoft.Web/sites"))
+
+
+@pytest.fixture(scope="module")
+def identity(main: dict[str, Any]) -> str:
+    return name_of(main, "Microsoft.ManagedIdentity/userAssignedIdentities")
 
 
 @pytest.fixture(scope="module")
@@ -309,14 +316,21 @@ def test_flex_consumption_plan(main: dict[str, Any]) -> None:
 
 def test_function_app_basics(main: dict[str, Any], site: dict[str, Any]) -> None:
     assert site["kind"] == "functionapp,linux"
-    assert site["identity"] == {"type": "SystemAssigned"}
     props = site["properties"]
     assert props["httpsOnly"] is True
     assert accessor(props["serverFarmId"]) == f"{name_of(main, 'Microsoft.Web/serverfarms')}.id"
     assert props["siteConfig"]["minTlsVersion"] == "1.2"
-    assert props["siteConfig"]["ftpsState"] == "Disabled"
     # azd finds the app to deploy the "sync" service to by this tag.
     assert "'azd-service-name': 'sync'" in MAIN.read_text()
+
+
+def test_no_site_config_that_flex_consumption_rejects(site: dict[str, Any]) -> None:
+    """Flex Consumption refuses these siteConfig properties (ARM error 51021): FTP is off through
+    the publishing policy instead, the runtime is functionAppConfig's."""
+    rejected = {"ftpsState", "linuxFxVersion", "alwaysOn", "use32BitWorkerProcess", "netFrameworkVersion"}
+    assert not rejected & set(site["properties"]["siteConfig"])
+    for path in INFRA.rglob("*.bicep"):
+        assert "ftpsState" not in bicep_code(path), path
 
 
 def worker_tier_python() -> str:
@@ -325,7 +339,7 @@ def worker_tier_python() -> str:
     return m.group(1)
 
 
-def test_function_app_config(main: dict[str, Any], site: dict[str, Any]) -> None:
+def test_function_app_config(main: dict[str, Any], site: dict[str, Any], identity: str) -> None:
     fac = site["properties"]["functionAppConfig"]
     # The Python the worker-contract tier runs (mk/worker.mk); tests/worker checks its interpreter.
     assert fac["runtime"] == {"name": "python", "version": worker_tier_python()}
@@ -334,7 +348,8 @@ def test_function_app_config(main: dict[str, Any], site: dict[str, Any]) -> None
     assert 1 <= resolve(main, scale["maximumInstanceCount"]) <= 1000
     storage = fac["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
-    assert storage["authentication"]["type"] == "SystemAssignedIdentity"
+    assert storage["authentication"]["type"] == "UserAssignedIdentity"
+    assert accessor(storage["authentication"]["userAssignedIdentityResourceId"]) == f"{identity}.id"
     container = body(only(main, "Microsoft.Storage/storageAccounts/blobServices/containers"))
     assert storage["value"].endswith("${" + container["name"] + "}")
 
@@ -346,21 +361,26 @@ def test_no_basic_auth_publishing(main: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# identity: role assignments
+# identity: user-assigned, its roles exist before the app
 # ------------------------------------------------------------------------------------------
 
 
-def role_assignments(main: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """role definition id -> assignment body."""
-    found: dict[str, dict[str, Any]] = {}
+def role_assignments(main: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """role definition id -> (symbolic name, assignment body)."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, resource in of_type(main, "Microsoft.Authorization/roleAssignments").items():
         config = body(resource)
         role_def = config["properties"]["roleDefinitionId"]["function"]
         assert role_def["type"] == "subscription_resource_id", name
         assert role_def["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions", name
         role_id = resolve(main, role_def["parameters"]["resource_name_1"])
-        found[role_id] = config
+        found[role_id] = (name, config)
     return found
+
+
+def test_the_app_runs_as_a_user_assigned_identity(site: dict[str, Any], identity: str) -> None:
+    assert site["identity"]["type"] == "UserAssigned"
+    assert list(site["identity"]["userAssignedIdentities"]) == ["'${" + identity + ".id}'"]
 
 
 @pytest.mark.parametrize(
@@ -368,20 +388,26 @@ def role_assignments(main: dict[str, Any]) -> dict[str, dict[str, Any]]:
     [
         (ROLE_STORAGE_BLOB_DATA_OWNER, "Microsoft.Storage/storageAccounts"),
         (ROLE_STORAGE_QUEUE_DATA_CONTRIBUTOR, "Microsoft.Storage/storageAccounts"),
+        (ROLE_STORAGE_TABLE_DATA_CONTRIBUTOR, "Microsoft.Storage/storageAccounts"),
         (ROLE_KEY_VAULT_SECRETS_USER, "Microsoft.KeyVault/vaults"),
         (ROLE_MONITORING_METRICS_PUBLISHER, "Microsoft.Insights/components"),
     ],
 )
-def test_role_assignment_for_app_identity(main: dict[str, Any], role_id: str, scope_type: str) -> None:
+def test_role_assignment_for_app_identity_before_the_app(
+    main: dict[str, Any], site: dict[str, Any], identity: str, role_id: str, scope_type: str
+) -> None:
     assignments = role_assignments(main)
     assert role_id in assignments, f"no role assignment with role {role_id}"
-    config = assignments[role_id]
-    site_name = next(iter(of_type(main, "Microsoft.Web/sites")))
-    assert accessor(config["properties"]["principalId"]) == f"{site_name}.identity.principalId"
+    name, config = assignments[role_id]
+    assert accessor(config["properties"]["principalId"]) == f"{identity}.properties.principalId"
     assert config["properties"]["principalType"] == "ServicePrincipal"
     assert config["scope"] in of_type(main, scope_type), f"role {role_id} not scoped to the {scope_type}"
     # Deterministic name: redeploying does not create duplicates.
     assert config["name"]["function"]["type"] == "guid"
+    # Made before the app (the first package upload needs them), not after it.
+    assert name in site["dependsOn"], f"the app does not wait for {name}"
+    site_name = name_of(main, "Microsoft.Web/sites")
+    assert not any(site_name in leaf for leaf in string_leaves(config)), f"{name} waits for the app"
 
 
 # ------------------------------------------------------------------------------------------
@@ -389,7 +415,7 @@ def test_role_assignment_for_app_identity(main: dict[str, Any], role_id: str, sc
 # ------------------------------------------------------------------------------------------
 
 
-def test_app_settings_complete(main: dict[str, Any], app_settings: dict[str, Any]) -> None:
+def test_app_settings_complete(main: dict[str, Any], app_settings: dict[str, Any], identity: str) -> None:
     missing = [s for s in APP_SETTINGS if s not in app_settings]
     assert not missing, f"app settings missing from main.bicep: {missing}"
     storage_name = name_of(main, "Microsoft.Storage/storageAccounts")
@@ -398,9 +424,21 @@ def test_app_settings_complete(main: dict[str, Any], app_settings: dict[str, Any
     assert accessor(app_settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]) == (
         f"{insights}.properties.ConnectionString"
     )
-    assert app_settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
     vault = name_of(main, "Microsoft.KeyVault/vaults")
     assert accessor(app_settings["KEY_VAULT_URL"]) == f"{vault}.properties.vaultUri"
+
+
+def test_app_settings_name_the_user_assigned_identity(app_settings: dict[str, Any], identity: str) -> None:
+    """A user-assigned identity is used only where its client id is given: the host's storage
+    connection, DefaultAzureCredential (sync_core/secrets.py reads Key Vault with it; it takes
+    the client id from AZURE_CLIENT_ID) and the Application Insights exporter."""
+    client_id = f"{identity}.properties.clientId"
+    assert app_settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert accessor(app_settings["AzureWebJobsStorage__clientId"]) == client_id
+    assert accessor(app_settings["AZURE_CLIENT_ID"]) == client_id
+    assert app_settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == (
+        "ClientId=${" + client_id + "};Authorization=AAD"
+    )
 
 
 def test_app_settings_defaults(main: dict[str, Any], app_settings: dict[str, Any]) -> None:
@@ -420,6 +458,7 @@ RUNTIME_VALUES = {
     "keyVault.properties.vaultUri": "https://kvregsyncexample.vault.azure.net/",
     "storage.name": "stregsyncexample",
     "appInsights.properties.ConnectionString": "IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/",
+    "appIdentity.properties.clientId": "00000000-0000-0000-0000-0000000000c1",
 }
 
 
@@ -617,6 +656,7 @@ def test_outputs(main: dict[str, Any]) -> None:
         "FUNCTION_APP_NAME",
         "FUNCTION_APP_ID",
         "FUNCTION_APP_PRINCIPAL_ID",
+        "APP_IDENTITY_CLIENT_ID",
         "KEY_VAULT_URI",
         "STORAGE_ACCOUNT_NAME",
         "SOURCE_REGISTRY_NAME",

@@ -276,7 +276,9 @@ def test_opentelemetry_is_on_for_host_and_worker(main):
     (site,) = [body(r) for r in main["resources"].values() if r["type"] == "Microsoft.Web/sites"]
     settings = {s["name"]: s["value"] for s in site["properties"]["siteConfig"]["appSettings"]}
     assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "true"
-    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
+    # Entra ID with the app's user-assigned identity (tests/test_infra.py checks the client id)
+    auth = settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+    assert auth.startswith("ClientId=${") and auth.endswith("};Authorization=AAD")
     requirements = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^azure-monitor-opentelemetry\b", requirements, re.M), "the worker loads the distro"
     # the worker configures the exporter itself; a second configure_azure_monitor() would export
