@@ -58,6 +58,9 @@ param keyVaultPurgeProtection bool = false
 @maxValue(730)
 param logRetentionInDays int = 30
 
+@description('Storage resource logs: also StorageRead (reads, the host\'s queue polls included). StorageWrite and StorageDelete are always sent.')
+param storageReadLogs bool = true
+
 // ---- app settings (see README: every one is an app setting of the same name) ----
 
 @description('SYNC_SCHEDULE: six-field NCRONTAB of the timer that lists the catalog and enqueues work.')
@@ -363,6 +366,11 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
   name: poisonQueueName
 }
 
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
 // ---------------------------------------------------------------------------------------------
 // Key Vault (RBAC mode). Secrets are set out of band (az keyvault secret set), never here.
 // ---------------------------------------------------------------------------------------------
@@ -394,6 +402,69 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       bypass: 'AzureServices'
       defaultAction: 'Allow'
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit trail: Key Vault audit events and storage resource logs into the Log Analytics workspace
+// (tables AzureDiagnostics for the vault, StorageBlobLogs / StorageQueueLogs / StorageTableLogs)
+// ---------------------------------------------------------------------------------------------
+
+// 2021-05-01-preview: the version Microsoft's Bicep reference documents for diagnostic settings
+// (the only GA one, 2016-09-01, predates category groups).
+resource keyVaultAudit 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'audit-to-log-analytics'
+  scope: keyVault
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [
+      {
+        category: 'AuditEvent'
+        enabled: true
+      }
+    ]
+  }
+}
+
+var storageLogs = [
+  {
+    category: 'StorageRead'
+    enabled: storageReadLogs
+  }
+  {
+    category: 'StorageWrite'
+    enabled: true
+  }
+  {
+    category: 'StorageDelete'
+    enabled: true
+  }
+]
+
+resource blobLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'logs-to-log-analytics'
+  scope: blobService
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: storageLogs
+  }
+}
+
+resource queueLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'logs-to-log-analytics'
+  scope: queueService
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: storageLogs
+  }
+}
+
+resource tableLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'logs-to-log-analytics'
+  scope: tableService
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: storageLogs
   }
 }
 

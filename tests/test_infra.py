@@ -63,13 +63,18 @@ KNOWN_API_VERSIONS = {
     "Microsoft.Storage/storageAccounts/blobServices/containers": "2023-05-01",
     "Microsoft.Storage/storageAccounts/queueServices": "2023-05-01",
     "Microsoft.Storage/storageAccounts/queueServices/queues": "2023-05-01",
+    "Microsoft.Storage/storageAccounts/tableServices": "2023-05-01",
     "Microsoft.KeyVault/vaults": "2023-07-01",
     "Microsoft.OperationalInsights/workspaces": "2022-10-01",
     "Microsoft.Insights/components": "2020-02-02",
+    "Microsoft.Insights/diagnosticSettings": "2021-05-01-preview",
     "Microsoft.Authorization/roleAssignments": "2022-04-01",
     "Microsoft.ManagedIdentity/userAssignedIdentities": "2023-01-31",
     "Microsoft.ContainerRegistry/registries": "2023-07-01",
 }
+# Diagnostic settings have no GA API version with category groups: Microsoft's Bicep reference
+# documents 2021-05-01-preview (the only GA one is 2016-09-01). Every other type is GA.
+PREVIEW_ALLOWED = {"Microsoft.Insights/diagnosticSettings"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ def test_api_versions_are_known_and_ga(main: dict[str, Any]) -> None:
     for tree in (main,):
         for name, resource in tree["resources"].items():
             rtype, version = resource["type"], resource["api_version"]
-            assert "preview" not in version, name
+            assert "preview" not in version or rtype in PREVIEW_ALLOWED, name
             assert KNOWN_API_VERSIONS.get(rtype) == version, f"{name}: {rtype}@{version}"
 
 
@@ -646,6 +651,43 @@ def test_workspace_based_application_insights(main: dict[str, Any]) -> None:
     assert props["DisableLocalAuth"] is True
 
 
+def diagnostic_settings(main: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """scope (symbolic name) -> diagnostic setting body."""
+    found = {}
+    for resource in of_type(main, "Microsoft.Insights/diagnosticSettings").values():
+        config = body(resource)
+        assert config["scope"] not in found, f"two diagnostic settings on {config['scope']}"
+        found[config["scope"]] = config
+    return found
+
+
+def test_key_vault_audit_events_go_to_the_workspace(main: dict[str, Any]) -> None:
+    settings = diagnostic_settings(main)
+    vault = name_of(main, "Microsoft.KeyVault/vaults")
+    assert vault in settings, "no diagnostic setting on the vault"
+    props = settings[vault]["properties"]
+    assert accessor(props["workspaceId"]) == f"{name_of(main, 'Microsoft.OperationalInsights/workspaces')}.id"
+    logs = resolve(main, props["logs"])
+    assert {"category": "AuditEvent", "enabled": True} in logs or {
+        "categoryGroup": "audit",
+        "enabled": True,
+    } in logs
+
+
+@pytest.mark.parametrize("service", ["blobServices", "queueServices", "tableServices"])
+def test_storage_logs_go_to_the_workspace(main: dict[str, Any], service: str) -> None:
+    settings = diagnostic_settings(main)
+    scope = name_of(main, f"Microsoft.Storage/storageAccounts/{service}")
+    assert scope in settings, f"no diagnostic setting on the {service}"
+    props = settings[scope]["properties"]
+    assert accessor(props["workspaceId"]) == f"{name_of(main, 'Microsoft.OperationalInsights/workspaces')}.id"
+    logs = {entry["category"]: entry["enabled"] for entry in resolve(main, props["logs"])}
+    assert logs["StorageWrite"] is True and logs["StorageDelete"] is True
+    # StorageRead (every queue poll and lease renewal) follows a parameter, on by default
+    assert resolve(main, logs["StorageRead"]) is True
+    assert main["parameters"][logs["StorageRead"]]["type"] == "bool"
+
+
 # ------------------------------------------------------------------------------------------
 # outputs, parameters file, azd project
 # ------------------------------------------------------------------------------------------
@@ -1053,6 +1095,7 @@ def test_readme_says_what_azd_down_deletes_and_how_to_lock_the_registry() -> Non
     lock = [line for line in commands(readme) if line.startswith("az lock create")]
     assert lock and "--lock-type CanNotDelete" in lock[0] and "--subscription" in lock[0]
     assert "Microsoft.ContainerRegistry/registries" in lock[0] or "--resource " in lock[0]
+    assert "AuditEvent" in readme and "StorageRead" in readme
 
 
 def skipped_check_ids() -> set[str]:
