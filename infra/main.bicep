@@ -61,6 +61,20 @@ param logRetentionInDays int = 30
 @description('Storage resource logs: also StorageRead (reads, the host\'s queue polls included). StorageWrite and StorageDelete are always sent.')
 param storageReadLogs bool = true
 
+// ---- private networking (off by default; infra/README.md "Private networking") ----
+
+@description('Storage and Key Vault reachable only through private endpoints in a virtual network that the app integrates with (public network access disabled on both).')
+param vnetEnabled bool = false
+
+@description('vnetEnabled: address space of the virtual network.')
+param vnetAddressPrefix string = '10.0.0.0/16'
+
+@description('vnetEnabled: subnet of the private endpoints.')
+param privateEndpointSubnetPrefix string = '10.0.1.0/24'
+
+@description('vnetEnabled: subnet the app integrates with (delegated to Microsoft.App/environments, as Flex Consumption requires).')
+param appSubnetPrefix string = '10.0.2.0/24'
+
 // ---- app settings (see README: every one is an app setting of the same name) ----
 
 @description('SYNC_SCHEDULE: six-field NCRONTAB of the timer that lists the catalog and enqueues work.')
@@ -210,6 +224,8 @@ var suffix = uniqueString(subscription().id, resourceGroup().id, namePrefix)
 var compactPrefix = toLower(replace(namePrefix, '-', ''))
 var functionAppName = '${namePrefix}-func-${suffix}'
 var identityName = '${namePrefix}-id-${suffix}'
+var vnetName = '${namePrefix}-vnet-${suffix}'
+var appSubnetName = 'app'
 var planName = '${namePrefix}-plan-${suffix}'
 var storageAccountName = take('st${compactPrefix}${suffix}', 24)
 var keyVaultName = take('kv${compactPrefix}${suffix}', 24)
@@ -289,8 +305,8 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
   properties: {
     //checkov:skip=CKV_AZURE_43:The name is take('st<prefix><uniqueString>', 24): lower-case letters and digits, 3-24 characters; checkov cannot evaluate the expression.
-    //checkov:skip=CKV_AZURE_35:Flex Consumption app without VNet integration reaches its host storage over the public endpoint; access is Entra ID only (allowSharedKeyAccess false), so a deny-by-default firewall would only lock the app out.
-    //checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the app needs the public endpoint unless the plan gets VNet integration and private endpoints.
+    //checkov:skip=CKV_AZURE_35:Deny by default follows the parameter vnetEnabled (off by default): without VNet integration the Flex Consumption app reaches its host storage over the public endpoint; access is Entra ID only (allowSharedKeyAccess false).
+    //checkov:skip=CKV_AZURE_59:Public network access is disabled when vnetEnabled is true (private endpoints); off by default for the same reason as CKV_AZURE_35.
     //checkov:skip=CKV_AZURE_206:Standard_LRS is enough: the account holds only transient queue messages, timer leases and the deployment package, all rebuilt by redeploying or the next scheduled sync.
     accessTier: 'Hot'
     minimumTlsVersion: 'TLS1_2'
@@ -299,10 +315,10 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     allowSharedKeyAccess: false
     defaultToOAuthAuthentication: true
     allowCrossTenantReplication: false
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
-      bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      bypass: vnetEnabled ? 'None' : 'AzureServices'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
     }
     encryption: {
       keySource: 'Microsoft.Storage'
@@ -380,8 +396,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   location: appLocation
   tags: commonTags
   properties: {
-    //checkov:skip=CKV_AZURE_109:The Flex Consumption app has no VNet integration and is not a trusted Azure service for Key Vault; a deny-by-default firewall would block it. Access is RBAC-only (Key Vault Secrets User for the app identity).
-    //checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the app reads secrets over the public endpoint with its managed identity.
+    //checkov:skip=CKV_AZURE_109:Deny by default follows the parameter vnetEnabled (off by default): without VNet integration the app is not a trusted Azure service for Key Vault and reads it over the public endpoint. Access is RBAC-only (Key Vault Secrets User for the app identity).
+    //checkov:skip=CKV_AZURE_189:Public network access is disabled when vnetEnabled is true (private endpoint); off by default for the same reason as CKV_AZURE_109.
     //checkov:skip=CKV_AZURE_110:Purge protection is the parameter keyVaultPurgeProtection (on for production, infra/README.md); off by default so that a test environment's deleted vault can be purged to free its name. Soft delete (90 days) stays on either way.
     //checkov:skip=CKV_AZURE_42:Recoverable = soft delete + purge protection: soft delete is always on, purge protection follows keyVaultPurgeProtection (same reason as CKV_AZURE_110).
     tenantId: subscription().tenantId
@@ -397,10 +413,10 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enabledForDeployment: false
     enabledForDiskEncryption: false
     enabledForTemplateDeployment: false
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
     }
   }
 }
@@ -469,6 +485,27 @@ resource tableLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Private networking (vnetEnabled): VNet, private endpoints and DNS zones for storage and vault
+// ---------------------------------------------------------------------------------------------
+
+module privateNetwork 'modules/private-network.bicep' = if (vnetEnabled) {
+  name: 'registry-sync-private-network'
+  params: {
+    location: appLocation
+    tags: commonTags
+    namePrefix: namePrefix
+    suffix: suffix
+    vnetName: vnetName
+    appSubnetName: appSubnetName
+    vnetAddressPrefix: vnetAddressPrefix
+    privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
+    appSubnetPrefix: appSubnetPrefix
+    storageAccountName: storage.name
+    keyVaultName: keyVault.name
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Flex Consumption plan and function app
 // ---------------------------------------------------------------------------------------------
 
@@ -502,13 +539,14 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
     }
   }
   // The identity's roles exist before the app starts and before the first package upload (azd
-  // deploy right after provisioning).
+  // deploy right after provisioning), and so does the network when vnetEnabled.
   dependsOn: [
     storageBlobDataOwner
     storageQueueDataContributor
     storageTableDataContributor
     keyVaultSecretsUser
     appInsightsMetricsPublisher
+    privateNetwork
   ]
   properties: {
     //checkov:skip=CKV_AZURE_222:Event Grid delivers ImagePushed events to the public endpoint of the app; the only HTTP entry point is the Event Grid webhook (/runtime/webhooks/eventgrid), authorised by the function system key that Event Grid fetches through ARM. There are no HTTP-triggered functions.
@@ -520,6 +558,8 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
     httpsOnly: true
     clientCertEnabled: false
     publicNetworkAccess: 'Enabled'
+    // Outbound traffic (storage, vault, registries) through the VNet when vnetEnabled.
+    virtualNetworkSubnetId: vnetEnabled ? resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, appSubnetName) : null
     functionAppConfig: {
       deployment: {
         storage: {

@@ -25,6 +25,7 @@ from tests.harness.secret_values import looks_like_secret
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
+NETWORK_MODULE = INFRA / "modules" / "private-network.bicep"
 PARAMETERS = INFRA / "main.parameters.json"
 TOOLS_VENV = ROOT / ".venv-tools"
 CHECKOV = TOOLS_VENV / "bin" / "checkov"
@@ -71,6 +72,11 @@ KNOWN_API_VERSIONS = {
     "Microsoft.Authorization/roleAssignments": "2022-04-01",
     "Microsoft.ManagedIdentity/userAssignedIdentities": "2023-01-31",
     "Microsoft.ContainerRegistry/registries": "2023-07-01",
+    "Microsoft.Network/virtualNetworks": "2024-05-01",
+    "Microsoft.Network/privateEndpoints": "2024-05-01",
+    "Microsoft.Network/privateEndpoints/privateDnsZoneGroups": "2024-05-01",
+    "Microsoft.Network/privateDnsZones": "2020-06-01",
+    "Microsoft.Network/privateDnsZones/virtualNetworkLinks": "2020-06-01",
 }
 # Diagnostic settings have no GA API version with category groups: Microsoft's Bicep reference
 # documents 2021-05-01-preview (the only GA one is 2016-09-01). Every other type is GA.
@@ -159,6 +165,11 @@ def main() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def network() -> dict[str, Any]:
+    return parse(NETWORK_MODULE)
+
+
+@pytest.fixture(scope="module")
 def site(main: dict[str, Any]) -> dict[str, Any]:
     return body(only(main, "Microsoft.Web/sites"))
 
@@ -183,14 +194,14 @@ def app_settings(site: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_bicep_file_parses() -> None:
     files = sorted(INFRA.rglob("*.bicep"))
-    assert MAIN in files
+    assert MAIN in files and NETWORK_MODULE in files
     for path in files:
         tree = parse(path)
         assert tree.get("resources"), f"{path} declares no resources"
 
 
-def test_api_versions_are_known_and_ga(main: dict[str, Any]) -> None:
-    for tree in (main,):
+def test_api_versions_are_known_and_ga(main: dict[str, Any], network: dict[str, Any]) -> None:
+    for tree in (main, network):
         for name, resource in tree["resources"].items():
             rtype, version = resource["type"], resource["api_version"]
             assert "preview" not in version or rtype in PREVIEW_ALLOWED, name
@@ -265,7 +276,9 @@ def test_the_template_fails_when_the_registry_group_is_the_app_group(
         assert evaluate_guard(main, guard, env) == registry_group
 
 
-def test_every_resource_carries_the_registry_group_check(main: dict[str, Any]) -> None:
+def test_every_resource_carries_the_registry_group_check(
+    main: dict[str, Any], network: dict[str, Any]
+) -> None:
     """The checked value is in the tags of every resource, so no resource can be deployed
     without ARM evaluating it (and the existing registry is read through it)."""
     common = main["variables"]["commonTags"]["value"]["function"]
@@ -286,6 +299,9 @@ def test_every_resource_carries_the_registry_group_check(main: dict[str, Any]) -
         assert tags == "commonTags", f"{name} lacks the checked tags"
     for name, module in main["modules"].items():
         assert body(module)["params"]["tags"] == "commonTags", name
+    for name, resource in network["resources"].items():
+        if not resource["existing"] and "parent" not in body(resource):
+            assert body(resource)["tags"] == "tags", f"module resource {name} drops the tags"
 
 
 def test_nothing_is_deployed_into_the_registry_group(main: dict[str, Any]) -> None:
@@ -555,11 +571,13 @@ def test_no_forbidden_settings(app_settings: dict[str, Any]) -> None:
     assert not present, f"must not be app settings in Azure: {sorted(present)}"
 
 
-def test_no_secret_literals(main: dict[str, Any], app_settings: dict[str, Any]) -> None:
+def test_no_secret_literals(
+    main: dict[str, Any], network: dict[str, Any], app_settings: dict[str, Any]
+) -> None:
     for name, value in app_settings.items():
         for leaf in string_leaves(value):
             assert not looks_like_secret(leaf), f"app setting {name} holds a secret-like literal"
-    for tree in (main,):
+    for tree in (main, network):
         for name, param in tree["parameters"].items():
             for leaf in string_leaves(param.get("default")):
                 assert not looks_like_secret(leaf), f"parameter {name} default looks like a secret"
@@ -573,8 +591,8 @@ def test_no_secret_literals(main: dict[str, Any], app_settings: dict[str, Any]) 
         assert "AccountKey=" not in text, path
 
 
-def test_no_secrets_created_by_template(main: dict[str, Any]) -> None:
-    for tree in (main,):
+def test_no_secrets_created_by_template(main: dict[str, Any], network: dict[str, Any]) -> None:
+    for tree in (main, network):
         assert not of_type(tree, "Microsoft.KeyVault/vaults/secrets")
         for name, param in tree["parameters"].items():
             decorators = {d["type"] for d in param.get("decorators", [])}
@@ -686,6 +704,76 @@ def test_storage_logs_go_to_the_workspace(main: dict[str, Any], service: str) ->
     # StorageRead (every queue poll and lease renewal) follows a parameter, on by default
     assert resolve(main, logs["StorageRead"]) is True
     assert main["parameters"][logs["StorageRead"]]["type"] == "bool"
+
+
+# ------------------------------------------------------------------------------------------
+# private networking (vnetEnabled, off by default)
+# ------------------------------------------------------------------------------------------
+
+
+def test_private_networking_is_off_by_default(main: dict[str, Any]) -> None:
+    param = main["parameters"]["vnetEnabled"]
+    assert (param["type"], param["default"]) == ("bool", False)
+    assert "vnetEnabled" not in azd_parameters(main, AZD_ENV), "unset VNET_ENABLED keeps the default"
+    assert azd_parameters(main, {**AZD_ENV, "VNET_ENABLED": "true"})["vnetEnabled"] is True
+
+
+def test_private_networking_closes_storage_and_vault(main: dict[str, Any], site: dict[str, Any]) -> None:
+    for rtype in ("Microsoft.Storage/storageAccounts", "Microsoft.KeyVault/vaults"):
+        props = body(only(main, rtype))["properties"]
+        assert conditional(props["publicNetworkAccess"]) == {
+            "condition": "vnetEnabled",
+            "true_value": "Disabled",
+            "false_value": "Enabled",
+        }, rtype
+        default_action = conditional(props["networkAcls"]["defaultAction"])
+        assert (default_action["true_value"], default_action["false_value"]) == ("Deny", "Allow"), rtype
+    (module_name, module) = next(
+        (n, m) for n, m in main["modules"].items() if m["detail"]["path"] == "modules/private-network.bicep"
+    )
+    assert module["config"]["condition"] == "vnetEnabled"
+    params = body(module)["params"]
+    assert (
+        accessor(params["storageAccountName"]) == f"{name_of(main, 'Microsoft.Storage/storageAccounts')}.name"
+    )
+    assert accessor(params["keyVaultName"]) == f"{name_of(main, 'Microsoft.KeyVault/vaults')}.name"
+    subnet = conditional(site["properties"]["virtualNetworkSubnetId"])
+    assert subnet["condition"] == "vnetEnabled" and subnet["false_value"] is None
+    resource_id = subnet["true_value"]["function"]["parameters"]
+    assert resource_id["resource_type"] == "Microsoft.Network/virtualNetworks/subnets"
+    assert (resource_id["resource_name_1"], resource_id["resource_name_2"]) == ("vnetName", "appSubnetName")
+    assert (params["vnetName"], params["appSubnetName"]) == ("vnetName", "appSubnetName")
+    assert module_name in site["dependsOn"], "the app waits for its network"
+
+
+def test_private_network_module(network: dict[str, Any]) -> None:
+    vnet = body(only(network, "Microsoft.Network/virtualNetworks"))
+    subnets = {s["name"]: s["properties"] for s in vnet["properties"]["subnets"]}
+    app = subnets["appSubnetName"]
+    assert [d["properties"]["serviceName"] for d in app["delegations"]] == ["Microsoft.App/environments"]
+    links = resolve(network, "privateLinks")
+    assert [link["groupId"] for link in links] == ["blob", "queue", "table", "vault"]
+    assert [accessor(link["resourceId"]) for link in links] == ["storage.id"] * 3 + ["keyVault.id"]
+    zones = [link["zone"] for link in links]
+    assert zones[:3] == [
+        f"privatelink.{g}.${{environment().suffixes.storage}}" for g in ("blob", "queue", "table")
+    ]
+    assert zones[3].startswith("privatelink${replace(environment().suffixes.keyvaultDns")
+    for rtype in (
+        "Microsoft.Network/privateDnsZones",
+        "Microsoft.Network/privateDnsZones/virtualNetworkLinks",
+        "Microsoft.Network/privateEndpoints",
+        "Microsoft.Network/privateEndpoints/privateDnsZoneGroups",
+    ):
+        loop = only(network, rtype)["config"]["loop_type"]["detail"]
+        assert loop["array_name"] == "privateLinks", rtype
+    endpoint = body(only(network, "Microsoft.Network/privateEndpoints"))
+    connection = endpoint["properties"]["privateLinkServiceConnections"][0]["properties"]
+    assert accessor(connection["privateLinkServiceId"]) == "link.resourceId"
+    assert [accessor(g) for g in connection["groupIds"]] == ["link.groupId"]
+    link = body(only(network, "Microsoft.Network/privateDnsZones/virtualNetworkLinks"))
+    assert link["properties"]["registrationEnabled"] is False
+    assert accessor(link["properties"]["virtualNetwork"]["id"]) == "vnet.id"
 
 
 # ------------------------------------------------------------------------------------------
@@ -1095,6 +1183,7 @@ def test_readme_says_what_azd_down_deletes_and_how_to_lock_the_registry() -> Non
     lock = [line for line in commands(readme) if line.startswith("az lock create")]
     assert lock and "--lock-type CanNotDelete" in lock[0] and "--subscription" in lock[0]
     assert "Microsoft.ContainerRegistry/registries" in lock[0] or "--resource " in lock[0]
+    assert "vnetEnabled" in readme and "## Private networking" in readme
     assert "AuditEvent" in readme and "StorageRead" in readme
 
 
@@ -1157,7 +1246,7 @@ def test_checkov_passes(checkov: Path) -> None:
     assert report["summary"]["parsing_errors"] == 0
     assert report["summary"]["passed"] > 0
     checked = {c["file_path"].lstrip("/") for c in report["results"]["passed_checks"]}
-    assert "main.bicep" in checked
+    assert {"main.bicep", "modules/private-network.bicep"} <= checked
     # Every suppression carries a reason, and every suppression in the files was used.
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
     for check in report["results"]["skipped_checks"]:
