@@ -152,10 +152,12 @@ def test_referrers_reach_both_kinds_of_target_and_a_second_run_writes_nothing(wo
 
     world.source.reset_log()
     world.api.reset_log()
+    plain_mark = len(world.plain.access_log())
     with world.syncer(tmp_path) as syncer:
         second = syncer.run()
     assert second.ok and (second.tags_copied, second.referrers_copied, second.manifests_pushed) == (0, 0, 0)
     assert writes(world.api) == 0
+    assert world.plain.writes(plain_mark) == []  # the registry's own access log, not our counters
     # no manifest, blob or referrers request at the source: the listings say it all
     assert world.source.count(("manifest", "blob", "referrers")) == 0, world.source.log
 
