@@ -177,7 +177,7 @@ def test_malformed_events_enqueue_nothing_and_raise_nothing(app_env, acr, data):
     assert out.value is None
 
 
-def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_registry_dst):
+def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_registry_dst, caplog):
     out = Collect()
     body = messages.WorkMessage("repository", "giantswarm/example-app", "target").dumps()
     call("sync_worker", func.QueueMessage(id="m1", body=body.encode()), out)
@@ -188,9 +188,22 @@ def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_reg
         pusher.fetch_manifest("fa-mirror/example-app", "1.4.2")[0]
         == source.fetch_manifest("giantswarm/example-app", "1.4.2")[0]
     )
-    # a tag message for a tag already there is a no-op
+    # a tag message for a tag already there is a no-op: nothing written or re-enqueued; the
+    # source's manifest is read once (the message carries no digest), no blob
     tag_body = messages.WorkMessage("tag", "giantswarm/example-app", "target", "1.4.2").dumps()
-    call("sync_worker", func.QueueMessage(id="m2", body=tag_body), Collect())
+    mark = len(token_registry_dst.access_log())
+    acr.reset_log()
+    caplog.set_level(logging.INFO, logger="sync_core")
+    caplog.clear()
+    again = Collect()
+    call("sync_worker", func.QueueMessage(id="m2", body=tag_body), again)
+    assert again.value is None
+    assert token_registry_dst.writes(mark) == []
+    assert acr.count(("blob", "upload")) == 0 and acr.manifest_gets() == 1, acr.log
+    done = [m for m in caplog.messages if m.startswith("worker done:")]
+    assert done == [
+        "worker done: 0 copied, 1 unchanged, 0 skipped, 0 bytes uploaded | decision=done message_id=m2"
+    ]
 
 
 def test_worker_re_enqueues_what_the_time_budget_leaves(app_env, acr, token_registry_dst):
