@@ -27,7 +27,7 @@ import requests
 from sync_core import copy as copy_module
 from sync_core.auth import Credentials, StaticCredentials
 from sync_core.copy import Copier, CopyResult
-from sync_core.errors import DigestMismatch, refused, worth_redelivering
+from sync_core.errors import DigestMismatch, RegistryError, refused, worth_redelivering
 from sync_core.registry import RegistryClient
 from sync_core.retry import RetryPolicy
 from tests.harness import BASIC, PUSHER, READER, Pusher
@@ -596,8 +596,11 @@ def test_long_lived_copier_recovers_when_the_target_loses_content(token_registry
         layer = manifest.all_blobs()[-1]
         deleted = requests.delete(f"{target.url}/v2/kept/alpine/blobs/{layer.digest}", timeout=10)
         assert deleted.status_code == 202
-        with pytest.raises(Exception, match="manifest"):
+        with pytest.raises(
+            RegistryError, match=r"PUT manifest kept/alpine:3\.19: HTTP 400 \(MANIFEST_BLOB_UNKNOWN:"
+        ) as refusal:
             copier.copy("library/alpine", "3.19", "kept/alpine")  # trusted its memory: refused
+        assert refusal.value.status == 400
         result = copier.copy("library/alpine", "3.19", "kept/alpine")  # looks again, re-uploads
     assert result.status == "copied" and result.blobs_uploaded >= 1
     assert pusher.fetch_manifest("kept/alpine", "3.19")[0] == manifest.raw

@@ -19,6 +19,7 @@ from azure.functions.timer import TimerRequest
 
 import function_app
 from sync_core import handlers, messages, runtime
+from sync_core.errors import InvalidContent, SyncError
 from sync_core.retry import RetryPolicy
 from tests.harness.acr import AcrStandIn
 from tests.harness.function_context import Collect, Context
@@ -217,7 +218,7 @@ def test_worker_re_enqueues_what_the_time_budget_leaves(app_env, acr, token_regi
 
 
 def test_worker_raises_on_transient_failures_and_invalid_messages_only(app_env, acr):
-    with pytest.raises(Exception, match="version"):
+    with pytest.raises(InvalidContent, match=r"^message version 9 is not supported \(expected 1\)$"):
         call("sync_worker", func.QueueMessage(id="bad", body=b'{"v": 9}'), Collect())
     # a tag gone from the source: reported as a skip, never retried into the poison queue
     missing = messages.WorkMessage("tag", "giantswarm/app", "target", "does-not-exist").dumps()
@@ -228,8 +229,13 @@ def test_worker_raises_on_transient_failures_and_invalid_messages_only(app_env, 
     runtime.shared_syncer().source_client.transport.retry = RetryPolicy(attempts=2, backoff_base=0.0)
     acr.fail_next(2, 503, kinds="manifest")
     again = messages.WorkMessage("tag", "giantswarm/app", "target", "1.0").dumps()
-    with pytest.raises(Exception, match="failure"):
+    with pytest.raises(
+        SyncError,
+        match=r"^1 failure\(s\) syncing giantswarm/app to target: giantswarm/app:1\.0 -> target: "
+        r".*GET manifest giantswarm/app:1\.0: HTTP 503 ",
+    ) as failed:
         call("sync_worker", func.QueueMessage(id="m4", body=again), Collect())
+    assert failed.type is SyncError  # the worker's own "retry me", not the registry error itself
 
 
 def test_cloudevents_delivery_gives_the_same_decision(app_env, acr):
