@@ -108,7 +108,7 @@ def test_all_samples_in_one_array(config):
             "error",
             "invalid repository",
         ),
-        (lambda e: e["data"]["target"].__setitem__("tag", "../../x"), "error", "invalid tag"),
+        (lambda e: e["data"]["target"].__setitem__("tag", "../../x"), "error", "invalid tag"),  # not a path
         (lambda e: e["data"]["target"].__setitem__("tag", 12), "error", "invalid tag"),
         (lambda e: e["data"]["target"].__setitem__("tag", "1.4.2-dev"), "ignore", "filtered out"),
         (lambda e: e["data"]["target"].__setitem__("digest", "md5:abc"), "error", "invalid digest"),
