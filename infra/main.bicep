@@ -1,17 +1,23 @@
 // registry-sync: Azure Functions app (Flex Consumption, Python 3.13) that mirrors images from an
 // Azure Container Registry to Docker Hub / Alibaba Cloud ACR.
 //
-// Deploy at resource-group scope (the app's resource group). The source registry may live in
-// another resource group: its Event Grid system topic is created there by modules/acr-events.bicep.
-// See infra/README.md for the full procedure (secrets, ACR token, event subscription).
+// Deployed at resource-group scope into the app's own resource group, and only there: `azd down`
+// deletes that whole group. The source registry lives in another group (acrResourceGroupName,
+// required; a deployment where the two are the same fails before anything is created) and is
+// only read here (`existing`). Its Event Grid system topic and the event subscription are created
+// outside this deployment, by scripts/create-event-subscription.sh (azd postdeploy hook).
+// infra/README.md has the whole procedure.
 targetScope = 'resourceGroup'
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
 // ---------------------------------------------------------------------------------------------
 
-@description('Region of the app resources. The system topic always follows the registry region.')
-param location string = resourceGroup().location
+@description('Region of the app resources; empty: the resource group\'s (azd passes AZURE_LOCATION).')
+param location string = ''
+
+@description('azd environment name (AZURE_ENV_NAME): tags every resource with azd-env-name; empty: no tag.')
+param environmentName string = ''
 
 @description('Short prefix for resource names (letters and digits, 3-9 characters).')
 @minLength(3)
@@ -21,17 +27,15 @@ param namePrefix string = 'regsync'
 @description('Tags applied to every resource.')
 param tags object = {}
 
-@description('Name of the existing source Azure Container Registry.')
+@description('Name of the existing source Azure Container Registry (azd: SOURCE_REGISTRY_NAME). Only read.')
+@minLength(5)
+@maxLength(50)
 param acrName string
 
-@description('Resource group of the source registry (defaults to this resource group).')
-param acrResourceGroupName string = resourceGroup().name
-
-@description('Name of the Event Grid system topic on the registry. If the registry already has a system topic, give its name here (a registry can have only one).')
-param systemTopicName string = '${acrName}-events'
-
-@description('Also create the Event Grid subscription to on_image_pushed. Only once the code is deployed (second deployment); the default flow uses scripts/create-event-subscription.sh instead.')
-param deployEventSubscription bool = false
+@description('Resource group of the source registry (azd: SOURCE_REGISTRY_RESOURCE_GROUP). Required, and never this deployment\'s resource group: `azd down` deletes that whole group.')
+@minLength(1)
+@maxLength(90)
+param acrResourceGroupName string
 
 @description('Flex Consumption: upper bound of instances.')
 @minValue(1)
@@ -46,13 +50,30 @@ param maximumInstanceCount int = 10
 ])
 param instanceMemoryMB int = 2048
 
-@description('Key Vault purge protection. Off by default: `azd down --purge` then purges the vault, so `azd up` in the same environment can create it again under its name. Turn it on for production (infra/README.md): it cannot be turned off again, and a deleted vault then keeps its name for 90 days.')
+@description('Key Vault purge protection. Off by default (a test environment\'s deleted vault can be purged to free its name); on for production (infra/README.md): it cannot be turned off again, and nobody can purge a deleted vault or secret before its 90 days are over.')
 param keyVaultPurgeProtection bool = false
 
 @description('Log Analytics retention in days.')
 @minValue(30)
 @maxValue(730)
 param logRetentionInDays int = 30
+
+@description('Storage resource logs: also StorageRead (reads, the host\'s queue polls included). StorageWrite and StorageDelete are always sent.')
+param storageReadLogs bool = true
+
+// ---- private networking (off by default; infra/README.md "Private networking") ----
+
+@description('Storage and Key Vault reachable only through private endpoints in a virtual network that the app integrates with (public network access disabled on both).')
+param vnetEnabled bool = false
+
+@description('vnetEnabled: address space of the virtual network.')
+param vnetAddressPrefix string = '10.0.0.0/16'
+
+@description('vnetEnabled: subnet of the private endpoints.')
+param privateEndpointSubnetPrefix string = '10.0.1.0/24'
+
+@description('vnetEnabled: subnet the app integrates with (delegated to Microsoft.App/environments, as Flex Consumption requires).')
+param appSubnetPrefix string = '10.0.2.0/24'
 
 // ---- app settings (see README: every one is an app setting of the same name) ----
 
@@ -186,9 +207,25 @@ param failedRunsThreshold int = 3
 // Names and constants
 // ---------------------------------------------------------------------------------------------
 
+// The registry's resource group is never this one: `azd down` deletes this whole group. Resource
+// group names are case-insensitive. fail() (Bicep 0.33.13 and later) stops the deployment in ARM's
+// validation, before any resource is created: every resource carries this value in a tag.
+var sourceRegistryResourceGroup = (toLower(acrResourceGroupName) == toLower(resourceGroup().name)) ? fail('acrResourceGroupName names this deployment\'s own resource group; the source registry must be in another group (azd down deletes this one).') : acrResourceGroupName
+var environmentTags = empty(environmentName) ? {} : {
+  'azd-env-name': environmentName
+}
+var sourceTags = {
+  'registry-sync-source': '${sourceRegistryResourceGroup}/${acrName}'
+}
+var commonTags = union(tags, environmentTags, sourceTags)
+var appLocation = empty(location) ? resourceGroup().location : location
+
 var suffix = uniqueString(subscription().id, resourceGroup().id, namePrefix)
 var compactPrefix = toLower(replace(namePrefix, '-', ''))
 var functionAppName = '${namePrefix}-func-${suffix}'
+var identityName = '${namePrefix}-id-${suffix}'
+var vnetName = '${namePrefix}-vnet-${suffix}'
+var appSubnetName = 'app'
 var planName = '${namePrefix}-plan-${suffix}'
 var storageAccountName = take('st${compactPrefix}${suffix}', 24)
 var keyVaultName = take('kv${compactPrefix}${suffix}', 24)
@@ -210,7 +247,18 @@ var roleMonitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
 resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
   name: acrName
-  scope: resourceGroup(acrResourceGroupName)
+  scope: resourceGroup(sourceRegistryResourceGroup)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The app's identity: user-assigned, so that it and its role assignments exist before the app
+// (the first package upload to the identity-authenticated deployment container needs them)
+// ---------------------------------------------------------------------------------------------
+
+resource appIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: identityName
+  location: appLocation
+  tags: commonTags
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -219,8 +267,8 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing =
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
   name: logAnalyticsName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   properties: {
     sku: {
       name: 'PerGB2018'
@@ -231,8 +279,8 @@ resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
   name: appInsightsName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   kind: 'web'
   properties: {
     Application_Type: 'web'
@@ -249,16 +297,16 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: storageAccountName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   kind: 'StorageV2'
   sku: {
     name: 'Standard_LRS'
   }
   properties: {
     //checkov:skip=CKV_AZURE_43:The name is take('st<prefix><uniqueString>', 24): lower-case letters and digits, 3-24 characters; checkov cannot evaluate the expression.
-    //checkov:skip=CKV_AZURE_35:Flex Consumption app without VNet integration reaches its host storage over the public endpoint; access is Entra ID only (allowSharedKeyAccess false), so a deny-by-default firewall would only lock the app out.
-    //checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the app needs the public endpoint unless the plan gets VNet integration and private endpoints.
+    //checkov:skip=CKV_AZURE_35:Deny by default follows the parameter vnetEnabled (off by default): without VNet integration the Flex Consumption app reaches its host storage over the public endpoint; access is Entra ID only (allowSharedKeyAccess false).
+    //checkov:skip=CKV_AZURE_59:Public network access is disabled when vnetEnabled is true (private endpoints); off by default for the same reason as CKV_AZURE_35.
     //checkov:skip=CKV_AZURE_206:Standard_LRS is enough: the account holds only transient queue messages, timer leases and the deployment package, all rebuilt by redeploying or the next scheduled sync.
     accessTier: 'Hot'
     minimumTlsVersion: 'TLS1_2'
@@ -267,10 +315,10 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     allowSharedKeyAccess: false
     defaultToOAuthAuthentication: true
     allowCrossTenantReplication: false
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
-      bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      bypass: vnetEnabled ? 'None' : 'AzureServices'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
     }
     encryption: {
       keySource: 'Microsoft.Storage'
@@ -334,18 +382,23 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
   name: poisonQueueName
 }
 
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
 // ---------------------------------------------------------------------------------------------
 // Key Vault (RBAC mode). Secrets are set out of band (az keyvault secret set), never here.
 // ---------------------------------------------------------------------------------------------
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: keyVaultName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   properties: {
-    //checkov:skip=CKV_AZURE_109:The Flex Consumption app has no VNet integration and is not a trusted Azure service for Key Vault; a deny-by-default firewall would block it. Access is RBAC-only (Key Vault Secrets User for the app identity).
-    //checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the app reads secrets over the public endpoint with its managed identity.
-    //checkov:skip=CKV_AZURE_110:Purge protection is the parameter keyVaultPurgeProtection (on for production, infra/README.md); off by default so that azd down --purge + azd up can reuse an environment's vault name. Soft delete (90 days) stays on either way.
+    //checkov:skip=CKV_AZURE_109:Deny by default follows the parameter vnetEnabled (off by default): without VNet integration the app is not a trusted Azure service for Key Vault and reads it over the public endpoint. Access is RBAC-only (Key Vault Secrets User for the app identity).
+    //checkov:skip=CKV_AZURE_189:Public network access is disabled when vnetEnabled is true (private endpoint); off by default for the same reason as CKV_AZURE_109.
+    //checkov:skip=CKV_AZURE_110:Purge protection is the parameter keyVaultPurgeProtection (on for production, infra/README.md); off by default so that a test environment's deleted vault can be purged to free its name. Soft delete (90 days) stays on either way.
     //checkov:skip=CKV_AZURE_42:Recoverable = soft delete + purge protection: soft delete is always on, purge protection follows keyVaultPurgeProtection (same reason as CKV_AZURE_110).
     tenantId: subscription().tenantId
     sku: {
@@ -360,11 +413,95 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enabledForDeployment: false
     enabledForDiskEncryption: false
     enabledForTemplateDeployment: false
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit trail: Key Vault audit events and storage resource logs into the Log Analytics workspace
+// (tables AzureDiagnostics for the vault, StorageBlobLogs / StorageQueueLogs / StorageTableLogs)
+// ---------------------------------------------------------------------------------------------
+
+// 2021-05-01-preview: the version Microsoft's Bicep reference documents for diagnostic settings
+// (the only GA one, 2016-09-01, predates category groups).
+resource keyVaultAudit 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'audit-to-log-analytics'
+  scope: keyVault
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [
+      {
+        category: 'AuditEvent'
+        enabled: true
+      }
+    ]
+  }
+}
+
+var storageLogs = [
+  {
+    category: 'StorageRead'
+    enabled: storageReadLogs
+  }
+  {
+    category: 'StorageWrite'
+    enabled: true
+  }
+  {
+    category: 'StorageDelete'
+    enabled: true
+  }
+]
+
+resource blobLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'logs-to-log-analytics'
+  scope: blobService
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: storageLogs
+  }
+}
+
+resource queueLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'logs-to-log-analytics'
+  scope: queueService
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: storageLogs
+  }
+}
+
+resource tableLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'logs-to-log-analytics'
+  scope: tableService
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: storageLogs
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private networking (vnetEnabled): VNet, private endpoints and DNS zones for storage and vault
+// ---------------------------------------------------------------------------------------------
+
+module privateNetwork 'modules/private-network.bicep' = if (vnetEnabled) {
+  name: 'registry-sync-private-network'
+  params: {
+    location: appLocation
+    tags: commonTags
+    namePrefix: namePrefix
+    suffix: suffix
+    vnetName: vnetName
+    appSubnetName: appSubnetName
+    vnetAddressPrefix: vnetAddressPrefix
+    privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
+    appSubnetPrefix: appSubnetPrefix
+    storageAccountName: storage.name
+    keyVaultName: keyVault.name
   }
 }
 
@@ -374,8 +511,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 
 resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
   name: planName
-  location: location
-  tags: tags
+  location: appLocation
+  tags: commonTags
   kind: 'functionapp'
   sku: {
     name: 'FC1'
@@ -389,31 +526,48 @@ resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
 
 resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
   name: functionAppName
-  location: location
+  location: appLocation
   // azd deploys the service "sync" (azure.yaml) to the resource with this tag.
-  tags: union(tags, {
+  tags: union(commonTags, {
     'azd-service-name': 'sync'
   })
   kind: 'functionapp,linux'
   identity: {
-    type: 'SystemAssigned'
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${appIdentity.id}': {}
+    }
   }
+  // The identity's roles exist before the app starts and before the first package upload (azd
+  // deploy right after provisioning), and so does the network when vnetEnabled.
+  dependsOn: [
+    storageBlobDataOwner
+    storageQueueDataContributor
+    storageTableDataContributor
+    keyVaultSecretsUser
+    appInsightsMetricsPublisher
+    privateNetwork
+  ]
   properties: {
     //checkov:skip=CKV_AZURE_222:Event Grid delivers ImagePushed events to the public endpoint of the app; the only HTTP entry point is the Event Grid webhook (/runtime/webhooks/eventgrid), authorised by the function system key that Event Grid fetches through ARM. There are no HTTP-triggered functions.
     //checkov:skip=CKV_AZURE_17:Event Grid does not present client certificates; requiring them would reject every delivery.
     //checkov:skip=CKV_AZURE_212:Flex Consumption scales to zero by design and work waits in a queue, so no always-ready instances are paid for; a missed timer run is repeated by the next one.
     //checkov:skip=CKV_AZURE_213:No HTTP endpoint to probe (timer, queue and Event Grid triggers only); the Flex Consumption platform manages instance health.
+    //checkov:skip=CKV_AZURE_78:The check reads siteConfig.ftpsState, which Flex Consumption rejects (ARM error 51021); FTP publishing is off through the basicPublishingCredentialsPolicies ftp resource (allow false).
     serverFarmId: plan.id
     httpsOnly: true
     clientCertEnabled: false
     publicNetworkAccess: 'Enabled'
+    // Outbound traffic (storage, vault, registries) through the VNet when vnetEnabled.
+    virtualNetworkSubnetId: vnetEnabled ? resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, appSubnetName) : null
     functionAppConfig: {
       deployment: {
         storage: {
           type: 'blobContainer'
           value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
           authentication: {
-            type: 'SystemAssignedIdentity'
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: appIdentity.id
           }
         }
       }
@@ -427,18 +581,33 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         version: '3.13'
       }
     }
+    // No ftpsState: Flex Consumption rejects it (ARM error 51021); the ftp publishing policy below
+    // turns FTP off.
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       // Flex Consumption: FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION are not app
       // settings (functionAppConfig.runtime replaces them) and must not be set.
       appSettings: [
-        // Host storage through the managed identity: no connection string, no account key.
+        // Host storage through the user-assigned identity: no connection string, no account key.
         {
           name: 'AzureWebJobsStorage__accountName'
           value: storage.name
+        }
+        {
+          name: 'AzureWebJobsStorage__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'AzureWebJobsStorage__clientId'
+          value: appIdentity.properties.clientId
+        }
+        // DefaultAzureCredential (Key Vault in sync_core/secrets.py) picks the user-assigned
+        // identity by this client id; without it the app has no identity to use.
+        {
+          name: 'AZURE_CLIENT_ID'
+          value: appIdentity.properties.clientId
         }
         {
           name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
@@ -446,7 +615,7 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         }
         {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
-          value: 'Authorization=AAD'
+          value: 'ClientId=${appIdentity.properties.clientId};Authorization=AAD'
         }
         // host.json telemetryMode OpenTelemetry: the Python worker exports its own logs and metrics
         // (azure-monitor-opentelemetry, requirements.txt) instead of the host relaying them.
@@ -597,16 +766,16 @@ resource scmPublishingPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPoli
 }
 
 // ---------------------------------------------------------------------------------------------
-// Role assignments for the app's system-assigned identity
+// Role assignments for the app's identity (before the app: it depends on them)
 // ---------------------------------------------------------------------------------------------
 
 // Deployment package container, timer leases and host locks (blob).
 resource storageBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, functionApp.id, roleStorageBlobDataOwner)
+  name: guid(storage.id, appIdentity.id, roleStorageBlobDataOwner)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageBlobDataOwner)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
@@ -614,60 +783,43 @@ resource storageBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-0
 // Queue trigger (read, update, delete, move to poison) and queue output (send): the
 // contributor role covers Data Message Processor and Data Message Sender.
 resource storageQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, functionApp.id, roleStorageQueueDataContributor)
+  name: guid(storage.id, appIdentity.id, roleStorageQueueDataContributor)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageQueueDataContributor)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
 // The Functions host keeps some diagnostic state in tables (not strictly needed by this app).
 resource storageTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, functionApp.id, roleStorageTableDataContributor)
+  name: guid(storage.id, appIdentity.id, roleStorageTableDataContributor)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleStorageTableDataContributor)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
 resource keyVaultSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(keyVault.id, functionApp.id, roleKeyVaultSecretsUser)
+  name: guid(keyVault.id, appIdentity.id, roleKeyVaultSecretsUser)
   scope: keyVault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleKeyVaultSecretsUser)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
 resource appInsightsMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(appInsights.id, functionApp.id, roleMonitoringMetricsPublisher)
+  name: guid(appInsights.id, appIdentity.id, roleMonitoringMetricsPublisher)
   scope: appInsights
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleMonitoringMetricsPublisher)
-    principalId: functionApp.identity.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Event Grid system topic on the registry (in the registry's resource group)
-// ---------------------------------------------------------------------------------------------
-
-module acrEvents 'modules/acr-events.bicep' = {
-  name: 'registry-sync-acr-events'
-  scope: resourceGroup(acrResourceGroupName)
-  params: {
-    acrName: acrName
-    systemTopicName: systemTopicName
-    tags: tags
-    deployEventSubscription: deployEventSubscription
-    functionAppId: functionApp.id
-    sourceNamespace: sourceNamespace
   }
 }
 
@@ -678,8 +830,8 @@ module acrEvents 'modules/acr-events.bicep' = {
 module alerts 'modules/alerts.bicep' = if (deployAlerts) {
   name: 'registry-sync-alerts'
   params: {
-    location: location
-    tags: tags
+    location: appLocation
+    tags: commonTags
     namePrefix: namePrefix
     suffix: suffix
     appInsightsId: appInsights.id
@@ -697,14 +849,16 @@ module alerts 'modules/alerts.bicep' = if (deployAlerts) {
 
 output FUNCTION_APP_NAME string = functionApp.name
 output FUNCTION_APP_ID string = functionApp.id
-output FUNCTION_APP_PRINCIPAL_ID string = functionApp.identity.principalId
+output FUNCTION_APP_PRINCIPAL_ID string = appIdentity.properties.principalId
+output APP_IDENTITY_NAME string = appIdentity.name
+output APP_IDENTITY_CLIENT_ID string = appIdentity.properties.clientId
 output KEY_VAULT_NAME string = keyVault.name
 output KEY_VAULT_URI string = keyVault.properties.vaultUri
 output STORAGE_ACCOUNT_NAME string = storage.name
 output SYNC_QUEUE string = syncQueueName
 output SYNC_POISON_QUEUE string = poisonQueueName
-output SYSTEM_TOPIC_NAME string = acrEvents.outputs.systemTopicName
-output SYSTEM_TOPIC_RESOURCE_GROUP string = acrResourceGroupName
+output SOURCE_REGISTRY_NAME string = acrName
+output SOURCE_REGISTRY_RESOURCE_GROUP string = sourceRegistryResourceGroup
 output SOURCE_NAMESPACE string = sourceNamespace
 output APPLICATIONINSIGHTS_NAME string = appInsights.name
 output LOG_ANALYTICS_WORKSPACE_NAME string = logAnalytics.name

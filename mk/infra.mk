@@ -14,6 +14,11 @@ PY ?= $(VENV)/bin/python
 TOOLS_VENV ?= .venv-tools
 # Pinned: the skipped check ids in infra/*.bicep are reviewed against this version.
 CHECKOV_SPEC ?= checkov==3.3.30
+# checkov 3.3.30 pins its Bicep parser to pycep-parser 0.5.1, which cannot parse Bicep's fail()
+# (infra/main.bicep uses it): it would report main.bicep as a parsing error and check nothing in
+# it. 0.7.1 parses it (the app venv's tests use it too); installed over the pin with --no-deps,
+# checkov 3.3.30 reported the same checks with both on these templates before they used fail().
+PYCEP_SPEC ?= pycep-parser==0.7.1
 TOOLS_STAMP := $(TOOLS_VENV)/.installed-checkov
 CHECKOV := $(TOOLS_VENV)/bin/checkov
 # --skip-download: no calls to the Prisma Cloud API (there is no network but the package registries).
@@ -25,6 +30,7 @@ $(TOOLS_STAMP): mk/infra.mk
 	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
 	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(TOOLS_VENV)/bin/python -m pip install --quiet "$(CHECKOV_SPEC)"
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --no-deps "$(PYCEP_SPEC)"
 	touch $@
 
 tools-venv: $(TOOLS_STAMP)

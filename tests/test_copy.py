@@ -27,13 +27,14 @@ import requests
 from sync_core.engine import blobs as blobs_module
 from sync_core.engine.ledger import BlobLedger
 from sync_core.engine.results import CopyResult
-from sync_core.errors import DigestMismatch, refused, worth_redelivering
+from sync_core.errors import DigestMismatch, RegistryError, refused, worth_redelivering
 from sync_core.registry.auth import Credentials, StaticCredentials
 from sync_core.registry.client import RegistryClient
 from sync_core.registry.retry import RetryPolicy
 from tests.harness import BASIC, PUSHER, READER, Pusher
 from tests.harness import images as img
 from tests.harness.copying import OneTarget
+from tests.harness.faultproxy import FaultProxy
 from tests.harness.front import forward
 from tests.harness.recording import RecordingTransport, Waits
 from tests.harness.scripted import Reply, Request, ScriptedServer
@@ -235,12 +236,19 @@ def test_shared_layer_is_uploaded_once_then_mounted(token_registry_src, token_re
 
 
 def test_concurrent_copies_sharing_a_layer_upload_it_once(token_registry_src, token_registry_dst, seeded):
-    src = client(token_registry_src, READER)
-    dst = client(token_registry_dst, PUSHER, "pull,push")
     prefix = f"conc{RUN}"
     jobs = [("library/alpine", "3.20", f"{prefix}/a"), ("team/legacy", "v1", f"{prefix}/b")]
-    with OneTarget(src, dst, blob_concurrency=4) as copier, ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda job: copier.copy(*job), jobs))
+    with FaultProxy(token_registry_src.url) as proxy:
+        src = client(proxy, READER)
+        dst = client(token_registry_dst, PUSHER, "pull,push")
+        assert src.list_tags("library/alpine")  # the challenge is known: no request waits for a first one
+        # each copy reads its image's manifest first: the first read waits (30 s at most) for the other
+        both = proxy.rendezvous(
+            2, method="GET", path=r"^/v2/(library/alpine/manifests/3\.20|team/legacy/manifests/v1)$"
+        )
+        with OneTarget(src, dst, blob_concurrency=4) as copier, ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda job: copier.copy(*job), jobs))
+    assert both.met, f"the two copies were never in flight at once: {both}"
     assert all(r.status == "copied" for r in results)
     unique = {
         b.digest: b.size
@@ -596,8 +604,11 @@ def test_long_lived_copier_recovers_when_the_target_loses_content(token_registry
         layer = manifest.all_blobs()[-1]
         deleted = requests.delete(f"{target.url}/v2/kept/alpine/blobs/{layer.digest}", timeout=10)
         assert deleted.status_code == 202
-        with pytest.raises(Exception, match="manifest"):
+        with pytest.raises(
+            RegistryError, match=r"PUT manifest kept/alpine:3\.19: HTTP 400 \(MANIFEST_BLOB_UNKNOWN:"
+        ) as refusal:
             copier.copy("library/alpine", "3.19", "kept/alpine")  # trusted its memory: refused
+        assert refusal.value.status == 400
         result = copier.copy("library/alpine", "3.19", "kept/alpine")  # looks again, re-uploads
     assert result.status == "copied" and result.work.blobs_uploaded >= 1
     assert pusher.fetch_manifest("kept/alpine", "3.19")[0] == manifest.raw

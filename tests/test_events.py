@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_core.azure.events import decide, load_events
+from sync_core.azure.events import MAX_EVENT_BYTES, decide, load_events
 from sync_core.azure.handlers import events_messages
 from sync_core.azure.messages import parse_message
 from sync_core.config.load import load_config
+from sync_core.errors import InvalidContent
 
 EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 
@@ -109,7 +110,7 @@ def test_all_samples_in_one_array(config):
             "error",
             "invalid repository",
         ),
-        (lambda e: e["data"]["target"].__setitem__("tag", "../../x"), "error", "invalid tag"),
+        (lambda e: e["data"]["target"].__setitem__("tag", "../../x"), "error", "invalid tag"),  # not a path
         (lambda e: e["data"]["target"].__setitem__("tag", 12), "error", "invalid tag"),
         (lambda e: e["data"]["target"].__setitem__("tag", "1.4.2-dev"), "ignore", "filtered out"),
         (lambda e: e["data"]["target"].__setitem__("digest", "md5:abc"), "error", "invalid digest"),
@@ -134,7 +135,9 @@ def test_hostile_and_malformed_events_enqueue_nothing(config, mutate, action, wo
 def test_oversized_and_non_json_payloads_are_dropped(config):
     assert events_messages(b"{not json", config) == []
     assert events_messages(b"[" + b" " * (2 * 1024 * 1024) + b"]", config) == []
-    with pytest.raises(Exception, match="over"):
+    with pytest.raises(
+        InvalidContent, match=rf"^event payload is {2 * 1024 * 1024} bytes, over {MAX_EVENT_BYTES}$"
+    ):
         load_events(b"x" * (2 * 1024 * 1024))
 
 

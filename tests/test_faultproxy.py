@@ -6,6 +6,7 @@ import hashlib
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -279,6 +280,26 @@ def test_slow(fp, session):
     t0 = time.monotonic()
     session.get(f"{fp.url}/data/10", timeout=5)
     assert time.monotonic() - t0 < 0.2
+
+
+def test_rendezvous_holds_matching_requests_until_two_are_in_flight(fp, upstream):
+    meeting = fp.rendezvous(2, method="GET", path=r"^/data/")
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(requests.get, f"{fp.url}/data/10", timeout=10)
+        # the first is held: other requests pass, and it is still waiting
+        assert requests.get(f"{fp.url}/other", timeout=5).status_code == 200
+        assert not first.done() and not meeting.met
+        second = pool.submit(requests.get, f"{fp.url}/data/20", timeout=10)
+        assert first.result().content == payload(10) and second.result().content == payload(20)
+    assert (meeting.met, meeting.timed_out, meeting.max_in_flight) == (True, False, 2), meeting
+    assert requests.get(f"{fp.url}/data/30", timeout=5).content == payload(30)  # met: nothing waits
+
+
+def test_rendezvous_never_met_times_out_once(fp):
+    meeting = fp.rendezvous(2, path=r"^/data/", timeout=0.3)
+    for n in (10, 20):  # one after the other: never two in flight
+        assert requests.get(f"{fp.url}/data/{n}", timeout=5).content == payload(n)
+    assert (meeting.met, meeting.timed_out, meeting.max_in_flight) == (False, True, 1), meeting
 
 
 @pytest.mark.parametrize("path", ["/data/4096", "/chunked/4096"])

@@ -19,6 +19,7 @@ from azure.functions.timer import TimerRequest
 
 import function_app
 from sync_core.azure import handlers, messages, runtime
+from sync_core.errors import InvalidContent, SyncError
 from sync_core.registry.retry import RetryPolicy
 from tests.harness.acr import AcrStandIn
 from tests.harness.function_context import Collect, Context
@@ -177,7 +178,7 @@ def test_malformed_events_enqueue_nothing_and_raise_nothing(app_env, acr, data):
     assert out.value is None
 
 
-def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_registry_dst):
+def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_registry_dst, caplog):
     out = Collect()
     body = messages.WorkMessage("repository", "giantswarm/example-app", "target").dumps()
     call("sync_worker", func.QueueMessage(id="m1", body=body.encode()), out)
@@ -188,9 +189,22 @@ def test_worker_copies_a_repository_into_the_real_target(app_env, acr, token_reg
         pusher.fetch_manifest("fa-mirror/example-app", "1.4.2")[0]
         == source.fetch_manifest("giantswarm/example-app", "1.4.2")[0]
     )
-    # a tag message for a tag already there is a no-op
+    # a tag message for a tag already there is a no-op: nothing written or re-enqueued; the
+    # source's manifest is read once (the message carries no digest), no blob
     tag_body = messages.WorkMessage("tag", "giantswarm/example-app", "target", "1.4.2").dumps()
-    call("sync_worker", func.QueueMessage(id="m2", body=tag_body), Collect())
+    mark = len(token_registry_dst.access_log())
+    acr.reset_log()
+    caplog.set_level(logging.INFO, logger="sync_core")
+    caplog.clear()
+    again = Collect()
+    call("sync_worker", func.QueueMessage(id="m2", body=tag_body), again)
+    assert again.value is None
+    assert token_registry_dst.writes(mark) == []
+    assert acr.count(("blob", "upload")) == 0 and acr.manifest_gets() == 1, acr.log
+    done = [m for m in caplog.messages if m.startswith("worker done:")]
+    assert done == [
+        "worker done: 0 copied, 1 unchanged, 0 skipped, 0 bytes uploaded | decision=done message_id=m2"
+    ]
 
 
 def test_worker_re_enqueues_what_the_time_budget_leaves(app_env, acr, token_registry_dst):
@@ -204,7 +218,7 @@ def test_worker_re_enqueues_what_the_time_budget_leaves(app_env, acr, token_regi
 
 
 def test_worker_raises_on_transient_failures_and_invalid_messages_only(app_env, acr):
-    with pytest.raises(Exception, match="version"):
+    with pytest.raises(InvalidContent, match=r"^message version 9 is not supported \(expected 1\)$"):
         call("sync_worker", func.QueueMessage(id="bad", body=b'{"v": 9}'), Collect())
     # a tag gone from the source: reported as a skip, never retried into the poison queue
     missing = messages.WorkMessage("tag", "giantswarm/app", "target", "does-not-exist").dumps()
@@ -215,8 +229,13 @@ def test_worker_raises_on_transient_failures_and_invalid_messages_only(app_env, 
     runtime.shared_syncer().source_client.transport.retry = RetryPolicy(attempts=2, backoff_base=0.0)
     acr.fail_next(2, 503, kinds="manifest")
     again = messages.WorkMessage("tag", "giantswarm/app", "target", "1.0").dumps()
-    with pytest.raises(Exception, match="failure"):
+    with pytest.raises(
+        SyncError,
+        match=r"^1 failure\(s\) syncing giantswarm/app to target: giantswarm/app:1\.0 -> target: "
+        r".*GET manifest giantswarm/app:1\.0: HTTP 503 ",
+    ) as failed:
         call("sync_worker", func.QueueMessage(id="m4", body=again), Collect())
+    assert failed.type is SyncError  # the worker's own "retry me", not the registry error itself
 
 
 def test_cloudevents_delivery_gives_the_same_decision(app_env, acr):

@@ -14,6 +14,7 @@ import requests
 
 from tests.harness import ADMIN, BASIC, PUSHER, READER, REGISTRY_LEEWAY, Pusher, Registry, RegistryStartError
 from tests.harness import images as img
+from tests.harness.registry import AccessLogIncomplete
 from tests.harness.seed import BIG_LAYER_SIZE, standard_catalog
 from tests.harness.tokens import libtrust_key_id, parse_scope
 
@@ -416,6 +417,23 @@ def test_registry_lifecycle_and_extra_config(fresh_registry):
     assert not reg.running and not tmp.exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{reg.url}/v2/", timeout=2)
+
+
+def test_access_log_fails_loudly_when_its_marker_never_appears(fresh_registry, tmp_path):
+    """A truncated (or lagging) log must not pass for a registry that saw no write."""
+    reg = fresh_registry(auth="none")
+    mark = len(reg.access_log())
+    reg.pusher().push("log/check", img.oci_image("access-log"), "t")
+    puts = [(m, p) for m, p, _ in reg.writes(mark) if m == "PUT"]
+    assert puts[-1] == ("PUT", "/v2/log/check/manifests/t"), puts
+    real = reg.log_path
+    truncated = tmp_path / "truncated.log"
+    truncated.write_bytes(real.read_bytes()[: real.stat().st_size // 2])  # the marker will not be in it
+    reg.log_path = truncated
+    with pytest.raises(
+        AccessLogIncomplete, match=r"marker request /v2/\?access-log-marker=\w+ did not appear"
+    ):
+        reg.writes(mark, timeout=0.2)
 
 
 def test_registry_start_failure_reports_log():

@@ -403,12 +403,12 @@ NASTY_REPOS = [
     "gs/" + "a" * 300,
     "http://evil/gs/x",
     "gs/x\n",
-    "../gs/x",
+    "../gs/x",  # not a path: hostile input
     "gs/.hidden",
     "gs/x/../../other",
     "other/gs/x",
 ]
-NASTY_TAGS = ["../x", "a" * 200, "-bad", ".bad", "x/y", "sha256:" + "a" * 64, "x y", "", "x\n"]
+NASTY_TAGS = ["../x", "a" * 200, "-bad", ".bad", "x/y", "sha256:" + "a" * 64, "x y", "", "x\n"]  # not a path
 
 
 @HYPO
@@ -492,7 +492,7 @@ def near_valid_messages():
         "repository": st.sampled_from(["gs/app", "gs/a/b", "other/app", "gs/../x", "gs", "gs/App", "", None])
         | st.text(max_size=15),
         "target": st.sampled_from(["target", "other", "", None, ["target"]]),
-        "tag": st.sampled_from(["1.0", "../x", "", None, "a" * 200, 1]) | st.text(max_size=10),
+        "tag": st.sampled_from(["1.0", "../x", "", None, "a" * 200, 1]) | st.text(max_size=10),  # not a path
         "digest": st.sampled_from([None, "sha256:" + "a" * 64, "sha256:zz", "md5:x", 5]),
         "extra": st.sampled_from([None, 1, "x"]),
     }
@@ -591,7 +591,7 @@ ODD_VALUES = [
     "0",
     "\x00",
     "a,b,,c",
-    "../x",
+    "../x",  # not a path: hostile input
     "https://vault.example",
     "${HOME}",
     "x" * 10_000,

@@ -206,8 +206,9 @@ def test_main_deploys_the_module(main, alerts):
     # the dead-man period is the timer's: "0 */15 * * * *" runs every 15 minutes
     minutes = main["parameters"]["syncSchedule"]["default"].split()[1]
     assert minutes == f"*/{defaults['syncSchedulePeriodMinutes']}"
-    example = json.loads((INFRA / "main.parameters.example.json").read_text())["parameters"]
-    assert example["syncSchedule"]["value"].split()[1] == f"*/{example['syncSchedulePeriodMinutes']['value']}"
+    # the azd parameters file changes both or neither
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert ("syncSchedule" in azd) == ("syncSchedulePeriodMinutes" in azd)
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,7 +276,9 @@ def test_opentelemetry_is_on_for_host_and_worker(main):
     (site,) = [body(r) for r in main["resources"].values() if r["type"] == "Microsoft.Web/sites"]
     settings = {s["name"]: s["value"] for s in site["properties"]["siteConfig"]["appSettings"]}
     assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "true"
-    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
+    # Entra ID with the app's user-assigned identity (tests/test_infra.py checks the client id)
+    auth = settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+    assert auth.startswith("ClientId=${") and auth.endswith("};Authorization=AAD")
     requirements = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^azure-monitor-opentelemetry\b", requirements, re.M), "the worker loads the distro"
     # the worker configures the exporter itself; a second configure_azure_monitor() would export
@@ -288,6 +291,20 @@ def test_opentelemetry_is_on_for_host_and_worker(main):
     ]
     assert calls == [ROOT / "sync_core" / "report" / "metrics.py"]
     assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" in calls[0].read_text()
+
+
+def test_the_exporter_floor_excludes_live_metrics_without_entra_id():
+    """Exporters before 1.0.0b56 sent Live Metrics without the credential of
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 401 on a resource with local auth disabled
+    (Azure/azure-sdk-for-python#48251). The distro 1.8.9 still admitted 1.0.0b54."""
+    from packaging.requirements import Requirement
+
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    reqs = {r.name: r for r in (Requirement(x) for x in lines if x.strip() and not x.startswith("#"))}
+    distro = reqs["azure-monitor-opentelemetry"].specifier
+    exporter = reqs["azure-monitor-opentelemetry-exporter"].specifier
+    assert not distro.contains("1.8.9") and distro.contains("1.8.11")
+    assert not exporter.contains("1.0.0b55", prereleases=True) and exporter.contains("1.0.0b58")
 
 
 def test_decision_fields_reach_opentelemetry_as_attributes():

@@ -153,6 +153,7 @@ def test_referrers_reach_both_kinds_of_target_and_a_second_run_writes_nothing(wo
 
     world.source.reset_log()
     world.api.reset_log()
+    plain_mark = len(world.plain.access_log())
     with world.syncer(tmp_path) as syncer:
         second = syncer.run()
     assert second.ok and (second.tags_copied, second.work.referrers_copied, second.work.manifests_pushed) == (
@@ -161,6 +162,7 @@ def test_referrers_reach_both_kinds_of_target_and_a_second_run_writes_nothing(wo
         0,
     )
     assert writes(world.api) == 0
+    assert world.plain.writes(plain_mark) == []  # the registry's own access log, not our counters
     # no manifest, blob or referrers request at the source: the listings say it all
     assert world.source.count(("manifest", "blob", "referrers")) == 0, world.source.log
 
@@ -510,7 +512,7 @@ def test_a_target_that_fails_to_answer_decides_nothing_for_the_other_targets(wor
 def test_a_referrer_index_narrowed_for_a_target_is_listed_as_the_target_holds_it(world, tmp_path):
     # a referrer that is itself a multi-platform index reaches a target that keeps linux/amd64
     # only as its own narrowed index (another digest): the referrers tag lists that one
-    app, amd64, *_ = seed_signed_image(world)
+    app, amd64, _, sbom, *_ = seed_signed_image(world)
     parts = [images.oci_image(f"ref-multi:{p}", (64,), platform=p) for p in ("linux/amd64", "linux/arm64")]
     body = {
         "schemaVersion": 2,
@@ -526,9 +528,18 @@ def test_a_referrer_index_narrowed_for_a_target_is_listed_as_the_target_holds_it
     assert summary.ok, summary.failures
     plain = world.plain.pusher()
     listed = referrers_at(world, "plain", "mirror/app", amd64.digest)
-    assert multi.digest not in listed and not plain.exists_manifest("mirror/app", multi.digest)
-    narrowed = listed - {m.digest for m in (amd64,)}
-    assert narrowed and all(plain.exists_manifest("mirror/app", d) for d in narrowed), listed
+    assert not plain.exists_manifest("mirror/app", multi.digest)
+    # exactly the SBOM and one more: the narrowed index, held at the target
+    others = listed - {sbom.digest}
+    assert sbom.digest in listed and len(others) == 1 and multi.digest not in others, listed
+    (narrowed,) = others
+    raw, media_type, digest = plain.fetch_manifest("mirror/app", narrowed)
+    held = json.loads(raw)
+    assert (media_type, digest) == (OCI_INDEX, narrowed)
+    assert [m["digest"] for m in held["manifests"]] == [parts[0].digest]  # linux/amd64 only
+    assert (held["subject"]["digest"], held["artifactType"]) == (amd64.digest, body["artifactType"])
+    assert plain.exists_manifest("mirror/app", parts[0].digest)
+    assert not plain.exists_manifest("mirror/app", parts[1].digest)
 
 
 def test_a_failing_untagged_listing_does_not_stop_the_tags(world, tmp_path):

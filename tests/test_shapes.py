@@ -534,9 +534,13 @@ def test_oci_1_1_rc_artifact_manifests_are_copied_as_manifests_with_their_blobs_
         assert first.ok, first.failures
         assert first.tags_copied == 2 and first.work.referrers_copied == 2, first.to_dict()
         repo = f"{MIRROR}/rc"
-        for manifest in (RC_IMAGE, RC_TAGGED, RC_ARTIFACT, RC_OF_RC):
-            raw, media_type = dst.manifests[(repo, manifest.digest)]
-            assert raw == manifest.raw and media_type == images.OCI_ARTIFACT or manifest is RC_IMAGE
+        for manifest, stored_as in (
+            (RC_IMAGE, images.OCI_MANIFEST),
+            (RC_TAGGED, images.OCI_ARTIFACT),
+            (RC_ARTIFACT, images.OCI_ARTIFACT),
+            (RC_OF_RC, images.OCI_ARTIFACT),
+        ):
+            assert dst.manifests[(repo, manifest.digest)] == (manifest.raw, stored_as), manifest
             assert all(dst.blobs[b.digest] == b.data for b in manifest.blobs)  # its blobs followed
         assert dst.manifests[(repo, "bundle")][0] == RC_TAGGED.raw
         for subject, referrer in ((RC_IMAGE, RC_ARTIFACT), (RC_ARTIFACT, RC_OF_RC)):  # its subject followed

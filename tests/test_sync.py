@@ -30,6 +30,7 @@ from sync_core.registry.retry import RetryPolicy
 from sync_core.report.summary import Summary
 from tests.harness import images
 from tests.harness.acr import AcrStandIn, classify
+from tests.harness.faultproxy import FaultProxy
 from tests.harness.images import HELM_CONFIG, Manifest, Pusher
 from tests.harness.keyvault import ACCESS_TOKEN, FakeAzureCredential, KeyVaultStub
 
@@ -600,10 +601,20 @@ def test_concurrency_one_and_eight_give_the_same_end_state(acr, fresh_registry):
     results: dict[str, tuple[Summary, dict]] = {}
     for concurrency in ("1", "8"):
         dst = fresh_registry(name=f"conc-{concurrency}")
-        with syncer_for(env_for(acr, dst, SYNC_CONCURRENCY=concurrency)) as syncer:
-            assert syncer.config.concurrency == int(concurrency)
-            summary = syncer.run()
+        with FaultProxy(dst.url) as proxy:
+            # a tag is pushed last, once per copy: with 8, the first tag push waits (30 s at most)
+            # until another copy's is in flight too; with 1, nothing waits and none ever overlap
+            tag_pushes = proxy.rendezvous(
+                2 if concurrency == "8" else 1, method="PUT", path=r"^/v2/.+/manifests/(?!sha256:)[^/]+$"
+            )
+            with syncer_for(env_for(acr, proxy, SYNC_CONCURRENCY=concurrency)) as syncer:
+                assert syncer.config.concurrency == int(concurrency)
+                summary = syncer.run()
         assert summary.ok, summary.failures
+        if concurrency == "8":
+            assert tag_pushes.met and tag_pushes.max_in_flight >= 2, f"no two copies overlapped: {tag_pushes}"
+        else:
+            assert tag_pushes.max_in_flight == 1, f"copies overlapped with concurrency 1: {tag_pushes}"
         assert_identical(dst.pusher(), ALL_NS_TAGS)
         results[concurrency] = (summary, state(dst.pusher()))
     (one, state_one), (eight, state_eight) = results["1"], results["8"]

@@ -13,6 +13,7 @@ import io
 import json
 import socket
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -22,6 +23,7 @@ from sync_core.registry.manifest import MAX_MANIFEST_BYTES
 from sync_core.registry.retry import RetryPolicy
 from sync_core.registry.transport import (
     Transport,
+    address_kind,
     is_loopback,
     redact_url,
     resolve_on_host,
@@ -216,6 +218,221 @@ def test_origin_helpers():
     with pytest.raises(ForeignHostError):
         resolve_on_host(base, "//evil.io/v2/_catalog", "Link")
     assert redact_url("https://user:pw@reg.io:5000/v2/x?token=abc#f") == "https://reg.io:5000/v2/x"
+
+
+# -- redirects into the app's own network ---------------------------------------------------------
+
+
+class RoutedTransport(Transport):
+    """A real :class:`Transport` whose names resolve through ``dns`` (made-up host -> addresses)
+    and whose connections go to local servers (``routes``: host or host:port -> server URL).
+
+    The redirect rule sees the made-up names and addresses; a request to any other host fails
+    the test before anything is sent (nothing here touches the network)."""
+
+    def __init__(self, dns: dict[str, list[str]], routes: dict[str, str], **kwargs):
+        super().__init__(sleep=Waits(), resolve=self.lookup, **kwargs)
+        self.dns = dns
+        self.routes = routes
+        self.resolved: list[str] = []
+
+    def lookup(self, host: str) -> list[str]:
+        self.resolved.append(host)
+        if host in self.dns:
+            return self.dns[host]
+        # numeric forms (2852039166, 0xa9fea9fe) as the system parses them; never a DNS query
+        return [i[4][0] for i in socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)]
+
+    def _send_once(self, method, url, headers, data, stream):
+        parts = urlsplit(url)
+        route = self.routes.get(parts.netloc) or self.routes.get(parts.hostname)
+        assert route, f"would have sent {method} to {parts.netloc}"
+        local = urlsplit(route)
+        routed = urlunsplit((local.scheme, local.netloc, parts.path, parts.query, ""))
+        return super()._send_once(method, routed, headers, data, stream)
+
+
+PUBLIC_REGISTRY = "registry.example.test"
+DNS = {
+    PUBLIC_REGISTRY: ["20.60.0.1"],
+    "blobs.example.test": ["20.60.0.2", "2603:1020::2"],
+    "metadata.example.test": ["169.254.169.254"],
+    "intranet.example.test": ["10.1.2.3"],
+    "split.example.test": ["20.60.0.3", "192.168.1.5"],  # one public, one private answer
+    "sneaky.example.test": ["::ffff:169.254.169.254"],
+    "registry.private.test": ["10.0.0.5"],
+    "blobs.private.test": ["10.0.0.9"],
+}
+
+
+def redirecting_to(location: dict[str, str]):
+    return lambda request: Reply(307, {"Location": location["to"]})
+
+
+@pytest.mark.parametrize(
+    ("location", "named", "kind"),
+    [
+        (
+            "http://169.254.169.254/metadata/instance?api-version=2021-02-01&token=SECRET",
+            "169.254.169.254",
+            "link-local",
+        ),
+        ("http://10.0.0.1/v2/blobs?sig=SECRET", "10.0.0.1", "private"),
+        ("http://172.16.4.2/x?sig=SECRET", "172.16.4.2", "private"),
+        ("http://192.168.0.10/x?sig=SECRET", "192.168.0.10", "private"),
+        ("http://[fd00::7]/x?sig=SECRET", "fd00::7", "private"),
+        ("http://[fe80::1]/x?sig=SECRET", "fe80::1", "link-local"),
+        ("http://127.0.0.1:9/x?sig=SECRET", "127.0.0.1", "loopback"),
+        ("http://[::1]:9/x?sig=SECRET", "::1", "loopback"),
+        ("http://0.0.0.0/x?sig=SECRET", "0.0.0.0", "unspecified"),
+        ("http://[::ffff:169.254.169.254]/x?sig=SECRET", "::ffff:169.254.169.254", "link-local"),
+        ("http://2852039166/latest/meta-data?sig=SECRET", "2852039166 (169.254.169.254)", "link-local"),
+        ("http://168.63.129.16/machine?comp=goalstate&sig=SECRET", "168.63.129.16", "azure-platform"),
+        ("http://100.64.0.1/x?sig=SECRET", "100.64.0.1", "non-global"),
+        (
+            "http://metadata.example.test/x?sig=SECRET",
+            "metadata.example.test (169.254.169.254)",
+            "link-local",
+        ),
+        ("http://intranet.example.test/x?sig=SECRET", "intranet.example.test (10.1.2.3)", "private"),
+        ("http://split.example.test/x?sig=SECRET", "split.example.test (192.168.1.5)", "private"),
+        (
+            "http://sneaky.example.test/x?sig=SECRET",
+            "sneaky.example.test (::ffff:169.254.169.254)",
+            "link-local",
+        ),
+    ],
+)
+def test_a_public_registry_cannot_redirect_into_the_network_the_app_runs_in(location, named, kind):
+    target = {"to": location}
+    with ScriptedServer(redirecting_to(target)) as registry:
+        transport = RoutedTransport(DNS, {PUBLIC_REGISTRY: registry.url})
+        with pytest.raises(ForeignHostError) as info:
+            transport.send(
+                "GET",
+                f"http://{PUBLIC_REGISTRY}/v2/team/app/blobs/sha256:00",
+                headers={"Authorization": "Bearer registry-token"},
+                follow_redirects=True,
+            )
+        assert len(registry.requests) == 1, "tried once: a refusal is not retried"
+    message = str(info.value)
+    assert f"redirected to {named}, a {kind} address" in message
+    assert PUBLIC_REGISTRY in message
+    assert "SECRET" not in message and "sig=" not in message and "token" not in message
+    assert not info.value.transient
+
+
+def test_a_public_registry_may_redirect_to_public_storage():
+    with ScriptedServer(lambda request: Reply(200, body=b"layer")) as storage:
+        location = "http://blobs.example.test/container/blob?sig=abc"
+        with ScriptedServer(redirecting_to({"to": location})) as registry:
+            transport = RoutedTransport(
+                DNS, {PUBLIC_REGISTRY: registry.url, "blobs.example.test": storage.url}
+            )
+            response = transport.send(
+                "GET", f"http://{PUBLIC_REGISTRY}/v2/r/blobs/sha256:00", follow_redirects=True
+            )
+            assert response.status_code == 200 and response.content == b"layer"
+            assert storage.requests[0].path == "/container/blob?sig=abc"
+    assert transport.resolved == ["blobs.example.test"], "the target's name is resolved, once"
+
+
+def test_a_registry_in_a_private_network_may_redirect_within_it_but_not_to_link_local():
+    """ACR behind a private endpoint answers from 10.x and redirects to its data endpoint, 10.x too."""
+    with ScriptedServer(lambda request: Reply(200, body=b"layer")) as storage:
+        target = {"to": "http://blobs.private.test/blob"}
+        with ScriptedServer(redirecting_to(target)) as registry:
+            routes = {"registry.private.test": registry.url, "blobs.private.test": storage.url}
+            transport = RoutedTransport(DNS, routes)
+            url = "http://registry.private.test/v2/r/blobs/sha256:00"
+            assert transport.send("GET", url, follow_redirects=True).content == b"layer"
+
+            for location in ("http://169.254.169.254/metadata", "http://127.0.0.1:9/x"):
+                target["to"] = location
+                with pytest.raises(ForeignHostError, match="link-local|loopback"):
+                    transport.send("GET", url, follow_redirects=True)
+    assert len(storage.requests) == 1
+
+
+def test_a_loopback_registry_may_redirect_to_loopback_but_not_elsewhere_inside():
+    with ScriptedServer(lambda request: Reply(200, body=b"layer")) as storage:
+        target = {"to": f"{storage.url}/blob"}
+        with ScriptedServer(redirecting_to(target)) as registry:
+            netlocs = {urlsplit(server.url).netloc: server.url for server in (registry, storage)}
+            transport = RoutedTransport({}, netlocs)
+            url = f"{registry.url}/v2/r/blobs/sha256:00"
+            assert transport.send("GET", url, follow_redirects=True).content == b"layer"
+            for location, kind in (
+                ("http://169.254.169.254/latest/meta-data/", "link-local"),
+                ("http://10.0.0.1/x", "private"),
+            ):
+                target["to"] = location
+                with pytest.raises(ForeignHostError, match=f"a {kind} address"):
+                    transport.send("GET", url, follow_redirects=True)
+
+
+def test_non_global_redirects_only_where_explicitly_allowed():
+    with ScriptedServer(lambda request: Reply(200, body=b"local")) as storage:
+        location = {"to": f"http://127.0.0.1:{storage.port}/blob"}
+        with ScriptedServer(redirecting_to(location)) as registry:
+            routes = {PUBLIC_REGISTRY: registry.url, "127.0.0.1": storage.url}
+            url = f"http://{PUBLIC_REGISTRY}/v2/r/blobs/sha256:00"
+            with pytest.raises(ForeignHostError, match="loopback"):
+                RoutedTransport(DNS, routes).send("GET", url, follow_redirects=True)
+            allowed = RoutedTransport(DNS, routes, allow_redirects_to=["loopback"])
+            assert allowed.send("GET", url, follow_redirects=True).content == b"local"
+            location["to"] = "http://169.254.169.254/latest/meta-data/"
+            with pytest.raises(ForeignHostError, match="link-local"):
+                allowed.send("GET", url, follow_redirects=True)
+    with pytest.raises(ValueError, match="unknown address kinds"):
+        Transport(allow_redirects_to=["loopbak"])
+
+
+def test_a_redirect_target_that_does_not_resolve_is_retried_as_a_transient_failure():
+    def lookup_fails(host: str) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with ScriptedServer(redirecting_to({"to": "http://gone.example.test/blob?sig=SECRET"})) as registry:
+        transport = RoutedTransport(DNS, {PUBLIC_REGISTRY: registry.url}, retry=RetryPolicy(attempts=3))
+        transport.resolve = lookup_fails
+        with pytest.raises(RegistryError) as info:
+            transport.send("GET", f"http://{PUBLIC_REGISTRY}/v2/r/blobs/sha256:00", follow_redirects=True)
+        assert len(registry.requests) == 3
+    assert info.value.transient and not isinstance(info.value, ForeignHostError)
+    assert "gone.example.test" in str(info.value) and "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("8.8.8.8", None),
+        ("20.60.1.1", None),
+        ("2603:1020::1", None),
+        ("127.0.0.1", "loopback"),
+        ("127.8.9.10", "loopback"),
+        ("::1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("169.254.0.1", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("10.0.0.1", "private"),
+        ("172.31.255.255", "private"),
+        ("192.168.1.1", "private"),
+        ("fc00::1", "private"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("168.63.129.16", "azure-platform"),
+        ("100.64.0.1", "non-global"),
+        ("::ffff:10.0.0.1", "private"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("2002:a9fe:a9fe::1", "link-local"),  # 6to4 around 169.254.169.254
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 around 169.254.169.254
+        ("64:ff9b::808:808", None),  # NAT64 around 8.8.8.8
+    ],
+)
+def test_address_kind(address, kind):
+    assert address_kind(address) == kind
 
 
 # -- size limits ------------------------------------------------------------------------------------

@@ -3,18 +3,21 @@
 Every request the core makes goes through :class:`Transport.send`. It retries connection
 errors, 429 (honouring ``Retry-After``) and 5xx through :func:`~sync_core.registry.retry.retrying`, a
 bounded number of times. Redirects are followed by hand so that an ``Authorization`` header is
-never sent to a host other than the one it was meant for, and never downgraded to plain http.
-Authentication is not done here: :class:`~sync_core.registry.auth.Authenticator` sends through a
-transport.
+never sent to a host other than the one it was meant for, and never downgraded to plain http;
+and so that a registry cannot point the app at an address inside its own network (the cloud's
+instance metadata endpoint, a private service): see :func:`address_kind` and
+:meth:`Transport._check_redirect`. Authentication is not done here:
+:class:`~sync_core.registry.auth.Authenticator` sends through a transport.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -46,6 +49,57 @@ Body = bytes | Readable | None
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "registry-sync/0.1 (+python-requests)"
+
+# What address_kind() calls an address that is not on the public internet.
+ADDRESS_KINDS = frozenset(
+    {"loopback", "link-local", "private", "unspecified", "multicast", "non-global", "azure-platform"}
+)
+# Azure's virtual public IP of the host platform (DNS, health probes, the WireServer): global by
+# its number, reachable only from inside Azure.
+AZURE_PLATFORM_ADDRESS = ipaddress.ip_address("168.63.129.16")
+# The NAT64 prefix (RFC 6052): its IPv6 addresses carry an IPv4 one (ipaddress has properties
+# for the IPv4-mapped and 6to4 forms, not for this one).
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+
+Resolver = Callable[[str], list[str]]
+
+
+def resolve_host(host: str) -> list[str]:
+    """Every address ``host`` resolves to, as the connection would (``socket.getaddrinfo``)."""
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)]
+
+
+def address_kind(address: str) -> str | None:
+    """None for a global (public internet) address, else which kind of non-global address it is:
+    ``loopback``, ``link-local`` (169.254.0.0/16 with the instance metadata endpoint, fe80::/10),
+    ``private`` (10/8, 172.16/12, 192.168/16, fc00::/7, ...), ``unspecified`` (0.0.0.0, ::),
+    ``multicast``, ``azure-platform`` (168.63.129.16) or ``non-global`` (shared, reserved,
+    documentation ranges). An IPv6 address that carries an IPv4 one (mapped, 6to4, NAT64) is
+    judged by the IPv4 address too."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of it
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in NAT64_PREFIX:
+            embedded = ipaddress.IPv4Address(ip.packed[-4:])
+        if embedded is not None:
+            inner = address_kind(str(embedded))
+            if inner is not None:
+                return inner
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_private:
+        return "private"
+    if ip == AZURE_PLATFORM_ADDRESS:
+        return "azure-platform"
+    if not ip.is_global:
+        return "non-global"
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -94,7 +148,18 @@ class Transport:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         verify_tls: bool = True,
+        allow_redirects_to: Iterable[str] = (),
+        resolve: Resolver = resolve_host,
     ):
+        """``allow_redirects_to``: kinds of non-global address (:data:`ADDRESS_KINDS`) any
+        registry may redirect to; by default a redirect may reach a non-global address only of a
+        kind the registry's own address has (a registry on 127.0.0.1 may redirect to 127.0.0.1).
+        ``resolve``: host name to addresses, for that check."""
+        unknown = set(allow_redirects_to) - ADDRESS_KINDS
+        if unknown:
+            raise ValueError(f"allow_redirects_to: unknown address kinds {sorted(unknown)}")
+        self.allow_redirects_to = frozenset(allow_redirects_to)
+        self.resolve = resolve
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or netrc credentials from the environment
         self.session.verify = verify_tls
@@ -177,6 +242,7 @@ class Transport:
     def _send_following(
         self, method: str, url: str, headers: dict[str, str], data: Body, stream: bool, follow_redirects: bool
     ) -> requests.Response:
+        origin = url
         response = self._send_once(method, url, headers, data, stream)
         hops = 0
         while (
@@ -198,6 +264,7 @@ class Transport:
                 raise ForeignHostError(
                     f"{method} {redact_url(url)} redirected from https to plain http; refusing"
                 )
+            self._check_redirect(method, origin, target)
             if not same_origin(target, url):
                 # Blob downloads are redirected to storage (ACR, Alibaba OSS, S3): the registry's
                 # credentials stay with the registry.
@@ -205,6 +272,57 @@ class Transport:
             url = target
             response = self._send_once(method, url, headers, None, stream)
         return response
+
+    def _check_redirect(self, method: str, origin: str, target: str) -> None:
+        """Refuse a redirect to an address inside the network the app runs in.
+
+        A registry (or whoever controls its answers) must not make the app send requests to
+        the instance metadata endpoint, the platform's endpoints or private services. The
+        target's host, a literal address or every address its name resolves to, may be
+        non-global only of a kind the first request's host (the registry) itself has, or of a
+        kind in ``allow_redirects_to``. Raises :class:`ForeignHostError` naming the host and
+        the address, never the query string. The connection resolves the name again: a DNS
+        answer that changes in between (rebinding) is not caught here.
+        """
+        host = urlsplit(target).hostname or ""
+        origin_host = urlsplit(origin).hostname or ""
+        if not host:
+            raise ForeignHostError(
+                f"{method} {redact_url(origin)} redirected to a URL without a host; refusing"
+            )
+        if host == origin_host:
+            return  # the registry's own host: nothing it could not reach directly
+        inside = self._non_global(host, method, origin)
+        if not inside:
+            return
+        allowed = set(self.allow_redirects_to)
+        try:
+            allowed.update(self._non_global(origin_host, method, origin).values())
+        except RegistryError:
+            pass  # the registry's own name no longer resolves: nothing is allowed because of it
+        for address, kind in inside.items():
+            if kind not in allowed:
+                shown = host if host == address else f"{host} ({address})"
+                raise ForeignHostError(
+                    f"{method} {redact_url(origin)} redirected to {shown}, a {kind} address; "
+                    "refusing: a registry may not send the app into the network it runs in"
+                )
+
+    def _non_global(self, host: str, method: str, origin: str) -> dict[str, str]:
+        """address -> kind for each non-global address of ``host`` (a literal or a name)."""
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+            addresses = [host]  # a literal address, named as the Location gave it
+        except ValueError:
+            try:
+                addresses = self.resolve(host)
+            except OSError:
+                # transient (a name that does not resolve now may later): retried by send()
+                raise RegistryError(
+                    f"{method} {redact_url(origin)} redirected to {host}, which does not resolve"
+                ) from None
+        kinds = {address: address_kind(address) for address in addresses}
+        return {address: kind for address, kind in kinds.items() if kind is not None}
 
 
 def exhausted(response: requests.Response) -> bool:

@@ -58,7 +58,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler
 from typing import NamedTuple
 
@@ -238,7 +238,9 @@ class AcrStandIn:
     mutable at runtime like :attr:`users` (use :meth:`set_user`) and
     :attr:`grant_wildcard_requests`. ``backend_config``: more ``docker-registry`` configuration for
     the backend (e.g. ``{"compatibility": {"schema1": {"enabled": True}}}`` to hold schema 1, or
-    ``registry.FOREIGN_URLS_ALLOWED``).
+    ``registry.FOREIGN_URLS_ALLOWED``). :attr:`clock`: the stand-in's time (``time.time``), from
+    which the tokens it issues get their ``exp`` and against which ``/acr/v1`` checks it; set it
+    ahead to expire the tokens a client holds without waiting.
     """
 
     def __init__(
@@ -255,6 +257,7 @@ class AcrStandIn:
         for user, (password, scope_map) in (users or {}).items():
             self.set_user(user, password, scope_map)
         self.token_lifetime = token_lifetime
+        self.clock: Callable[[], float] = time.time
         self.grant_wildcard_requests = grant_wildcard_requests
 
         self._lock = threading.Lock()
@@ -352,21 +355,29 @@ class AcrStandIn:
         logged). ``lifetime`` defaults to :attr:`token_lifetime`; negative = already expired."""
         return self._issuer.mint(
             scopes,
-            self.token_lifetime if lifetime is None else lifetime,
+            self._by_clock(self.token_lifetime if lifetime is None else lifetime),
             subject=subject,
             audience=self.host,
         )
 
+    def _by_clock(self, lifetime: float) -> int:
+        """The lifetime to ask the issuer (whose ``exp`` is its time plus it) for ``exp`` to be
+        :attr:`clock` plus ``lifetime``."""
+        return int(lifetime) + round(self.clock() - time.time())
+
     def decode(self, token: str, verify_exp: bool = True) -> dict:
-        """Verify (signature, audience, issuer, optionally ``exp``) and decode a JWT."""
-        return jwt.decode(
+        """Verify (signature, audience, issuer, optionally ``exp`` by :attr:`clock`) and decode a JWT."""
+        claims = jwt.decode(
             token,
             self._issuer.public_key_pem,
             algorithms=["RS256"],
             audience=self.host,
             issuer=self._issuer.issuer,
-            options={"verify_exp": verify_exp},
+            options={"verify_exp": False},
         )
+        if verify_exp and "exp" in claims and claims["exp"] <= self.clock():
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        return claims
 
     @property
     def token_requests(self) -> int:
@@ -783,7 +794,7 @@ class AcrStandIn:
         requested = [s for value in params.get("scope", []) for s in value.split()]
         granted = self._grant(self.users[user][1], self._parse_scopes(requested))
         token = self._issuer.mint(
-            [str(s) for s in granted], int(self.token_lifetime), subject=user, audience=self.host
+            [str(s) for s in granted], self._by_clock(self.token_lifetime), subject=user, audience=self.host
         )
         with self._lock:
             self._grants.append(TokenGrant(user, requested, [str(s) for s in granted]))

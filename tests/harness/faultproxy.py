@@ -42,6 +42,12 @@ same amount for every request, so a sequential client sees the same faults for t
 Response bodies whose length must be known (partial and corrupt faults on chunked responses)
 are buffered.
 
+Overlap, proven rather than hoped for: ``fp.rendezvous(2, method="PUT", path=r"/manifests/")``
+returns a :class:`Rendezvous` that holds each matching request (before it is forwarded) until two
+of them are in flight at once, then lets every one through; ``met`` says whether that happened.
+A request that waits ``timeout`` seconds in vain goes on, and so do all after it (``timed_out``):
+a client that never overlaps two such requests is slowed once, and its test fails on ``met``.
+
 Every request is logged (``log``: ``RequestRecord`` copies in arrival order): method, path,
 status sent to the client (``None`` for a reset before the answer), fault, whether it was
 forwarded, the upstream's status, and an error text if the upstream or the client failed.
@@ -59,13 +65,14 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit, urlunsplit
 
 from .servers import LoopbackHTTPServer
 
-__all__ = ["FAULT_KINDS", "FaultProxy", "FaultRule", "RequestRecord"]
+__all__ = ["FAULT_KINDS", "FaultProxy", "FaultRule", "Rendezvous", "RequestRecord"]
 
 FAULT_KINDS = ("reset", "reset_mid_body", "truncate", "status", "throttle", "slow", "corrupt_body")
 _NO_FORWARD_KINDS = ("reset", "status", "throttle")
@@ -150,6 +157,65 @@ class FaultRule:
         if self._method_re is not None and not self._method_re.fullmatch(method):
             return False
         return self._path_re is None or self._path_re.search(path) is not None
+
+
+class Rendezvous:
+    """Holds the requests that match until ``parties`` of them are in flight at once.
+
+    ``method``/``path``: regexes as in :class:`FaultRule`. A matching request counts as in flight
+    from its arrival until its answer is sent. ``met``: ``parties`` were in flight at once (from
+    then on nothing waits). ``timed_out``: a request waited ``timeout`` seconds in vain (from then
+    on nothing waits either). ``max_in_flight``: the most matching requests in flight at once.
+    """
+
+    def __init__(
+        self, parties: int, method: str | None = None, path: str | None = None, timeout: float = 30.0
+    ):
+        if parties < 1:
+            raise ValueError("parties must be >= 1")
+        self.parties, self.timeout = parties, timeout
+        self._method_re = re.compile(method, re.IGNORECASE) if method else None
+        self._path_re = re.compile(path) if path else None
+        self._cond = threading.Condition()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.met = False
+        self.timed_out = False
+
+    def matches(self, method: str, path: str) -> bool:
+        if self._method_re is not None and not self._method_re.fullmatch(method):
+            return False
+        return self._path_re is None or self._path_re.search(path) is not None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """One matching request: wait for the others (see the class docstring), then go on."""
+        with self._cond:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self.in_flight >= self.parties:
+                self.met = True
+                self._cond.notify_all()
+            elif not self._cond.wait_for(lambda: self.met or self.timed_out, self.timeout):
+                self.timed_out = True
+                self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= 1
+
+    def release(self) -> None:
+        """Let every waiting and later request through (the proxy stops)."""
+        with self._cond:
+            self.timed_out = True
+            self._cond.notify_all()
+
+    def __repr__(self) -> str:
+        return (
+            f"Rendezvous(parties={self.parties}, met={self.met}, timed_out={self.timed_out}, "
+            f"max_in_flight={self.max_in_flight})"
+        )
 
 
 @dataclass
@@ -302,6 +368,7 @@ class FaultProxy:
         self.rate = rate
         self._rules: list[FaultRule] = [self._coerce_rule(r) for r in rules]
         self._log: list[RequestRecord] = []
+        self._rendezvous: list[Rendezvous] = []
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._stopped = False
@@ -375,6 +442,15 @@ class FaultProxy:
         with self._lock:
             self._rules = []
 
+    def rendezvous(
+        self, parties: int, *, method: str | None = None, path: str | None = None, timeout: float = 30.0
+    ) -> Rendezvous:
+        """Hold the matching requests until ``parties`` are in flight at once (see :class:`Rendezvous`)."""
+        rendezvous = Rendezvous(parties, method, path, timeout)
+        with self._lock:
+            self._rendezvous.append(rendezvous)
+        return rendezvous
+
     def add_rewrite(self, src_origin: str, dst_origin: str) -> None:
         """Rewrite absolute URLs on ``src_origin`` (scheme://host[:port]) to ``dst_origin``."""
         key = _origin(src_origin)
@@ -437,6 +513,10 @@ class FaultProxy:
             return
         self._stopped = True
         self._stopping.set()
+        with self._lock:
+            held = list(self._rendezvous)
+        for rendezvous in held:
+            rendezvous.release()
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
@@ -510,10 +590,14 @@ class FaultProxy:
                 rule=rule.label if rule else None,
             )
             self._log.append(rec)
+            meeting = [r for r in self._rendezvous if r.matches(method, path)]
         rng = random.Random(sub_seed)
         try:
-            body = _RequestBody(h.rfile, h.headers)
-            self._serve(h, rec, rule, rng, body)
+            with ExitStack() as stack:
+                for rendezvous in meeting:
+                    stack.enter_context(rendezvous.held())
+                body = _RequestBody(h.rfile, h.headers)
+                self._serve(h, rec, rule, rng, body)
         except _ClientGone as exc:
             self._update(rec, error=str(exc))
             h.close_connection = True

@@ -86,6 +86,10 @@ class RegistryStartError(RuntimeError):
     pass
 
 
+class AccessLogIncomplete(AssertionError):
+    """The access log lacks the marker request :meth:`Registry.access_log` sent: it is incomplete."""
+
+
 class Registry:
     """A running ``docker-registry`` process.
 
@@ -233,29 +237,37 @@ class Registry:
 
     # -- request log ------------------------------------------------------------------------------
 
-    def access_log(self) -> list[tuple[str, str, int]]:
+    def access_log(self, timeout: float = 5.0) -> list[tuple[str, str, int]]:
         """``(method, path, status)`` of every request answered so far, oldest first.
 
         From the access log distribution writes to its stdout (Apache combined format). A request
         is logged just after its answer is sent, so a marker request is sent first and waited for:
-        everything answered before this call is in the list.
+        everything answered before this call is in the list. Raises :class:`AccessLogIncomplete`
+        when the marker is not in the log within ``timeout`` seconds (a truncated or lagging log
+        would otherwise pass for one without the requests looked for).
         """
         marker = f"/v2/?access-log-marker={uuid.uuid4().hex}"
         requests.get(self.url + marker, timeout=5)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + timeout
         while True:
             entries = [
                 (m["method"], m["path"], int(m["status"]))
                 for m in map(_ACCESS_LINE.match, self.log_path.read_text(errors="replace").splitlines())
                 if m is not None
             ]
-            if any(path == marker for _, path, _ in entries) or time.monotonic() > deadline:
+            if any(path == marker for _, path, _ in entries):
                 return [e for e in entries if "access-log-marker=" not in e[1]]
+            if time.monotonic() > deadline:
+                raise AccessLogIncomplete(
+                    f"{self.name} at {self.url}: the marker request {marker} did not appear in the access "
+                    f"log {self.log_path} within {timeout} s ({len(entries)} entries read): the log is "
+                    f"truncated or lagging, so it cannot say which requests were answered\n{self.log_tail()}"
+                )
             time.sleep(0.01)
 
-    def writes(self, since: int = 0) -> list[tuple[str, str, int]]:
+    def writes(self, since: int = 0, timeout: float = 5.0) -> list[tuple[str, str, int]]:
         """The PUT/POST/PATCH/DELETE requests of :meth:`access_log` from entry ``since`` on."""
-        return [e for e in self.access_log()[since:] if e[0] in WRITE_METHODS]
+        return [e for e in self.access_log(timeout)[since:] if e[0] in WRITE_METHODS]
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None

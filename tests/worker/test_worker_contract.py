@@ -24,6 +24,7 @@ from azure.functions.decorators.core import BindingDirection
 
 from sync_core.azure import runtime
 from tests.harness.faultproxy import FaultProxy, FaultRule
+from tests.harness.images import oci_index
 from tests.worker.conftest import NAMESPACE, SEEDED, TARGET_NAMESPACE
 from tests.worker.host import ROOT, event_grid_input, ok, protos, queue_input, timer_input
 
@@ -203,17 +204,31 @@ def test_events_without_work_enqueue_nothing(worker, acr, rpc_logs, name, host, 
 
 def test_untagged_push_goes_to_the_worker_which_ignores_a_child_manifest(worker, acr, target):
     """An untagged push may be a referrer: the worker fetches the manifest once and decides."""
-    child = SEEDED["giantswarm/example-app"]["1.4.2"].children[0]
+    # a multi-platform image pushed by digest (its children first): no other test mirrors it,
+    # so the target lacks the child whatever ran before
+    index = oci_index("wk-untagged", ["linux/amd64", "linux/arm64"], [512])
+    acr.pusher().push("giantswarm/example-app", index)
+    child = index.children[0]
+    mirror = target.pusher()
+    assert not mirror.exists_manifest(f"{TARGET_NAMESPACE}/example-app", child.digest)
     event = copy.deepcopy(sample("image-pushed-child.eventgrid.json"))
     event["data"]["request"]["host"] = acr.host
     event["data"]["target"].update(repository="giantswarm/example-app", digest=child.digest)
     (message,) = queue_messages(worker, worker.invoke("on_image_pushed", *event_grid_input(event)))
     assert (message["kind"], message["digest"]) == ("referrer", child.digest)
     acr.reset_log()
+    mark = len(target.access_log())
     response = worker.invoke("sync_worker", *queue_input(json.dumps(message), message_id=str(uuid.uuid4())))
     assert response.result.status == protos.StatusResult.Success
     assert queue_messages(worker, response) == []
-    assert acr.count("manifest", repo="giantswarm/example-app") <= 1  # fetched once (if the target lacks it)
+    # authentication challenges aside: the target is asked once whether it holds the child, the
+    # source's copy is read once, it has no subject, and nothing is written
+    asked = [(m, p, s) for m, p, s in target.access_log()[mark:] if s != 401]
+    assert asked == [("HEAD", f"/v2/{TARGET_NAMESPACE}/example-app/manifests/{child.digest}", 404)], asked
+    fetched = [(e.method, e.ref, e.status) for e in acr.log if e.kind == "manifest" and e.status != 401]
+    assert fetched == [("GET", child.digest, 200)], acr.log
+    assert target.writes(mark) == []
+    assert not mirror.exists_manifest(f"{TARGET_NAMESPACE}/example-app", child.digest)
 
 
 # -- the queue worker --------------------------------------------------------------------------------
