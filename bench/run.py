@@ -1,7 +1,7 @@
 """``make bench``: registry-sync against ``skopeo sync --all``, side by side, through a latency proxy.
 
     python -m bench.run                 # the full benchmark (docs/benchmarks.md)
-    python -m bench.run --quick         # small corpus, no 1 GiB image (tests/test_bench_smoke.py)
+    python -m bench.run --quick         # small corpus, no 1 GiB image (tests/meta/test_bench_smoke.py)
     python -m bench.run --delay-ms 100 --bandwidth 50M --out /tmp/bench
 
 Scenarios (each runs registry-sync, then skopeo, against the same mirror behind the same proxy;

@@ -41,4 +41,4 @@ infra-checkov: tools-venv
 # $(STAMP) is the Makefile's app-venv stamp (empty when this file is used alone).
 infra-check: tools-venv infra-checkov $(STAMP)
 	test -x $(PY) || { echo "$(PY) missing: run 'make venv' first" >&2; exit 1; }
-	$(PY) -m pytest -q tests/test_infra.py tests/test_host_config.py
+	$(PY) -m pytest -q tests/infra/test_infra.py tests/infra/test_host_config.py

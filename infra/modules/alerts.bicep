@@ -2,7 +2,7 @@
 // group that e-mails an operator. Deployed by main.bicep (deployAlerts).
 //
 // Each Kusto query is written once, below; infra/README.md ("Alerts") shows the same text so that
-// an operator can run it by hand (tests/test_monitoring.py keeps the two equal). The queries read
+// an operator can run it by hand (tests/infra/test_monitoring.py keeps the two equal). The queries read
 // what the app sends with host.json telemetryMode OpenTelemetry:
 //   customMetrics  the OpenTelemetry instruments of sync_core/metrics.py (registry_sync.*)
 //   traces         the decision lines of sync_core/logs.py (the timer's decision=poison_depth)

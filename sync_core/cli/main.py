@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sync_core.azure.events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
-from sync_core.azure.poison import PoisonQueue, QueueAccess, Selector, access_from_env
+from sync_core.azure.poison import PoisonQueue
+from sync_core.azure.poison_messages import Selector
+from sync_core.azure.storage import QueueAccess, access_from_env
 from sync_core.cli.render import Progress, render_plan, render_summary
 from sync_core.config.load import load_config
 from sync_core.config.model import SyncConfig

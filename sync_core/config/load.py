@@ -26,16 +26,9 @@ from sync_core.config.model import (
     TargetConfig,
     TargetRules,
 )
+from sync_core.config.parsers import Problems, parse_target_name
 from sync_core.config.registries import default_path_depth
-from sync_core.config.settings import (
-    ENV_TARGET_KEYS,
-    GLOBAL_BY_KEY,
-    TARGET_BY_KEY,
-    TARGET_SETTINGS,
-    Problems,
-    Setting,
-    parse_target_name,
-)
+from sync_core.config.settings import ENV_TARGET_KEYS, GLOBAL_BY_KEY, TARGET_BY_KEY, TARGET_SETTINGS, Setting
 from sync_core.errors import ConfigError
 
 # -- loading --------------------------------------------------------------------------------------

@@ -23,10 +23,11 @@ import threading
 import time
 from pathlib import Path
 
+from tests.harness.paths import ROOT
+
 from .registry import free_port
 from .servers import end_process, log_tail, spawn
 
-ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 AZURITE_QUEUE = Path(
     os.environ.get(
         "REGISTRY_SYNC_TEST_AZURITE_BIN",

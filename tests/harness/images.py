@@ -546,7 +546,7 @@ def digest_tag(digest: str, suffix: str = "sig") -> str:
     return f"{alg}-{hexpart}.{suffix}" if suffix else f"{alg}-{hexpart}"
 
 
-# -- real-world shapes (tests/test_shapes.py) ------------------------------------------------------
+# -- real-world shapes (tests/engine/test_shapes.py) ------------------------------------------------------
 
 
 def annotated(manifest: Manifest, annotations: dict) -> Manifest:

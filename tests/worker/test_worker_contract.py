@@ -16,7 +16,6 @@ import re
 import sys
 import typing
 import uuid
-from pathlib import Path
 
 import azure.functions as func
 import pytest
@@ -25,10 +24,10 @@ from azure.functions.decorators.core import BindingDirection
 from sync_core.azure import runtime
 from tests.harness.faultproxy import FaultProxy, FaultRule
 from tests.harness.images import oci_index
+from tests.harness.paths import EVENTS
 from tests.worker.conftest import NAMESPACE, SEEDED, TARGET_NAMESPACE
 from tests.worker.host import ROOT, event_grid_input, ok, protos, queue_input, timer_input
 
-EVENTS = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 FUNCTIONS = {"sync_schedule", "on_image_pushed", "sync_worker"}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +14,7 @@ from sync_core.azure.handlers import events_messages
 from sync_core.azure.messages import parse_message
 from sync_core.config.load import load_config
 from sync_core.errors import InvalidContent
-
-EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
+from tests.harness.paths import EVENTS
 
 
 def sample(name: str) -> dict:

@@ -12,8 +12,9 @@ import re
 
 import pytest
 
+from sync_core.config import parsers
 from sync_core.config.model import Filters, SourceConfig, SourceKind, SyncConfig, TargetConfig
-from sync_core.config.settings import Problems, _semver
+from sync_core.config.parsers import Problems
 from sync_core.errors import NameRejected
 from sync_core.plan.catalog import TagInfo
 from sync_core.plan.mapping import target_repository
@@ -145,7 +146,7 @@ def test_select_tags(given, how, expected):
 
 def semver(text: str) -> Filters:
     problems = Problems()
-    parsed = _semver(text, "TAG_SEMVER", problems)
+    parsed = parsers.semver(text, "TAG_SEMVER", problems)
     assert parsed is not None, problems.items
     return Filters(semver=parsed)
 

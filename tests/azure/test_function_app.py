@@ -24,8 +24,8 @@ from sync_core.registry.retry import RetryPolicy
 from tests.harness.acr import AcrStandIn
 from tests.harness.function_context import Collect, Context
 from tests.harness.images import oci_image, oci_index
+from tests.harness.paths import EVENTS
 
-EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 ROOT_USER = ("sync-token", "sync-token-password")
 MIRROR = ("pusher", "pusher-pass")
 

@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from azure.functions.timer import TimerRequest
@@ -29,8 +28,8 @@ from sync_core.config.load import load_config
 from tests.harness.azurite import ACCOUNT_KEY, Azurite
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.function_context import Collect, Context
+from tests.harness.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count(1)
 
 
@@ -443,7 +442,7 @@ def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, mon
     runtime.reset()
     try:
         # the decorated function itself: app.get_functions() indexes once per process (as the
-        # host does), and tests/test_function_app.py may have done it already
+        # host does), and tests/azure/test_function_app.py may have done it already
         timer = function_app.sync_schedule._function.get_user_function()
         timer(TimerRequest(past_due=False), Collect(), Context())
     finally:

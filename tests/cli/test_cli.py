@@ -17,8 +17,8 @@ from sync_core.registry.retry import RetryPolicy
 from tests.harness import images
 from tests.harness.acr import AcrStandIn
 from tests.harness.images import HELM_CONFIG
+from tests.harness.paths import ROOT as ROOT_DIR
 
-ROOT_DIR = Path(__file__).resolve().parent.parent
 NS = "giantswarm"
 SOURCE = ("cli-root", "cli-root-pw")
 PUSHER = ("pusher", "pusher-pass")  # session token issuer: pull,push everywhere

@@ -17,7 +17,8 @@ import re
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness.paths import ROOT
+
 SKIP_DIRS = {
     ".git",
     ".venv",

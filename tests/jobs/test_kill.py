@@ -27,9 +27,9 @@ import pytest
 from bench.latency_proxy import LatencyProxy
 from tests.harness import ADMIN, PUSHER, images
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.paths import ROOT
 from tests.harness.verify import Incomplete, verify_present
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "k"
 MIRROR = "killed"
 KILLS = 5

@@ -47,9 +47,9 @@ from tests.harness.acr import AcrStandIn
 from tests.harness.copying import OneTarget
 from tests.harness.fakeregistry import FakeRegistry, storage_server
 from tests.harness.keyvault import ACCESS_TOKEN, FakeAzureCredential, KeyVaultStub
+from tests.harness.paths import ROOT
 from tests.harness.scripted import Reply, ScriptedServer
 
-ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "tests" / "fixtures" / "events"
 FAST = RetryPolicy(attempts=2, backoff_base=0.0, backoff_cap=0.0, retry_after_cap=0.0)
 

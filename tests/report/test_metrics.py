@@ -42,9 +42,9 @@ from sync_core.plan.work import Check
 from sync_core.report import metrics
 from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
+from tests.harness.paths import ROOT
 from tests.harness.servers import LoopbackHTTPServer
 
-ROOT = Path(__file__).resolve().parent.parent
 NS = "gs"
 SOURCE_USER = ("metrics-sync", "metrics-sync-pw-4Hq")
 API_USER = ("metrics-bot", "metrics-bot-pw-9Xe")

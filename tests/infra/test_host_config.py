@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from sync_core.config.load import load_config
 from sync_core.config.model import Compare
 from sync_core.config.settings import APP_SETTINGS, LOCAL_ONLY_SETTINGS
+from tests.harness.paths import ROOT
 from tests.harness.secret_values import looks_like_secret
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_timespan(text: str) -> int:

@@ -13,14 +13,12 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import requests
 
 from bench.latency_proxy import HTTPRequestStreamParser, LatencyProxy, classify_path
-
-ROOT = Path(__file__).resolve().parents[1]  # tests/conftest.py puts it on sys.path
+from tests.harness.paths import ROOT
 
 MB = 1024 * 1024
 PAYLOAD = os.urandom(MB) * 20  # 20 MiB, shared by the download handlers

@@ -1,7 +1,7 @@
 """Operating the mirror: the alert rules (infra/modules/alerts.bicep, parsed with pycep), the
 queries the README shows for them, and the OpenTelemetry side of the host configuration.
 
-checkov runs on the module with the rest of infra/ (tests/test_infra.py).
+checkov runs on the module with the rest of infra/ (tests/infra/test_infra.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from pycep import BicepParser
 
 from sync_core import logs
+from tests.harness.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
 ALERTS = INFRA / "modules" / "alerts.bicep"
@@ -276,14 +276,14 @@ def test_opentelemetry_is_on_for_host_and_worker(main):
     (site,) = [body(r) for r in main["resources"].values() if r["type"] == "Microsoft.Web/sites"]
     settings = {s["name"]: s["value"] for s in site["properties"]["siteConfig"]["appSettings"]}
     assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "true"
-    # Entra ID with the app's user-assigned identity (tests/test_infra.py checks the client id)
+    # Entra ID with the app's user-assigned identity (tests/infra/test_infra.py checks the client id)
     auth = settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
     assert auth.startswith("ClientId=${") and auth.endswith("};Authorization=AAD")
     requirements = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^azure-monitor-opentelemetry\b", requirements, re.M), "the worker loads the distro"
     # the worker configures the exporter itself; a second configure_azure_monitor() would export
     # twice: the one call (for the CLI) is in metrics.py, behind the worker's setting (what it does
-    # with the setting on is proven by tests/test_metrics.py)
+    # with the setting on is proven by tests/report/test_metrics.py)
     calls = [
         p
         for p in [ROOT / "function_app.py", *(ROOT / "sync_core").rglob("*.py")]

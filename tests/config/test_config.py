@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,7 @@ from sync_core.config.load import load_config
 from sync_core.config.registries import DOCKER_HUB
 from sync_core.config.settings import APP_SETTINGS, LOCAL_ONLY_SETTINGS, SETTINGS, settings_markdown
 from sync_core.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness.paths import ROOT
 
 BASE = {
     "SOURCE_REGISTRY": "gsoci.azurecr.io",

@@ -22,9 +22,9 @@ from pycep import BicepParser
 from sync_core.config.load import load_config
 from sync_core.config.model import Compare
 from sync_core.config.settings import APP_SETTINGS
+from tests.harness.paths import ROOT
 from tests.harness.secret_values import looks_like_secret
 
-ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
 NETWORK_MODULE = INFRA / "modules" / "private-network.bicep"

@@ -6,7 +6,7 @@ Property-based (hypothesis) over what reaches registry-sync from outside: regist
 names), queue messages, configuration values and event payloads. The registries are
 ``FakeRegistry`` servers on 127.0.0.1 whose answers the examples script; an ``evil`` server
 stands for "another host" and must never be contacted. Every example is bounded in time.
-(``tests/test_events.py`` fuzzes event *fields*; here: raw payload bytes and the Functions
+(``tests/azure/test_events.py`` fuzzes event *fields*; here: raw payload bytes and the Functions
 entry point.)
 """
 
