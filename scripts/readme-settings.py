@@ -1,4 +1,4 @@
-"""Rewrite the README's configuration tables from the settings declared in sync_core/config.py.
+"""Rewrite the README's configuration tables from the settings declared in sync_core/config/settings.py.
 
 python scripts/readme-settings.py          # rewrite README.md in place
 python scripts/readme-settings.py --check  # exit 1 if README.md differs (tests do the same)
