@@ -1,13 +1,16 @@
 """Azure Functions entry points (Python v2 programming model). Thin: parse, call the core.
 
-* ``sync_schedule``  (timer, ``%SYNC_SCHEDULE%``): lists the catalog, enqueues a message per
-  repository and target (marking the repositories due for their periodic full check). Copies
-  nothing. Logs the poison queue's depth (the signal of the "poison queue not empty" alert).
+* ``sync_schedule``  (timer, ``%SYNC_SCHEDULE%``): lists the catalog, reads each repository's
+  fingerprint at the source and enqueues the repositories that changed, failed or are due for
+  their periodic full check (batched; the state per repository and target is in the app's
+  storage account). Copies nothing, asks no target anything. Logs the poison queue's depth (the
+  signal of the "poison queue not empty" alert).
 * ``on_image_pushed`` (Event Grid, EventGridSchema or CloudEvents): enqueues a message per target
   for a pushed tag, or for an untagged push (a referrer, decided by the worker).
-* ``sync_worker``    (queue ``%SYNC_QUEUE%``): copies what one message asks for; re-enqueues
-  what its time budget left over; raises on a failure worth a redelivery (the host retries, then
-  poisons); a permanent condition of the content is reported as a skip instead.
+* ``sync_worker``    (queue ``%SYNC_QUEUE%``): copies what one message asks for; records each
+  repository's outcome in the timer's state; re-enqueues what its time budget left over; raises
+  on a failure worth a redelivery (the host retries, then poisons); a permanent condition of the
+  content is reported as a skip instead.
 
 Each runs inside ``logs.invocation(context)``: log lines from the core's thread pools then reach
 the host tied to the invocation (the host drops worker log lines that name none).
@@ -23,6 +26,7 @@ import azure.functions as func
 
 from sync_core import logs
 from sync_core.azure import handlers, poison, runtime
+from sync_core.azure import timer as schedule
 
 app = func.FunctionApp()
 log = logging.getLogger("sync_core.functions")
@@ -41,8 +45,10 @@ def sync_schedule(timer: func.TimerRequest, out: func.Out[typing.List[str]], con
         if timer.past_due:
             log.warning("timer is past due; reconciling now")
         poison.poison_depth(runtime.shared_config().queue)  # never raises; "poison queue not empty" alert
-        messages = handlers.schedule_messages(
-            runtime.shared_syncer(), handlers.last_run(getattr(timer, "schedule_status", None))
+        messages = schedule.schedule_messages(
+            runtime.shared_syncer(),
+            runtime.shared_state(),
+            schedule.last_run(getattr(timer, "schedule_status", None)),
         )
         if messages:
             out.set(messages)
@@ -63,7 +69,9 @@ def on_image_pushed(
 @app.queue_output(arg_name="out", queue_name=QUEUE, connection=STORAGE)
 def sync_worker(msg: func.QueueMessage, out: func.Out[typing.List[str]], context: func.Context) -> None:
     with logs.invocation(context):
-        summary, leftover = handlers.process_message(msg.get_body(), runtime.shared_syncer())
+        summary, leftover = handlers.process_message(
+            msg.get_body(), runtime.shared_syncer(), state=runtime.shared_state()
+        )
         if leftover:
             out.set(leftover)
         logs.decision(

@@ -181,7 +181,7 @@ param targetPasswordSecretName string = 'target-password'
 
 // ---- alerts (modules/alerts.bicep; infra/README.md "Alerts") ----
 
-@description('Create the alert rules: poison queue not empty, failed runs, no successful timer run, mirror lag.')
+@description('Create the alert rules: poison queue not empty, failed runs, no successful timer run, staleness.')
 param deployAlerts bool = true
 
 @description('Alerts: e-mail address notified through a new action group (empty: no e-mail; the alerts still show in Azure Monitor).')
@@ -195,9 +195,9 @@ param alertActionGroupId string = ''
 @maxValue(720)
 param syncSchedulePeriodMinutes int = 15
 
-@description('Alerts: mirror lag (source push to target tag) above this many minutes fires the lag alert.')
+@description('Alerts: a source change not confirmed at a target for this many minutes fires the staleness alert.')
 @minValue(1)
-param mirrorLagThresholdMinutes int = 60
+param stalenessThresholdMinutes int = 60
 
 @description('Alerts: failed runs of one trigger within an hour that fire the failure alert.')
 @minValue(1)
@@ -792,7 +792,7 @@ resource storageQueueDataContributor 'Microsoft.Authorization/roleAssignments@20
   }
 }
 
-// The Functions host keeps some diagnostic state in tables (not strictly needed by this app).
+// The timer keeps its state per (repository, target) in a table of this account (sync_core/azure/state.py).
 resource storageTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, appIdentity.id, roleStorageTableDataContributor)
   scope: storage
@@ -838,7 +838,7 @@ module alerts 'modules/alerts.bicep' = if (deployAlerts) {
     alertEmail: alertEmail
     actionGroupId: alertActionGroupId
     syncSchedulePeriodMinutes: syncSchedulePeriodMinutes
-    mirrorLagThresholdMinutes: mirrorLagThresholdMinutes
+    stalenessThresholdMinutes: stalenessThresholdMinutes
     failedRunsThreshold: failedRunsThreshold
   }
 }

@@ -22,6 +22,7 @@ module imports another.
 from __future__ import annotations
 
 import importlib.util
+import secrets
 import sys
 from pathlib import Path
 
@@ -31,6 +32,8 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
     sys.path.insert(0, _ROOT)
 
+from sync_core.azure.state import TableState  # noqa: E402
+from sync_core.azure.storage import StorageAccess  # noqa: E402
 from tests.harness import (  # noqa: E402
     BASIC,
     STANDARD_USERS,
@@ -39,6 +42,7 @@ from tests.harness import (  # noqa: E402
     seed_standard,
     stop_all,
 )
+from tests.harness.azurite import Azurite  # noqa: E402
 
 # tests/worker is the worker-contract tier: it runs in .venv-worker (Python 3.13, the real Functions
 # worker) through `make worker-test`, which `make test` runs too. The main run does not collect it.
@@ -110,6 +114,20 @@ def fresh_registry(token_issuer):
     finally:
         for reg in started:
             reg.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_tables():
+    """A real Azurite table service (the timer's state), for the session."""
+    with Azurite("table") as server:
+        yield server
+
+
+@pytest.fixture
+def state(azurite_tables):
+    """The timer's state (:class:`TableState`) in a table of its own, in the session's Azurite."""
+    access = StorageAccess(connection_string=azurite_tables.connection_string())
+    return TableState.for_access(access, f"t{secrets.token_hex(6)}")
 
 
 @pytest.fixture

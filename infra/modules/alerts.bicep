@@ -34,9 +34,9 @@ param actionGroupId string = ''
 @maxValue(720)
 param syncSchedulePeriodMinutes int = 15
 
-@description('Mirror lag alert: the largest lag (source push to target tag) of a target above this many minutes.')
+@description('Staleness alert: a source change not yet confirmed at a target for more than this many minutes.')
 @minValue(1)
-param mirrorLagThresholdMinutes int = 60
+param stalenessThresholdMinutes int = 60
 
 @description('Failure alert: this many failed runs of one trigger (timer, event, worker) within an hour.')
 @minValue(1)
@@ -75,12 +75,14 @@ customMetrics
 | project timestamp, runs = valueCount
 '''
 
-// Mirror lag per target: the largest lag recorded in the window (a histogram: valueMax).
-var mirrorLagQuery = '''
+// Staleness per target: the oldest source change not yet confirmed there, as each timer run
+// measured it (a histogram: valueMax). Backfill does not raise it; a delay, a failing
+// repository or a stopped pipeline does.
+var stalenessQuery = '''
 customMetrics
-| where name == "registry_sync.mirror_lag"
+| where name == "registry_sync.staleness"
 | extend target = tostring(customDimensions.target)
-| summarize max_lag_seconds = max(valueMax) by target
+| summarize max_staleness_seconds = max(valueMax) by target
 '''
 
 // ---------------------------------------------------------------------------------------------
@@ -248,14 +250,14 @@ resource deadManAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   }
 }
 
-resource mirrorLagAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
-  name: '${namePrefix}-alert-lag-${suffix}'
+resource stalenessAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${namePrefix}-alert-staleness-${suffix}'
   location: location
   tags: tags
   kind: 'LogAlert'
   properties: {
-    displayName: 'registry-sync: mirror lag'
-    description: 'A target got a tag more than ${mirrorLagThresholdMinutes} minutes after the source did. A backfill (a new repository, wider filters) raises it too.'
+    displayName: 'registry-sync: mirror staleness'
+    description: 'A source change has not been confirmed at a target for more than ${stalenessThresholdMinutes} minutes (a delay, a failing repository, a stopped pipeline; backfill does not count).'
     severity: 3
     enabled: true
     scopes: [
@@ -267,9 +269,9 @@ resource mirrorLagAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
     criteria: {
       allOf: [
         {
-          query: mirrorLagQuery
+          query: stalenessQuery
           timeAggregation: 'Maximum'
-          metricMeasureColumn: 'max_lag_seconds'
+          metricMeasureColumn: 'max_staleness_seconds'
           dimensions: [
             {
               name: 'target'
@@ -280,7 +282,7 @@ resource mirrorLagAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
             }
           ]
           operator: 'GreaterThan'
-          threshold: mirrorLagThresholdMinutes * 60
+          threshold: stalenessThresholdMinutes * 60
           failingPeriods: {
             numberOfEvaluationPeriods: 1
             minFailingPeriodsToAlert: 1
@@ -299,5 +301,5 @@ output alertRuleNames array = [
   poisonAlert.name
   failedRunsAlert.name
   deadManAlert.name
-  mirrorLagAlert.name
+  stalenessAlert.name
 ]

@@ -46,7 +46,7 @@ from sync_core.azure.poison_messages import (
     from_sdk,
     poison_queue_name,
 )
-from sync_core.azure.storage import HOST_STORAGE, QueueAccess, access_from_env, storage_error
+from sync_core.azure.storage import HOST_STORAGE, StorageAccess, access_from_env, storage_error
 from sync_core.config.model import SyncConfig
 from sync_core.errors import ConfigError, SyncError
 
@@ -64,7 +64,7 @@ class _Stopped(Exception):
     """An operation failed: the run stops, what is left stays in the poison queue."""
 
 
-def _approximate_count(client: QueueClient, access: QueueAccess) -> int:
+def _approximate_count(client: QueueClient, access: StorageAccess) -> int:
     """The approximate message count of a queue (0 if it does not exist yet)."""
     from azure.core.exceptions import AzureError, ResourceNotFoundError
 
@@ -81,7 +81,7 @@ class PoisonQueue:
 
     def __init__(
         self,
-        access: QueueAccess,
+        access: StorageAccess,
         queue: str,
         config: SyncConfig,
         *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
+from sync_core.azure.state import TableState
 from sync_core.config.load import load_config
 from sync_core.config.model import SyncConfig
 from sync_core.jobs.syncer import Syncer
@@ -17,6 +18,7 @@ from sync_core.jobs.syncer import Syncer
 _lock = threading.Lock()
 _config: SyncConfig | None = None
 _syncer: Syncer | None = None
+_state: TableState | None = None
 
 
 def shared_config() -> SyncConfig:
@@ -38,10 +40,20 @@ def shared_syncer() -> Syncer:
         return _syncer
 
 
+def shared_state() -> TableState:
+    """The timer's state table in the app's storage account (``AzureWebJobsStorage``)."""
+    global _state
+    config = shared_config()
+    with _lock:
+        if _state is None:
+            _state = TableState.from_env(config.queue, os.environ)
+        return _state
+
+
 def reset() -> None:
-    """Forget the configuration and close the Syncer (tests, and settings changed in place)."""
-    global _config, _syncer
+    """Forget the configuration, the state client and the Syncer (tests, settings changed in place)."""
+    global _config, _syncer, _state
     with _lock:
         if _syncer is not None:
             _syncer.close()
-        _config = _syncer = None
+        _config = _syncer = _state = None

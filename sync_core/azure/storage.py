@@ -1,6 +1,6 @@
 """The app's storage account (``AzureWebJobsStorage``), as the tools outside the Functions host reach it.
 
-:class:`QueueAccess` says how: Entra ID for an account name (``az login``, the managed identity),
+:class:`StorageAccess` says how: Entra ID for an account name (``az login``, the managed identity),
 or a connection string (Azurite locally); the same access the host's own binding uses.
 Errors from the Storage SDK become :class:`~sync_core.errors.SyncError` values naming the queue
 and the way in, never a key or a SAS.
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sync_core.errors import ConfigError, SetupError, SyncError
 
 if TYPE_CHECKING:
+    from azure.data.tables import TableClient
     from azure.storage.queue import QueueClient
 
 #: Environment variables the CLI reads for storage access (besides the app's own settings).
@@ -42,12 +43,13 @@ def connection_fields(connection_string: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class QueueAccess:
+class StorageAccess:
     """How to reach the storage account: a connection string, or an account URL (Entra ID)."""
 
     connection_string: str | None = field(default=None, repr=False)
-    account_url: str | None = None
+    account_url: str | None = None  # the queue service endpoint
     client_id: str | None = None  # a user-assigned managed identity (AzureWebJobsStorage__clientId)
+    table_url: str | None = None  # the table service endpoint (default: the queue endpoint's account)
 
     def __post_init__(self) -> None:
         if bool(self.connection_string) == bool(self.account_url):
@@ -60,7 +62,7 @@ class QueueAccess:
             )
 
     @classmethod
-    def for_account(cls, name: str) -> QueueAccess:
+    def for_account(cls, name: str) -> StorageAccess:
         if not re.fullmatch(r"[a-z0-9]{3,24}", name):
             raise ConfigError(f"storage account name {name!r} is not 3-24 lower-case letters and digits")
         return cls(account_url=f"https://{name}.queue.core.windows.net")
@@ -97,16 +99,38 @@ class QueueAccess:
                     "storage connection string: malformed (expected AccountName=...;AccountKey=...;"
                     "QueueEndpoint=... or UseDevelopmentStorage=true)"
                 ) from None
+        assert self.account_url is not None
+        return QueueClient(self.account_url, queue, credential=self._credential(), **options)
+
+    def table_client(self, table: str, *, timeout: float = 20.0) -> TableClient:
+        """A ``TableClient`` for ``table`` in the same account (Azurite: the connection string's
+        ``TableEndpoint``, or the emulator's default one for ``UseDevelopmentStorage=true``)."""
+        from azure.data.tables import TableClient
+
+        options: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": timeout}
+        if self.connection_string is not None:
+            try:
+                return TableClient.from_connection_string(self.connection_string, table, **options)
+            except ValueError:
+                raise ConfigError(
+                    "storage connection string: malformed (expected AccountName=...;AccountKey=...;"
+                    "TableEndpoint=... or UseDevelopmentStorage=true)"
+                ) from None
+        url = self.table_url
+        if url is None:
+            assert self.account_url is not None
+            url = re.sub(r"\.queue\.", ".table.", self.account_url, count=1)
+        return TableClient(url, table, credential=self._credential(), **options)
+
+    def _credential(self) -> Any:
         from azure.identity import DefaultAzureCredential
 
-        credential = DefaultAzureCredential(
+        return DefaultAzureCredential(
             exclude_interactive_browser_credential=True, managed_identity_client_id=self.client_id
         )
-        assert self.account_url is not None
-        return QueueClient(self.account_url, queue, credential=credential, **options)
 
 
-def access_from_env(env: Mapping[str, str]) -> QueueAccess | None:
+def access_from_env(env: Mapping[str, str]) -> StorageAccess | None:
     """Storage access named by the environment, or None.
 
     ``AZURE_STORAGE_CONNECTION_STRING``, then ``AZURE_STORAGE_ACCOUNT`` (as the Azure CLI reads
@@ -114,21 +138,23 @@ def access_from_env(env: Mapping[str, str]) -> QueueAccess | None:
     ``AzureWebJobsStorage__queueServiceUri`` or ``AzureWebJobsStorage__accountName`` (identity).
     """
     if env.get(ENV_CONNECTION_STRING, "").strip():
-        return QueueAccess(connection_string=env[ENV_CONNECTION_STRING].strip())
+        return StorageAccess(connection_string=env[ENV_CONNECTION_STRING].strip())
     if env.get(ENV_ACCOUNT, "").strip():
-        return QueueAccess.for_account(env[ENV_ACCOUNT].strip())
+        return StorageAccess.for_account(env[ENV_ACCOUNT].strip())
     client_id = env.get(f"{HOST_STORAGE}__clientId", "").strip() or None
     if env.get(HOST_STORAGE, "").strip():
-        return QueueAccess(connection_string=env[HOST_STORAGE].strip())
+        return StorageAccess(connection_string=env[HOST_STORAGE].strip())
+    table_url = env.get(f"{HOST_STORAGE}__tableServiceUri", "").strip() or None
     if env.get(f"{HOST_STORAGE}__queueServiceUri", "").strip():
-        return QueueAccess(account_url=env[f"{HOST_STORAGE}__queueServiceUri"].strip(), client_id=client_id)
+        queues = env[f"{HOST_STORAGE}__queueServiceUri"].strip()
+        return StorageAccess(account_url=queues, client_id=client_id, table_url=table_url)
     if env.get(f"{HOST_STORAGE}__accountName", "").strip():
-        account = QueueAccess.for_account(env[f"{HOST_STORAGE}__accountName"].strip())
-        return QueueAccess(account_url=account.account_url, client_id=client_id)
+        account = StorageAccess.for_account(env[f"{HOST_STORAGE}__accountName"].strip())
+        return StorageAccess(account_url=account.account_url, client_id=client_id, table_url=table_url)
     return None
 
 
-def storage_error(exc: BaseException, what: str, queue: str, access: QueueAccess) -> SyncError:
+def storage_error(exc: BaseException, what: str, queue: str, access: StorageAccess) -> SyncError:
     """An Azure SDK exception as one of ours: the operation, queue and account; no key, no URL query."""
     from azure.core.exceptions import (
         ClientAuthenticationError,

@@ -18,7 +18,7 @@ from typing import Any
 from sync_core.azure.events import MAX_EVENT_BYTES, Action, Decision, decide, load_events, log_decision
 from sync_core.azure.poison import PoisonQueue
 from sync_core.azure.poison_messages import Selector
-from sync_core.azure.storage import QueueAccess, access_from_env
+from sync_core.azure.storage import StorageAccess, access_from_env
 from sync_core.cli.render import Progress, render_plan, render_summary
 from sync_core.config.load import load_config
 from sync_core.config.model import SyncConfig
@@ -210,11 +210,11 @@ def _poison(args: argparse.Namespace, config: Any, environ: dict[str, str] | Non
     report: Any
     try:
         if args.connection_string:
-            access = QueueAccess(connection_string=args.connection_string)
+            access = StorageAccess(connection_string=args.connection_string)
         elif args.account_url:
-            access = QueueAccess(account_url=args.account_url)
+            access = StorageAccess(account_url=args.account_url)
         elif args.account_name:
-            access = QueueAccess.for_account(args.account_name)
+            access = StorageAccess.for_account(args.account_name)
         else:
             found = access_from_env(env)
             if found is None:

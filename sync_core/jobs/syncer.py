@@ -18,7 +18,7 @@ from sync_core.config.secrets import SecretStore
 from sync_core.engine.copier import Copier
 from sync_core.engine.destination import Destination, Placement
 from sync_core.logs import InvocationPool
-from sync_core.plan.catalog import make_source, source_actions
+from sync_core.plan.catalog import Fingerprint, make_source, source_actions
 from sync_core.plan.planner import Planner, plan_concurrency
 from sync_core.plan.work import Check, Reason, WorkItem, WorkKind, interleave
 from sync_core.registry.client import RegistryClient
@@ -102,9 +102,27 @@ class Syncer:
         summary: Summary,
         targets: Iterable[str] | None = None,
         check: Check | None = None,
+        since: dt.datetime | None = None,
     ) -> list[WorkItem]:
         """What each target lacks of ``repository`` (failures and skips go into ``summary``)."""
-        return self.planner.plan_repository(repository, self.recorder(summary), targets, check)
+        return self.planner.plan_repository(repository, self.recorder(summary), targets, check, since)
+
+    def fingerprints(self, repositories: list[str]) -> dict[str, Fingerprint | BaseException | None]:
+        """Each repository's fingerprint at the source (None: gone), or what stopped the reading.
+
+        Read side by side (two small metadata requests each); only a source with metadata (ACR)
+        is asked: see :attr:`Source.fingerprints` (``plan/catalog.py``).
+        """
+
+        def read(repository: str) -> Fingerprint | BaseException | None:
+            try:
+                return self.source.fingerprint(repository)
+            except Exception as exc:  # noqa: BLE001 - that repository's: the timer enqueues it anyway
+                return exc
+
+        workers = min(plan_concurrency(self.config.concurrency), max(1, len(repositories)))
+        with InvocationPool(workers, thread_name_prefix="fingerprint") as pool:
+            return dict(zip(repositories, pool.map(read, repositories), strict=True))
 
     # -- copying --------------------------------------------------------------------------
     def copy_group(self, group: list[WorkItem], recorder: Recorder) -> None:

@@ -1,4 +1,5 @@
-"""Reading the source catalog: repositories and their tags (with digests and times on ACR)."""
+"""Reading the source catalog: repositories and their tags (with digests and times on ACR), and
+the fingerprint of a repository that tells the timer whether it changed."""
 
 from __future__ import annotations
 
@@ -40,6 +41,32 @@ class ManifestEntry:
     media_type: str | None = None
     updated: dt.datetime | None = None
     readable: bool = True
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the source says of a repository as a whole, from ACR's metadata (two requests).
+
+    From ``GET /acr/v1/<repo>`` (Repository_GetAttributes): ``lastUpdateTime``, ``manifestCount``,
+    ``tagCount``; from ``GET /acr/v1/<repo>/_tags?orderby=timedesc&n=1``: the tag changed last,
+    its digest and time. A new tag changes ``tagCount`` and the newest tag; a moved tag the newest
+    tag (its digest and ``lastUpdateTime``) and, when it moved to a new manifest,
+    ``manifestCount``; a referrer or any manifest pushed by digest ``manifestCount``; a deleted
+    tag ``tagCount``, a deleted manifest ``manifestCount``. ``lastUpdateTime`` (which writes
+    bump it is not documented) is compared as well, never relied on alone. What none of these
+    shows (a manifest deleted and another pushed by digest between two reads, with the
+    repository's time unchanged) waits for the periodic full check.
+    """
+
+    updated: dt.datetime | None
+    manifests: int
+    tags: int
+    newest: str  # "<tag>@<digest>@<lastUpdateTime>" of the tag changed last ("" without tags)
+
+    def text(self) -> str:
+        """The form kept in the state and carried in queue messages (compared as a whole)."""
+        when = self.updated.isoformat() if self.updated else ""
+        return f"{when}|{self.manifests}|{self.tags}|{self.newest}"
 
 
 def parse_time(value: object) -> dt.datetime | None:
@@ -102,9 +129,19 @@ class Source:
         """Manifests changed since ``since`` (None: all), untagged ones included; None: no such listing."""
         return None
 
+    #: Whether :meth:`fingerprint` tells changes (a plain OCI registry has no such metadata:
+    #: every timer run looks at every repository).
+    fingerprints = False
+
+    def fingerprint(self, repository: str) -> Fingerprint | None:
+        """What tells whether ``repository`` changed at the source; None: it is gone."""
+        raise NotImplementedError(f"{self.client.host} has no repository metadata (not ACR)")
+
 
 class AcrSource(Source):
     """ACR: tags with digest and timestamps from ``/acr/v1/<repo>/_tags`` (no manifest requests)."""
+
+    fingerprints = True
 
     def tags(self, repository: str) -> list[TagInfo]:
         check_repository(repository)
@@ -123,6 +160,35 @@ class AcrSource(Source):
         except NotFound:
             return []
         return found
+
+    def fingerprint(self, repository: str) -> Fingerprint | None:
+        """The repository's attributes and its newest tag (two requests; scope ``metadata_read``).
+
+        None when the repository is gone (404): it is not in the catalog any more either.
+        """
+        check_repository(repository)
+        name = quote(repository, safe="/")
+        scopes = (repository_scope(repository, self.client.actions),)
+        try:
+            attributes = self.client.get_json(f"/acr/v1/{name}", scopes, f"attributes of {repository}")
+            newest = self.client.get_json(
+                f"/acr/v1/{name}/_tags?n=1&orderby=timedesc", scopes, f"newest tag of {repository}"
+            )
+        except NotFound:
+            return None
+        manifests, tags = attributes.get("manifestCount"), attributes.get("tagCount")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in (manifests, tags)):
+            raise InvalidContent(
+                f"{self.client.host}: attributes of {repository}: manifestCount/tagCount are not counts: "
+                f"{str([manifests, tags])[:100]}"
+            )
+        assert isinstance(manifests, int) and isinstance(tags, int)
+        entries = newest.get("tags") or []
+        first = _acr_tag(entries[0]) if isinstance(entries, list) and entries else None
+        label = ""
+        if first is not None:
+            label = f"{first.name}@{first.digest or ''}@{first.updated.isoformat() if first.updated else ''}"
+        return Fingerprint(parse_time(attributes.get("lastUpdateTime")), manifests, tags, label)
 
     def manifests(self, repository: str, since: dt.datetime | None) -> list[ManifestEntry]:
         """``/acr/v1/<repo>/_manifests``, newest first, read until entries are older than ``since``."""

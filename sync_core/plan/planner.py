@@ -139,11 +139,15 @@ class Planner:
         findings: Findings,
         targets: Iterable[str] | None = None,
         check: Check | None = None,
+        since: dt.datetime | None = None,
     ) -> list[WorkItem]:
         """What each target lacks of ``repository``.
 
         ``check`` (default from ``SYNC_COMPARE``) says which tags the targets have are compared
         with the source, and which untagged manifests (candidate referrers) are looked at.
+        ``since``: when the repository was last confirmed mirrored (the timer's state); what the
+        source changed after it is a new push (its copy measures the mirror lag), the rest is
+        backfill. None (the CLI, a first run): all of it is backfill.
         """
         check = check or self.default_check
         chosen = [t for t in self.selected_targets(targets) if repository_wanted(self.config, t, repository)]
@@ -168,7 +172,9 @@ class Planner:
         work: list[WorkItem] = []
         digests: dict[str, str | None] = {}  # asked of the source once, whatever the number of targets
         for target in chosen:
-            work.extend(self._diff(repository, tags, candidates, target, findings, now, check, digests))
+            work.extend(
+                self._diff(repository, tags, candidates, target, findings, now, check, digests, since)
+            )
         return work
 
     def _untagged(self, repository: str, check: Check, now: dt.datetime) -> list[ManifestEntry] | None:
@@ -210,7 +216,12 @@ class Planner:
         now: dt.datetime,
         check: Check,
         digests: dict[str, str | None],
+        since: dt.datetime | None,
     ) -> list[WorkItem]:
+        def pushed(when: dt.datetime | None) -> dt.datetime | None:
+            """A change after ``since`` is a new push (it has a lag); anything else is backfill."""
+            return when if when is not None and since is not None and when > since else None
+
         selected = wanted_tags(self.config, target, repository, tags, now)
         if not selected and not candidates:
             return []
@@ -244,7 +255,7 @@ class Planner:
                             tag.digest,
                             Reason.MISSING,
                             absent,
-                            pushed=tag.updated,
+                            pushed=pushed(tag.updated),
                         )
                     )
                 elif self._recheck(tag, check, now):
@@ -263,7 +274,7 @@ class Planner:
                                 source_digest,
                                 Reason.DIGEST_DIFFERS,
                                 AtTarget.TAG_DIFFERS,
-                                pushed=tag.updated,
+                                pushed=pushed(tag.updated),
                             )
                         )
                     elif (
@@ -294,7 +305,14 @@ class Planner:
         reason = Reason.FULL_CHECK if check is Check.FULL else Reason.RECENT
         work.extend(
             WorkItem(
-                target.name, repository, dst_repo, WorkKind.REFERRER, None, e.digest, reason, pushed=e.updated
+                target.name,
+                repository,
+                dst_repo,
+                WorkKind.REFERRER,
+                None,
+                e.digest,
+                reason,
+                pushed=pushed(e.updated),
             )
             for e in candidates or ()
         )

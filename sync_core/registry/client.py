@@ -375,6 +375,15 @@ class RegistryClient:
             previous = entries
         raise ProtocolError(f"{self.host}: {what}: more than {MAX_PAGES} pages; giving up")
 
+    def get_json(self, path: str, scopes: tuple[str, ...], what: str) -> dict[str, Any]:
+        """One JSON object from this registry (an ACR metadata answer)."""
+        response = self.request("GET", path, scopes=scopes, headers={"Accept": "application/json"})
+        with response:
+            if response.status_code != 200:
+                raise self.fail(response, what)
+            document: dict[str, Any] = parse_json(response.content, f"{self.host}: {what}: answer", dict)
+            return document
+
     def list_repositories(self, page_size: int = 100) -> list[str]:
         names: list[str] = []
         for page in self.paginate(

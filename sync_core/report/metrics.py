@@ -11,7 +11,9 @@ docs/metrics.md):
 ``registry_sync.blobs``        counter    ``target``, ``placement`` (uploaded|mounted|present)
 ``registry_sync.referrers``    counter    ``target`` (referrers copied)
 ``registry_sync.run.duration`` histogram  ``trigger`` (timer|event|worker|cli), ``ok`` ("true"|"false"), seconds
-``registry_sync.mirror_lag``   histogram  ``target``, seconds from the source push to the copy
+``registry_sync.mirror_lag``   histogram  ``target``, seconds from a new source push to its copy
+``registry_sync.backfill``     counter    ``target`` (tags copied that were not new pushes)
+``registry_sync.staleness``    histogram  ``target``, seconds since the oldest change not yet mirrored (per timer run)
 =============================  =========  =================================================
 
 Whether they go anywhere is decided once per process, from the process environment
@@ -60,6 +62,8 @@ BLOBS = "registry_sync.blobs"
 REFERRERS = "registry_sync.referrers"
 RUN_DURATION = "registry_sync.run.duration"
 MIRROR_LAG = "registry_sync.mirror_lag"
+BACKFILL = "registry_sync.backfill"
+STALENESS = "registry_sync.staleness"
 
 CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 WORKER_TELEMETRY = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
@@ -134,7 +138,15 @@ class Metrics:
         self._referrers = meter.create_counter(REFERRERS, unit="{referrer}", description="Referrers copied")
         self._duration = meter.create_histogram(RUN_DURATION, unit="s", description="One run or invocation")
         self._lag = meter.create_histogram(
-            MIRROR_LAG, unit="s", description="Source push (listing or event time) to the copy at the target"
+            MIRROR_LAG, unit="s", description="A new push at the source (event or listing time) to its copy"
+        )
+        self._backfill = meter.create_counter(
+            BACKFILL, unit="{tag}", description="Tags copied that were not new pushes (onboarding, repairs)"
+        )
+        self._staleness = meter.create_histogram(
+            STALENESS,
+            unit="s",
+            description="Oldest source change not yet confirmed at the target (per timer run)",
         )
 
     def __repr__(self) -> str:
@@ -163,6 +175,14 @@ class Metrics:
     def lag(self, target: str, seconds: float) -> None:
         if self.enabled:
             self._lag.record(seconds, {"target": target})
+
+    def backfill(self, target: str, count: int = 1) -> None:
+        if self.enabled and count:
+            self._backfill.add(count, {"target": target})
+
+    def staleness(self, target: str, seconds: float) -> None:
+        if self.enabled:
+            self._staleness.record(seconds, {"target": target})
 
     def run(self, trigger: Trigger, ok: bool, seconds: float) -> None:
         """One run (CLI command) or invocation (timer, event, worker) took ``seconds``."""

@@ -128,11 +128,14 @@ class Recorder:
         if work.kind is WorkKind.REFERRER and copied:  # the copy was itself of a referrer: it counts
             done = Work(**{**done.to_dict(), "referrers_copied": done.referrers_copied + 1})
         self._work(work.target, done)
-        if copied and work.pushed is not None:  # now at the target: pushed at the source -> here
+        if copied and work.pushed is not None:  # a new push, now at the target: pushed -> here
             pushed = work.pushed if work.pushed.tzinfo else work.pushed.replace(tzinfo=dt.timezone.utc)
             seconds = max(0.0, (self.clock() - pushed).total_seconds())  # the two clocks may differ a little
             self.summary.lag(work.target, seconds)
             self.metrics.lag(work.target, seconds)
+        elif copied and work.is_tag:  # onboarding, a repair, what a full check found: no lag of a push
+            self.summary.backfill(work.target)
+            self.metrics.backfill(work.target)
         if result.rewritten_from and copied:
             self.summary.rewrite(Rewrite(work.target, work.item, result.rewritten_from, result.digest))
         if not work.is_tag and not copied:

@@ -69,6 +69,14 @@ class Lag:
         self.min = seconds if self.min is None else min(self.min, seconds)
         self.max = seconds if self.max is None else max(self.max, seconds)
 
+    def merge(self, other: Lag) -> None:
+        self.count += other.count
+        self.total += other.total
+        for value in (other.min, other.max):
+            if value is not None:
+                self.min = value if self.min is None else min(self.min, value)
+                self.max = value if self.max is None else max(self.max, value)
+
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 3)
@@ -87,6 +95,7 @@ class TargetCounts:
     unchanged: int = 0
     skipped: int = 0
     failed: int = 0
+    backfilled: int = 0  # of the copied tags: not new pushes (onboarding, repairs, a full check's finds)
     work: Work = field(default_factory=Work)
     lag: Lag = field(default_factory=Lag)
 
@@ -111,6 +120,7 @@ class TargetCounts:
                 "present": self.work.blobs_skipped,
             },
             "referrers": self.work.referrers_copied,
+            "backfill": self.backfilled,
             "lag_seconds": self.lag.to_dict(),
         }
 
@@ -209,6 +219,44 @@ class Summary:
     def lag(self, target: str, seconds: float) -> None:
         with self._lock:
             self.target(target).lag.add(seconds)
+
+    def backfill(self, target: str) -> None:
+        with self._lock:
+            self.target(target).backfilled += 1
+
+    def absorb(self, other: Summary) -> None:
+        """Add ``other`` (the summary of one repository of a batch) to this one."""
+        with self._lock:
+            for name in (
+                "tags_considered",
+                "tags_missing",
+                "tags_copied",
+                "tags_unchanged",
+                "tags_skipped",
+                "tags_failed",
+            ):
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+            self.work.add(other.work)
+            for target, counts in other.targets.items():
+                mine = self.target(target)
+                for name in (
+                    "considered",
+                    "missing",
+                    "copied",
+                    "unchanged",
+                    "skipped",
+                    "failed",
+                    "backfilled",
+                ):
+                    setattr(mine, name, getattr(mine, name) + getattr(counts, name))
+                mine.work.add(counts.work)
+                mine.lag.merge(counts.lag)
+            self._unattributed.failed += other._unattributed.failed
+            self.skipped += other.skipped
+            self.failures += other.failures
+            self.warnings += [w for w in other.warnings if w not in self.warnings]
+            self.rewritten += other.rewritten
+            self.planned += other.planned
 
     def to_dict(self) -> dict[str, Any]:
         figures = {name: counts.figures() for name, counts in sorted(self.targets.items())}

@@ -6,8 +6,10 @@ Called directly, as here, the functions prove their logic; the contract with the
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import secrets
 import subprocess
 import sys
 import threading
@@ -80,8 +82,9 @@ def acr(token_issuer):
 
 
 @pytest.fixture
-def app_env(acr, token_registry_dst, monkeypatch):
+def app_env(acr, token_registry_dst, azurite_tables, monkeypatch):
     settings = {
+        "AzureWebJobsStorage": azurite_tables.connection_string(),  # the timer's state
         "SOURCE_REGISTRY": acr.url,
         "SOURCE_KIND": "acr",
         "SOURCE_NAMESPACE": "giantswarm",
@@ -91,7 +94,7 @@ def app_env(acr, token_registry_dst, monkeypatch):
         "TARGET_NAMESPACE": "fa-mirror",
         "TARGET_USERNAME": MIRROR[0],
         "TARGET_PASSWORD": MIRROR[1],
-        "SYNC_QUEUE": "sync-work",
+        "SYNC_QUEUE": f"sync-work-{secrets.token_hex(4)}",  # a state table of its own
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
@@ -100,18 +103,48 @@ def app_env(acr, token_registry_dst, monkeypatch):
     runtime.reset()
 
 
-def test_timer_enqueues_one_message_per_repository_and_copies_nothing(app_env, acr):
-    acr.reset_log()
-    out = Collect()
-    call("sync_schedule", TimerRequest(past_due=False), out)
+def test_timer_enqueues_new_repositories_in_one_batch_then_only_what_changed(
+    app_env, acr, token_registry_dst, monkeypatch
+):
+    monkeypatch.setenv(
+        "TARGET_NAMESPACE", "fa-timer"
+    )  # a mirror of its own: the other tests' stays as it was
+    runtime.reset()
     config = runtime.shared_syncer().config
-    parsed = [messages.parse_message(m, config) for m in out.value]
-    assert sorted((m.kind, m.repository, m.target) for m in parsed) == [
-        ("repository", "giantswarm/app", "target"),
-        ("repository", "giantswarm/example-app", "target"),
-        ("repository", "giantswarm/tools/deep", "target"),
+    acr.pusher().push("giantswarm/timer-app", oci_image("fa-timer-app", [1000]), "1.0")  # this test's own
+    wanted = ["giantswarm/app", "giantswarm/example-app", "giantswarm/timer-app", "giantswarm/tools/deep"]
+
+    def tick(minutes: int) -> list[messages.WorkMessage]:
+        out = Collect()
+        last = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)).isoformat()
+        call("sync_schedule", TimerRequest(past_due=False, schedule_status={"Last": last}), out)
+        return [messages.parse_message(m, config) for m in out.value or []]
+
+    acr.reset_log()
+    mark = len(token_registry_dst.access_log())
+    (first,) = tick(15)  # nothing recorded yet: every repository, fully checked, in one message
+    assert first.kind == "repositories" and [(w.name, w.full_check) for w in first.batch] == [
+        (r, True) for r in wanted
     ]
-    assert acr.count(kind={"manifest", "blob", "acr_tags"}) == 0  # lists the catalog only
+    assert all(w.source and w.since is None for w in first.batch)
+    assert acr.count(kind={"manifest", "blob"}) == 0  # metadata only: attributes and the newest tag
+    assert acr.count(kind={"acr_repository"}) == acr.count(kind={"acr_tags"}) == len(wanted)
+    assert token_registry_dst.access_log()[mark:] == []  # the timer never asks a target
+    call("sync_worker", func.QueueMessage(id="w1", body=first.dumps().encode()), Collect())
+    assert token_registry_dst.pusher().fetch_manifest("fa-timer/app", "1.0")
+
+    acr.reset_log()
+    mark = len(token_registry_dst.access_log())
+    assert tick(15) == []  # nothing changed, nothing due: no message at all
+    assert token_registry_dst.access_log()[mark:] == []
+    assert acr.count() <= 1 + 3 * len(wanted), acr.log  # the catalog, then <= 3 per repository
+
+    acr.pusher().push("giantswarm/timer-app", oci_image("fa-timer-app-2", [1024]), "2.0")  # no event
+    (changed,) = tick(15)
+    assert [(w.name, w.full_check) for w in changed.batch] == [("giantswarm/timer-app", False)]
+    call("sync_worker", func.QueueMessage(id="w2", body=changed.dumps().encode()), Collect())
+    assert token_registry_dst.pusher().fetch_manifest("fa-timer/timer-app", "2.0")
+    assert tick(15) == []
 
 
 def _event(name: str, **target) -> func.EventGridEvent:
@@ -211,8 +244,10 @@ def test_worker_re_enqueues_what_the_time_budget_leaves(app_env, acr, token_regi
     syncer = runtime.shared_syncer()
     message = messages.WorkMessage("repository", "giantswarm/app", "target").dumps()
     summary, leftover = handlers.process_message(message, syncer, budget_seconds=0)
-    assert summary.tags_copied == 0
-    assert [json.loads(m)["tag"] for m in leftover] == ["1.0"]
+    assert summary.tags_copied == 0  # not started: the repository goes back as it came
+    assert [(m["kind"], m["repositories"]) for m in map(json.loads, leftover)] == [
+        ("repositories", [{"name": "giantswarm/app"}])
+    ]
     summary, leftover = handlers.process_message(leftover[0], syncer)
     assert summary.tags_copied == 1 and leftover == []
 

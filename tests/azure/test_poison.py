@@ -25,7 +25,7 @@ from sync_core.azure import poison, runtime
 from sync_core.azure.messages import MessageKind, WorkMessage, parse_message
 from sync_core.cli import main as cli
 from sync_core.config.load import load_config
-from tests.harness.azurite import ACCOUNT_KEY, Azurite
+from tests.harness.azurite import ACCOUNT_KEY, Azurite, connection_string
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.function_context import Collect, Context
 from tests.harness.paths import ROOT
@@ -82,7 +82,7 @@ class Queues:
         return [m.content for m in self.work.peek_messages(max_messages=32)]
 
     def open(self, **kwargs) -> poison.PoisonQueue:
-        access = kwargs.pop("access", poison.QueueAccess(connection_string=self.connection_string))
+        access = kwargs.pop("access", poison.StorageAccess(connection_string=self.connection_string))
         return poison.PoisonQueue(access, self.name, self.config, **kwargs)
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -301,7 +301,7 @@ def test_emulator_stopped_mid_way_loses_nothing(queue_name):
         bodies = sorted([tag_message(tag="1.0.0"), tag_message(tag="2.0.0"), tag_message(tag="3.0.0")])
         for body in bodies:
             q.put(body)
-        access = poison.QueueAccess(connection_string=q.connection_string)
+        access = poison.StorageAccess(connection_string=q.connection_string)
         started = time.monotonic()
         with StopsAfterFirst(own, access, queue_name, q.config, retries=1, visibility_timeout=2) as queues:
             result = queues.replay(poison.Selector(everything=True))
@@ -380,9 +380,9 @@ def test_storage_access_from_the_environment():
         }
     )
     assert identity is not None and identity.client_id == "00000000-0000-0000-0000-000000000001"
-    assert ACCOUNT_KEY not in repr(poison.QueueAccess(connection_string=conn))
+    assert ACCOUNT_KEY not in repr(poison.StorageAccess(connection_string=conn))
     with pytest.raises(poison.ConfigError):
-        poison.QueueAccess.for_account("Not_An_Account")
+        poison.StorageAccess.for_account("Not_An_Account")
 
 
 # ------------------------------------------------------------------------------------------
@@ -423,7 +423,9 @@ def test_poison_depth_is_logged_for_the_alert(azurite, queue_name, caplog):
     )
 
 
-def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, monkeypatch, caplog):
+def test_the_timer_logs_the_poison_depth(
+    azurite, azurite_tables, queue_name, anon_registry, monkeypatch, caplog
+):
     import function_app
 
     caplog.set_level(logging.INFO)
@@ -435,7 +437,7 @@ def test_the_timer_logs_the_poison_depth(azurite, queue_name, anon_registry, mon
         "TARGET_REGISTRY": anon_registry.url,
         "TARGET_NAMESPACE": "mirror",
         "SOURCE_ALLOW_EMPTY": "true",
-        "AzureWebJobsStorage": q.connection_string,
+        "AzureWebJobsStorage": connection_string(azurite, azurite_tables),  # its queues and the timer's state
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

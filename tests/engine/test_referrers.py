@@ -22,6 +22,8 @@ from sync_core.config.load import load_config
 from sync_core.engine.destination import AtTarget, Destination, Placement
 from sync_core.engine.results import CopyStatus
 from sync_core.jobs.syncer import Syncer
+from sync_core.plan import schedule
+from sync_core.plan.schedule import RepositoryState
 from sync_core.plan.work import Check
 from sync_core.registry.auth import Credentials, StaticCredentials
 from sync_core.registry.client import RegistryClient
@@ -316,22 +318,26 @@ def test_moved_tags_follow_within_one_run_and_old_ones_at_the_full_check(world, 
         assert target.pusher().fetch_manifest("mirror/tool", "stable")[2] == second.digest
 
 
-def test_full_checks_are_spread_over_the_period_and_all_due_without_a_previous_run():
+def test_full_checks_are_spread_over_the_period_and_all_due_without_a_state():
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
     repos = [f"gs/repo-{i}" for i in range(400)]
-    assert all(handlers.full_check_due(r, None, now, 24) for r in repos)
-    assert all(handlers.full_check_due(r, now - dt.timedelta(hours=25), now, 24) for r in repos)
+    checked = RepositoryState("x", full_checked=now - dt.timedelta(hours=1))
+    assert all(schedule.full_check_due(r, None, None, now, 24) for r in repos)  # never checked
+    assert not any(schedule.full_check_due(r, checked, None, now, 24) for r in repos)  # no previous run
+    overdue = RepositoryState("x", full_checked=now - dt.timedelta(hours=31))
+    assert all(schedule.full_check_due(r, overdue, None, now, 24) for r in repos)  # missed its moment
+    assert all(schedule.spread_moment_passed(r, now - dt.timedelta(hours=25), now, 24) for r in repos)
     # 96 runs of 15 minutes cover a day: every repository is due exactly once
     start = now - dt.timedelta(days=1)
     due: dict[str, int] = dict.fromkeys(repos, 0)
     for i in range(96):
         previous, current = start + dt.timedelta(minutes=15 * i), start + dt.timedelta(minutes=15 * (i + 1))
         for repo in repos:
-            due[repo] += handlers.full_check_due(repo, previous, current, 24)
+            due[repo] += schedule.spread_moment_passed(repo, previous, current, 24)
     assert set(due.values()) == {1}
     per_run = [
         sum(
-            handlers.full_check_due(
+            schedule.spread_moment_passed(
                 r, start + dt.timedelta(minutes=15 * i), start + dt.timedelta(minutes=15 * (i + 1)), 24
             )
             for r in repos

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sync_core.azure import handlers
+from sync_core.azure import handlers, timer
 from sync_core.config.load import load_config
 from sync_core.jobs.syncer import Syncer
 from sync_core.registry.names import ImageRef
@@ -441,7 +441,9 @@ def worker(s: Syncer, messages: list[str]) -> list[Summary | str]:
 
 
 @pytest.mark.parametrize("name", ["too-deep", "ggcr", "nested", "misdescribed-child"])
-def test_timer_events_and_workers_decide_like_sync_and_copy_whatever_the_target_holds(source, target, name):
+def test_timer_events_and_workers_decide_like_sync_and_copy_whatever_the_target_holds(
+    source, target, state, name
+):
     """The timer path (repository message -> worker) and the event path (Event Grid -> tag
     message -> worker) give the outcome ``sync`` gives. A target that already holds everything
     below the top (tagged there by another client) changes nothing: a refused index is refused
@@ -457,7 +459,7 @@ def test_timer_events_and_workers_decide_like_sync_and_copy_whatever_the_target_
         hosts.append(dst.host)
         with syncer(source, dst, [shape.repository]) as s:
             if path == "timer":
-                messages = handlers.schedule_messages(s)
+                messages = timer.schedule_messages(s, state)
             else:
                 messages = handlers.event_messages(_event(source, shape.repository, tag, top), s.config)
             (done,) = worker(s, messages)

@@ -23,6 +23,9 @@ cares (the ACR data-plane behaviour documented by Microsoft, summarised per endp
     are rewritten to this origin. Manifest PUTs by tag that succeed record tag times.
 ``GET /acr/v1/_catalog?n=&last=``
     Needs ``registry:catalog:*``. ``{"repositories": [...]}`` + relative ``Link`` paging.
+``GET /acr/v1/<repo>`` (scope ``metadata_read``)
+    The repository's attributes: ``createdTime``, ``lastUpdateTime``, ``manifestCount``,
+    ``tagCount``, ``changeableAttributes`` (Repository_GetAttributes).
 ``GET /acr/v1/<repo>/_tags?n=100&last=<tag>&orderby=timedesc|timeasc``
     Needs ``repository:<repo>:metadata_read`` (JWT signature, audience, issuer and ``exp``
     checked, no leeway). ACR schema, 7-digit fractional timestamps, relative ``Link`` paging,
@@ -94,6 +97,7 @@ _CHUNK = 64 * 1024
 _V2_PATH = re.compile(r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs|tags|referrers)/(?P<rest>.*)$")
 _ACR_TAGS_PATH = re.compile(r"^/acr/v1/(?P<repo>.+)/_tags$")
 _ACR_MANIFESTS_PATH = re.compile(r"^/acr/v1/(?P<repo>.+)/_manifests$")
+_ACR_REPOSITORY_PATH = re.compile(r"^/acr/v1/(?P<repo>[^_].*)$")
 _OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 _INDEX_TYPES = (_OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
 _MAX_MANIFEST = 4 * 1024 * 1024
@@ -170,6 +174,9 @@ def classify(path: str) -> tuple[str, str | None, str | None]:
     m = _ACR_MANIFESTS_PATH.match(path)
     if m:
         return "acr_manifests", m["repo"], None
+    m = _ACR_REPOSITORY_PATH.match(path)
+    if m:
+        return "acr_repository", m["repo"], None
     m = _V2_PATH.match(path)
     if m:
         kind, rest = m["kind"], m["rest"]
@@ -267,6 +274,7 @@ class AcrStandIn:
         self._failures: list[tuple[frozenset[str] | None, int, str | None]] = []
         self._tag_times: dict[tuple[str, str], list[int]] = {}
         self._manifests: dict[str, dict[str, StoredManifest]] = {}
+        self._deleted_at: dict[str, int] = {}  # repository -> last manifest DELETE (ticks)
         self._unreadable: set[tuple[str, str]] = set()
         #: serve the OCI 1.1 referrers API and answer ``OCI-Subject`` (ACR does; False: like 2.8)
         self.referrers_api = True
@@ -765,6 +773,9 @@ class AcrStandIn:
             elif kind == "acr_manifests":
                 h.log_user = _jwt_subject(h.headers.get("Authorization"))
                 self._handle_acr_manifests(h, repo or "", query)
+            elif kind == "acr_repository":
+                h.log_user = _jwt_subject(h.headers.get("Authorization"))
+                self._handle_acr_repository(h, repo or "")
             elif kind == "acr_catalog":
                 h.log_user = _jwt_subject(h.headers.get("Authorization"))
                 self._handle_acr_catalog(h, query)
@@ -898,6 +909,62 @@ class AcrStandIn:
         if h.command != "HEAD":
             h.wfile.write(body)
 
+    def _name_unknown(self, h: _Handler, repo: str) -> None:
+        h.send_json(
+            404,
+            {
+                "errors": [
+                    {
+                        "code": "NAME_UNKNOWN",
+                        "message": "repository name not known to registry",
+                        "detail": {"name": repo},
+                    }
+                ]
+            },
+        )
+
+    def _handle_acr_repository(self, h: _Handler, repo: str) -> None:
+        """``GET /acr/v1/<repo>``: the repository's attributes (data-plane Repository_GetAttributes).
+
+        ``manifestCount`` and ``tagCount`` count what ``_manifests`` and ``_tags`` list;
+        ``createdTime``/``lastUpdateTime`` are the earliest and latest times of those entries:
+        a push, a moved tag, a deleted tag or manifest changes at least one of the four (ACR does
+        not document which writes bump ``lastUpdateTime``; here every push does).
+        """
+        h.drain_body()
+        if h.command not in ("GET", "HEAD"):
+            h.send_json(405, {"errors": [{"code": "UNSUPPORTED", "message": "method not allowed"}]})
+            return
+        if not self._require(h, repo, "metadata_read"):
+            return
+        entries = self._manifest_entries(repo)
+        if entries is None:
+            self._name_unknown(h, repo)
+            return
+        tags = self._backend_tags(repo) or []
+        times = self._times_for(repo, tags)
+        with self._lock:
+            deleted = self._deleted_at.get(repo, 0)
+        moments = [t for pair in times.values() for t in pair] + [u for u, _ in entries] + [deleted]
+        moments = [m for m in moments if m] or [0]
+        h.send_json(
+            200,
+            {
+                "registry": self.host,
+                "imageName": repo,
+                "createdTime": format_ticks(min(moments)),
+                "lastUpdateTime": format_ticks(max(moments)),
+                "manifestCount": len(entries),
+                "tagCount": len(tags),
+                "changeableAttributes": {
+                    "deleteEnabled": True,
+                    "writeEnabled": True,
+                    "readEnabled": True,
+                    "listEnabled": True,
+                },
+            },
+        )
+
     def _handle_acr_manifests(self, h: _Handler, repo: str, query: str) -> None:
         """``/acr/v1/<repo>/_manifests``: every manifest, untagged ones included (ACR schema)."""
         h.drain_body()
@@ -907,23 +974,30 @@ class AcrStandIn:
         if page is None:
             return
         n, last, orderby = page
+        entries = self._manifest_entries(repo)
+        if entries is None:
+            self._name_unknown(h, repo)
+            return
+        if orderby == "timedesc":
+            entries.sort(key=lambda e: (e[0], e[1]["digest"]), reverse=True)
+        elif orderby == "timeasc":
+            entries.sort(key=lambda e: (e[0], e[1]["digest"]))
+        listed = [e for _, e in entries]
+        start = next((i + 1 for i, e in enumerate(listed) if e["digest"] == last), 0) if last else 0
+        page_entries = listed[start : start + n]
+        headers = {}
+        if start + n < len(listed) and page_entries:
+            q = urllib.parse.urlencode({"last": page_entries[-1]["digest"], "n": n, "orderby": orderby})
+            headers["Link"] = f'</acr/v1/{repo}/_manifests?{q}>; rel="next"'
+        h.send_json(200, {"registry": self.host, "imageName": repo, "manifests": page_entries}, headers)
+
+    def _manifest_entries(self, repo: str) -> list[tuple[int, dict]] | None:
+        """``(lastUpdateTime ticks, _manifests entry)`` of every manifest of ``repo``; None: unknown."""
         tags = self._backend_tags(repo)
         with self._lock:
             stored = dict(self._manifests.get(repo, {}))
         if tags is None and not stored:
-            h.send_json(
-                404,
-                {
-                    "errors": [
-                        {
-                            "code": "NAME_UNKNOWN",
-                            "message": "repository name not known to registry",
-                            "detail": {"name": repo},
-                        }
-                    ]
-                },
-            )
-            return
+            return None
         times = self._times_for(repo, tags or [])
         tags_of: dict[str, list[str]] = {}
         for tag in tags or []:
@@ -970,18 +1044,7 @@ class AcrStandIn:
                     if isinstance(c, dict)
                 ]
             entries.append((updated, entry))
-        if orderby == "timedesc":
-            entries.sort(key=lambda e: (e[0], e[1]["digest"]), reverse=True)
-        elif orderby == "timeasc":
-            entries.sort(key=lambda e: (e[0], e[1]["digest"]))
-        listed = [e for _, e in entries]
-        start = next((i + 1 for i, e in enumerate(listed) if e["digest"] == last), 0) if last else 0
-        page_entries = listed[start : start + n]
-        headers = {}
-        if start + n < len(listed) and page_entries:
-            q = urllib.parse.urlencode({"last": page_entries[-1]["digest"], "n": n, "orderby": orderby})
-            headers["Link"] = f'</acr/v1/{repo}/_manifests?{q}>; rel="next"'
-        h.send_json(200, {"registry": self.host, "imageName": repo, "manifests": page_entries}, headers)
+        return entries
 
     def _handle_acr_tags(self, h: _Handler, repo: str, query: str) -> None:
         h.drain_body()
@@ -1192,6 +1255,7 @@ class AcrStandIn:
             if kind == "manifest" and h.command == "DELETE" and resp.status == 202 and repo and ref:
                 with self._lock:
                     self._manifests.get(repo, {}).pop(ref, None)
+                    self._deleted_at[repo] = _now_ticks()
             h.send_response(resp.status, resp.reason)
             for key, value in extra.items():
                 h.send_header(key, value)

@@ -1,9 +1,12 @@
-"""Run a real ``azurite-queue`` (the Azure Storage emulator, npm package ``azurite``) for tests.
+"""Run a real ``azurite-queue`` or ``azurite-table`` (the Azure Storage emulator, npm package
+``azurite``) for tests.
 
     with Azurite() as azurite:
         conn = azurite.connection_string()                  # the well-known devstoreaccount1
         conn = azurite.connection_string(proxy.url)         # the same account through a FaultProxy
         azurite.stop_process(); ...; azurite.start()        # an outage; data and port are kept
+    with Azurite("table") as tables:                        # the table service (the timer's state)
+        conn = tables.connection_string()
 
 The binary comes from ``make azurite`` (``.tools/azurite``, see mk/azurite.mk) or
 ``REGISTRY_SYNC_TEST_AZURITE_BIN``. It listens on 127.0.0.1 on an ephemeral port, keeps its data
@@ -28,12 +31,9 @@ from tests.harness.paths import ROOT
 from .registry import free_port
 from .servers import end_process, log_tail, spawn
 
-AZURITE_QUEUE = Path(
-    os.environ.get(
-        "REGISTRY_SYNC_TEST_AZURITE_BIN",
-        ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-queue",
-    )
-)
+BIN = ROOT / ".tools" / "azurite" / "node_modules" / ".bin"
+AZURITE_QUEUE = Path(os.environ.get("REGISTRY_SYNC_TEST_AZURITE_BIN", BIN / "azurite-queue"))
+SERVICES = ("queue", "table")
 
 #: The emulator's well-known development account (public, documented by Microsoft; not a secret).
 ACCOUNT = "devstoreaccount1"
@@ -43,21 +43,24 @@ _live: set[Azurite] = set()
 _live_lock = threading.Lock()
 
 
-def ensure_installed() -> Path:
-    """The azurite-queue binary, installed with ``make azurite`` when missing."""
-    if not os.access(AZURITE_QUEUE, os.X_OK):
+def ensure_installed(service: str = "queue") -> Path:
+    """The azurite-<service> binary, installed with ``make azurite`` when missing."""
+    binary = AZURITE_QUEUE if service == "queue" else AZURITE_QUEUE.with_name(f"azurite-{service}")
+    if not os.access(binary, os.X_OK):
         make = shutil.which("make")
         assert make, "make is needed to install azurite into .tools/azurite"
         subprocess.run([make, "-C", str(ROOT), "-f", "mk/azurite.mk", "azurite"], check=True, timeout=900)
-    assert os.access(AZURITE_QUEUE, os.X_OK), f"{AZURITE_QUEUE} missing (make azurite)"
-    return AZURITE_QUEUE
+    assert os.access(binary, os.X_OK), f"{binary} missing (make azurite)"
+    return binary
 
 
 class Azurite:
-    """A running ``azurite-queue``: ``port``, ``url`` (the account's queue endpoint), ``location``."""
+    """A running ``azurite-<service>``: ``port``, ``url`` (the account's endpoint), ``location``."""
 
-    def __init__(self, *, startup_timeout: float = 30.0) -> None:
-        self.binary = ensure_installed()
+    def __init__(self, service: str = "queue", *, startup_timeout: float = 30.0) -> None:
+        assert service in SERVICES, service
+        self.service = service
+        self.binary = ensure_installed(service)
         self.startup_timeout = startup_timeout
         self._tmp = Path(tempfile.mkdtemp(prefix="azurite-"))
         self.location = self._tmp / "data"
@@ -84,10 +87,10 @@ class Azurite:
 
     def connection_string(self, endpoint: str | None = None) -> str:
         """Shared-key connection string; ``endpoint`` (``http://host:port``) routes it elsewhere."""
-        queue_endpoint = f"{endpoint.rstrip('/')}/{ACCOUNT}" if endpoint else self.url
+        url = f"{endpoint.rstrip('/')}/{ACCOUNT}" if endpoint else self.url
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"QueueEndpoint={queue_endpoint};"
+            f"{self.service.capitalize()}Endpoint={url};"
         )
 
     def start(self) -> None:
@@ -99,9 +102,9 @@ class Azurite:
         self._proc = spawn(
             [
                 str(self.binary),
-                "--queueHost",
+                f"--{self.service}Host",
                 "127.0.0.1",
-                "--queuePort",
+                f"--{self.service}Port",
                 str(self.port),
                 "--location",
                 str(self.location),
@@ -115,14 +118,18 @@ class Azurite:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"azurite-queue exited with {self._proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.binary.name} exited with {self._proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"azurite-queue did not listen on {self.port} in {self.startup_timeout}s")
+                raise RuntimeError(
+                    f"{self.binary.name} did not listen on {self.port} in {self.startup_timeout}s"
+                )
             time.sleep(0.05)
 
     def stop_process(self) -> None:
@@ -148,6 +155,13 @@ class Azurite:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def connection_string(*services: Azurite) -> str:
+    """One connection string for the account of several emulators (queue and table endpoints)."""
+    parts = [f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"]
+    parts += [f"{s.service.capitalize()}Endpoint={s.url};" for s in services]
+    return "".join(parts)
 
 
 def stop_all() -> None:

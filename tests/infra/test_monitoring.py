@@ -30,8 +30,10 @@ METRICS = {
     "registry_sync.referrers": {"target"},
     "registry_sync.run.duration": {"trigger", "ok"},
     "registry_sync.mirror_lag": {"target"},
+    "registry_sync.backfill": {"target"},
+    "registry_sync.staleness": {"target"},
 }
-QUERIES = ("poisonQuery", "failedRunsQuery", "deadManQuery", "mirrorLagQuery")
+QUERIES = ("poisonQuery", "failedRunsQuery", "deadManQuery", "stalenessQuery")
 API_VERSIONS = {
     "Microsoft.Insights/actionGroups": "2023-01-01",
     "Microsoft.Insights/scheduledQueryRules": "2023-12-01",
@@ -88,7 +90,7 @@ def test_four_rules_on_application_insights(rules, queries):
         "poisonAlert": "poisonQuery",
         "failedRunsAlert": "failedRunsQuery",
         "deadManAlert": "deadManQuery",
-        "mirrorLagAlert": "mirrorLagQuery",
+        "stalenessAlert": "stalenessQuery",
     }
     for name, rule in rules.items():
         assert rule["kind"] == "LogAlert", name
@@ -112,7 +114,7 @@ def test_four_rules_on_application_insights(rules, queries):
 
 def test_thresholds_and_windows(alerts, rules):
     poison, failed, dead, lag = (
-        rules[n]["properties"] for n in ("poisonAlert", "failedRunsAlert", "deadManAlert", "mirrorLagAlert")
+        rules[n]["properties"] for n in ("poisonAlert", "failedRunsAlert", "deadManAlert", "stalenessAlert")
     )
     assert (poison["criteria"]["allOf"][0]["operator"], poison["criteria"]["allOf"][0]["threshold"]) == (
         "GreaterThan",
@@ -129,7 +131,7 @@ def test_thresholds_and_windows(alerts, rules):
     assert lag["criteria"]["allOf"][0]["threshold"] == {
         "operator": {
             "type": "multiply",
-            "operands": {"operand_1": "mirrorLagThresholdMinutes", "operand_2": 60},
+            "operands": {"operand_1": "stalenessThresholdMinutes", "operand_2": 60},
         }
     }
     # the timer-driven rules look back two schedule periods and evaluate at most every 15 minutes
@@ -146,7 +148,7 @@ def test_thresholds_and_windows(alerts, rules):
     assert variables["timerFrequency"] == "PT${min(15, timerWindowMinutes)}M"
     params = alerts["parameters"]
     assert params["syncSchedulePeriodMinutes"]["default"] == 15
-    assert params["mirrorLagThresholdMinutes"]["default"] == 60
+    assert params["stalenessThresholdMinutes"]["default"] == 60
     assert params["failedRunsThreshold"]["default"] == 3
 
 
@@ -191,7 +193,7 @@ def test_main_deploys_the_module(main, alerts):
             "alertEmail",
             "alertActionGroupId",
             "syncSchedulePeriodMinutes",
-            "mirrorLagThresholdMinutes",
+            "stalenessThresholdMinutes",
             "failedRunsThreshold",
         )
     }
@@ -200,7 +202,7 @@ def test_main_deploys_the_module(main, alerts):
         "alertEmail": "",
         "alertActionGroupId": "",
         "syncSchedulePeriodMinutes": 15,
-        "mirrorLagThresholdMinutes": 60,
+        "stalenessThresholdMinutes": 60,
         "failedRunsThreshold": 3,
     }
     # the dead-man period is the timer's: "0 */15 * * * *" runs every 15 minutes
@@ -222,7 +224,7 @@ def test_queries_use_the_agreed_metric_names(queries):
         "poisonQuery": set(),
         "failedRunsQuery": {"registry_sync.run.duration"},
         "deadManQuery": {"registry_sync.run.duration"},
-        "mirrorLagQuery": {"registry_sync.mirror_lag"},
+        "stalenessQuery": {"registry_sync.staleness"},
     }
     for q, text in queries.items():
         for metric in named[q]:
@@ -232,7 +234,7 @@ def test_queries_use_the_agreed_metric_names(queries):
     assert 'customDimensions.trigger) == "timer"' in queries["deadManQuery"]
     assert 'tolower(tostring(customDimensions.ok)) == "true"' in queries["deadManQuery"]
     assert 'ok == "false"' in queries["failedRunsQuery"]
-    assert "valueMax" in queries["mirrorLagQuery"] and "valueCount" in queries["failedRunsQuery"]
+    assert "valueMax" in queries["stalenessQuery"] and "valueCount" in queries["failedRunsQuery"]
     assert queries["poisonQuery"].startswith("traces\n") and "decision=poison_depth" in queries["poisonQuery"]
 
 

@@ -33,7 +33,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from sync_core.azure import handlers, messages
+from sync_core.azure import handlers, messages, timer
 from sync_core.cli import main as cli
 from sync_core.config.load import load_config
 from sync_core.errors import SyncError
@@ -173,9 +173,10 @@ def test_a_cli_sync_exports_every_figure_per_target_and_json_prints_the_same(wor
         assert value(found, metrics.BLOBS, target=target, placement="mounted") == 1
         assert value(found, metrics.BLOBS, target=target, placement="present") == 1
         assert value(found, metrics.REFERRERS, target=target) == 2
-        lag = histogram(found, metrics.MIRROR_LAG, target=target)
-        assert lag.count == 2  # the two tags: pushed moments ago at the source, now at the target
-        assert 0 < lag.min <= lag.max < 120, (lag.min, lag.max)
+        # a sync without the timer's state has nothing to tell new pushes from: both tags are
+        # backfill (counted apart), and no mirror lag is recorded for them
+        assert value(found, metrics.BACKFILL, target=target) == 2
+        assert (metrics.MIRROR_LAG, (("target", target),)) not in found
 
         # --json: the same figures, from the same calls
         figures = summary["metrics"][target]
@@ -183,10 +184,8 @@ def test_a_cli_sync_exports_every_figure_per_target_and_json_prints_the_same(wor
         assert figures["bytes_uploaded"] == sum(blobs.values())
         assert figures["blobs"] == {"uploaded": len(blobs), "mounted": 1, "present": 1}
         assert figures["referrers"] == 2
-        assert figures["lag_seconds"]["count"] == lag.count
-        assert figures["lag_seconds"]["min"] == pytest.approx(lag.min, abs=1e-3)
-        assert figures["lag_seconds"]["max"] == pytest.approx(lag.max, abs=1e-3)
-        assert figures["lag_seconds"]["avg"] == pytest.approx(lag.sum / lag.count, abs=1e-3)
+        assert figures["backfill"] == 2
+        assert figures["lag_seconds"] == {"count": 0, "min": None, "max": None, "avg": None}
     # the run totals are the sums over the targets
     assert summary["bytes_uploaded"] == 2 * sum(blobs.values())
     assert summary["referrers"]["copied"] == 4
@@ -198,7 +197,7 @@ def test_a_cli_sync_exports_every_figure_per_target_and_json_prints_the_same(wor
         metrics.BLOBS: "{blob}",
         metrics.REFERRERS: "{referrer}",
         metrics.RUN_DURATION: "s",
-        metrics.MIRROR_LAG: "s",
+        metrics.BACKFILL: "{tag}",
     }
 
     # a second run has nothing to copy (the listings say so): no figure moves, one more cli run
@@ -210,14 +209,16 @@ def test_a_cli_sync_exports_every_figure_per_target_and_json_prints_the_same(wor
     for target in ("plain", "api"):
         assert value(found, metrics.TAGS, target=target, outcome="copied") == 2  # cumulative: no more
         assert value(found, metrics.BYTES_UPLOADED, target=target) == sum(blobs.values())
-        assert histogram(found, metrics.MIRROR_LAG, target=target).count == 2
+        assert value(found, metrics.BACKFILL, target=target) == 2
         assert again[target]["tags"] == {"copied": 0, "unchanged": 0, "skipped": 0, "failed": 0}
         assert again[target]["bytes_uploaded"] == 0 and again[target]["referrers"] == 0
         assert again[target]["lag_seconds"] == {"count": 0, "min": None, "max": None, "avg": None}
     assert histogram(found, metrics.RUN_DURATION, trigger="cli", ok="true").count == 2
 
 
-def test_event_worker_and_timer_invocations_record_duration_lag_from_the_event_and_failures(world, reader):
+def test_event_worker_and_timer_invocations_record_duration_lag_from_the_event_and_failures(
+    world, reader, state
+):
     seed(world)
     with world.syncer() as syncer:
         assert syncer.run().ok
@@ -254,7 +255,7 @@ def test_event_worker_and_timer_invocations_record_duration_lag_from_the_event_a
         assert summary.ok and summary.tags_skipped == 1
         with pytest.raises(SyncError):
             handlers.process_message('{"v": 9}', syncer)  # invalid: raises, measured as failed
-        assert handlers.schedule_messages(syncer)
+        assert timer.schedule_messages(syncer, state)
     found = points(reader)
     assert histogram(found, metrics.RUN_DURATION, trigger="event", ok="true").count == 1
     assert histogram(found, metrics.RUN_DURATION, trigger="event", ok="false").count == 1  # not an ACR event
@@ -263,10 +264,12 @@ def test_event_worker_and_timer_invocations_record_duration_lag_from_the_event_a
     assert histogram(found, metrics.RUN_DURATION, trigger="timer", ok="true").count == 1
     for target in ("plain", "api"):
         assert value(found, metrics.TAGS, target=target, outcome="copied") == 3
+        # the first sync's two tags are backfill; the pushed one has the lag from the event's time
+        assert value(found, metrics.BACKFILL, target=target) == 2
         lag = histogram(found, metrics.MIRROR_LAG, target=target)
-        assert lag.count == 3 and 40 <= lag.max < 160, lag.max  # the event's time, not the listing's
+        assert lag.count == 1 and 40 <= lag.max < 160, lag.max  # the event's time, not the listing's
     assert value(found, metrics.TAGS, target="plain", outcome="unchanged") == 1
-    assert histogram(found, metrics.MIRROR_LAG, target="plain").count == 3  # no lag for what was there
+    assert histogram(found, metrics.MIRROR_LAG, target="plain").count == 1  # no lag for what was there
     assert value(found, metrics.TAGS, target="plain", outcome="skipped") == 1  # the tag gone from the source
     assert value(found, metrics.TAGS, target="api", outcome="skipped") == 0
 
@@ -526,10 +529,12 @@ def test_the_cli_exports_through_azure_monitor_what_it_prints(world, tmp_path):
         for placement, count in printed[target]["blobs"].items():
             assert total(metrics.BLOBS, target=target, placement=placement) == count
         assert total(metrics.REFERRERS, target=target) == 2
-        (lag,) = [m for n, p, m in rows if n == metrics.MIRROR_LAG and p == {"target": target}]
-        assert lag["count"] == printed[target]["lag_seconds"]["count"] == 2  # customMetrics valueCount
-        assert lag["min"] == pytest.approx(printed[target]["lag_seconds"]["min"], abs=1e-3)
-        assert lag["max"] == pytest.approx(printed[target]["lag_seconds"]["max"], abs=1e-3)
+        assert total(metrics.BACKFILL, target=target) == printed[target]["backfill"] == 2
+        # no new push in a CLI sync (no timer state): no lag sample reaches the exporter either
+        assert (
+            not [m for n, p, m in rows if n == metrics.MIRROR_LAG]
+            and printed[target]["lag_seconds"]["count"] == 0
+        )
     (run,) = [m for n, p, m in rows if n == metrics.RUN_DURATION]
     assert [p for n, p, m in rows if n == metrics.RUN_DURATION] == [{"trigger": "cli", "ok": "true"}]
     assert run["count"] == 1 and run["value"] > 0

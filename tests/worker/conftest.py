@@ -7,6 +7,7 @@ Session fixtures:
   worker     the started worker (fails every test that needs it when start-up failed), its
              functions listed (FunctionsMetadataRequest) and loaded (FunctionLoadRequest)
   rpc_logs   RpcLogs handler on the root logger (INFO, as the worker sets it)
+  azurite_queues, azurite_tables   the app's storage account (Azurite): queues, the timer's state
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import pytest
 
 from tests.harness.acr import AcrStandIn
+from tests.harness.azurite import Azurite
+from tests.harness.azurite import connection_string as azurite_connection_string
 from tests.harness.images import oci_image, oci_index
 from tests.worker.host import RpcLogs, Worker, ok
 
@@ -64,11 +67,19 @@ def target(token_registry_dst):
 
 
 @pytest.fixture(scope="session")
-def app_settings(acr, target) -> dict[str, str]:
+def azurite_queues():
+    """A real Azurite queue service: the poison queue the timer reads the depth of."""
+    with Azurite() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def app_settings(acr, target, azurite_tables, azurite_queues) -> dict[str, str]:
     """The app settings of a deployment that mirrors the ACR stand-in's giantswarm/ to the target."""
     return {
         "FUNCTIONS_WORKER_RUNTIME": "python",
-        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        # the app's storage account: its queues and the timer's state table (Azurite)
+        "AzureWebJobsStorage": azurite_connection_string(azurite_queues, azurite_tables),
         "SYNC_SCHEDULE": "0 */15 * * * *",
         "SYNC_QUEUE": "sync-work",
         "SOURCE_REGISTRY": acr.url,

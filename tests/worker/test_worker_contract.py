@@ -23,7 +23,7 @@ from azure.functions.decorators.core import BindingDirection
 
 from sync_core.azure import runtime
 from tests.harness.faultproxy import FaultProxy, FaultRule
-from tests.harness.images import oci_index
+from tests.harness.images import oci_image, oci_index
 from tests.harness.paths import EVENTS
 from tests.worker.conftest import NAMESPACE, SEEDED, TARGET_NAMESPACE
 from tests.worker.host import ROOT, event_grid_input, ok, protos, queue_input, timer_input
@@ -128,21 +128,64 @@ def test_each_binding_annotation_passes_the_binding_registry(name):
 # -- the timer ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("past_due", [False, True])
-def test_timer_enqueues_one_message_per_repository(worker, acr, rpc_logs, past_due):
-    acr.reset_log()
+def pipeline(worker, messages: list[dict]) -> int:
+    """Every queue message through the real worker, and every message it enqueues, until none is
+    left (as the host would deliver them). Returns the executions it took."""
+    executions = 0
+    queue = list(messages)
+    while queue:
+        body = json.dumps(queue.pop(0))
+        response = worker.invoke("sync_worker", *queue_input(body, message_id=str(uuid.uuid4())))
+        executions += 1
+        queue += queue_messages(worker, response)
+    return executions
+
+
+def tick(worker, *, past_due: bool = False, invocation_id: str | None = None) -> list[dict]:
+    """One timer run through the real worker (the host's schedule status: last run 15 minutes ago)."""
     inputs, metadata = timer_input(past_due=past_due)
-    invocation_id = str(uuid.uuid4())
-    messages = queue_messages(
+    return queue_messages(
         worker, worker.invoke("sync_schedule", inputs, metadata, invocation_id=invocation_id)
     )
-    expected = sorted(r for r in SEEDED if r.startswith(NAMESPACE + "/"))
-    assert sorted(m["repository"] for m in messages) == expected
-    assert {(m["v"], m["kind"], m["target"]) for m in messages} == {(1, "repository", "target")}
-    assert acr.count(kind={"manifest", "blob", "acr_tags"}) == 0  # lists the catalog, copies nothing
+
+
+def test_timer_ticks_cost_what_changed(worker, acr, target, rpc_logs):
+    """Three ticks of the whole pipeline (timer, then every message it enqueues) in the real worker,
+    against Azurite (the state), the ACR stand-in and a real registry: the first mirrors every
+    repository; a tick with nothing changed enqueues nothing and asks no target anything; a change
+    made without an event is mirrored after the next tick; a repository whose work failed is
+    enqueued again until it succeeds."""
+    wanted = sorted(r for r in SEEDED if r.startswith(NAMESPACE + "/"))
+    invocation_id = str(uuid.uuid4())
+    first = tick(worker, past_due=True, invocation_id=invocation_id)  # nothing recorded yet: every repository
     warned = [s for s in rpc_logs.of("sync_core") if "past due" in s.rpc.message]
-    assert bool(warned) == past_due
-    assert all(s.rpc.invocation_id == invocation_id for s in warned)
+    assert warned and all(s.rpc.invocation_id == invocation_id for s in warned)
+    assert {(m["v"], m["kind"], m["target"]) for m in first} == {(1, "repositories", "target")}
+    assert sorted(e["name"] for m in first for e in m["repositories"]) == wanted
+    pipeline(worker, first)
+    assert all(mirrored(acr, target, r, t) for r in wanted for t in SEEDED[r])
+
+    acr.reset_log()
+    mark = len(target.access_log())
+    assert tick(worker) == []  # nothing changed: the timer is the only execution
+    assert target.access_log()[mark:] == []  # no request to the target at all
+    per_repository = acr.count(kind={"acr_repository", "acr_tags", "token"}) / len(wanted)
+    assert acr.count(kind={"catalog", "acr_catalog"}) == 1 and per_repository <= 3, acr.log
+
+    pushed = oci_image("wk-deep-2", [777])
+    acr.pusher().push("giantswarm/tools/deep", pushed, "2.0")  # no event: its delivery was lost
+    acr.fail_next(5, 503, kinds="manifest")  # and the first try fails (the source keeps answering 503)
+    changed = tick(worker)
+    assert [[e["name"] for e in m["repositories"]] for m in changed] == [["giantswarm/tools/deep"]]
+    failed = worker.invoke("sync_worker", *queue_input(json.dumps(changed[0]), message_id="deep-1"))
+    assert failed.result.status == protos.StatusResult.Failure  # the host would retry it, then poison it
+    assert not mirrored(acr, target, "giantswarm/tools/deep", "2.0")
+
+    again = tick(worker)  # the failure is recorded: enqueued again
+    assert [[e["name"] for e in m["repositories"]] for m in again] == [["giantswarm/tools/deep"]]
+    assert pipeline(worker, again) == 1
+    assert mirrored(acr, target, "giantswarm/tools/deep", "2.0")
+    assert tick(worker) == []
 
 
 # -- Event Grid: both schemas ------------------------------------------------------------------------
@@ -278,16 +321,20 @@ def test_worker_failure_fails_the_invocation_so_the_host_retries(worker, acr):
     assert "failure" in failed.result.exception.message
 
 
-def test_worker_re_enqueues_what_its_time_budget_leaves(worker, target, monkeypatch):
+def test_worker_re_enqueues_what_its_time_budget_leaves(worker, acr, target, monkeypatch):
     """A budget spent before any copy starts: every tag goes back on the queue as a tag message."""
-    slow = FaultRule("slow", method="GET", path=r"/v2/wk-mirror/budget/tags/list", count=1, delay_ms=10_500)
+    for tag, manifest in SEEDED["giantswarm/budget"].items():  # a repository no earlier test mirrored
+        acr.pusher().push("giantswarm/budget-late", manifest, tag)
+    slow = FaultRule(
+        "slow", method="GET", path=r"/v2/wk-mirror/budget-late/tags/list", count=1, delay_ms=10_500
+    )
     with FaultProxy(target.url, rules=[slow]) as proxy:
         monkeypatch.setenv("TARGET_REGISTRY", proxy.url)  # the mirror answers its tag listing slowly
         monkeypatch.setenv("SYNC_TIME_BUDGET_SECONDS", "10")  # the smallest budget the app accepts
         runtime.reset()  # the app reads its settings once per process: as if restarted
         try:
             text = json.dumps(
-                {"v": 1, "kind": "repository", "repository": "giantswarm/budget", "target": "target"}
+                {"v": 1, "kind": "repository", "repository": "giantswarm/budget-late", "target": "target"}
             )
             left = queue_messages(
                 worker, worker.invoke("sync_worker", *queue_input(text, message_id="budget"))
@@ -297,7 +344,7 @@ def test_worker_re_enqueues_what_its_time_budget_leaves(worker, target, monkeypa
             runtime.reset()
     assert slow.fired == 1
     assert sorted((m["kind"], m["repository"], m["tag"], m["digest"]) for m in left) == [
-        ("tag", "giantswarm/budget", tag, manifest.digest)
+        ("tag", "giantswarm/budget-late", tag, manifest.digest)
         for tag, manifest in sorted(SEEDED["giantswarm/budget"].items())
     ]
 
@@ -307,19 +354,23 @@ def test_worker_re_enqueues_what_its_time_budget_leaves(worker, target, monkeypa
 
 def test_log_lines_from_copy_threads_reach_the_host_with_the_invocation_id(worker, acr, target, rpc_logs):
     """Every line the core writes during an invocation, from any thread, names that invocation."""
+    for tag, manifest in SEEDED["giantswarm/multi"].items():  # a repository no earlier test mirrored
+        acr.pusher().push("giantswarm/multi-late", manifest, tag)
     invocation_id = str(uuid.uuid4())
-    text = json.dumps({"v": 1, "kind": "repository", "repository": "giantswarm/multi", "target": "target"})
+    text = json.dumps(
+        {"v": 1, "kind": "repository", "repository": "giantswarm/multi-late", "target": "target"}
+    )
     before = len(rpc_logs.sent)
     succeeded(
         worker.invoke("sync_worker", *queue_input(text, message_id="multi"), invocation_id=invocation_id)
     )
     sent = [s for s in rpc_logs.sent[before:] if s.rpc.category.startswith("sync_core")]
     copy_lines = [s for s in sent if s.thread.startswith("copy")]
-    copied = [s for s in copy_lines if "copied giantswarm/multi:" in s.rpc.message]
+    copied = [s for s in copy_lines if "copied giantswarm/multi-late:" in s.rpc.message]
     assert len(copied) == len(SEEDED["giantswarm/multi"]), [s.rpc.message for s in sent]
     untied = [(s.thread, s.rpc.message[:80]) for s in sent if s.rpc.invocation_id != invocation_id]
     assert not untied, f"lines the host would drop (no invocation id): {untied}"
     # The 4.x worker (Python 3.10-3.12) reads the thread-local instead: the same id there too.
     assert all(s.thread_local_invocation_id == invocation_id for s in copy_lines)
     for tag in SEEDED["giantswarm/multi"]:
-        assert mirrored(acr, target, "giantswarm/multi", tag)
+        assert mirrored(acr, target, "giantswarm/multi-late", tag)
