@@ -188,6 +188,15 @@ def test_what_the_loader_refuses_the_schema_refuses_at_the_same_setting(config, 
 # -- taken by both ----------------------------------------------------------------------------------
 
 
+def described(config: dict) -> str:
+    """A test id: what ``config`` sets beyond BASE."""
+    target = config.get("targets", [{}])[0]
+    changed = [k for k in config if k not in BASE or config[k] != BASE[k]] + [
+        f"targets[0].{k}" for k in target if k not in BASE["targets"][0] or target[k] != BASE["targets"][0][k]
+    ]
+    return ",".join(k for k in changed if k != "targets")
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -217,6 +226,7 @@ def test_what_the_loader_refuses_the_schema_refuses_at_the_same_setting(config, 
             "target_password_secret": "hub-token",
         },
     ],
+    ids=described,
 )
 def test_forms_the_loader_takes_the_schema_takes(config, tmp_path):
     assert not isinstance(load(tmp_path, config), ConfigError)
