@@ -1,13 +1,20 @@
 """Parsers of setting values: (value, setting name, problems) -> the parsed value, or None after
 adding a problem that names the setting. Every problem is collected; nothing raises.
+
+Each parser also carries the JSON Schema fragment of the values it accepts in a configuration
+file (``parser.schema``), from which :mod:`sync_core.config.schema` builds the file's schema. A
+fragment describes the file's plain form (numbers as numbers, booleans as booleans; a list or a
+comma-separated string where the parser takes both) and uses only patterns that mean the same in
+Python and ECMA-262 (what editors run). What a schema cannot say (a valid regular expression or
+version range, the groups a template names) only the parser checks.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from sync_core.config.model import (
     MappingRule,
@@ -15,7 +22,7 @@ from sync_core.config.model import (
     SemverRange,
 )
 from sync_core.config.registries import canonical_registry
-from sync_core.registry.names import is_repository, normalize_registry_url
+from sync_core.registry.names import REPOSITORY_RE, is_repository, normalize_registry_url
 
 # A platform as a target's `platforms` list names it: os/architecture[/variant].
 _PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
@@ -29,9 +36,54 @@ class Problems:
         self.items.append(f"{setting}: {message}")
 
 
-Parser = Callable[[Any, str, Problems], Any]
+T = TypeVar("T")
 
 
+class Parser(Generic[T]):
+    """``parser(value, setting name, problems)``: the parsed value, or None after adding a problem.
+
+    ``schema`` is the JSON Schema fragment of the values the parser accepts in a file.
+    """
+
+    def __init__(self, parse: Callable[[Any, str, Problems], T | None], schema: Mapping[str, Any]) -> None:
+        self._parse = parse
+        self.schema = schema
+
+    def __call__(self, value: Any, name: str, problems: Problems) -> T | None:
+        return self._parse(value, name, problems)
+
+
+def parser(schema: Mapping[str, Any]) -> Callable[[Callable[[Any, str, Problems], T | None]], Parser[T]]:
+    """Declares a parse function with the schema fragment of what it accepts."""
+
+    def declare(parse: Callable[[Any, str, Problems], T | None]) -> Parser[T]:
+        return Parser(parse, schema)
+
+    return declare
+
+
+def _full(pattern: str) -> str:
+    """A schema ``pattern`` (searched, as JSON Schema does) that matches like ``re.fullmatch``."""
+    return f"^(?:{pattern})$"
+
+
+def _listed(item_pattern: str | None = None, *, non_empty: bool = False) -> dict[str, Any]:
+    """A list of strings, or one string of them separated by commas or spaces (as string_list reads)."""
+    schema: dict[str, Any] = {"type": ["string", "array"], "items": {"type": "string"}}
+    if item_pattern is not None:
+        schema["items"]["pattern"] = _full(item_pattern)
+        item = f"(?:{item_pattern})"
+        listed = f"{item}(?:[,\\s]+{item})*"
+        schema["pattern"] = f"^[,\\s]*{listed if non_empty else f'(?:{listed})?'}[,\\s]*$"
+    if non_empty:
+        schema["minItems"] = 1
+    return schema
+
+
+_STRING = {"type": "string"}
+
+
+@parser(_STRING)
 def text(value: Any, name: str, problems: Problems) -> str | None:
     if not isinstance(value, str):
         problems.add(name, "must be a string")
@@ -39,6 +91,7 @@ def text(value: Any, name: str, problems: Problems) -> str | None:
     return value
 
 
+@parser(_STRING)  # no format "regex": editors would judge Python's syntax (?P<name>) by ECMA-262's
 def regex(value: Any, name: str, problems: Problems) -> re.Pattern[str] | None:
     if not isinstance(value, str):
         problems.add(name, "must be a regular expression (a string)")
@@ -50,7 +103,12 @@ def regex(value: Any, name: str, problems: Problems) -> re.Pattern[str] | None:
         return None
 
 
-def number(*, integer: bool = False, minimum: float = 0.0, maximum: float | None = None) -> Parser:
+def number(
+    *, integer: bool = False, minimum: float = 0.0, maximum: float | None = None, exclusive: bool = False
+) -> Parser[float | int]:
+    """A number (``integer``: a whole one) at least ``minimum`` (``exclusive``: greater than it)."""
+    lowest = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
+
     def parse(value: Any, name: str, problems: Problems) -> float | int | None:
         try:
             if isinstance(value, bool):
@@ -61,17 +119,35 @@ def number(*, integer: bool = False, minimum: float = 0.0, maximum: float | None
         except (TypeError, ValueError):
             problems.add(name, f"must be {'a whole number' if integer else 'a number'}, got {value!r}")
             return None
-        if number < minimum or number != number or number in (float("inf"), float("-inf")):
-            problems.add(name, f"must be at least {minimum:g}, got {value!r}")
+        too_low = number <= minimum if exclusive else number < minimum
+        if too_low or number != number or number in (float("inf"), float("-inf")):
+            problems.add(name, f"must be {lowest}, got {value!r}")
             return None
         if maximum is not None and number > maximum:
             problems.add(name, f"at most {maximum:g}, got {number}")
             return None
         return number
 
-    return parse
+    schema: dict[str, Any] = {
+        "type": "integer" if integer else "number",
+        "exclusiveMinimum" if exclusive else "minimum": _plain(minimum),
+    }
+    if maximum is not None:
+        schema["maximum"] = _plain(maximum)
+    return Parser(parse, schema)
 
 
+def _plain(value: float) -> float | int:
+    """``6.0`` as ``6`` in the schema."""
+    return int(value) if float(value).is_integer() else value
+
+
+@parser(
+    {
+        "type": "string",
+        "pattern": _full(r"(?:https?://)?(?:[^\s/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?/?"),
+    }
+)
 def registry(value: Any, name: str, problems: Problems) -> str | None:
     if not isinstance(value, str):
         problems.add(name, "must be a registry host or URL")
@@ -84,6 +160,7 @@ def registry(value: Any, name: str, problems: Problems) -> str | None:
     return canonical_registry(url)
 
 
+@parser({"type": "string", "pattern": f"^/*(?:{REPOSITORY_RE.pattern})?/*$"})
 def namespace(value: Any, name: str, problems: Problems) -> str | None:
     if not isinstance(value, str):
         problems.add(name, "must be a string")
@@ -95,6 +172,7 @@ def namespace(value: Any, name: str, problems: Problems) -> str | None:
     return path
 
 
+@parser(_listed())
 def string_list(value: Any, name: str, problems: Problems) -> tuple[str, ...] | None:
     if isinstance(value, str):
         return tuple(v.strip() for v in re.split(r"[,\s]+", value) if v.strip())
@@ -104,6 +182,7 @@ def string_list(value: Any, name: str, problems: Problems) -> tuple[str, ...] | 
     return None
 
 
+@parser(_listed(REPOSITORY_RE.pattern))
 def repositories(value: Any, name: str, problems: Problems) -> tuple[str, ...] | None:
     names = string_list(value, name, problems)
     for repo in names or ():
@@ -112,12 +191,13 @@ def repositories(value: Any, name: str, problems: Problems) -> tuple[str, ...] |
     return names
 
 
+@parser(_listed())
 def types(value: Any, name: str, problems: Problems) -> frozenset[str] | None:
     names = string_list(value, name, problems)
     return None if names is None else frozenset(names)
 
 
-def choice(kind: type[enum.Enum]) -> Parser:
+def choice(kind: type[enum.Enum]) -> Parser[enum.Enum]:
     allowed = [m.value for m in kind]
 
     def parse(value: Any, name: str, problems: Problems) -> enum.Enum | None:
@@ -128,9 +208,10 @@ def choice(kind: type[enum.Enum]) -> Parser:
             problems.add(name, f"must be {' or '.join(repr(a) for a in allowed)}, got {value!r}")
             return None
 
-    return parse
+    return Parser(parse, {"type": "string", "enum": allowed})
 
 
+@parser({"type": "boolean"})
 def boolean(value: Any, name: str, problems: Problems) -> bool | None:
     if isinstance(value, bool):
         return value
@@ -140,6 +221,7 @@ def boolean(value: Any, name: str, problems: Problems) -> bool | None:
     return None
 
 
+@parser(_STRING)
 def semver(value: Any, name: str, problems: Problems) -> SemverRange | None:
     import semantic_version
 
@@ -154,6 +236,7 @@ def semver(value: Any, name: str, problems: Problems) -> SemverRange | None:
         return None
 
 
+@parser(_listed(_PLATFORM_RE.pattern, non_empty=True))
 def platforms(value: Any, name: str, problems: Problems) -> frozenset[str] | None:
     names = string_list(value, name, problems)
     if names is None:
@@ -167,6 +250,24 @@ def platforms(value: Any, name: str, problems: Problems) -> frozenset[str] | Non
     return frozenset(names)
 
 
+@parser(
+    {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "match": {"type": "string", "description": "regular expression, full match"},
+                "replace": {
+                    "type": ["string", "null"],
+                    "pattern": "\\S",
+                    "description": "the whole target repository (`\\1` refers to groups); null: not mirrored",
+                },
+            },
+            "required": ["match", "replace"],
+            "additionalProperties": False,
+        },
+    }
+)
 def mappings(value: Any, name: str, problems: Problems) -> tuple[MappingRule, ...] | None:
     if not isinstance(value, list):
         problems.add(name, "must be a list of {match: REGEX, replace: TEMPLATE or null}")
@@ -213,6 +314,7 @@ def _template_problem(pattern: re.Pattern[str], template: str) -> str | None:
     return None
 
 
+@parser({"anyOf": [{"enum": ["all", "none"]}, _listed(non_empty=True)]})
 def referrers(value: Any, name: str, problems: Problems) -> ReferrerPolicy | None:
     if isinstance(value, str) and value.strip().lower() in ("all", "none"):
         return ReferrerPolicy(enabled=value.strip().lower() == "all")
@@ -225,6 +327,7 @@ def referrers(value: Any, name: str, problems: Problems) -> ReferrerPolicy | Non
     return ReferrerPolicy(types=frozenset(types))
 
 
+@parser({"type": "string", "pattern": "^https://"})
 def https_url(value: Any, name: str, problems: Problems) -> str | None:
     if isinstance(value, str) and value.startswith("https://"):
         return value
@@ -232,7 +335,7 @@ def https_url(value: Any, name: str, problems: Problems) -> str | None:
     return None
 
 
-def matching(pattern: str, problem: str) -> Parser:
+def matching(pattern: str, problem: str) -> Parser[str]:
     """A string matching ``pattern`` in full; ``problem`` (with ``{value}``) says what is wrong."""
     compiled = re.compile(pattern)
 
@@ -242,7 +345,7 @@ def matching(pattern: str, problem: str) -> Parser:
         problems.add(name, problem.format(value=repr(value)))
         return None
 
-    return parse
+    return Parser(parse, {"type": "string", "pattern": _full(pattern)})
 
 
 queue_name = matching(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", "{value} is not a valid Storage queue name")

@@ -2,8 +2,9 @@
 
 Parsing (:mod:`sync_core.config.load`), the list of app settings the infrastructure must provide
 (:data:`APP_SETTINGS`), the CLI's help text, the README's configuration tables and the JSON
-Schema of the configuration file all come from this declaration. A parser takes (value, setting
-name, problems) and returns the parsed value, or None after adding a problem that names the setting.
+Schema of the configuration file (:mod:`sync_core.config.schema`) all come from this declaration. A
+parser takes (value, setting name, problems) and returns the parsed value, or None after adding a
+problem that names the setting; its ``schema`` is the JSON Schema of the values a file may give.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Scope(enum.Flag):
 @dataclass(frozen=True)
 class Setting:
     key: str  # lower case: the file key (the environment variable is derived from it)
-    parse: Parser
+    parse: Parser[Any]
     help: str
     scope: Scope = Scope.GLOBAL
     default: Any = None
@@ -333,7 +334,8 @@ APP_SETTINGS = tuple(s.env_name for s in SETTINGS if s.in_env and not s.local_on
 LOCAL_ONLY_SETTINGS = tuple(s.env_name for s in SETTINGS if s.local_only)
 
 
-def _documented_default(setting: Setting) -> str:
+def documented_default(setting: Setting) -> str:
+    """The default as the README and the schema's descriptions show it."""
     if setting.default_text:
         return setting.default_text
     if setting.default in (None, "", (), frozenset()):
@@ -349,7 +351,7 @@ def settings_markdown() -> str:
     lines = ["| setting | meaning | default |", "| --- | --- | --- |"]
     for s in SETTINGS:
         if s.in_env:
-            lines.append(f"| `{s.env_name}` | {s.help} | {_documented_default(s)} |")
+            lines.append(f"| `{s.env_name}` | {s.help} | {documented_default(s)} |")
     lines += [
         "",
         "Keys of each entry of `targets` in the file:",
@@ -359,7 +361,7 @@ def settings_markdown() -> str:
     ]
     for s in TARGET_SETTINGS:
         if s.in_file:
-            lines.append(f"| `{s.key}` | {s.help} | {_documented_default(s)} |")
+            lines.append(f"| `{s.key}` | {s.help} | {documented_default(s)} |")
     return "\n".join(lines)
 
 
