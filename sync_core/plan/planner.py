@@ -243,40 +243,25 @@ class Planner:
             absent = AtTarget.REPOSITORY_ABSENT if listed is None else AtTarget.TAG_ABSENT
             present = set(listed or ())
             work = []
+
+            def copy(tag: TagInfo, digest: str | None, reason: Reason, at: AtTarget) -> None:
+                when = pushed(tag.updated)
+                work.append(
+                    WorkItem(
+                        target.name, repository, dst_repo, WorkKind.TAG, tag.name, digest, reason, at, when
+                    )
+                )
+
             for tag in readable:
                 if tag.name not in present:
-                    work.append(
-                        WorkItem(
-                            target.name,
-                            repository,
-                            dst_repo,
-                            WorkKind.TAG,
-                            tag.name,
-                            tag.digest,
-                            Reason.MISSING,
-                            absent,
-                            pushed=pushed(tag.updated),
-                        )
-                    )
+                    copy(tag, tag.digest, Reason.MISSING, absent)
                 elif self._recheck(tag, check, now):
                     source_digest = tag.digest or self._source_digest(repository, tag.name, digests)
                     info = client.head_manifest(dst_repo, tag.name)
                     if info is None or not self._same(
                         client, target, dst_repo, tag.name, info.digest, source_digest
                     ):
-                        work.append(
-                            WorkItem(
-                                target.name,
-                                repository,
-                                dst_repo,
-                                WorkKind.TAG,
-                                tag.name,
-                                source_digest,
-                                Reason.DIGEST_DIFFERS,
-                                AtTarget.TAG_DIFFERS,
-                                pushed=pushed(tag.updated),
-                            )
-                        )
+                        copy(tag, source_digest, Reason.DIGEST_DIFFERS, AtTarget.TAG_DIFFERS)
                     elif (
                         check is Check.FULL
                         and source_digest

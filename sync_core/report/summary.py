@@ -85,6 +85,16 @@ class Lag:
         return {"count": self.count, "min": r(self.min), "max": r(self.max), "avg": r(avg)}
 
 
+TAG_COUNTS = (
+    "considered",
+    "missing",
+    "copied",
+    "unchanged",
+    "skipped",
+    "failed",
+)  # tags, by what became of them
+
+
 @dataclass
 class TargetCounts:
     """One target's tags by outcome, the work done there and the mirror lag of its copies."""
@@ -100,14 +110,7 @@ class TargetCounts:
     lag: Lag = field(default_factory=Lag)
 
     def tags(self) -> dict[str, int]:
-        return {
-            "considered": self.considered,
-            "missing": self.missing,
-            "copied": self.copied,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            "failed": self.failed,
-        }
+        return {name: getattr(self, name) for name in TAG_COUNTS}
 
     def figures(self) -> dict[str, Any]:
         """What the metrics were given for this target (``registry_sync.*``, docs/metrics.md)."""
@@ -227,27 +230,12 @@ class Summary:
     def absorb(self, other: Summary) -> None:
         """Add ``other`` (the summary of one repository of a batch) to this one."""
         with self._lock:
-            for name in (
-                "tags_considered",
-                "tags_missing",
-                "tags_copied",
-                "tags_unchanged",
-                "tags_skipped",
-                "tags_failed",
-            ):
-                setattr(self, name, getattr(self, name) + getattr(other, name))
+            for name in TAG_COUNTS:
+                setattr(self, f"tags_{name}", getattr(self, f"tags_{name}") + getattr(other, f"tags_{name}"))
             self.work.add(other.work)
             for target, counts in other.targets.items():
                 mine = self.target(target)
-                for name in (
-                    "considered",
-                    "missing",
-                    "copied",
-                    "unchanged",
-                    "skipped",
-                    "failed",
-                    "backfilled",
-                ):
+                for name in (*TAG_COUNTS, "backfilled"):
                     setattr(mine, name, getattr(mine, name) + getattr(counts, name))
                 mine.work.add(counts.work)
                 mine.lag.merge(counts.lag)
@@ -266,14 +254,7 @@ class Summary:
             "ok": self.ok,
             "dry_run": self.dry_run,
             "repositories": self.repositories,
-            "tags": {
-                "considered": self.tags_considered,
-                "missing": self.tags_missing,
-                "copied": self.tags_copied,
-                "unchanged": self.tags_unchanged,
-                "skipped": self.tags_skipped,
-                "failed": self.tags_failed,
-            },
+            "tags": {name: getattr(self, f"tags_{name}") for name in TAG_COUNTS},
             "manifests_pushed": self.work.manifests_pushed,
             "blobs": {
                 "uploaded": self.work.blobs_uploaded,
