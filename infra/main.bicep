@@ -181,7 +181,7 @@ param targetPasswordSecretName string = 'target-password'
 
 // ---- alerts (modules/alerts.bicep; infra/README.md "Alerts") ----
 
-@description('Create the alert rules: poison queue not empty, failed runs, no successful timer run, mirror lag.')
+@description('Create the alert rules: poison queue not empty, failed runs, no successful timer run, mirror lag, check found a failure.')
 param deployAlerts bool = true
 
 @description('Alerts: e-mail address notified through a new action group (empty: no e-mail; the alerts still show in Azure Monitor).')

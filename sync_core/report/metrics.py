@@ -12,6 +12,7 @@ docs/metrics.md):
 ``registry_sync.referrers``    counter    ``target`` (referrers copied)
 ``registry_sync.run.duration`` histogram  ``trigger`` (timer|event|worker|cli), ``ok`` ("true"|"false"), seconds
 ``registry_sync.mirror_lag``   histogram  ``target``, seconds from the source push to the copy
+``registry_sync.check``        counter    ``subject`` (source|key-vault|a target), ``check``, ``status`` (ok|warn|fail)
 =============================  =========  =================================================
 
 Whether they go anywhere is decided once per process, from the process environment
@@ -60,6 +61,7 @@ BLOBS = "registry_sync.blobs"
 REFERRERS = "registry_sync.referrers"
 RUN_DURATION = "registry_sync.run.duration"
 MIRROR_LAG = "registry_sync.mirror_lag"
+CHECK = "registry_sync.check"
 
 CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 WORKER_TELEMETRY = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
@@ -136,6 +138,9 @@ class Metrics:
         self._lag = meter.create_histogram(
             MIRROR_LAG, unit="s", description="Source push (listing or event time) to the copy at the target"
         )
+        self._check = meter.create_counter(
+            CHECK, unit="{finding}", description="Findings of the daily check, per subject, check and status"
+        )
 
     def __repr__(self) -> str:
         return f"Metrics(enabled={self.enabled})"
@@ -163,6 +168,11 @@ class Metrics:
     def lag(self, target: str, seconds: float) -> None:
         if self.enabled:
             self._lag.record(seconds, {"target": target})
+
+    def check(self, subject: str, check: str, status: str) -> None:
+        """One finding of the daily ``check`` (``status``: ok, warn or fail)."""
+        if self.enabled:
+            self._check.add(1, {"subject": subject, "check": check, "status": status})
 
     def run(self, trigger: Trigger, ok: bool, seconds: float) -> None:
         """One run (CLI command) or invocation (timer, event, worker) took ``seconds``."""
