@@ -8,7 +8,7 @@ from, so that loading, planning and ``check`` read one table.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 DOCKER_HUB = "https://registry-1.docker.io"
@@ -93,75 +93,61 @@ _ALIBABA_PERSONAL_RULES = (
 )
 
 
-def _alibaba_personal(private: bool) -> KnownRegistry:
-    return KnownRegistry(
-        "Alibaba Cloud ACR Personal Edition" + (" (VPC/internal endpoint)" if private else ""),
-        path_depth=2,
-        namespace_required=True,
-        private_network_only=private,
-        refuses_attestations=True,
-        rules=_ALIBABA_PERSONAL_RULES,
-    )
-
-
-def _alibaba_instance(private: bool) -> KnownRegistry:
-    return KnownRegistry(
-        "Alibaba Cloud ACR Personal Edition instance endpoint (crpi-)"
-        + (" (VPC endpoint)" if private else ""),
-        path_depth=2,
-        namespace_required=True,
-        private_network_only=private,
-        refuses_attestations=True,
-        rules=(
-            *_ALIBABA_PERSONAL_RULES,
-            Rule(
-                "instances created since 2024-09-09 have this endpoint: anonymous pulls are not "
-                "supported and clients pull with credentials",
-                ALIBABA_INSTANCE_ENDPOINT_DOC,
-            ),
+_ALIBABA_PERSONAL = KnownRegistry(
+    "Alibaba Cloud ACR Personal Edition",
+    path_depth=2,
+    namespace_required=True,
+    refuses_attestations=True,
+    rules=_ALIBABA_PERSONAL_RULES,
+)
+_ALIBABA_INSTANCE = replace(
+    _ALIBABA_PERSONAL,
+    name="Alibaba Cloud ACR Personal Edition instance endpoint (crpi-)",
+    rules=(
+        *_ALIBABA_PERSONAL_RULES,
+        Rule(
+            "instances created since 2024-09-09 have this endpoint: anonymous pulls are not "
+            "supported and clients pull with credentials",
+            ALIBABA_INSTANCE_ENDPOINT_DOC,
         ),
-    )
-
-
-def _alibaba_enterprise(private: bool) -> KnownRegistry:
-    return KnownRegistry(
-        "Alibaba Cloud ACR Enterprise Edition" + (" (VPC endpoint)" if private else ""),
-        path_depth=2,
-        namespace_required=True,
-        private_network_only=private,
-        rules=(
-            Rule("repositories are <namespace>/<name> (two path levels)", ALIBABA_EDITIONS_DOC),
-            Rule(
-                "a new instance accepts no traffic: internet access (with an allowlist) or a VPC "
-                "must be enabled in its access control",
-                ALIBABA_NETWORK_DOC,
-            ),
-            Rule(
-                "a push creates the repository only when the namespace allows it (automatic creation)",
-                ALIBABA_NAMESPACES_DOC,
-            ),
+    ),
+)
+_ALIBABA_ENTERPRISE = KnownRegistry(
+    "Alibaba Cloud ACR Enterprise Edition",
+    path_depth=2,
+    namespace_required=True,
+    rules=(
+        Rule("repositories are <namespace>/<name> (two path levels)", ALIBABA_EDITIONS_DOC),
+        Rule(
+            "a new instance accepts no traffic: internet access (with an allowlist) or a VPC "
+            "must be enabled in its access control",
+            ALIBABA_NETWORK_DOC,
         ),
-    )
+        Rule(
+            "a push creates the repository only when the namespace allows it (automatic creation)",
+            ALIBABA_NAMESPACES_DOC,
+        ),
+    ),
+)
 
-
-# (host pattern, registry for a public endpoint, registry for a private one); the private form is
-# chosen when the pattern's group "private" matched.
+# (host pattern, the registry, what its private endpoints are called): an endpoint is private
+# when the pattern's group "private" matched.
 _KNOWN = (
-    (re.compile(r"registry-1\.docker\.io"), _DOCKER_HUB, _DOCKER_HUB),
+    (re.compile(r"registry-1\.docker\.io"), _DOCKER_HUB, ""),
     (
         re.compile(r"registry(?:-intl)?(?P<private>-vpc|-internal)?\.[a-z0-9-]+\.aliyuncs\.com"),
-        _alibaba_personal(False),
-        _alibaba_personal(True),
+        _ALIBABA_PERSONAL,
+        "VPC/internal endpoint",
     ),
     (
         re.compile(r"crpi-[a-z0-9]+(?P<private>-vpc)?\.[a-z0-9-]+\.personal\.cr\.aliyuncs\.com"),
-        _alibaba_instance(False),
-        _alibaba_instance(True),
+        _ALIBABA_INSTANCE,
+        "VPC endpoint",
     ),
     (
         re.compile(r"[a-z0-9][a-z0-9-]*-registry(?P<private>-vpc)?\.[a-z0-9-]+\.cr\.aliyuncs\.com"),
-        _alibaba_enterprise(False),
-        _alibaba_enterprise(True),
+        _ALIBABA_ENTERPRISE,
+        "VPC endpoint",
     ),
 )
 
@@ -174,10 +160,12 @@ def canonical_registry(url: str) -> str:
 def known_registry(registry: str) -> KnownRegistry | None:
     """What is known of the registry at ``registry`` (a normalized URL), None for any other."""
     host = (urlsplit(registry).hostname or "").lower()
-    for pattern, public, private in _KNOWN:
+    for pattern, known, private in _KNOWN:
         match = pattern.fullmatch(host)
+        if match and match.groupdict().get("private"):
+            return replace(known, name=f"{known.name} ({private})", private_network_only=True)
         if match:
-            return private if match.groupdict().get("private") else public
+            return known
     return None
 
 
