@@ -153,7 +153,9 @@ def test_refused_source_credentials_are_named_with_the_settings_to_fix(source, t
     finding = one(report, "source", "credentials")
     assert finding.status is Status.FAIL
     assert "refused user 'check-src' (HTTP 401)" in finding.answered
-    assert finding.fix.startswith("SOURCE_USERNAME / SOURCE_PASSWORD: the user name or password is wrong or expired")
+    assert finding.fix.startswith(
+        "SOURCE_USERNAME / SOURCE_PASSWORD: the user name or password is wrong or expired"
+    )
     assert "a-wrong-password" not in json.dumps(report.to_dict())
     assert not rows(report, "source", "catalog"), "nothing more is asked with refused credentials"
     # the target is still checked, on a name under its namespace (the source's are unknown)
