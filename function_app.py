@@ -25,7 +25,7 @@ import typing
 import azure.functions as func
 
 from sync_core import logs
-from sync_core.azure import handlers, poison, runtime
+from sync_core.azure import daily_check, handlers, poison, runtime
 from sync_core.azure import timer as schedule
 
 app = func.FunctionApp()
@@ -45,11 +45,10 @@ def sync_schedule(timer: func.TimerRequest, out: func.Out[typing.List[str]], con
         if timer.past_due:
             log.warning("timer is past due; reconciling now")
         poison.poison_depth(runtime.shared_config().queue)  # never raises; "poison queue not empty" alert
-        messages = schedule.schedule_messages(
-            runtime.shared_syncer(),
-            runtime.shared_state(),
-            schedule.last_run(getattr(timer, "schedule_status", None)),
-        )
+        previous = schedule.last_run(getattr(timer, "schedule_status", None))
+        if runtime.shared_config().daily_check:  # never raises; before the catalog, which may fail
+            daily_check.run_if_due(runtime.shared_syncer(), previous, dt.datetime.now(dt.timezone.utc))
+        messages = schedule.schedule_messages(runtime.shared_syncer(), runtime.shared_state(), previous)
         if messages:
             out.set(messages)
 

@@ -167,6 +167,9 @@ param syncConfig string = ''
 @minValue(60)
 param syncTimeBudgetSeconds int = 1500
 
+@description('SYNC_DAILY_CHECK: the first timer run of each UTC day runs `check` and logs every finding (alert: check found a failure).')
+param syncDailyCheck bool = true
+
 @description('Key Vault secret holding the ACR token name (SOURCE_USERNAME_SECRET).')
 param sourceUsernameSecretName string = 'source-username'
 
@@ -181,7 +184,7 @@ param targetPasswordSecretName string = 'target-password'
 
 // ---- alerts (modules/alerts.bicep; infra/README.md "Alerts") ----
 
-@description('Create the alert rules: poison queue not empty, failed runs, no successful timer run, staleness.')
+@description('Create the alert rules: poison queue not empty, failed runs, no successful timer run, staleness, check found a failure.')
 param deployAlerts bool = true
 
 @description('Alerts: e-mail address notified through a new action group (empty: no e-mail; the alerts still show in Azure Monitor).')
@@ -722,6 +725,10 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         {
           name: 'SYNC_TIME_BUDGET_SECONDS'
           value: string(syncTimeBudgetSeconds)
+        }
+        {
+          name: 'SYNC_DAILY_CHECK'
+          value: string(syncDailyCheck)
         }
         {
           name: 'KEY_VAULT_URL'

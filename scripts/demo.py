@@ -1,15 +1,19 @@
-"""make demo: a local ACR-like source and a mirror, seeded images, a full sync, then the no-op.
+"""make demo: a local ACR-like source and a mirror, seeded images, check, a full sync, then the no-op.
 
-Everything runs on 127.0.0.1 and is removed at the end. The sync itself is the real CLI
-(`python -m sync_core sync`) with credentials passed through the environment.
+Everything runs on 127.0.0.1 and is removed at the end. Each step is the real CLI
+(`python -m sync_core check|plan|sync`) with credentials passed through the environment; the
+demo fails when `check` finds anything that would fail (tests/jobs/test_check.py runs the same
+world through `check`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +60,11 @@ def run_cli(env: dict, *args: str) -> int:
     return subprocess.call(command, env=env, cwd=ROOT)
 
 
-def main() -> int:
+@contextlib.contextmanager
+def demo_world(
+    environ: dict[str, str] | None = None,
+) -> Iterator[tuple[AcrStandIn, Registry, dict[str, str]]]:
+    """The source (seeded), the mirror and the settings of a sync between them; removed on exit."""
     users = {SOURCE_USER: (SOURCE_PASS, {"*": ["pull", "push", "metadata_read", "delete"]})}
     with (
         AcrStandIn(users=users) as acr,
@@ -66,7 +74,7 @@ def main() -> int:
         banner(f"source: ACR stand-in at {acr.url}   mirror: registry with token auth at {mirror.url}")
         seed(acr)
         env = dict(
-            os.environ,
+            os.environ if environ is None else environ,
             SOURCE_REGISTRY=acr.url,
             SOURCE_KIND="acr",
             SOURCE_NAMESPACE="giantswarm",
@@ -79,6 +87,16 @@ def main() -> int:
             TAG_EXCLUDE=".*-dev",
             PYTHONPATH=str(ROOT),
         )
+        yield acr, mirror, env
+
+
+def main() -> int:
+    with demo_world() as (acr, mirror, env):
+        banner("check: what the source and the mirror allow, before anything is copied (writes nothing)")
+        checked = run_cli(env, "check")
+        if checked != 0:
+            banner("check found something that would fail: stopping here")
+            return 1
         banner("plan: what the first sync will copy (tags ending in -dev are excluded)")
         run_cli(env, "plan")
         banner("full sync")

@@ -158,6 +158,10 @@ class NameRejected(SkipImage):
     """The target cannot hold this repository name (reason in the message)."""
 
 
+class LeftOut(NameRejected):
+    """A mapping rule (template ``null``) leaves the repository out of a target, on purpose."""
+
+
 class SourceGone(SkipImage):
     """What was listed (or pushed) is no longer at the source: nothing to mirror."""
 

@@ -1,10 +1,10 @@
-// registry-sync alerts: four log search alerts on Application Insights and, optionally, an action
+// registry-sync alerts: five log search alerts on Application Insights and, optionally, an action
 // group that e-mails an operator. Deployed by main.bicep (deployAlerts).
 //
 // Each Kusto query is written once, below; infra/README.md ("Alerts") shows the same text so that
 // an operator can run it by hand (tests/infra/test_monitoring.py keeps the two equal). The queries read
 // what the app sends with host.json telemetryMode OpenTelemetry:
-//   customMetrics  the OpenTelemetry instruments of sync_core/metrics.py (registry_sync.*)
+//   customMetrics  the OpenTelemetry instruments of sync_core/report/metrics.py (registry_sync.*)
 //   traces         the decision lines of sync_core/logs.py (the timer's decision=poison_depth)
 targetScope = 'resourceGroup'
 
@@ -83,6 +83,17 @@ customMetrics
 | where name == "registry_sync.staleness"
 | extend target = tostring(customDimensions.target)
 | summarize max_staleness_seconds = max(valueMax) by target
+'''
+
+// The daily check (sync_core/azure/daily_check.py) counts each finding: status=fail is a
+// credential, right, secret or registry rule that will make copies fail. One run a day: the window
+// is a day, so a failure keeps the alert up until a day's check passes.
+var checkQuery = '''
+customMetrics
+| where name == "registry_sync.check"
+| extend subject = tostring(customDimensions.subject), status = tostring(customDimensions.status)
+| where status == "fail"
+| summarize failures = sum(valueSum) by subject
 '''
 
 // ---------------------------------------------------------------------------------------------
@@ -296,10 +307,57 @@ resource stalenessAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   }
 }
 
+resource checkAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${namePrefix}-alert-check-${suffix}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'registry-sync: check found a failure'
+    description: 'The daily check found something that will make copies fail (a credential refused or expired, a right lost, a Key Vault secret missing, a name a target refuses). Each finding says its fix: traces | where customDimensions.decision == "check" and customDimensions.status == "fail"; or run python -m sync_core check.'
+    severity: 2
+    enabled: true
+    scopes: [
+      appInsightsId
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'P1D'
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: checkQuery
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'failures'
+          dimensions: [
+            {
+              name: 'subject'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: notify
+    }
+  }
+}
+
 output actionGroupIds array = notify
 output alertRuleNames array = [
   poisonAlert.name
   failedRunsAlert.name
   deadManAlert.name
   stalenessAlert.name
+  checkAlert.name
 ]

@@ -1,7 +1,8 @@
-"""Command line: ``python -m sync_core {sync,plan,copy,event,verify,poison} ...``.
+"""Command line: ``python -m sync_core {sync,plan,copy,event,verify,check,poison} ...``.
 
 Exit codes: 0 all succeeded, 1 something failed (the summary says what), 2 configuration error.
 ``verify``: 0 complete, 1 incomplete (the table says what), 2 configuration error.
+``check``: 0 nothing fails, 1 a finding fails (each says its fix), 2 configuration error.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from sync_core.azure.events import MAX_EVENT_BYTES, Action, Decision, decide, lo
 from sync_core.azure.poison import PoisonQueue
 from sync_core.azure.poison_messages import Selector
 from sync_core.azure.storage import StorageAccess, access_from_env
-from sync_core.cli.render import Progress, render_plan, render_summary
+from sync_core.cli.render import Progress, render_check, render_plan, render_summary
 from sync_core.config.load import load_config
 from sync_core.config.model import SyncConfig
 from sync_core.config.settings import settings_help
 from sync_core.errors import ConfigError, InvalidContent, SetupError, SyncError
-from sync_core.jobs import verify
+from sync_core.jobs import check, verify
 from sync_core.jobs.syncer import Syncer
 from sync_core.plan.work import Check
 from sync_core.registry.names import ImageRef
@@ -117,6 +118,21 @@ def _parser() -> argparse.ArgumentParser:
         "--deep",
         action="store_true",
         help="also fetch every manifest at the target and HEAD every child manifest and blob",
+    )
+    p = command(
+        "check",
+        "before the first sync: what each registry allows, and what will fail (writes nothing)",
+        "Ask the source, Key Vault and each target what they allow of this configuration, writing "
+        "nothing. One row per finding: ok, warn or fail, what was asked, what was answered, and "
+        "the setting or action that fixes it. Exit 0: nothing fails; 1: something does; 2: the "
+        "configuration itself is invalid.\n\n" + check.COST,
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=check.DEFAULT_SAMPLE,
+        metavar="N",
+        help=f"source repositories whose tags, a manifest and referrers are read (default {check.DEFAULT_SAMPLE})",
     )
     _poison_parser(sub)
     return parser
@@ -271,6 +287,8 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
         return EXIT_CONFIG
     if args.command == "verify":
         return verify_command(args, config)
+    if args.command == "check":
+        return check_command(args, config)
     if args.command == "poison":
         return _poison(args, config, environ)
     sink = metrics.current()
@@ -307,6 +325,20 @@ def verify_command(args: argparse.Namespace, config: SyncConfig) -> int:
         return _error(exc)
     print(json.dumps(report.to_dict(), indent=2) if args.json else verify.render(report))
     return EXIT_OK if report.complete else EXIT_FAILED
+
+
+def check_command(args: argparse.Namespace, config: SyncConfig) -> int:
+    """``check``: 0 nothing fails, 1 something fails, 2 configuration error (nothing is written)."""
+    if args.sample < 0:
+        print("error: --sample: must be 0 or more", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with Syncer(config, metrics=metrics.Metrics()) as syncer:  # measures nothing: no exporter
+            report = check.Checker(syncer, sample=args.sample).run(args.target)
+    except SyncError as exc:
+        return _error(exc)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render_check(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _run(args: argparse.Namespace, syncer: Syncer) -> Summary:

@@ -1,4 +1,5 @@
-"""What the command line prints: the summary of a run, the plan of a dry run, and a live progress line."""
+"""What the command line prints: the summary of a run, the plan of a dry run, ``check``'s findings, and a
+live progress line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from typing import IO, Any
 
 from sync_core.config.model import SyncConfig
+from sync_core.jobs.check import Report as CheckReport
 from sync_core.report.summary import Summary
 
 
@@ -123,4 +125,21 @@ def render_plan(summary: Summary, config: SyncConfig | None = None) -> str:
         lines.append("nothing to copy: every target is up to date")
     lines.append("")
     lines.append(render_summary(summary))
+    return "\n".join(lines)
+
+
+def render_check(report: CheckReport) -> str:
+    """``check``'s findings for a person: one block per finding, failures in capitals, then a line."""
+    counts = report.counts()
+    state = "OK" if report.ok else f"FAILED: {counts['fail']} failure(s)"
+    lines = [f"check: {state}, {counts['warn']} warning(s), {counts['ok']} ok, in {report.seconds:.1f}s"]
+    for finding in report.findings:
+        status = finding.status.value
+        mark = status.upper() if status == "fail" else status
+        lines.append(f"[{mark}] {finding.subject} {finding.check}: {finding.answered}")
+        lines.append(f"    asked: {finding.asked}")
+        if finding.fix:
+            lines.append(f"    {'note' if status == 'ok' else 'fix'}: {finding.fix}")
+    if report.sampled:
+        lines.append(f"source repositories read: {', '.join(report.sampled)}")
     return "\n".join(lines)

@@ -218,6 +218,7 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
         key_vault_url=key_vault_url,
         queue=read("sync_queue"),
         time_budget_seconds=float(read("sync_time_budget_seconds")),
+        daily_check=bool(read("sync_daily_check")),
         mappings=read("mappings"),
     )
     read("sync_schedule")  # validated here; the Functions host is what reads it

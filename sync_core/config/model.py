@@ -172,6 +172,7 @@ class SyncConfig:
     key_vault_url: str | None = None
     queue: str = DEFAULT_QUEUE
     time_budget_seconds: float = 1500.0
+    daily_check: bool = True
     mappings: tuple[MappingRule, ...] = ()
 
     def target(self, name: str) -> TargetConfig:

@@ -61,8 +61,12 @@ class KeyVaultSecrets:
         except ResourceNotFoundError:
             raise SecretUnavailable(f"Key Vault secret {name!r}: not found in {self.vault_url}") from None
         except AzureError as exc:
+            status = getattr(exc, "status_code", None)
+            status = status if isinstance(status, int) else None
+            answered = f", HTTP {status}" if status else ""
             raise AuthError(
-                f"Key Vault {self.vault_url}: reading secret {name!r} failed ({type(exc).__name__})"
+                f"Key Vault {self.vault_url}: reading secret {name!r} failed ({type(exc).__name__}{answered})",
+                status=status,
             ) from None
         if not secret.value:
             raise SecretUnavailable(f"Key Vault secret {name!r} in {self.vault_url} is empty")

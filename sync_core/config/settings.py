@@ -307,6 +307,14 @@ SETTINGS: tuple[Setting, ...] = (
         "a worker starts no new copy after this; the rest is re-enqueued",
         default=1500.0,
     ),
+    Setting(
+        "sync_daily_check",
+        boolean,
+        "the timer's first run of each UTC day runs `check` and logs every finding (docs/check.md); "
+        "it costs each registry a few requests a day",
+        default=True,
+        default_text="`true`",
+    ),
 )
 
 

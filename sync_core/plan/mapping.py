@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from sync_core.config.model import MappingRule, SyncConfig, TargetConfig
-from sync_core.errors import ConfigError, NameRejected
+from sync_core.errors import ConfigError, LeftOut, NameRejected
 from sync_core.plan.selection import repository_wanted
 from sync_core.registry.names import (
     MAX_REPOSITORY_LENGTH,
@@ -16,31 +16,41 @@ from sync_core.registry.names import (
 )
 
 
-def target_repository(
+def mapped_name(
     source_repo: str, source_namespace: str, target: TargetConfig, mappings: tuple[MappingRule, ...] = ()
 ) -> str:
-    """Where ``source_repo`` goes at ``target``.
+    """The name the rules give ``source_repo`` at ``target``, before asking whether the target can hold it.
 
     The source repository without the source namespace is matched (in full) against the target's
     mapping rules, then the global ones (``mappings``); the first match's template is the whole
-    target repository (a ``null`` template: not mirrored there). Without a match: the target
-    namespace + the source repository without the source namespace. Raises :class:`NameRejected`
-    (a skip) when the target cannot hold the name or a rule says so.
+    target repository. Without a match: the target namespace + the source repository without the
+    source namespace. Raises :class:`LeftOut` when a rule's template is ``null``, and
+    :class:`NameRejected` for a repository outside the source namespace.
     """
     relative = relative_to_namespace(source_repo, source_namespace)
     if relative is None:
         raise NameRejected(f"{source_repo} is outside the source namespace {source_namespace}")
-    name = f"{target.namespace}/{relative}" if target.namespace else relative
     for rule in (*target.mappings, *mappings):
         match = rule.match.fullmatch(relative)
         if match is None:
             continue
         if rule.replace is None:
-            raise NameRejected(
+            raise LeftOut(
                 f"{source_repo}: a mapping rule ({rule.match.pattern!r}: null) leaves it out of {target.name}"
             )
-        name = match.expand(rule.replace)
-        break
+        return match.expand(rule.replace)
+    return f"{target.namespace}/{relative}" if target.namespace else relative
+
+
+def target_repository(
+    source_repo: str, source_namespace: str, target: TargetConfig, mappings: tuple[MappingRule, ...] = ()
+) -> str:
+    """Where ``source_repo`` goes at ``target``: :func:`mapped_name`, if the target can hold it.
+
+    Raises :class:`NameRejected` (a skip) when the target cannot hold the name (invalid, too
+    long, more path levels than it accepts) or a rule leaves the repository out.
+    """
+    name = mapped_name(source_repo, source_namespace, target, mappings)
     if not is_repository(name) or len(name) > MAX_REPOSITORY_LENGTH:
         raise NameRejected(f"{name!r} is not a valid repository name at {target.host}")
     depth = name.count("/") + 1

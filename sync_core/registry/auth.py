@@ -141,17 +141,44 @@ class Token:
 
 def token_expiry(answer: dict[str, Any], token: str, now: float) -> float:
     """When a token expires: the JWT ``exp`` if the token is a JWT, else ``expires_in``."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-        exp = claims.get("exp")
-        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
-            return float(exp)
-    except jwt.PyJWTError:
-        pass
+    exp = (token_claims(token) or {}).get("exp")
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+        return float(exp)
     expires_in = answer.get("expires_in")
     if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and expires_in > 0:
         return now + float(expires_in)
     return now + DEFAULT_TOKEN_LIFETIME
+
+
+def token_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a token that is a JWT, read without verifying its signature; None otherwise.
+
+    Only for reading what a registry says it granted (``access``) or when a token expires: the
+    registry, not this process, verifies its tokens.
+    """
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.PyJWTError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def granted_actions(claims: dict[str, Any], resource_type: str, name: str) -> frozenset[str] | None:
+    """The actions a token's ``access`` claim grants on one resource (Docker token spec).
+
+    None when the claims have no ``access`` list (a JWT that does not say what it grants);
+    an empty set when the list names nothing for that resource.
+    """
+    access = claims.get("access")
+    if not isinstance(access, list):
+        return None
+    actions: set[str] = set()
+    for entry in access:
+        if isinstance(entry, dict) and entry.get("type") == resource_type and entry.get("name") == name:
+            listed = entry.get("actions")
+            if isinstance(listed, list):
+                actions.update(a for a in listed if isinstance(a, str))
+    return frozenset(actions)
 
 
 class Authenticator:
@@ -230,6 +257,29 @@ class Authenticator:
         finally:
             if first:
                 self._first_answer.set()
+
+    @property
+    def scheme(self) -> str | None:
+        """The scheme the registry asked for (``bearer``, ``basic``); None: it has asked for none yet."""
+        challenge = self.challenge
+        return challenge.scheme if challenge is not None else None
+
+    def new_token_claims(self, scopes: Iterable[str]) -> dict[str, Any] | None:
+        """Fetch a new token for ``scopes`` (never a cached one) and return its JWT claims.
+
+        For ``check``: a right lost since a cached token was issued shows at once, and the
+        token's ``access`` claim says what the registry grants (:func:`granted_actions`).
+        Needs a Bearer challenge (send a request first); None when there is none, or when the
+        token is not a readable JWT. Raises as a token fetch does (:class:`CredentialsRefused`).
+        The new token replaces the cached one for the same scopes.
+        """
+        if self.scheme != "bearer":
+            return None
+        key = frozenset(merge_scopes(scopes))
+        token = self._fetch_token(key)
+        with self._lock:
+            self._tokens[key] = token
+        return token_claims(token.value)
 
     def unauthorized(
         self, www_authenticate: str, scopes: Iterable[str], attempt: int

@@ -129,6 +129,14 @@ class RegistryClient:
         # a 5xx/429 the transport already retried is not worth retrying around it again
         return RegistryError(message, status=status, code=code, exhausted=exhausted(response))
 
+    def api_version_check(self) -> requests.Response:
+        """``GET /v2/``, authenticated as any request is: the registry's answer (closed; status and
+        headers readable). A registry asking for credentials answers 401 first; the answer
+        returned is the one after authentication, so :attr:`auth` then knows its scheme."""
+        response = self.request("GET", "/v2/", scopes=())
+        response.close()
+        return response
+
     # -- manifests ------------------------------------------------------------------------
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         """Fetch and verify a manifest (at most ``MAX_MANIFEST_BYTES``).

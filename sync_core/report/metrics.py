@@ -14,6 +14,7 @@ docs/metrics.md):
 ``registry_sync.mirror_lag``   histogram  ``target``, seconds from a new source push to its copy
 ``registry_sync.backfill``     counter    ``target`` (tags copied that were not new pushes)
 ``registry_sync.staleness``    histogram  ``target``, seconds since the oldest change not yet mirrored (per timer run)
+``registry_sync.check``        counter    ``subject`` (source|key-vault|a target), ``check``, ``status`` (ok|warn|fail)
 =============================  =========  =================================================
 
 Whether they go anywhere is decided once per process, from the process environment
@@ -64,6 +65,7 @@ RUN_DURATION = "registry_sync.run.duration"
 MIRROR_LAG = "registry_sync.mirror_lag"
 BACKFILL = "registry_sync.backfill"
 STALENESS = "registry_sync.staleness"
+CHECK = "registry_sync.check"
 
 CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 WORKER_TELEMETRY = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
@@ -148,6 +150,9 @@ class Metrics:
             unit="s",
             description="Oldest source change not yet confirmed at the target (per timer run)",
         )
+        self._check = meter.create_counter(
+            CHECK, unit="{finding}", description="Findings of the daily check, per subject, check and status"
+        )
 
     def __repr__(self) -> str:
         return f"Metrics(enabled={self.enabled})"
@@ -183,6 +188,11 @@ class Metrics:
     def staleness(self, target: str, seconds: float) -> None:
         if self.enabled:
             self._staleness.record(seconds, {"target": target})
+
+    def check(self, subject: str, check: str, status: str) -> None:
+        """One finding of the daily ``check`` (``status``: ok, warn or fail)."""
+        if self.enabled:
+            self._check.add(1, {"subject": subject, "check": check, "status": status})
 
     def run(self, trigger: Trigger, ok: bool, seconds: float) -> None:
         """One run (CLI command) or invocation (timer, event, worker) took ``seconds``."""

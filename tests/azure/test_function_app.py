@@ -95,6 +95,7 @@ def app_env(acr, token_registry_dst, azurite_tables, monkeypatch):
         "TARGET_USERNAME": MIRROR[0],
         "TARGET_PASSWORD": MIRROR[1],
         "SYNC_QUEUE": f"sync-work-{secrets.token_hex(4)}",  # a state table of its own
+        "SYNC_DAILY_CHECK": "false",  # its requests would fall on a tick crossing midnight UTC
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
@@ -336,3 +337,17 @@ def test_ruff_fix_keeps_the_annotations_the_worker_accepts():
     )
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
     assert "func.Out[typing.List[str]]" in Path(function_app.__file__).read_text()
+
+
+def test_the_first_timer_run_of_a_day_runs_the_daily_check_unless_turned_off(
+    app_env, acr, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="sync_core")
+    yesterday = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).isoformat()
+    for enabled, expected in (("false", False), ("true", True)):
+        monkeypatch.setenv("SYNC_DAILY_CHECK", enabled)
+        runtime.reset()
+        caplog.clear()
+        call("sync_schedule", TimerRequest(past_due=False, schedule_status={"Last": yesterday}), Collect())
+        findings = [m for m in caplog.messages if "decision=check" in m]
+        assert bool(findings) is expected, findings

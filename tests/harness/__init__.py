@@ -13,6 +13,7 @@ test), except :mod:`.recording`, which instruments it (not re-exported here). Mo
   storage host built on it
 * :mod:`.verify`: ``deep_verify`` / ``verify_present``, does a tag resolve fully
 * :mod:`.recording`: ``RecordingTransport`` and ``Waits`` (retries without sleeping)
+* :mod:`.metric_points`: what OpenTelemetry instruments recorded (``points``, ``value``)
 * :mod:`.secret_values`: what a committed setting value must not look like
 * :mod:`.servers`: the HTTP server class every local server uses
 """

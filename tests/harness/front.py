@@ -26,6 +26,11 @@ error body the real registry documents or is reported to send:
     that carries in-toto attestation layers, is answered ``403 DENIED`` "unknown manifest class for
     <type>" (distribution's resource-policy check, which is what Alibaba's answer quotes).
 
+``rate_limit``
+    Docker Hub's pull limit: ``(limit, remaining, window seconds)`` sent on every manifest GET and
+    HEAD answer as ``ratelimit-limit: <limit>;w=<window>`` and ``ratelimit-remaining:
+    <remaining>;w=<window>`` (https://docs.docker.com/docker-hub/usage/pulls/); nothing is counted.
+
 ``refused`` counts the refusals by rule; ``requests`` (of the underlying :class:`ScriptedServer`)
 records everything.
 """
@@ -80,12 +85,14 @@ class RegistryFront:
         immutable_tags: bool = False,
         deny_tag_writes: bool = False,
         manifest_classes: frozenset[str] | None = None,
+        rate_limit: tuple[int, int, int] | None = None,
     ):
         self.registry = registry
         self.refuse_mounts = refuse_mounts
         self.immutable_tags = immutable_tags
         self.deny_tag_writes = deny_tag_writes
         self.manifest_classes = manifest_classes
+        self.rate_limit = rate_limit
         self.refused: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self.server = ScriptedServer(self._handle)
@@ -131,7 +138,12 @@ class RegistryFront:
             refusal = self._manifest_refusal(request, repo, reference)
             if refusal is not None:
                 return refusal
-        return forward(self.registry.host, request)
+        reply = forward(self.registry.host, request)
+        if self.rate_limit is not None and request.method in ("GET", "HEAD") and "/manifests/" in path:
+            limit, remaining, window = self.rate_limit
+            reply.headers["ratelimit-limit"] = f"{limit};w={window}"
+            reply.headers["ratelimit-remaining"] = f"{remaining};w={window}"
+        return reply
 
     def _manifest_refusal(self, request: Request, repo: str, reference: str) -> Reply | None:
         try:

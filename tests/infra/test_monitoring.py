@@ -32,8 +32,9 @@ METRICS = {
     "registry_sync.mirror_lag": {"target"},
     "registry_sync.backfill": {"target"},
     "registry_sync.staleness": {"target"},
+    "registry_sync.check": {"subject", "check", "status"},
 }
-QUERIES = ("poisonQuery", "failedRunsQuery", "deadManQuery", "stalenessQuery")
+QUERIES = ("poisonQuery", "failedRunsQuery", "deadManQuery", "stalenessQuery", "checkQuery")
 API_VERSIONS = {
     "Microsoft.Insights/actionGroups": "2023-01-01",
     "Microsoft.Insights/scheduledQueryRules": "2023-12-01",
@@ -84,13 +85,14 @@ def test_api_versions_are_ga(alerts):
         assert API_VERSIONS.get(resource["type"]) == resource["api_version"], name
 
 
-def test_four_rules_on_application_insights(rules, queries):
+def test_five_rules_on_application_insights(rules, queries):
     criteria = {name: rule["properties"]["criteria"]["allOf"] for name, rule in rules.items()}
     assert {name: c[0]["query"] for name, c in criteria.items()} == {
         "poisonAlert": "poisonQuery",
         "failedRunsAlert": "failedRunsQuery",
         "deadManAlert": "deadManQuery",
         "stalenessAlert": "stalenessQuery",
+        "checkAlert": "checkQuery",
     }
     for name, rule in rules.items():
         assert rule["kind"] == "LogAlert", name
@@ -146,6 +148,19 @@ def test_thresholds_and_windows(alerts, rules):
     }
     assert variables["timerWindow"] == "PT${timerWindowMinutes}M"
     assert variables["timerFrequency"] == "PT${min(15, timerWindowMinutes)}M"
+    # the check runs once a day: its rule looks back a day, so one failing check keeps it up
+    check = rules["checkAlert"]["properties"]
+    check_criterion = check["criteria"]["allOf"][0]
+    assert (check["windowSize"], check["evaluationFrequency"]) == ("P1D", "PT1H")
+    assert (
+        check_criterion["timeAggregation"],
+        check_criterion["operator"],
+        check_criterion["threshold"],
+    ) == (
+        "Total",
+        "GreaterThan",
+        0,
+    )
     params = alerts["parameters"]
     assert params["syncSchedulePeriodMinutes"]["default"] == 15
     assert params["stalenessThresholdMinutes"]["default"] == 60
@@ -225,6 +240,7 @@ def test_queries_use_the_agreed_metric_names(queries):
         "failedRunsQuery": {"registry_sync.run.duration"},
         "deadManQuery": {"registry_sync.run.duration"},
         "stalenessQuery": {"registry_sync.staleness"},
+        "checkQuery": {"registry_sync.check"},
     }
     for q, text in queries.items():
         for metric in named[q]:
@@ -236,6 +252,7 @@ def test_queries_use_the_agreed_metric_names(queries):
     assert 'ok == "false"' in queries["failedRunsQuery"]
     assert "valueMax" in queries["stalenessQuery"] and "valueCount" in queries["failedRunsQuery"]
     assert queries["poisonQuery"].startswith("traces\n") and "decision=poison_depth" in queries["poisonQuery"]
+    assert 'status == "fail"' in queries["checkQuery"] and "sum(valueSum)" in queries["checkQuery"]
 
 
 def test_readme_shows_each_query_as_in_the_bicep(queries):

@@ -22,8 +22,10 @@ from sync_core.registry.auth import (
     CredentialSource,
     StaticCredentials,
     Token,
+    granted_actions,
     merge_scopes,
     parse_challenge,
+    token_claims,
     token_expiry,
 )
 from sync_core.registry.client import RegistryClient
@@ -515,3 +517,30 @@ def test_key_rotation_401_refreshes_token(fresh_issuer, fresh_registry):
     before = issuer.token_requests
     assert client.list_tags("team/app") == ["1.0"]
     assert issuer.token_requests > before
+
+
+# -- what a token grants (check) -------------------------------------------------------------------
+
+
+def test_new_token_claims_fetch_a_new_token_and_say_what_it_grants(
+    token_registry_dst, token_issuer, basic_registry
+):
+    client = RegistryClient(token_registry_dst.url, creds(READER), actions="pull,push")
+    assert client.auth.new_token_claims(client.scopes("check/app")) is None, "no challenge known yet"
+    assert client.api_version_check().status_code == 200 and client.auth.scheme == "bearer"
+    before = token_issuer.token_requests
+    first = client.auth.new_token_claims(client.scopes("check/app"))
+    second = client.auth.new_token_claims(client.scopes("check/app"))
+    assert token_issuer.token_requests == before + 2, "never a cached token"
+    assert first is not None and second is not None and first["jti"] != second["jti"]
+    assert granted_actions(first, "repository", "check/app") == {"pull"}, "READER may pull only"
+    assert granted_actions(first, "repository", "check/other") == frozenset()
+    assert granted_actions({"sub": "x"}, "repository", "check/app") is None, "no access claim: unknown"
+    assert granted_actions(
+        {"access": [{"type": "repository", "name": "a", "actions": ["*"]}]}, "repository", "a"
+    ) == {"*"}
+    assert token_claims("not-a-jwt") is None
+
+    basic = RegistryClient(basic_registry.url, creds(BASIC))
+    assert basic.api_version_check().status_code == 200 and basic.auth.scheme == "basic"
+    assert basic.auth.new_token_claims(basic.scopes("check/app")) is None

@@ -42,6 +42,7 @@ from sync_core.plan.work import Check
 from sync_core.report import metrics
 from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
+from tests.harness.metric_points import points, value
 from tests.harness.paths import ROOT
 from tests.harness.servers import LoopbackHTTPServer
 
@@ -62,23 +63,6 @@ QUIET_EXPORTER = {
 
 
 # -- reading exported data points ---------------------------------------------------------------
-
-
-def points(reader: InMemoryMetricReader) -> dict[tuple[str, tuple], object]:
-    """``{(metric name, sorted attributes): data point}`` of everything the reader holds."""
-    found: dict[tuple[str, tuple], object] = {}
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    found[(metric.name, tuple(sorted(point.attributes.items())))] = point
-    return found
-
-
-def value(found: dict, name: str, **attributes: str) -> int:
-    point = found.get((name, tuple(sorted(attributes.items()))))
-    return 0 if point is None else point.value
 
 
 def histogram(found: dict, name: str, **attributes: str):
