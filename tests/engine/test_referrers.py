@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from sync_core.azure import handlers, messages
+from sync_core.cli import main as cli
 from sync_core.config.load import load_config
 from sync_core.engine.destination import AtTarget, Destination, Placement
 from sync_core.engine.results import CopyStatus
@@ -554,3 +555,42 @@ def test_a_failing_untagged_listing_does_not_stop_the_tags(world, tmp_path):
     assert reasons and all("untagged manifests" in r for r in reasons), reasons
     assert not summary.ok and summary.tags_failed == 0
     assert sig.digest in referrers_at(world, "plain", "mirror/app", app.digest)
+
+
+def test_an_event_for_a_referrer_of_an_image_not_mirrored_is_a_skip_with_its_reason(world, tmp_path, capsys):
+    # issue 16: `event FILE` and the worker said "copy", 0 tags, exit 0, and nothing more
+    kept, dropped = images.oci_image("ev-kept", (64,)), images.oci_image("ev-dropped", (64,))
+    world.pusher.push(f"{NS}/app", kept, "1.0")
+    world.pusher.push(f"{NS}/app", dropped, "dev")  # TAG_INCLUDE leaves it out: never mirrored
+    env = world.env(TAG_INCLUDE=r"\d+\.\d+")
+    config = world.config_file(tmp_path)
+    assert cli.main(["sync", "--config", config], environ=env) == 0
+    sig = artifact("ev-sig", dropped, NOTATION)
+    world.pusher.push(f"{NS}/app", sig)
+    event = {
+        "id": "evt-unmirrored",
+        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
+        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "data": {
+            "target": {"mediaType": sig.media_type, "digest": sig.digest, "repository": f"{NS}/app"},
+            "request": {"host": world.source.host},
+        },
+    }
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event))
+    capsys.readouterr()
+    assert cli.main(["event", str(path), "--json", "--config", config], environ=env) == 0
+    summary = json.loads(capsys.readouterr().out)
+    reason = f"its subject {dropped.digest} is not at the target (a referrer follows its subject)"
+    assert {(s["target"], s["item"], s["reason"]) for s in summary["skipped"]} == {
+        (target, f"{NS}/app@{sig.digest}", reason) for target in ("plain", "api")
+    }, summary
+    # the worker, for the queue message the Event Grid function makes of it
+    with Syncer(load_config(env, config)) as syncer:
+        for message in handlers.event_messages(event, syncer.config):
+            done, _ = handlers.process_message(message, syncer)
+            assert done.ok and [(s.item, s.reason) for s in done.skipped] == [
+                (f"{NS}/app@{sig.digest}", reason)
+            ]
+    for target in ("plain", "api"):
+        assert referrers_at(world, target, "mirror/app", dropped.digest) == set()
