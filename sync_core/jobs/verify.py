@@ -164,16 +164,7 @@ class Verifier:
                 info = self.syncer.source.client.head_manifest(repository, tag.name)
                 digest = info.digest if info else None
             except Exception as exc:  # noqa: BLE001
-                for target, dst_repo in places:
-                    self._find(
-                        Finding(
-                            target.name,
-                            f"{dst_repo}:{tag.name}",
-                            "tag",
-                            Status.ERROR,
-                            detail=f"HEAD at the source: {describe(exc)}",
-                        )
-                    )
+                self._unchecked(places, tag.name, None, f"HEAD at the source: {describe(exc)}")
                 return
             if digest is None:
                 return  # gone from the source since it was listed: sync would not copy it either
@@ -183,17 +174,7 @@ class Verifier:
                 source_tree = self.syncer.copier.tree(repository, tag.name)
                 subject = listed_subject(tag.name, source_tree)
             except Exception as exc:  # noqa: BLE001
-                for target, dst_repo in places:
-                    self._find(
-                        Finding(
-                            target.name,
-                            f"{dst_repo}:{tag.name}",
-                            "tag",
-                            Status.ERROR,
-                            expected=digest,
-                            detail=f"at the source: {describe(exc)}",
-                        )
-                    )
+                self._unchecked(places, tag.name, digest, f"at the source: {describe(exc)}")
                 return
         for target, dst_repo in places:
             try:
@@ -253,6 +234,15 @@ class Verifier:
         for subject in subjects:
             where = item if subject == digest else f"{dst_repo}@{subject}"
             self._referrers(target, client, repository, dst_repo, subject, where, seen, 0)
+
+    def _unchecked(
+        self, places: list[tuple[TargetConfig, str]], tag: str, digest: str | None, detail: str
+    ) -> None:
+        """``tag`` could not be checked at any of ``places`` (the source failed to answer)."""
+        for target, dst_repo in places:
+            self._find(
+                Finding(target.name, f"{dst_repo}:{tag}", "tag", Status.ERROR, expected=digest, detail=detail)
+            )
 
     def _check_referrers_tag_at(
         self, target: TargetConfig, dst_repo: str, tag: str, digest: str, subject: str, index: Manifest

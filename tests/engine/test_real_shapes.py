@@ -17,7 +17,6 @@ with the harness's own client and the registries' access logs, not with the sync
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from sync_core.jobs.syncer import Syncer
 from sync_core.registry.names import ImageRef
 from sync_core.report.summary import Summary
 from tests.harness import layouts, oci_env
+from tests.harness.events import image_pushed
 from tests.harness.images import sha256_digest
 from tests.harness.paths import ROOT
 from tests.harness.registry import Registry
@@ -126,15 +126,7 @@ def test_a_tag_named_like_a_referrers_tag_is_copied_as_the_tag_it_is(source, fre
     # an event for such a tag is a tag to copy as well (the copier looks at what it is)
     (named,) = [t for t, d in shape.tags.items() if t.startswith("sha256-") and t != d.replace(":", "-")]
     empty = fresh_registry(name="shapes-event")
-    event = {
-        "id": "evt-named",
-        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
-        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "data": {
-            "target": {"digest": shape.tags[named], "repository": f"{NS}/digest-named", "tag": named},
-            "request": {"host": src.host},
-        },
-    }
+    event = image_pushed("evt-named", src.host, f"{NS}/digest-named", shape.tags[named], tag=named)
     with Syncer(load_config(oci_env(src, empty, repositories("digest-named")))) as syncer:
         (message,) = handlers.event_messages(event, syncer.config)
         summary, _ = handlers.process_message(message, syncer)

@@ -103,17 +103,23 @@ def _index(*referrers: images.Manifest, compact: bool = True) -> images.Manifest
     return images.Manifest(raw, OCI_INDEX)
 
 
+def signed(registry, seed: str, names: tuple[str, ...]):
+    """``gs/app:1.0`` and one signature of it per name (by digest) at ``registry``; its pusher and a
+    client of it that may push."""
+    pusher = registry.pusher()
+    app = images.oci_image(f"{seed}-app", (64,))
+    referrers = tuple(images.signature(f"{seed}-{n}", app) for n in names)
+    pusher.push("gs/app", app, "1.0")
+    for referrer in referrers:
+        pusher.push("gs/app", referrer)
+    client = RegistryClient(registry.url, StaticCredentials(Credentials(*PUSHER)), actions="pull,push")
+    return pusher, client, app, referrers
+
+
 def test_a_referrers_tag_listing_what_the_source_s_lists_gets_its_bytes_else_a_merge(fresh_registry):
     # issue 16: where the entries to list are exactly those of the source's referrers tag, the
     # source's bytes (its digest); where the target's tag holds more, a merge keeps them
-    registry = fresh_registry()
-    pusher = registry.pusher()
-    app = images.oci_image("exact-app", (64,))
-    one, two, other = (images.signature(f"exact-{n}", app) for n in ("one", "two", "other"))
-    pusher.push("gs/app", app, "1.0")
-    for referrer in (one, two, other):
-        pusher.push("gs/app", referrer)
-    client = RegistryClient(registry.url, StaticCredentials(Credentials(*PUSHER)), actions="pull,push")
+    pusher, client, app, (one, two, other) = signed(fresh_registry(), "exact", ("one", "two", "other"))
     tag = images.digest_tag(app.digest, suffix="")
     source = _index(one, two)
     theirs = parse_manifest(source.raw, OCI_INDEX, "source", source.digest)
@@ -148,16 +154,9 @@ def test_a_referrers_tag_listing_what_the_source_s_lists_gets_its_bytes_else_a_m
 def test_a_writer_puts_back_what_another_writer_s_stale_write_dropped(fresh_registry):
     # Another process wrote the tag from a read older than ours: an entry listed before is gone.
     # Our write lists every referrer of the subject we know present, not only the one we add.
-    registry = fresh_registry()
-    pusher = registry.pusher()
-    app = images.oci_image("keep-app", (64,))
-    first, second, new = (images.signature(f"keep-{n}", app) for n in ("first", "second", "new"))
-    pusher.push("gs/app", app, "1.0")
-    for referrer in (first, second, new):
-        pusher.push("gs/app", referrer)
+    pusher, client, app, (first, second, new) = signed(fresh_registry(), "keep", ("first", "second", "new"))
     tag = images.digest_tag(app.digest, suffix="")
     pusher.put_manifest("gs/app", _index(second), tag)  # `first` was listed; a stale write dropped it
-    client = RegistryClient(registry.url, StaticCredentials(Credentials(*PUSHER)), actions="pull,push")
     described = []
 
     def describe(digest: str):

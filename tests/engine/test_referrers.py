@@ -28,6 +28,7 @@ from sync_core.registry.auth import Credentials, StaticCredentials
 from sync_core.registry.client import RegistryClient
 from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
+from tests.harness.events import image_pushed
 
 NS = "gs"
 SOURCE_USER = ("sync", "sync-pw-7Qe")
@@ -96,6 +97,13 @@ def referrers_at(world: World, target: str, repo: str, digest: str) -> set[str]:
     index = json.loads(raw)
     assert index["mediaType"] == OCI_INDEX == content_type.split(";")[0]
     return {m["digest"] for m in index["manifests"]}
+
+
+def untagged_push(world: World, event_id: str, manifest: images.Manifest) -> dict:
+    """The ImagePushed event ACR sends for ``manifest`` pushed to ``gs/app`` by digest."""
+    return image_pushed(
+        event_id, world.source.host, f"{NS}/app", manifest.digest, media_type=manifest.media_type
+    )
 
 
 def writes(acr: AcrStandIn) -> int:
@@ -190,15 +198,7 @@ def test_a_referrer_pushed_later_follows_by_event_within_a_minute_and_by_the_tim
 
     late = artifact("late-sig", app, NOTATION)
     world.pusher.push(f"{NS}/app", late)
-    event = {
-        "id": "evt-late",
-        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
-        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "data": {
-            "target": {"mediaType": late.media_type, "digest": late.digest, "repository": f"{NS}/app"},
-            "request": {"host": world.source.host},
-        },
-    }
+    event = untagged_push(world, "evt-late", late)
     with world.syncer(tmp_path) as syncer:
         queued = handlers.event_messages(event, syncer.config)
         assert [messages.parse_message(m, syncer.config).kind for m in queued] == ["referrer", "referrer"]
@@ -567,15 +567,7 @@ def test_an_event_for_a_referrer_of_an_image_not_mirrored_is_a_skip_with_its_rea
     assert cli.main(["sync", "--config", config], environ=env) == 0
     sig = artifact("ev-sig", dropped, NOTATION)
     world.pusher.push(f"{NS}/app", sig)
-    event = {
-        "id": "evt-unmirrored",
-        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
-        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "data": {
-            "target": {"mediaType": sig.media_type, "digest": sig.digest, "repository": f"{NS}/app"},
-            "request": {"host": world.source.host},
-        },
-    }
+    event = untagged_push(world, "evt-unmirrored", sig)
     path = tmp_path / "event.json"
     path.write_text(json.dumps(event))
     capsys.readouterr()

@@ -38,6 +38,7 @@ from sync_core.registry.names import ImageRef
 from sync_core.report.summary import Summary
 from tests.harness import PUSHER, images
 from tests.harness.acr import AcrStandIn
+from tests.harness.events import image_pushed
 from tests.harness.fakeregistry import FakeRegistry
 from tests.harness.images import Manifest, Pusher, digest_tag
 from tests.harness.registry import FOREIGN_URLS_ALLOWED, Registry
@@ -416,21 +417,15 @@ def test_skopeo_reads_the_source_bytes_of_the_unusual_shapes(source, target):
 
 
 def _event(source: AcrStandIn, repository: str, tag: str, manifest: Manifest) -> dict:
-    return {
-        "id": f"evt-{tag}",
-        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
-        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "data": {
-            "target": {
-                "mediaType": manifest.media_type,
-                "digest": manifest.digest,
-                "size": manifest.size,
-                "repository": repository,
-                "tag": tag,
-            },
-            "request": {"host": source.host},
-        },
-    }
+    return image_pushed(
+        f"evt-{tag}",
+        source.host,
+        repository,
+        manifest.digest,
+        tag=tag,
+        media_type=manifest.media_type,
+        size=manifest.size,
+    )
 
 
 def worker(s: Syncer, messages: list[str]) -> list[Summary | str]:
