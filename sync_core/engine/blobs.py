@@ -153,9 +153,11 @@ class BlobPlacer(Uploading):
 
         Per target: known (size compared), mountable (the verified size compared), being uploaded
         by another copy, found by a HEAD (size compared, recorded) or absent. The HEADs of several
-        targets go out at once. Where a target may need an upload, the source must hold the blob
-        with the described size (one HEAD per process) and not have refused it this run. A failed
-        check fails that target. Returns, per target, whether a HEAD just found the blob absent.
+        targets go out at once. Where a target lacks it (or waits for another copy's upload), the
+        source must hold the blob with the described size (one HEAD per process) and not have
+        refused it this run. A failed check fails that target. Returns, per target, whether a HEAD
+        just found the blob absent. (A mount the target refuses falls back to an upload, whose
+        source read checks the size again.)
         """
         absent = [False] * len(targets)
         upload = [False] * len(targets)
@@ -169,9 +171,8 @@ class BlobPlacer(Uploading):
                     _check_size(blob, ledger.size_of(blob.digest), f"{destination.host}/{repo}")
                     return
                 holder = ledger.holder(blob.digest, exclude=repo)
-                if holder is not None:  # mounted from there (or uploaded, if the mount is refused)
+                if holder is not None:  # mounted from there: its size there was verified
                     _check_size(blob, ledger.size_of(blob.digest), f"{destination.host}/{holder}")
-                    upload[i] = True
                     return
                 if ledger.uploading(blob.digest):  # another copy's: mounted after it (or uploaded)
                     upload[i] = True
@@ -205,6 +206,8 @@ class BlobPlacer(Uploading):
             raise refused
         with self._sizes_lock:
             size = self._sizes.get(blob.digest)
+            if size is not None:
+                self._sizes.move_to_end(blob.digest)
         if size is None:
             size = self.source.blob_size(src_repo, blob.digest)
             if size is None:

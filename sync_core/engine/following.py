@@ -32,6 +32,7 @@ from sync_core.engine.results import CopyResult, CopyStatus, ReferrerFailure
 from sync_core.engine.tree import ImageTree, SourceTrees
 from sync_core.errors import NotFound, describe
 from sync_core.logs import InvocationPool
+from sync_core.registry.client import RegistryClient
 from sync_core.registry.manifest import Descriptor, Manifest
 from sync_core.registry.names import MANIFEST_TYPES, OCI_INDEX, fallback_tag, fallback_tag_subject
 
@@ -83,6 +84,15 @@ def listed_subject(reference: str, tree: ImageTree) -> str | None:
         if child.subject.digest != subject:
             return None
     return subject
+
+
+def _serves_api(client: RegistryClient, repository: str, subject: str) -> bool:
+    """Whether ``client``'s registry answers the referrers API (one that does not know the
+    repository or manifest yet answers it too, with ``NAME_UNKNOWN``)."""
+    try:
+        return client.referrers(repository, subject) is not None
+    except NotFound:
+        return True
 
 
 def _given(manifest: Manifest) -> Manifest | None:
@@ -333,7 +343,7 @@ class Following:
             destination, repo = placement.destination, placement.repository
             try:
                 if destination.learned.has_referrers_api(
-                    lambda: destination.client.referrers(repo, subject) is not None  # noqa: B023 - called now
+                    partial(_serves_api, destination.client, repo, subject)
                 ):
                     result.status = CopyStatus.SKIPPED
                     result.reason = (
