@@ -71,6 +71,22 @@ class RegistryError(SyncError):
         return self.status is None or transient_status(self.status)
 
 
+class Contradicted(RegistryError):
+    """An answer that contradicts what this copy just verified: worth the same request again.
+
+    distribution's filesystem storage rewrites a blob's or manifest's link file in place when a
+    client pushes it again; a request that reads it meanwhile sees it half-written and answers
+    400 ``DIGEST_INVALID`` for bytes that hash to the digest sent, or ``MANIFEST_BLOB_UNKNOWN``
+    for a blob or child manifest that is there. Concurrent copies of one repository (an event
+    and the timer, a redelivered message) meet it. Retried a few times, with backoff; a registry
+    that keeps answering so refuses (the last answer is then raised as the error it is).
+    """
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+
 class AuthError(RegistryError):
     """Credentials were refused, or a token could not be obtained."""
 

@@ -3,8 +3,9 @@
 Accepts EventGridSchema and CloudEvents 1.0, one event or an array. Only
 ``Microsoft.ContainerRegistry.ImagePushed`` from the configured source host, in the source
 namespace and passing the filters, leads to work: a tag is copied; an untagged push may be a
-referrer (the worker fetches the manifest and mirrors it if it has a ``subject``); a referrers
-tag (``sha256-<hex>``) makes the worker mirror that subject's referrers. Everything else is
+referrer (the worker fetches the manifest and mirrors it if it has a ``subject``). A tag named
+like a referrers tag (``sha256-<hex>``) is a tag too: the copier decides by its content whether it
+lists referrers (then mirrored as them) or is an image like any other. Everything else is
 ignored with the reason. Nothing here trusts the event for where to pull from: the image is always pulled from
 the configured source registry.
 """
@@ -31,7 +32,6 @@ from sync_core.registry.names import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     attached_subject,
-    fallback_tag_subject,
     in_namespace,
     is_digest,
     is_fallback_tag,
@@ -141,17 +141,13 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
             event_id, Action.IGNORE, f"{repository} is not in SOURCE_REPOSITORIES", repository, tag, digest
         )
     pushed = parse_time(data.get("timestamp")) or parse_time(event.get("eventTime", event.get("time"))) or now
-    subject = fallback_tag_subject(tag) if tag else None
-    if tag and is_fallback_tag(tag) and (subject is None or not config.referrers.enabled):
-        return Decision(
-            event_id, Action.IGNORE, f"referrers tag {tag}: not followed", repository, tag, digest
-        )
     work: list[WorkItem] = []
     reasons: list[str] = []
     for t in config.targets:
-        if tag is None or subject is not None or attached_subject(tag):
-            # a manifest by digest, a referrers tag or a cosign tag (``sha256-<hex>.sig``): these
-            # follow an image, not a release, so the repository filters alone decide
+        if tag is None or is_fallback_tag(tag) or attached_subject(tag):
+            # a manifest by digest, a cosign tag (``sha256-<hex>.sig``) or one named like a
+            # referrers tag: these follow an image, not a release, so the repository filters
+            # alone decide (the copier decides by content what a ``sha256-<hex>`` tag is)
             wanted = repository_wanted(config, t, repository)
         else:
             wanted = bool(wanted_tags(config, t, repository, [TagInfo(tag, digest, pushed)], now))
@@ -165,8 +161,6 @@ def decide(event: object, config: SyncConfig, now: dt.datetime | None = None) ->
             continue
         if tag is None:  # an untagged push: the worker looks at it (a referrer?)
             kind, item_tag, expected = WorkKind.REFERRER, None, digest
-        elif subject is not None:  # a referrers tag: the referrers of its subject
-            kind, item_tag, expected = WorkKind.REFERRERS, None, subject
         else:
             kind, item_tag, expected = WorkKind.TAG, tag, digest
         work.append(

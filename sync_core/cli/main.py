@@ -25,7 +25,7 @@ from sync_core.config.load import load_config
 from sync_core.config.model import SyncConfig
 from sync_core.config.settings import settings_help
 from sync_core.errors import ConfigError, InvalidContent, SetupError, SyncError
-from sync_core.jobs import check, verify
+from sync_core.jobs import check, verify, verify_findings
 from sync_core.jobs.syncer import Syncer
 from sync_core.plan.work import Check
 from sync_core.registry.names import ImageRef
@@ -323,7 +323,7 @@ def verify_command(args: argparse.Namespace, config: SyncConfig) -> int:
             report = verify.Verifier(syncer, deep=args.deep).run(args.repository, args.target)
     except SyncError as exc:
         return _error(exc)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else verify.render(report))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else verify_findings.render(report))
     return EXIT_OK if report.complete else EXIT_FAILED
 
 

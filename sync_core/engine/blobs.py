@@ -1,9 +1,12 @@
 """Blobs to targets: every blob a target lacks made present, each read from the source once.
 
-Per blob and target, in this order: known (this process verified it), mounted from another
-repository that holds it, found by a HEAD, else uploaded from the source; a blob several targets
-need is streamed once and teed to all their uploads (:class:`~sync_core.registry.stream.Tee`).
-Every path checks the descriptor's size, and an upload its digest, the same way; the blobs below
+Every descriptor of an image is checked before the first write at a target (:meth:`BlobPlacer.
+place_all`): per blob and target, known (this process verified it; size compared), mountable from
+another repository (its verified size compared), found by a HEAD (size compared) or absent; where
+absent, its size and presence at the source (a HEAD, once per process, or its refusal earlier in
+the run). A placement with any failed check gets no write at all, whatever the order of threads:
+a refused image writes nothing, on every run. Then the writes: mounted, or uploaded from the
+source (``uploads.py``: one source read for all targets that need it, verified). The blobs below
 manifests a target already holds are size-checked too (not placed again). One upload of a digest
 per destination at a time: concurrent copies wait for it, then mount or skip.
 """
@@ -11,27 +14,28 @@ per destination at a time: concurrent copies wait for it, then mount or skip.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import wait
 from dataclasses import dataclass
 
-import requests
-
 from sync_core.engine.destination import Placement
 from sync_core.engine.results import CopyResult
 from sync_core.engine.tree import ImageTree
-from sync_core.errors import AuthError, InvalidContent, RegistryError, SourceStreamError, is_transient
+from sync_core.engine.uploads import Uploading
+from sync_core.errors import AuthError, InvalidContent, NotFound, RegistryError, is_transient
 from sync_core.logs import InvocationPool
 from sync_core.registry.client import RegistryClient
 from sync_core.registry.manifest import Descriptor, Manifest
-from sync_core.registry.retry import RetryLater, RetryPolicy, retrying
-from sync_core.registry.stream import Slice, Tee, TeeBody, VerifyingReader
+from sync_core.registry.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 32 * 1024 * 1024  # for registries that need chunked (PATCH) uploads
-FALLBACK_TO_CHUNKED = frozenset({405, 411, 413, 416})
+SOURCE_SIZES = 100_000  # blob sizes verified at the source, kept per process (content-addressed)
+
+Targets = list[tuple[Placement, CopyResult]]
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Upload:
     location: str | None = None
 
 
-class BlobPlacer:
+class BlobPlacer(Uploading):
     """Makes blobs present at targets (thread-safe; one per copier).
 
     ``pool`` runs one task per blob; ``uploads`` the uploads a shared source read feeds, and the
@@ -58,6 +62,7 @@ class BlobPlacer:
         retry: RetryPolicy,
         stall: float,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.source = source
         self.pool = pool
@@ -65,12 +70,21 @@ class BlobPlacer:
         self.retry = retry
         self.stall = stall  # how long one target's upload may hold a shared blob read back
         self.sleep = sleep
+        self.clock = clock
+        self._refused = {}
+        self._refused_lock = threading.Lock()
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # verified at the source
+        self._sizes_lock = threading.Lock()
 
     def place_all(
         self, src_repo: str, active: list[tuple[Placement, CopyResult, ImageTree, list[Manifest]]]
     ) -> None:
-        """Every blob each placement's missing manifests need, each blob in its own task."""
-        needs: dict[str, list[tuple[Placement, CopyResult]]] = {}
+        """Every blob each placement's missing manifests need: all checked, then placed (a task each).
+
+        A placement that fails any check gets no write: the checks of all blobs end before the
+        first mount or upload.
+        """
+        needs: dict[str, Targets] = {}
         blobs: dict[str, Descriptor] = {}
         for placement, result, view, missing in active:
             for manifest in [*missing, view.top]:
@@ -78,9 +92,12 @@ class BlobPlacer:
                     blobs.setdefault(blob.digest, blob)
                     if not any(r is result for _, r in needs.get(blob.digest, ())):
                         needs.setdefault(blob.digest, []).append((placement, result))
+        surveys = self.pool.map(lambda d: self._survey(src_repo, blobs[d], needs[d]), needs)
+        absent = dict(zip(needs, surveys, strict=True))
         futures = [
-            self.pool.submit(self._place_blob, src_repo, blobs[digest], targets)
+            self.pool.submit(self._place_blob, src_repo, blobs[digest], targets, absent[digest])
             for digest, targets in needs.items()
+            if any(result.error is None for _, result in targets)
         ]
         wait(futures)
         for future in futures:
@@ -131,13 +148,89 @@ class BlobPlacer:
             if m.digest not in below and any(b.digest in absent for b in tree.blobs_of.get(m.digest, ()))
         }
 
-    def _place_blob(
-        self, src_repo: str, blob: Descriptor, targets: list[tuple[Placement, CopyResult]]
-    ) -> None:
+    def _survey(self, src_repo: str, blob: Descriptor, targets: Targets) -> list[bool]:
+        """Check ``blob`` at every target, and at the source where one lacks it; writes nothing.
+
+        Per target: known (size compared), mountable (the verified size compared), being uploaded
+        by another copy, found by a HEAD (size compared, recorded) or absent. The HEADs of several
+        targets go out at once. Where a target lacks it (or waits for another copy's upload), the
+        source must hold the blob with the described size (one HEAD per process) and not have
+        refused it this run. A failed check fails that target. Returns, per target, whether a HEAD
+        just found the blob absent. (A mount the target refuses falls back to an upload, whose
+        source read checks the size again.)
+        """
+        absent = [False] * len(targets)
+        upload = [False] * len(targets)
+
+        def look(i: int) -> None:
+            placement, result = targets[i]
+            destination, repo = placement.destination, placement.repository
+            ledger = destination.ledger
+            try:
+                if ledger.known(repo, blob.digest):
+                    _check_size(blob, ledger.size_of(blob.digest), f"{destination.host}/{repo}")
+                    return
+                holder = ledger.holder(blob.digest, exclude=repo)
+                if holder is not None:  # mounted from there: its size there was verified
+                    _check_size(blob, ledger.size_of(blob.digest), f"{destination.host}/{holder}")
+                    return
+                if ledger.uploading(blob.digest):  # another copy's: mounted after it (or uploaded)
+                    upload[i] = True
+                    return
+                size = destination.client.blob_size(repo, blob.digest)
+                if size is None:
+                    absent[i] = upload[i] = True
+                else:
+                    _found(placement, blob, size)
+            except Exception as exc:  # noqa: BLE001 - this target only
+                result.fail(exc)
+
+        asked = [i for i, (_, result) in enumerate(targets) if result.error is None]
+        others = [self.uploads.submit(look, i) for i in asked[1:]]
+        if asked:
+            look(asked[0])
+        wait(others)
+        waiting = [targets[i][1] for i in asked if upload[i] and targets[i][1].error is None]
+        if waiting:
+            try:
+                self._at_source(src_repo, blob)
+            except Exception as exc:  # noqa: BLE001 - the targets that would read it from there
+                for result in waiting:
+                    result.fail(exc)
+        return absent
+
+    def _at_source(self, src_repo: str, blob: Descriptor) -> None:
+        """The source holds ``blob`` with the described size, and this run did not refuse it."""
+        refused = self.refusal(blob.digest)
+        if refused is not None:
+            raise refused
+        with self._sizes_lock:
+            size = self._sizes.get(blob.digest)
+            if size is not None:
+                self._sizes.move_to_end(blob.digest)
+        if size is None:
+            size = self.source.blob_size(src_repo, blob.digest)
+            if size is None:
+                raise NotFound(
+                    f"{self.source.host}: HEAD blob {src_repo}@{blob.digest}: HTTP 404 (not at the source)",
+                    status=404,
+                )
+            if size < 0:
+                return  # no size told: the read checks it
+            with self._sizes_lock:
+                self._sizes[blob.digest] = size
+                while len(self._sizes) > SOURCE_SIZES:
+                    self._sizes.popitem(last=False)
+        if size != blob.size:
+            raise InvalidContent(
+                f"blob {blob.digest} of {self.source.host}/{src_repo}: source serves {size} bytes, "
+                f"the manifest says {blob.size}"
+            )
+
+    def _place_blob(self, src_repo: str, blob: Descriptor, targets: Targets, absent: list[bool]) -> None:
         """Make ``blob`` present at each target: known, mounted, found, or uploaded (one source read)."""
         uploads: list[tuple[Placement, CopyResult, str | None]] = []
         try:
-            absent = self._look_for(blob, targets)
             for (placement, result), looked in zip(targets, absent, strict=True):
                 if result.error is not None:
                     continue  # this target already failed: do no more work for it
@@ -153,47 +246,6 @@ class BlobPlacer:
         finally:
             for placement, _, _ in uploads:
                 placement.destination.ledger.end_upload(blob.digest)
-
-    def _look_for(self, blob: Descriptor, targets: list[tuple[Placement, CopyResult]]) -> list[bool]:
-        """HEAD ``blob`` at once at every target that would otherwise HEAD it in turn (several
-        targets: one round trip, not one each). Per target: whether it was just found absent.
-
-        What is found is recorded (size checked) as :meth:`_settle` would; a failure fails that
-        target only. Targets that know the blob, could mount it, or wait for its upload by another
-        copy are not asked. No upload claim is taken here: holding one target's claim while
-        waiting for another target's could deadlock two copies.
-        """
-        absent = [False] * len(targets)
-
-        def unknown(placement: Placement, result: CopyResult) -> bool:
-            ledger, repo = placement.destination.ledger, placement.repository
-            return (
-                result.error is None
-                and not ledger.known(repo, blob.digest)
-                and not ledger.uploading(blob.digest)
-                and ledger.holder(blob.digest, exclude=repo) is None
-            )
-
-        asked = [i for i, (placement, result) in enumerate(targets) if unknown(placement, result)]
-        if len(asked) < 2:
-            return absent  # one HEAD at most: _settle asks, under its upload claim
-
-        def look(i: int) -> None:
-            placement, result = targets[i]
-            destination, repo = placement.destination, placement.repository
-            try:
-                size = destination.client.blob_size(repo, blob.digest)
-                if size is None:
-                    absent[i] = True
-                else:
-                    _found(placement, blob, size)
-            except Exception as exc:  # noqa: BLE001 - this target only
-                result.fail(exc)
-
-        others = [self.uploads.submit(look, i) for i in asked[1:]]
-        look(asked[0])
-        wait(others)
-        return absent
 
     def _settle(
         self, placement: Placement, blob: Descriptor, result: CopyResult, absent: bool = False
@@ -260,154 +312,6 @@ class BlobPlacer:
             return None
         return Upload(location or None)
 
-    def _upload(
-        self, src_repo: str, blob: Descriptor, uploads: list[tuple[Placement, CopyResult, str | None]]
-    ) -> None:
-        """Upload ``blob`` to each target: one source read for all (a Tee), then retries one by one."""
-        retry_alone = uploads
-        if len(uploads) > 1:
-            retry_alone = self._upload_together(src_repo, blob, uploads)
-        for placement, result, location in retry_alone:
-            try:
-                self._upload_alone(src_repo, blob, placement, location)
-            except Exception as exc:  # noqa: BLE001
-                result.fail(exc)
-                continue
-            self._uploaded(placement, blob, result)
-
-    def _uploaded(self, placement: Placement, blob: Descriptor, result: CopyResult) -> None:
-        placement.destination.ledger.record(placement.repository, blob.digest, blob.size)
-        result.count(blobs_uploaded=1, bytes_uploaded=blob.size)
-
-    def _upload_together(
-        self, src_repo: str, blob: Descriptor, uploads: list[tuple[Placement, CopyResult, str | None]]
-    ) -> list[tuple[Placement, CopyResult, str | None]]:
-        """One source stream, teed to every upload. Returns the uploads to retry on their own."""
-        where = f"blob {blob.digest} of {self.source.host}/{src_repo}"
-        try:
-            response = self._open_source(src_repo, blob, where)
-        except Exception as exc:  # noqa: BLE001
-            if is_transient(exc):
-                return uploads  # each tries again on its own
-            for _, result, _ in uploads:
-                result.fail(exc)
-            return []
-        retry: list[tuple[Placement, CopyResult, str | None]] = []
-        with response, InvocationPool(max_workers=len(uploads), thread_name_prefix="tee") as teed:
-            tee = Tee(VerifyingReader(response.raw, blob, where), len(uploads), stall=self.stall)
-            futures = [
-                teed.submit(self._put_teed, placement, blob, location, tee.body(index))
-                for index, (placement, _, location) in enumerate(uploads)
-            ]
-            try:
-                tee.pump()
-            except Exception as exc:  # noqa: BLE001 - the source broke: every upload sees it
-                if not is_transient(exc):
-                    wait(futures)
-                    for _, result, _ in uploads:
-                        result.fail(exc)
-                    return []
-            for future, (placement, result, _) in zip(futures, uploads, strict=True):
-                error = future.exception()
-                if error is None:
-                    self._uploaded(placement, blob, result)
-                elif is_transient(error) or _wants_chunked(error):
-                    retry.append((placement, result, None))
-                else:
-                    result.fail(error)
-        return retry
-
-    def _put_teed(self, placement: Placement, blob: Descriptor, location: str | None, body: TeeBody) -> None:
-        try:
-            client, repo = placement.destination.client, placement.repository
-            if body.tee.dropped[body.index]:  # already dropped: open no session to abandon
-                raise SourceStreamError(
-                    f"blob {blob.digest}: the upload to {placement.destination.host} fell behind"
-                )
-            if not location:
-                _, location = client.start_upload(repo)
-            assert location is not None
-            if placement.destination.learned.chunked:
-                self._upload_chunked(placement, location, blob, body)
-            else:
-                client.put_blob(repo, location, blob.digest, body, blob.size)
-        finally:
-            body.tee.drop(body.index)  # stopped reading: never wait for it
-
-    def _open_source(self, src_repo: str, blob: Descriptor, where: str) -> requests.Response:
-        response = self.source.open_blob(src_repo, blob.digest)
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) != blob.size:
-            response.close()
-            raise InvalidContent(f"{where}: source serves {length} bytes, the manifest says {blob.size}")
-        return response
-
-    def _upload_alone(
-        self, src_repo: str, blob: Descriptor, placement: Placement, location: str | None
-    ) -> None:
-        """Stream one blob from the source into an upload at one target (restarted if it breaks).
-
-        The source stream is opened first: a blob the source cannot serve leaves no abandoned
-        upload session at the target.
-        """
-        where = f"blob {blob.digest} of {self.source.host}/{src_repo}"
-        destination, repo = placement.destination, placement.repository
-        session = location  # a refused mount's upload session: the first attempt uses it
-
-        def attempt(number: int) -> None:
-            nonlocal session
-            location, session = session, None
-            chunked = destination.learned.chunked
-            try:
-                with self._open_source(src_repo, blob, where) as response:
-                    if not location:
-                        _, location = destination.client.start_upload(repo)
-                    assert location is not None
-                    reader = VerifyingReader(response.raw, blob, where)
-                    if chunked:
-                        self._upload_chunked(placement, location, blob, reader)
-                    else:
-                        destination.client.put_blob(repo, location, blob.digest, reader, blob.size)
-            except RegistryError as exc:
-                if chunked or not _wants_chunked(exc) or number + 1 >= self.retry.attempts:
-                    raise
-                destination.learned.use_chunked_uploads()
-                log.info(
-                    "%s rejected a single-request upload (HTTP %s); using chunked upload",
-                    destination.host,
-                    exc.status,
-                )
-                raise RetryLater("single-request upload refused", delay=0.0) from None
-            except requests.RequestException as exc:
-                raise RegistryError(
-                    f"{where}: upload to {destination.host}/{repo} failed: {type(exc).__name__}"
-                ) from None
-
-        def restarting(error: BaseException, attempt: int, delay: float) -> None:
-            if not isinstance(error, RetryLater):
-                log.warning(
-                    "restarting upload of %s to %s/%s after %s (attempt %d/%d)",
-                    blob.digest,
-                    destination.host,
-                    repo,
-                    type(error).__name__,
-                    attempt + 2,
-                    self.retry.attempts,
-                )
-
-        retrying(attempt, self.retry, what=f"upload of {where}", on_retry=restarting, sleep=self.sleep)
-
-    def _upload_chunked(
-        self, placement: Placement, location: str, blob: Descriptor, reader: VerifyingReader | TeeBody
-    ) -> None:
-        client, repo = placement.destination.client, placement.repository
-        offset = 0
-        while offset < blob.size:
-            length = min(CHUNK_SIZE, blob.size - offset)
-            location = client.patch_blob(repo, location, Slice(reader, length), offset, length)
-            offset += length
-        client.put_blob(repo, location, blob.digest, None, 0)
-
 
 def _check_size(blob: Descriptor, size: int | None, where: str) -> None:
     """A descriptor's size must be the blob's, whichever way the blob reaches the target."""
@@ -420,8 +324,3 @@ def _found(placement: Placement, blob: Descriptor, size: int) -> None:
     destination = placement.destination
     _check_size(blob, size if size >= 0 else None, f"{destination.host}/{placement.repository}")
     destination.ledger.record(placement.repository, blob.digest, size if size >= 0 else None)
-
-
-def _wants_chunked(error: BaseException) -> bool:
-    """The registry refused a single-request upload (it wants PATCH chunks)."""
-    return isinstance(error, RegistryError) and error.status in FALLBACK_TO_CHUNKED

@@ -12,10 +12,13 @@ Order of work for one image and any number of targets (:meth:`Copier.copy_to`):
 4. per target, push child manifests, then the top manifest with the exact source bytes: the tag
    is written last, so a target tag never points at content that is not all there (``manifests.py``);
 5. list what was pushed with a ``subject`` in its subject's referrers tag, one write per subject,
-   where a target has no referrers API (:meth:`Copier._list_referrers`, the one step that writes
-   referrers tags);
+   where a target has no referrers API, with the source's bytes when the source's referrers tag
+   lists the same referrers (``following.py``, whose one step writes referrers tags);
 6. mirror the referrers of every manifest of the tree (signatures, SBOMs, attestations), each
    after its subject, recursively (``referrers.py`` finds them at the source).
+
+A source tag that is a referrers tag by content is mirrored as the referrers it lists
+(``following.py``); a tag that is one only by name is copied like any other.
 
 A target that fails does not stop the others: each gets its own :class:`CopyResult`.
 """
@@ -23,50 +26,34 @@ A target that fails does not stop the others: each gets its own :class:`CopyResu
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from sync_core.config.model import ReferrerPolicy
 from sync_core.engine import manifests
 from sync_core.engine.blobs import BlobPlacer
 from sync_core.engine.destination import AtTarget, Placement
+from sync_core.engine.following import Following, Listing, Todo, copied_only, listed_subject, pushed
 from sync_core.engine.narrowing import check_skip, view
-from sync_core.engine.referrers import MAX_REFERRER_DEPTH, ReferrerFinder
-from sync_core.engine.results import CopyResult, CopyStatus, ReferrerFailure
+from sync_core.engine.pushing import CONTRADICTION_RETRY, Patience
+from sync_core.engine.referrers import ReferrerFinder
+from sync_core.engine.results import CopyResult, CopyStatus
 from sync_core.engine.tree import ImageTree, SourceTrees
-from sync_core.errors import NotFound, SkipImage, TargetRefused
+from sync_core.errors import SkipImage, TargetRefused
 from sync_core.logs import InvocationPool
 from sync_core.registry.client import RegistryClient
-from sync_core.registry.manifest import Descriptor, Manifest
-from sync_core.registry.names import fallback_tag, is_digest
+from sync_core.registry.manifest import Manifest
+from sync_core.registry.names import is_digest
 from sync_core.registry.retry import RetryPolicy
 from sync_core.registry.stream import STALL_SECONDS
 
-log = logging.getLogger(__name__)
 
-REFERRER_CONCURRENCY = 4  # referrers of one subject copied side by side
+class Copier(Following):
+    """Copies images from ``source`` to placements at target registries. Thread-safe; one per source.
 
-Todo = list[tuple[Placement, CopyResult]]
-
-
-@dataclass(frozen=True)
-class Listing:
-    """A manifest with a ``subject`` to list in its subject's referrers tag at one placement.
-
-    ``repair``: it was at the target already, and the referrers tag had left it out (a run that
-    died between the two writes, or another writer's lost update).
+    ``retry``: blob uploads; ``patience``: writes whose answer contradicts what was verified
+    (``pushing.py``); both wait through ``sleep``.
     """
-
-    placement: Placement
-    result: CopyResult
-    manifest: Manifest
-    repair: bool = False
-
-
-class Copier:
-    """Copies images from ``source`` to placements at target registries. Thread-safe; one per source."""
 
     def __init__(
         self,
@@ -77,8 +64,10 @@ class Copier:
         sleep: Callable[[float], None] = time.sleep,
         referrers: ReferrerPolicy | None = None,
         stall: float = STALL_SECONDS,
+        patience: Patience | None = None,
     ):
         self.source = source
+        self.patience = patience or Patience(CONTRADICTION_RETRY, sleep)
         workers = max(1, blob_concurrency)
         self.pool = InvocationPool(max_workers=workers, thread_name_prefix="blob")
         # Each target's manifest pushes (a slow target does not hold the others back). The uploads
@@ -124,8 +113,12 @@ class Copier:
                 tree = self.trees.tree(src_repo, reference)
                 if tree.top.digest != expected_digest:
                     pending[:] = manifests.not_up_to_date(pending, tree.top.digest)
-                self._list_referrers(self._copy_tree(src_repo, tree, pending))
-                self._mirror_referrers(src_repo, tree, _copied(pending), set(), 0)
+                subject = None if is_digest(reference) else listed_subject(reference, tree)
+                if subject is not None:  # a referrers tag at the source, by content
+                    self._copy_referrers_tag(src_repo, tree, subject, pending)
+                else:
+                    self._list_referrers(src_repo, self._copy_tree(src_repo, tree, pending))
+                    self._mirror_referrers(src_repo, tree, copied_only(pending), set(), 0)
         return results
 
     def copy_referrer(self, src_repo: str, digest: str, placements: list[Placement]) -> list[CopyResult]:
@@ -139,10 +132,13 @@ class Copier:
             everything = list(zip(placements, results, strict=True))
             pending[:] = manifests.not_up_to_date(everything, digest)
             self._list_referrers(
-                listing
-                for placement, result in everything
-                if result.status is CopyStatus.UNCHANGED and result.error is None
-                for listing in self._unlisted(src_repo, placement, result, digest)
+                src_repo,
+                [
+                    listing
+                    for placement, result in everything
+                    if result.status is CopyStatus.UNCHANGED and result.error is None
+                    for listing in self._unlisted(src_repo, placement, result, digest)
+                ],
             )
             if pending:
                 tree = self.trees.tree(src_repo, digest)
@@ -165,8 +161,8 @@ class Copier:
                         result.status, result.reason = CopyStatus.IGNORED, why
                     else:
                         waiting.append((placement, result))
-                self._list_referrers(self._copy_tree(src_repo, tree, waiting))
-                self._mirror_referrers(src_repo, tree, _copied(waiting), set(), 0)
+                self._list_referrers(src_repo, self._copy_tree(src_repo, tree, waiting))
+                self._mirror_referrers(src_repo, tree, copied_only(waiting), set(), 0)
         return results
 
     def copy_referrers_of(self, src_repo: str, subject: str, placements: list[Placement]) -> list[CopyResult]:
@@ -273,163 +269,19 @@ class Copier:
                 placement,
                 result,
                 [*missing, target_view.top],
-                self.uploads.submit(manifests.push, placement, target_view, missing, result),
+                self.uploads.submit(manifests.push, placement, target_view, missing, result, self.patience),
             )
             for placement, result, target_view, missing in active
             if result.error is None
         ]
         listings: list[Listing] = []
-        for placement, result, pushed, push in pushes:
+        for placement, result, pushed_now, push in pushes:
             push.result()
             if result.copied:
-                listings.extend(Listing(placement, result, m) for m in pushed if m.subject is not None)
+                listings.extend(listing for m in pushed_now for listing in pushed(placement, result, m))
         return listings
-
-    # -- referrers --------------------------------------------------------------------------
-    def _not_a_wanted_referrer(self, manifest: Manifest) -> str | None:
-        if manifest.subject is None:
-            return "not a referrer (no subject): an index child or an untagged image"
-        if not self.finder.policy.wants(manifest.referrer_type):
-            return f"SYNC_REFERRERS does not include artifact type {manifest.referrer_type}"
-        return None
-
-    def _mirror_referrers(
-        self, src_repo: str, tree: ImageTree, todo: Todo, seen: set[str], depth: int
-    ) -> None:
-        """The referrers of every manifest of ``tree`` (placed at each target), recursively.
-
-        A target that narrows indexes gets the referrers of the manifests it holds only: not those
-        of the source index (its own index has another digest) or of the platforms it leaves out.
-        """
-        if not todo or not self.finder.policy.enabled:
-            return
-        held = [{m.digest for m in view(tree, p.rules).all_manifests} for p, _ in todo]
-        for manifest in tree.all_manifests:
-            there = [item for item, digests in zip(todo, held, strict=True) if manifest.digest in digests]
-            if there:
-                self._referrers_of(src_repo, manifest.digest, there, seen, depth)
-
-    def _referrers_of(self, src_repo: str, subject: str, todo: Todo, seen: set[str], depth: int) -> None:
-        if depth >= MAX_REFERRER_DEPTH:
-            for _, result in todo:
-                result.warnings.append(
-                    f"referrers nested deeper than {MAX_REFERRER_DEPTH} below {subject}: not followed"
-                )
-            return
-        found = [d for d in self.finder.of(src_repo, subject) if d.digest not in seen]
-        seen.update(d.digest for d in found)
-
-        def mirror(descriptor: Descriptor) -> tuple[Todo, list[Listing]]:
-            """One referrer (and its own referrers) to every placement: its results, one each, and
-            what is to be listed in the subject's referrers tag."""
-            subs = [(p.by_digest(), self._result(src_repo, descriptor.digest, p)) for p, _ in todo]
-            waiting = manifests.not_up_to_date(subs, descriptor.digest)
-            listings = [
-                listing
-                for placement, sub in subs
-                if sub.status is CopyStatus.UNCHANGED and sub.error is None
-                for listing in self._unlisted(src_repo, placement, sub, descriptor.digest, subject)
-            ]
-            try:
-                if waiting:
-                    tree = self.trees.tree(src_repo, descriptor.digest)
-                    listings += self._copy_tree(src_repo, tree, waiting)
-                    self._mirror_referrers(src_repo, tree, _copied(waiting), seen, depth + 1)
-            except Exception as exc:  # noqa: BLE001 - recorded on the subject's results
-                for _, sub in waiting:
-                    sub.fail(exc)
-            return subs, listings
-
-        if len(found) > 1:  # a subject's referrers are independent of each other: side by side
-            with InvocationPool(min(REFERRER_CONCURRENCY, len(found)), thread_name_prefix="referrer") as pool:
-                outcomes = list(pool.map(mirror, found))
-        else:
-            outcomes = [mirror(d) for d in found]
-        self._list_referrers(listing for _, listings in outcomes for listing in listings)
-        for descriptor, (subs, _) in zip(found, outcomes, strict=True):
-            for (_, sub), (_, result) in zip(subs, todo, strict=True):
-                if sub.error is not None:
-                    result.referrer_errors.append(ReferrerFailure(descriptor.digest, sub.error))
-                elif sub.status is CopyStatus.COPIED:
-                    result.count(referrers_copied=1)
-                    result.absorb(sub)
-                result.referrer_errors.extend(sub.referrer_errors)
-                if sub.status is CopyStatus.SKIPPED:
-                    result.warnings.append(f"referrer {descriptor.digest} not mirrored: {sub.reason}")
-
-    def _list_referrers(self, listings: Iterator[Listing] | list[Listing]) -> None:
-        """List each manifest in its subject's referrers tag where the target has no referrers API:
-        one write per (target repository, subject) for all of them. A failure is theirs."""
-        groups: dict[tuple[int, str, str], list[Listing]] = {}
-        for listing in listings:
-            assert listing.manifest.subject is not None
-            placement = listing.placement
-            if placement.destination.learned.referrers_api:
-                continue
-            key = (id(placement.destination), placement.repository, listing.manifest.subject.digest)
-            groups.setdefault(key, []).append(listing)
-        for (_, repo, subject), group in groups.items():
-            destination = group[0].placement.destination
-            try:
-                wrote = destination.referrers_tags.add(repo, subject, *(g.manifest for g in group))
-            except Exception as exc:  # noqa: BLE001 - these referrers at this target
-                for listing in group:
-                    listing.result.fail(exc)
-                continue
-            repairs = [g for g in group if g.repair]
-            if wrote and repairs:
-                repairs[0].result.count(manifests_pushed=1)
-                for listing in repairs:
-                    listing.result.status = CopyStatus.COPIED  # the mirror changed: it is visible now
-                    log.info(
-                        "listed referrer %s in %s/%s:%s (it was missing)",
-                        listing.manifest.digest,
-                        destination.host,
-                        repo,
-                        fallback_tag(subject),
-                    )
-
-    def _unlisted(
-        self,
-        src_repo: str,
-        placement: Placement,
-        result: CopyResult,
-        referrer: str,
-        subject: str | None = None,
-    ) -> list[Listing]:
-        """A referrer the target holds already: at a target without the referrers API, whether its
-        subject's referrers tag lists it (a run that died between the two PUTs, a failed tag PUT or
-        another process's write may have left it out). Reads the tag (once a minute per subject);
-        the source is asked only for an entry to add. A failure is this referrer's.
-        """
-        destination, repo = placement.destination, placement.repository
-        if destination.learned.referrers_api:
-            return []
-        try:
-            if subject is None:  # the referrer's own manifest names it: read it where it is
-                found = destination.client.get_manifest(repo, referrer).subject
-                if found is None:
-                    return []  # not a referrer there
-                subject = found.digest
-            about = subject
-            try:
-                api = destination.learned.has_referrers_api(
-                    lambda: destination.client.referrers(repo, about) is not None
-                )
-            except NotFound:
-                return []
-            if api or referrer in destination.referrers_tags.listed(repo, subject):
-                return []
-            return [Listing(placement, result, self.trees.manifest(src_repo, referrer), repair=True)]
-        except Exception as exc:  # noqa: BLE001 - this referrer at this target
-            result.fail(exc)
-            return []
 
     # -- helpers -----------------------------------------------------------------------------
     def _result(self, src_repo: str, reference: str, placement: Placement) -> CopyResult:
         sep = "@" if is_digest(reference) else ":"
         return CopyResult(f"{self.source.host}/{src_repo}{sep}{reference}", placement.where(reference))
-
-
-def _copied(todo: Todo) -> Todo:
-    return [(p, r) for p, r in todo if r.copied]

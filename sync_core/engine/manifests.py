@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sync_core.engine.destination import Destination, Placement
 from sync_core.engine.narrowing import narrowed_from
+from sync_core.engine.pushing import Patience, put_manifest
 from sync_core.engine.results import CopyResult, CopyStatus
 from sync_core.engine.tree import ImageTree
 from sync_core.errors import RegistryError, SkipImage, TagConflict, TargetRefused, describe
@@ -103,14 +104,17 @@ def missing_manifests(
     return out
 
 
-def push(placement: Placement, view: ImageTree, missing: list[Manifest], result: CopyResult) -> None:
+def push(
+    placement: Placement, view: ImageTree, missing: list[Manifest], result: CopyResult, patience: Patience
+) -> None:
     """Push ``missing`` (children first), then the top under its tag: the tag is written last.
 
     A refusal by kind or a conflict is a skip of this target; any other failure fails it, and what
-    the ledger believed of the repository is forgotten (a retry looks again).
+    the ledger believed of the repository is forgotten (a retry looks again). An answer that
+    contradicts what was verified is tried again (``patience``, see ``pushing.py``).
     """
     try:
-        _push_manifests(placement, view, missing, result)
+        _push_manifests(placement, view, missing, result, patience)
     except SkipImage as exc:
         result.status, result.reason = CopyStatus.SKIPPED, str(exc)
     except Exception as exc:  # noqa: BLE001
@@ -119,25 +123,29 @@ def push(placement: Placement, view: ImageTree, missing: list[Manifest], result:
 
 
 def _push_manifests(
-    placement: Placement, tree: ImageTree, missing: list[Manifest], result: CopyResult
+    placement: Placement, tree: ImageTree, missing: list[Manifest], result: CopyResult, patience: Patience
 ) -> None:
     destination, repo = placement.destination, placement.repository
     for manifest in missing:
         with destination.ledger.manifest_writes(repo):
             if destination.ledger.known(repo, manifest.digest):
                 continue  # pushed meanwhile by a concurrent copy of another tag
-            _put(destination, repo, manifest.digest, manifest)
+            _put(destination, repo, manifest.digest, manifest, patience)
             destination.ledger.record(repo, manifest.digest)
         result.count(manifests_pushed=1)
     with destination.ledger.manifest_writes(repo):
-        _put(destination, repo, placement.tag or tree.top.digest, tree.top)
+        if placement.tag is None and destination.ledger.known(repo, tree.top.digest):
+            # by digest (a referrer), pushed meanwhile by a concurrent copy, which lists it too
+            result.status = CopyStatus.UNCHANGED
+            return
+        _put(destination, repo, placement.tag or tree.top.digest, tree.top, patience)
         destination.ledger.record(repo, tree.top.digest)
     result.count(manifests_pushed=1)
 
 
-def _put(destination: Destination, repo: str, reference: str, manifest: Manifest) -> None:
+def _put(destination: Destination, repo: str, reference: str, manifest: Manifest, patience: Patience) -> None:
     try:
-        answered = destination.client.put_manifest(repo, reference, manifest)
+        answered = put_manifest(destination.client, repo, reference, manifest, patience)
     except RegistryError as exc:
         raise _refusal(destination, repo, reference, manifest, exc) from None
     if manifest.subject is not None:

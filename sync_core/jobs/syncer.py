@@ -22,7 +22,7 @@ from sync_core.plan.catalog import Fingerprint, make_source, source_actions
 from sync_core.plan.planner import Planner, plan_concurrency
 from sync_core.plan.work import Check, Reason, WorkItem, WorkKind, interleave
 from sync_core.registry.client import RegistryClient
-from sync_core.registry.names import ImageRef
+from sync_core.registry.names import ImageRef, is_fallback_tag
 from sync_core.report import metrics as metrics_
 from sync_core.report.recorder import Recorder
 from sync_core.report.summary import Summary
@@ -177,8 +177,14 @@ class Syncer:
             if progress:
                 progress(summary)
 
+        groups = interleave(work, round_robin=self.config.concurrency > 1)
+        # Tags named like referrers tags (sha256-<hex>) after the rest: the copy of the image they
+        # may list the referrers of writes such a tag at a target without the referrers API, and
+        # the tag's own copy (which decides by its content what it is) then finds it done.
+        later = [is_fallback_tag(g[0].tag or "") for g in groups]
         with InvocationPool(self.config.concurrency, thread_name_prefix="copy") as pool:
-            list(pool.map(run, interleave(work, round_robin=self.config.concurrency > 1)))
+            for phase in (False, True):
+                list(pool.map(run, [g for g, last in zip(groups, later, strict=True) if last is phase]))
         return left
 
     # -- entry points -----------------------------------------------------------------------

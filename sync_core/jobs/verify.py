@@ -7,7 +7,11 @@ sync skips (unreadable at the source, a name the target refuses, a type the targ
 counted as skipped, not as missing. Nothing is written anywhere.
 
 For each selected tag and target: the tag at the target must carry the source digest (ACR
-listings carry it; a plain OCI source is asked with one HEAD per tag). For a tag that does, each
+listings carry it; a plain OCI source is asked with one HEAD per tag). A source tag that is a
+referrers tag by content (``sha256-<hex>``, an index of manifests whose subject is that digest)
+is in order at a target without the referrers API when it has the source digest or lists every
+entry of it the target holds (a merged listing: a target that narrows indexes, entries written
+by others); a target with the API lists referrers itself (counted as skipped there). For a tag that does, each
 referrer the source lists for it (the referrers API or the referrers tag, as the copier finds
 them), and their referrers in turn, must be at the target (HEAD by digest) and listed there (the
 target's referrers API, or its referrers tag ``sha256-<hex>`` where it has no API). ``deep``
@@ -16,36 +20,39 @@ manifests and HEADs every blob (size checked), each once per target repository, 
 the referrers of child manifests too.
 
 The cost in requests is :data:`COST` (shown by ``verify --help``, measured by ``make bench``).
+What it finds is a :class:`~sync_core.jobs.verify_findings.Report` (``verify_findings.py``).
 """
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
 
 from sync_core.config.model import ReferrerPolicy, TargetConfig
+from sync_core.engine.following import listed_subject
 from sync_core.engine.narrowing import check_skip, narrowed_from
 from sync_core.engine.referrers import MAX_REFERRER_DEPTH, ReferrerFinder
 from sync_core.errors import NameRejected, NotFound, SkipImage, describe
 from sync_core.jobs.syncer import Syncer
+from sync_core.jobs.verify_findings import Finding, Report, Status, Tally
 from sync_core.plan.catalog import TagInfo
 from sync_core.plan.mapping import map_repository
 from sync_core.plan.planner import plan_concurrency
 from sync_core.plan.selection import repository_wanted, wanted_tags
 from sync_core.registry.client import RegistryClient
 from sync_core.registry.manifest import Manifest
-from sync_core.registry.names import fallback_tag
+from sync_core.registry.names import fallback_tag, fallback_tag_subject
 
 COST = """\
 Cost in requests (besides tokens, each registry's first auth challenge, the catalog listing and
 one tag listing per repository):
   per tag and target     1 HEAD of the tag at the target (--deep: 1 GET of its manifest instead)
   per tag                1 HEAD at the source for a plain OCI source (ACR listings carry digests)
+  per sha256-<hex> tag   1 GET at the source of it and of each manifest it lists (is it a
+                         referrers tag?); where it is one and its digest differs at a target,
+                         1 HEAD per entry there and 1 listing (API, or GET of the referrers tag)
   referrers (unless SYNC_REFERRERS=none), per tag and per referrer found:
                          1 referrers request at the source (API, or GET of the referrers tag),
                          shared by all targets; where there are some, per target 1 listing
@@ -53,98 +60,6 @@ one tag listing per repository):
   --deep, per target     1 GET per child or referrer manifest and 1 HEAD per blob, each once per
                          target repository; referrers of child manifests as above
 """
-
-
-class Status(str, enum.Enum):
-    MISSING = "missing"  # not at the target
-    DIFFERS = "differs"  # there, with another digest (or a blob of another size)
-    UNLISTED = "unlisted-referrer"  # at the target, but its referrers listing does not name it
-    ERROR = "error"  # could not be checked (a request failed)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Something not as it should be at a target."""
-
-    target: str
-    item: str  # at the target: repository:tag, repository@digest
-    kind: str  # tag | referrer | manifest | blob | repository
-    status: Status
-    expected: str | None = None
-    actual: str | None = None
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "item": self.item,
-            "kind": self.kind,
-            "status": self.status.value,
-            "expected": self.expected,
-            "actual": self.actual,
-            "detail": self.detail,
-        }
-
-
-@dataclass
-class Tally:
-    """What was checked at one target and found in order."""
-
-    tags: int = 0
-    referrers: int = 0
-    manifests: int = 0  # --deep: child and referrer manifests fetched and verified
-    blobs: int = 0  # --deep: blobs found with the right size
-    skipped: int = 0  # tags and referrers sync skips there (unreadable, name refused, a skipped type)
-    problems: int = 0
-
-
-@dataclass
-class Report:
-    deep: bool
-    targets: dict[str, Tally] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def complete(self) -> bool:
-        return not self.findings
-
-    def to_dict(self) -> dict[str, Any]:
-        order = {s: i for i, s in enumerate(Status)}
-        return {
-            "complete": self.complete,
-            "deep": self.deep,
-            "seconds": round(self.seconds, 3),
-            "targets": {name: vars(t) for name, t in sorted(self.targets.items())},
-            "findings": [
-                f.to_dict() for f in sorted(self.findings, key=lambda f: (f.target, order[f.status], f.item))
-            ],
-        }
-
-
-def render(report: Report) -> str:
-    """The report for a person: a line, the table of findings, a line per target."""
-    d = report.to_dict()
-    state = "complete" if report.complete else f"INCOMPLETE: {len(report.findings)} finding(s)"
-    lines = [f"verify{' --deep' if report.deep else ''}: {state} in {report.seconds:.1f}s"]
-    rows = [
-        (f["target"], f["item"], f["status"], f["expected"] or "", f["actual"] or "", f["detail"])
-        for f in d["findings"]
-    ]
-    if rows:
-        head = ("TARGET", "ITEM", "STATUS", "EXPECTED", "ACTUAL", "DETAIL")
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
-        for row in [head, *rows]:
-            lines.append(
-                "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[5]
-            )
-    for name, t in d["targets"].items():
-        deep = f", {t['manifests']} manifests and {t['blobs']} blobs" if report.deep else ""
-        lines.append(
-            f"  target {name}: {t['tags']} tags and {t['referrers']} referrers in order{deep}; "
-            f"{t['skipped']} skipped by sync's rules; {t['problems']} finding(s)"
-        )
-    return "\n".join(line.rstrip() for line in lines)
 
 
 class Verifier:
@@ -249,21 +164,23 @@ class Verifier:
                 info = self.syncer.source.client.head_manifest(repository, tag.name)
                 digest = info.digest if info else None
             except Exception as exc:  # noqa: BLE001
-                for target, dst_repo in places:
-                    self._find(
-                        Finding(
-                            target.name,
-                            f"{dst_repo}:{tag.name}",
-                            "tag",
-                            Status.ERROR,
-                            detail=f"HEAD at the source: {describe(exc)}",
-                        )
-                    )
+                self._unchecked(places, tag.name, None, f"HEAD at the source: {describe(exc)}")
                 return
             if digest is None:
                 return  # gone from the source since it was listed: sync would not copy it either
+        subject: str | None = None
+        if fallback_tag_subject(tag.name) is not None:  # named like a referrers tag: is it one?
+            try:
+                source_tree = self.syncer.copier.tree(repository, tag.name)
+                subject = listed_subject(tag.name, source_tree)
+            except Exception as exc:  # noqa: BLE001
+                self._unchecked(places, tag.name, digest, f"at the source: {describe(exc)}")
+                return
         for target, dst_repo in places:
             try:
+                if subject is not None:
+                    self._check_referrers_tag_at(target, dst_repo, tag.name, digest, subject, source_tree.top)
+                    continue
                 self._check_tag_at(target, repository, dst_repo, tag.name, digest)
             except Exception as exc:  # noqa: BLE001 - this tag at this target
                 self._find(
@@ -317,6 +234,48 @@ class Verifier:
         for subject in subjects:
             where = item if subject == digest else f"{dst_repo}@{subject}"
             self._referrers(target, client, repository, dst_repo, subject, where, seen, 0)
+
+    def _unchecked(
+        self, places: list[tuple[TargetConfig, str]], tag: str, digest: str | None, detail: str
+    ) -> None:
+        """``tag`` could not be checked at any of ``places`` (the source failed to answer)."""
+        for target, dst_repo in places:
+            self._find(
+                Finding(target.name, f"{dst_repo}:{tag}", "tag", Status.ERROR, expected=digest, detail=detail)
+            )
+
+    def _check_referrers_tag_at(
+        self, target: TargetConfig, dst_repo: str, tag: str, digest: str, subject: str, index: Manifest
+    ) -> None:
+        """A source referrers tag at one target: the source's bytes, or a listing of every entry the
+        target holds (sync merges where the entries differ); where the target has the referrers
+        API, not written (skipped)."""
+        client = self.syncer.target_clients[target.name]
+        info = client.head_manifest(dst_repo, tag)
+        if info is not None and info.digest == digest:
+            self._count(target.name, "tags")
+            return
+        listing = self.listings[target.name]
+        listed = {d.digest for d in listing.of(dst_repo, subject)}
+        if listing.api:
+            self._count(target.name, "skipped")
+            return
+        held = [e.digest for e in index.entries if client.head_manifest(dst_repo, e.digest) is not None]
+        unlisted = [d for d in held if d not in listed]
+        if not unlisted:  # nothing of it at the target (its subject is not mirrored), or all listed
+            self._count(target.name, "tags" if held or info is not None else "skipped")
+            return
+        self._find(
+            Finding(
+                target.name,
+                f"{dst_repo}:{tag}",
+                "tag",
+                Status.UNLISTED if info is not None else Status.MISSING,
+                expected=digest,
+                actual=info.digest if info is not None else None,
+                detail=f"referrers tag of {subject}: does not list {', '.join(unlisted)}, held at the target",
+            )
+        )
 
     def _skipped_there(self, target: TargetConfig, repository: str, reference: str) -> bool:
         """Whether sync skips the source's ``reference`` for ``target`` (its skip rules): counted as skipped."""

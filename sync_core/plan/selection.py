@@ -6,10 +6,7 @@ import datetime as dt
 
 from sync_core.config.model import Filters, SyncConfig, TargetConfig
 from sync_core.plan.catalog import TagInfo
-from sync_core.registry.names import (
-    attached_subject,
-    is_fallback_tag,
-)
+from sync_core.registry.names import attached_subject, fallback_tag_subject
 
 # -- selection ----------------------------------------------------------------------------------
 
@@ -28,19 +25,24 @@ def repository_wanted(config: SyncConfig, target: TargetConfig, repository: str)
 def select_tags(tags: list[TagInfo], filters: Filters, now: dt.datetime) -> list[TagInfo]:
     """The tags that pass ``filters``; keep-latest applies after the name, age and version filters.
 
-    Referrers tags (``sha256-<hex>``, the referrers tag schema) are never selected: they are
-    indexes of referrers, mirrored with their subject (``referrers.py``), not releases. Cosign
-    tags (``sha256-<hex>.sig``, ``.att``, ``.sbom``) are not releases either: where the listing
+    Cosign tags (``sha256-<hex>.sig``, ``.att``, ``.sbom``) are not releases: where the listing
     has digests (ACR) they follow the image they belong to, whatever the filters; elsewhere the
-    name filters decide as for any tag.
+    name filters decide as for any tag. A tag named like a referrers tag (``sha256-<hex>``, the
+    referrers tag schema) follows the image ``<hex>`` names the same way when the listing has that
+    image under a tag; else the filters decide. A name is not a kind: whether such a tag lists
+    referrers is decided by its content when it is copied (one that only looks like a referrers
+    tag is copied as the tag it is).
     """
-    releases = [t for t in tags if not is_fallback_tag(t.name)]
-    digests_known = any(t.digest for t in releases)
-    attached = [t for t in releases if digests_known and attached_subject(t.name)]
-    chosen = _filtered([t for t in releases if t not in attached], filters, now)
+    digests = {t.digest for t in tags if t.digest}
+    attached = [
+        t for t in tags if digests and (attached_subject(t.name) or fallback_tag_subject(t.name) in digests)
+    ]
+    chosen = _filtered([t for t in tags if t not in attached], filters, now)
     if attached:
         images = {t.digest for t in chosen if t.digest}
-        chosen.extend(t for t in attached if attached_subject(t.name) in images)
+        chosen.extend(
+            t for t in attached if (attached_subject(t.name) or fallback_tag_subject(t.name)) in images
+        )
     return chosen
 
 

@@ -14,11 +14,15 @@ from collections.abc import Callable
 from sync_core import logs
 from sync_core.engine.results import CopyResult, CopyStatus, Work
 from sync_core.errors import describe, refused, worth_redelivering
-from sync_core.plan.work import WorkItem, WorkKind
+from sync_core.plan.work import Reason, WorkItem, WorkKind
 from sync_core.report.metrics import Metrics, Outcome
 from sync_core.report.summary import NO_TARGET, Failure, Rewrite, Skip, Summary, Warning
 
 log = logging.getLogger("sync_core.sync")
+
+# Work somebody asked for by name (an event, a queue message, ``copy``): when it comes to nothing
+# (an untagged push that is no referrer of mirrored content), the reason is reported as a skip.
+ASKED_FOR = frozenset({Reason.PUSHED, Reason.QUEUED, Reason.REQUESTED})
 
 
 class Recorder:
@@ -118,7 +122,10 @@ class Recorder:
             self.skipped(work.item, result.reason or "skipped", work.target, tags=int(work.is_tag))
             return
         if result.status is CopyStatus.IGNORED:
-            log.debug("ignored %s for %s: %s", work.item, work.target, result.reason)
+            if work.reason in ASKED_FOR:  # an event, a queued message, `copy`: say why nothing came of it
+                self.skipped(work.item, result.reason or "ignored", work.target, tags=int(work.is_tag))
+            else:  # an untagged manifest the planner only suspected of being a referrer
+                log.debug("ignored %s for %s: %s", work.item, work.target, result.reason)
             return
         copied = result.status is CopyStatus.COPIED
         if work.is_tag:

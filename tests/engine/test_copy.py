@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sync_core.engine import blobs as blobs_module
+from sync_core.engine import uploads as uploads_module
 from sync_core.engine.ledger import BlobLedger
 from sync_core.engine.results import CopyResult
 from sync_core.errors import DigestMismatch, RegistryError, refused, worth_redelivering
@@ -269,7 +269,7 @@ def _blob_data_path(registry, digest: str) -> Path:
 
 @pytest.mark.parametrize("size, chunked", [(1000, False), (700_000, False), (700_000, True)])
 def test_source_serving_wrong_bytes_fails_with_digest_mismatch(fresh_registry, size, chunked, monkeypatch):
-    monkeypatch.setattr(blobs_module, "CHUNK_SIZE", 300_000)
+    monkeypatch.setattr(uploads_module, "CHUNK_SIZE", 300_000)
     src_reg, dst_reg = fresh_registry(), fresh_registry()
     image = img.oci_image(f"corrupt-{size}", (size, 2048))
     src_reg.pusher().push("team/app", image, "1.0")
@@ -288,14 +288,24 @@ def test_source_serving_wrong_bytes_fails_with_digest_mismatch(fresh_registry, s
 
     src = client(src_reg, READER)
     dst = client(dst_reg, PUSHER, "pull,push")
-    with OneTarget(src, dst, retry=FAST_RETRY, chunked=chunked) as copier:
+    with OneTarget(src, dst, retry=RetryPolicy(attempts=4, backoff_base=0.01), chunked=chunked) as copier:
         with pytest.raises(DigestMismatch) as info:
             copier.copy("team/app", "1.0", "mirror/app")
-    assert victim.digest in str(info.value)
-    # the same mismatch on every attempt: the content itself, refused for good (a skip, no redelivery)
-    assert info.value.exhausted and refused(info.value) and not worth_redelivering(info.value)
-    gets = [e for e in src.transport.log if e[0] == "GET" and victim.digest in e[1]]
-    assert len(gets) == FAST_RETRY.attempts  # restarted once, then gave up
+        assert victim.digest in str(info.value)
+        # read again without uploading, the same mismatch: the content itself, refused for good
+        # (a skip, no redelivery), whatever the attempts the policy allows
+        assert info.value.exhausted and refused(info.value) and not worth_redelivering(info.value)
+        gets = [e for e in src.transport.log if e[0] == "GET" and victim.digest in e[1]]
+        sessions = [e for e in dst.transport.log if e[0] == "POST" and "/blobs/uploads/" in e[1]]
+        assert len(gets) == 2
+        # a small blob is read whole and verified before any upload opens: never sent; a larger
+        # one streams into one upload, which the mismatch stops before its last byte
+        own = [e for e in sessions if "mount=" not in e[1]]
+        assert len(own) == (0 if size <= uploads_module.SMALL_BLOB else 1) + (len(image.blobs) - 1)
+        # refused for the run: the same copier does not read it again
+        with pytest.raises(DigestMismatch):
+            copier.copy("team/app", "1.0", "mirror/app-again")
+        assert len([e for e in src.transport.log if e[0] == "GET" and victim.digest in e[1]]) == 2
 
     pusher = dst_reg.pusher()
     assert not pusher.exists_manifest("mirror/app", "1.0")
@@ -442,7 +452,7 @@ def test_large_layer_streams_in_flat_memory(fresh_registry):
 def test_chunked_upload_sends_several_patches(fresh_registry, monkeypatch, chunk_size):
     # 100 000 is not a multiple of the 256 KiB read size: each PATCH must still carry exactly
     # its Content-Length (it overran it before the fix, and the registry then hung on it)
-    monkeypatch.setattr(blobs_module, "CHUNK_SIZE", chunk_size)
+    monkeypatch.setattr(uploads_module, "CHUNK_SIZE", chunk_size)
     src_reg, dst_reg = fresh_registry(), fresh_registry()
     image = img.oci_image(f"chunked-{chunk_size}", (700_000, 100))
     src_reg.pusher().push("team/app", image, "1.0")
@@ -519,7 +529,7 @@ def test_blob_download_redirected_to_storage_without_registry_credentials(
 def test_rejected_single_request_upload_falls_back_to_chunked(
     token_registry_src, seeded, fresh_registry, monkeypatch
 ):
-    monkeypatch.setattr(blobs_module, "CHUNK_SIZE", 3000)
+    monkeypatch.setattr(uploads_module, "CHUNK_SIZE", 3000)
     dst_reg = fresh_registry()
 
     def registry(request: Request) -> Reply:

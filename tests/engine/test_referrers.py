@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from sync_core.azure import handlers, messages
+from sync_core.cli import main as cli
 from sync_core.config.load import load_config
 from sync_core.engine.destination import AtTarget, Destination, Placement
 from sync_core.engine.results import CopyStatus
@@ -29,6 +30,7 @@ from sync_core.registry.auth import Credentials, StaticCredentials
 from sync_core.registry.client import RegistryClient
 from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
+from tests.harness.events import image_pushed
 
 NS = "gs"
 SOURCE_USER = ("sync", "sync-pw-7Qe")
@@ -97,6 +99,13 @@ def referrers_at(world: World, target: str, repo: str, digest: str) -> set[str]:
     index = json.loads(raw)
     assert index["mediaType"] == OCI_INDEX == content_type.split(";")[0]
     return {m["digest"] for m in index["manifests"]}
+
+
+def untagged_push(world: World, event_id: str, manifest: images.Manifest) -> dict:
+    """The ImagePushed event ACR sends for ``manifest`` pushed to ``gs/app`` by digest."""
+    return image_pushed(
+        event_id, world.source.host, f"{NS}/app", manifest.digest, media_type=manifest.media_type
+    )
 
 
 def writes(acr: AcrStandIn) -> int:
@@ -191,15 +200,7 @@ def test_a_referrer_pushed_later_follows_by_event_within_a_minute_and_by_the_tim
 
     late = artifact("late-sig", app, NOTATION)
     world.pusher.push(f"{NS}/app", late)
-    event = {
-        "id": "evt-late",
-        "eventType": "Microsoft.ContainerRegistry.ImagePushed",
-        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "data": {
-            "target": {"mediaType": late.media_type, "digest": late.digest, "repository": f"{NS}/app"},
-            "request": {"host": world.source.host},
-        },
-    }
+    event = untagged_push(world, "evt-late", late)
     with world.syncer(tmp_path) as syncer:
         queued = handlers.event_messages(event, syncer.config)
         assert [messages.parse_message(m, syncer.config).kind for m in queued] == ["referrer", "referrer"]
@@ -560,3 +561,34 @@ def test_a_failing_untagged_listing_does_not_stop_the_tags(world, tmp_path):
     assert reasons and all("untagged manifests" in r for r in reasons), reasons
     assert not summary.ok and summary.tags_failed == 0
     assert sig.digest in referrers_at(world, "plain", "mirror/app", app.digest)
+
+
+def test_an_event_for_a_referrer_of_an_image_not_mirrored_is_a_skip_with_its_reason(world, tmp_path, capsys):
+    # issue 16: `event FILE` and the worker said "copy", 0 tags, exit 0, and nothing more
+    kept, dropped = images.oci_image("ev-kept", (64,)), images.oci_image("ev-dropped", (64,))
+    world.pusher.push(f"{NS}/app", kept, "1.0")
+    world.pusher.push(f"{NS}/app", dropped, "dev")  # TAG_INCLUDE leaves it out: never mirrored
+    env = world.env(TAG_INCLUDE=r"\d+\.\d+")
+    config = world.config_file(tmp_path)
+    assert cli.main(["sync", "--config", config], environ=env) == 0
+    sig = artifact("ev-sig", dropped, NOTATION)
+    world.pusher.push(f"{NS}/app", sig)
+    event = untagged_push(world, "evt-unmirrored", sig)
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event))
+    capsys.readouterr()
+    assert cli.main(["event", str(path), "--json", "--config", config], environ=env) == 0
+    summary = json.loads(capsys.readouterr().out)
+    reason = f"its subject {dropped.digest} is not at the target (a referrer follows its subject)"
+    assert {(s["target"], s["item"], s["reason"]) for s in summary["skipped"]} == {
+        (target, f"{NS}/app@{sig.digest}", reason) for target in ("plain", "api")
+    }, summary
+    # the worker, for the queue message the Event Grid function makes of it
+    with Syncer(load_config(env, config)) as syncer:
+        for message in handlers.event_messages(event, syncer.config):
+            done, _ = handlers.process_message(message, syncer)
+            assert done.ok and [(s.item, s.reason) for s in done.skipped] == [
+                (f"{NS}/app@{sig.digest}", reason)
+            ]
+    for target in ("plain", "api"):
+        assert referrers_at(world, target, "mirror/app", dropped.digest) == set()

@@ -12,6 +12,8 @@ test), except :mod:`.recording`, which instruments it (not re-exported here). Mo
   for answers a real registry never sends; :mod:`.fakeregistry`: an in-memory registry and a
   storage host built on it
 * :mod:`.verify`: ``deep_verify`` / ``verify_present``, does a tag resolve fully
+* :mod:`.layouts`: the real-content shapes of ``tests/fixtures/shapes`` (OCI layouts), pushed
+  into a real registry; :mod:`.events`: Event Grid events as ACR sends them
 * :mod:`.recording`: ``RecordingTransport`` and ``Waits`` (retries without sleeping)
 * :mod:`.metric_points`: what OpenTelemetry instruments recorded (``points``, ``value``)
 * :mod:`.secret_values`: what a committed setting value must not look like

@@ -265,6 +265,19 @@ class Registry:
                 )
             time.sleep(0.01)
 
+    def plant_blob(self, repository: str, digest: str, data: bytes) -> None:
+        """Store ``data`` as blob ``digest`` of ``repository`` straight into the storage directory,
+        as damaged storage would hold it: distribution serves the bytes as they are (it checks a
+        digest on upload only, so no client could put them there)."""
+        hexpart = digest.split(":", 1)[1]
+        v2 = self.storage_dir / "docker/registry/v2"
+        blob = v2 / "blobs/sha256" / hexpart[:2] / hexpart / "data"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = v2 / "repositories" / repository / "_layers/sha256" / hexpart / "link"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_text(digest)
+
     def writes(self, since: int = 0, timeout: float = 5.0) -> list[tuple[str, str, int]]:
         """The PUT/POST/PATCH/DELETE requests of :meth:`access_log` from entry ``since`` on."""
         return [e for e in self.access_log(timeout)[since:] if e[0] in WRITE_METHODS]

@@ -18,7 +18,7 @@ import pytest
 from sync_core.cli import main as cli
 from sync_core.config.load import load_config
 from sync_core.jobs.syncer import Syncer
-from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
+from tests.harness import images, layouts, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
 
 NS = "gs"
@@ -258,3 +258,41 @@ def test_configuration_errors_exit_2(world, capsys):
     capsys.readouterr()
     assert cli.main(["verify", "--config", str(world.config), "--target", "nope"], environ=world.env()) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_referrers_tag_verifies_with_the_source_bytes_or_as_a_merged_listing(fresh_registry, capsys):
+    # issue 16: sync writes the source's referrers tag where the entries match, merges where the
+    # target's tag holds more; verify accepts both, and names an entry the tag leaves out
+    shape = layouts.shape("oras-fallback")
+    source, target = fresh_registry(), fresh_registry()
+    layouts.push(source, "gs/app", shape)
+    env = oci_env(source, target)
+    assert cli.main(["sync", "--json"], environ=env) == 0
+    (tag,) = [t for t in shape.tags if t.startswith("sha256-")]
+    pusher = target.pusher()
+    assert pusher.fetch_manifest("mirror/app", tag)[0] == shape.data(shape.tags[tag])
+    capsys.readouterr()
+    assert cli.main(["verify", "--json"], environ=env) == 0
+
+    listed = json.loads(shape.data(shape.tags[tag]))
+    theirs = images.signature("verify-theirs", shape.manifest(shape.tags["v1"]))
+    pusher.push("mirror/app", theirs)  # another client lists its own referrer there
+    merged = {
+        **listed,
+        "manifests": [
+            *listed["manifests"],
+            {"mediaType": theirs.media_type, "digest": theirs.digest, "size": theirs.size},
+        ],
+    }
+    pusher.put_manifest("mirror/app", images.Manifest(json.dumps(merged).encode(), OCI_INDEX), tag)
+    capsys.readouterr()
+    assert cli.main(["verify", "--json"], environ=env) == 0, capsys.readouterr().out
+
+    dropped = listed["manifests"][0]["digest"]
+    short = {**merged, "manifests": [m for m in merged["manifests"] if m["digest"] != dropped]}
+    pusher.put_manifest("mirror/app", images.Manifest(json.dumps(short).encode(), OCI_INDEX), tag)
+    capsys.readouterr()
+    assert cli.main(["verify", "--json"], environ=env) == 1
+    report = json.loads(capsys.readouterr().out)
+    finding = next(f for f in report["findings"] if f["item"] == f"mirror/app:{tag}")
+    assert finding["status"] == "unlisted-referrer" and dropped in finding["detail"], finding

@@ -181,22 +181,33 @@ def test_semver_selection(text, names, expected):
 DIGEST_A, DIGEST_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 
 
-def test_cosign_tags_follow_their_image_and_do_not_count_for_keep_latest():
+def test_cosign_and_referrers_tags_follow_their_image_and_do_not_count_for_keep_latest():
     listed = [
         TagInfo("1.0", DIGEST_A, NOW - dt.timedelta(days=3)),
         TagInfo("2.0", DIGEST_B, NOW - dt.timedelta(days=2)),
         TagInfo(f"sha256-{'a' * 64}.sig", "sha256:" + "c" * 64, NOW),  # signature of 1.0, pushed last
         TagInfo(f"sha256-{'b' * 64}.att", "sha256:" + "d" * 64, NOW),
-        TagInfo(f"sha256-{'b' * 64}", "sha256:" + "e" * 64, NOW),  # a referrers tag: never a release
+        TagInfo(f"sha256-{'b' * 64}", "sha256:" + "e" * 64, NOW),  # named like 2.0's referrers tag
+        TagInfo(f"sha256-{'f' * 64}", "sha256:" + "e" * 64, NOW),  # names no image of the listing
     ]
     chosen = select_tags(listed, Filters(keep_latest=1, tag_include=re.compile(r"\d+\.\d+")), NOW)
-    assert [t.name for t in chosen] == ["2.0", f"sha256-{'b' * 64}.att"]
+    assert [t.name for t in chosen] == ["2.0", f"sha256-{'b' * 64}.att", f"sha256-{'b' * 64}"]
+    # a name is not a kind: a sha256-<hex> tag that names no image of the listing is a tag like any
+    # other (the copier decides by its content whether it lists referrers)
+    everything = select_tags(listed, Filters(keep_latest=2), NOW)
+    assert [t.name for t in everything] == [
+        f"sha256-{'f' * 64}",
+        "2.0",
+        f"sha256-{'b' * 64}.att",
+        f"sha256-{'b' * 64}",
+    ]
     # without digests (a plain OCI listing) the name filters decide, as for any tag
     bare = [TagInfo(t.name, None, t.updated) for t in listed]
     assert [t.name for t in select_tags(bare, Filters(tag_include=re.compile(r"\d+\.\d+")), NOW)] == [
         "1.0",
         "2.0",
     ]
+    assert len(select_tags(bare, Filters(), NOW)) == len(listed)  # referrers tags too: decided by content
 
 
 # -- wanted_tags ---------------------------------------------------------------------------------
