@@ -254,3 +254,12 @@ schedule = matching(r"\S+(\s+\S+){5}", "must be a six-field CRON expression (sec
 parse_target_name = matching(
     r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "{value} must be letters, digits, '.', '_' or '-'"
 )
+
+
+def requests_per_second(value: Any, name: str, problems: Problems) -> float | None:
+    """A request rate: a number of requests per second above 0 (``0.5`` is one every 2 s)."""
+    rate = number()(value, name, problems)
+    if rate is not None and rate <= 0:
+        problems.add(name, f"must be more than 0 requests per second, got {value!r}")
+        return None
+    return None if rate is None else float(rate)
