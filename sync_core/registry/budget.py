@@ -8,12 +8,14 @@ read after it was released: downloads come from the source, which has no limits 
 
 A 429 slows the whole registry, not the one request: every later permit waits for a shared
 pause (``Retry-After``, else a rate limit reset header, else 1 s, doubling while the 429s follow
-each other with no success in between) and the rate in force is halved (with none in force, the
-rate observed over the last ``OBSERVE_SECONDS``). After ``RECOVERY_SECONDS`` without a 429 the rate grows by ``RECOVERY_FACTOR``, step
-by step, back to the configured one (or to no limit). A 429 answering a request that was sent
-before the last slow-down does not slow again: eight threads throttled at once are one slow-down,
-not eight. An answer that says nothing is left (``RateLimit-Remaining: 0``) with a reset (or a
-window) of at most ``MAX_PAUSE`` pauses the registry until then, before any 429.
+each other with no success in between). When it is not a stray one (``cut_after`` 429s among the
+last ``answers`` answers of its :class:`BudgetPolicy`), the rate in force is halved too (with none in force, the rate observed
+over the last ``observe_seconds``); after ``recovery_seconds`` without a cut the rate grows by
+``recovery_factor``, step by step, back to the configured one (or to no limit). A 429 answering a
+request that was sent before the last slow-down does not slow again: eight threads throttled at
+once are one slow-down, not eight. An answer that says nothing is left
+(``RateLimit-Remaining: 0``) with a reset (or a window) of at most ``max_pause`` pauses the
+registry until then, before any 429.
 
 Waiters are served by :class:`Priority`, then in arrival order: work from events (a push someone
 waits for) goes ahead of timer backfill. The job layer says which is which with
@@ -49,12 +51,22 @@ from sync_core.registry.ratelimit import RateLimitInfo, pause_hint, rate_limit_i
 
 log = logging.getLogger(__name__)
 
-BASE_PAUSE = 1.0  # seconds: the first pause after a 429 that names no time
-MAX_PAUSE = 60.0  # never pause a registry longer than this at once (as RetryPolicy.retry_after_cap)
-MIN_RATE = 0.2  # requests per second: the slowest a 429 slows a registry down to
-RECOVERY_SECONDS = 2.0  # without a 429 for this long, the rate grows by one step
-RECOVERY_FACTOR = 1.25
-OBSERVE_SECONDS = 2.0  # the window over which the rate of an unlimited budget is observed
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """How a budget reacts to 429s (the defaults are production's; tests shorten the waits)."""
+
+    base_pause: float = 1.0  # seconds: the first pause after a 429 that names no time
+    max_pause: float = 60.0  # never pause a registry longer at once (as RetryPolicy.retry_after_cap)
+    min_rate: float = 0.2  # requests per second: the slowest 429s slow a registry down to
+    recovery_seconds: float = 2.0  # without a cut for this long, the rate grows by one step
+    recovery_factor: float = 1.25
+    observe_seconds: float = 2.0  # the window over which the rate of an unlimited budget is observed
+    answers: int = 40  # the last answers a slow-down looks at:
+    cut_after: int = 2  # this many 429s among them halve the rate (one alone only pauses)
+
+
+DEFAULT_POLICY = BudgetPolicy()
 
 
 class Priority(enum.IntEnum):
@@ -142,8 +154,10 @@ class Budget:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         wall: Callable[[], float] = time.time,
+        policy: BudgetPolicy = DEFAULT_POLICY,
     ):
         self.host = host
+        self.policy = policy
         self.limits = limits
         self.clock, self.sleep, self.wall = clock, sleep, wall
         self._cond = threading.Condition()
@@ -157,6 +171,8 @@ class Budget:
         self._strikes = 0  # slow-downs since the last success
         self._calm_since = 0.0  # the last slow-down, or the last recovery step
         self._recent: collections.deque[float] = collections.deque(maxlen=4096)  # grant times
+        self._first: float | None = None  # the first grant
+        self._answers: collections.deque[bool] = collections.deque(maxlen=policy.answers)  # was it a 429?
         self.in_flight = 0
         self._local = threading.local()  # .held: the permits this thread holds
         # figures, for logs, tests and benchmarks
@@ -219,6 +235,8 @@ class Budget:
             now = self.clock()
             self._next = now + 1.0 / self._rate if self._rate is not None else now
             self._recent.append(now)
+            if self._first is None:
+                self._first = now
             self._local.held = getattr(self._local, "held", 0) + 1
             self.requests += 1
             self.waited += now - arrived
@@ -281,61 +299,68 @@ class Budget:
         with self._cond:
             now = self.clock()
             self.last = info if info.any else self.last
+            self._answers.append(status == 429)
             if status != 429:
                 if permit.epoch == self._epoch:
                     self._strikes = 0  # sent after the last slow-down, and it went through
                 reset = info.exhausted_for
-                if reset is not None and reset <= MAX_PAUSE:
+                if reset is not None and reset <= self.policy.max_pause:
                     self._pause_until = max(self._pause_until, now + reset)
                 return
             self.throttled += 1
             hint = pause_hint(headers, info, self.wall())
             if permit.epoch != self._epoch:  # sent before the last slow-down: already answered
                 if hint is not None:
-                    self._pause_until = max(self._pause_until, now + min(hint, MAX_PAUSE))
+                    self._pause_until = max(self._pause_until, now + min(hint, self.policy.max_pause))
                 return
             self._slow_down(now, hint)
 
     def _slow_down(self, now: float, hint: float | None) -> None:
-        """(lock held) One slow-down: a shared pause and half the rate."""
+        """(lock held) One slow-down: a shared pause; half the rate when 429s keep coming."""
         self._epoch += 1
         self.slowdowns += 1
         self._strikes += 1
-        self._calm_since = now
-        observed = self._observed(now)
-        if self._rate is None and self._ceiling is None:
-            self._ceiling = observed
-        self._rate = max(MIN_RATE, (observed if self._rate is None else self._rate) / 2)
-        pause = hint if hint is not None else BASE_PAUSE * 2 ** (self._strikes - 1)
-        pause = min(pause, MAX_PAUSE)
+        policy = self.policy
+        pause = hint if hint is not None else policy.base_pause * 2 ** (self._strikes - 1)
+        pause = min(pause, policy.max_pause)
         self._pause_until = max(self._pause_until, now + pause)
+        slower = ""
+        if sum(self._answers) >= policy.cut_after:  # not a stray one: the rate is too high
+            self._calm_since = now
+            observed = self._observed(now)
+            if self._rate is None and self._ceiling is None:
+                self._ceiling = observed
+            self._rate = max(policy.min_rate, (observed if self._rate is None else self._rate) / 2)
+            slower = f", then at most {self._rate:.2f} requests/s"
         logs.decision(
             log,
             "throttled",
-            f"{self.host} answered 429: every request to it pauses {pause:.1f}s, "
-            f"then at most {self._rate:.2f} requests/s",
+            f"{self.host} answered 429: every request to it pauses {pause:.1f}s{slower}",
             level=logging.WARNING,
             registry=self.host,
             pause_seconds=round(pause, 2),
-            requests_per_second=round(self._rate, 2),
+            requests_per_second=None if self._rate is None else round(self._rate, 2),
         )
 
     def _observed(self, now: float) -> float:
-        """Requests per second granted over the last ``OBSERVE_SECONDS`` (at least ``MIN_RATE``)."""
-        while self._recent and self._recent[0] < now - OBSERVE_SECONDS:
+        """Requests per second granted over the last ``observe_seconds``, or since the first one
+        when that is more recent (at least half a second; at least ``min_rate``)."""
+        window = self.policy.observe_seconds
+        while self._recent and self._recent[0] < now - window:
             self._recent.popleft()
-        return max(MIN_RATE, len(self._recent) / OBSERVE_SECONDS)
+        span = window if self._first is None else min(window, max(0.5, now - self._first))
+        return max(self.policy.min_rate, len(self._recent) / span)
 
     def _recover(self, now: float) -> None:
-        """(lock held) Grow a slowed-down rate back, one step per ``RECOVERY_SECONDS`` of calm."""
+        """(lock held) Grow a slowed-down rate back, one step per ``recovery_seconds`` of calm."""
         target = self.limits.requests_per_second or self._ceiling
         if self._rate is None or target is None or self._rate >= target:
             return
-        steps = int((now - self._calm_since) // RECOVERY_SECONDS)
+        steps = int((now - self._calm_since) // self.policy.recovery_seconds)
         if steps <= 0:
             return
-        self._calm_since += steps * RECOVERY_SECONDS
-        self._rate = self._rate * RECOVERY_FACTOR**steps
+        self._calm_since += steps * self.policy.recovery_seconds
+        self._rate = self._rate * self.policy.recovery_factor**steps
         if self._rate >= target:
             self._rate = self.limits.requests_per_second  # None again when none is configured
             self._ceiling = None

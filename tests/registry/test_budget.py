@@ -16,11 +16,7 @@ import pytest
 from sync_core.logs import InvocationPool
 from sync_core.registry.auth import Credentials, StaticCredentials
 from sync_core.registry.budget import (
-    BASE_PAUSE,
-    MAX_PAUSE,
-    MIN_RATE,
-    OBSERVE_SECONDS,
-    RECOVERY_SECONDS,
+    DEFAULT_POLICY,
     Budget,
     Budgets,
     Limits,
@@ -37,6 +33,9 @@ from tests.harness.recording import Waits
 from tests.harness.scripted import Reply, ScriptedServer, sequence
 
 NOW = 1_700_000_000.0  # wall clock of the tests (epoch seconds)
+BASE_PAUSE, MAX_PAUSE = DEFAULT_POLICY.base_pause, DEFAULT_POLICY.max_pause
+MIN_RATE, CUT_AFTER = DEFAULT_POLICY.min_rate, DEFAULT_POLICY.cut_after
+OBSERVE_SECONDS, RECOVERY_SECONDS = DEFAULT_POLICY.observe_seconds, DEFAULT_POLICY.recovery_seconds
 
 
 class FakeTime:
@@ -168,13 +167,19 @@ def test_a_request_given_up_while_waiting_leaves_the_line():
 # -- 429: the whole registry slows down ---------------------------------------------------------------
 
 
-def test_a_bare_429_pauses_every_thread_and_halves_the_rate():
+def throttle(b: Budget, times: int = 1, headers: dict[str, str] | None = None) -> None:
+    """``times`` requests one after the other (each after the last pause), each answered 429."""
+    for _ in range(times):
+        permit = b.acquire()
+        permit.answered(429, headers or {})
+        permit.release()
+
+
+def test_a_bare_429_pauses_every_thread_but_a_stray_one_keeps_the_rate():
     b = budget(rate=10.0)
     t = clock_of(b)
-    permit = b.acquire()
-    permit.answered(429, {})
-    permit.release()
-    assert b.rate == 5.0 and b.slowdowns == 1 and b.throttled == 1
+    throttle(b)
+    assert b.rate == 10.0 and b.slowdowns == 1 and b.throttled == 1
     before = t.clock()
     other: list[float] = []
     thread = threading.Thread(target=lambda: other.append(starts(b, 1)[0]))  # another thread
@@ -183,13 +188,23 @@ def test_a_bare_429_pauses_every_thread_and_halves_the_rate():
     assert other[0] - before == pytest.approx(BASE_PAUSE), "the pause holds every thread"
 
 
+def test_429s_that_keep_coming_halve_the_rate():
+    b = budget(rate=10.0)
+    throttle(b, CUT_AFTER)
+    assert b.rate == 5.0 and b.slowdowns == CUT_AFTER
+    throttle(b)  # after the 2 s pause: one recovery step (6.25), then halved
+    assert b.rate == 6.25 / 2
+
+
 def test_many_429s_to_requests_sent_together_are_one_slow_down():
     b = budget(rate=10.0, concurrent=8)
     permits = [in_thread(b) for _ in range(8)]  # eight threads in flight when the limit hits
     for p in permits:
         p.answered(429, {})
         p.release()
-    assert b.throttled == 8 and b.slowdowns == 1 and b.rate == 5.0
+    assert b.throttled == 8 and b.slowdowns == 1 and b.rate == 10.0
+    throttle(b)  # the next one after the pause: the 429s keep coming
+    assert b.slowdowns == 2 and b.rate == 5.0
 
 
 def test_the_pause_doubles_while_429s_follow_each_other_and_resets_after_a_success():
@@ -238,7 +253,6 @@ def test_the_pause_follows_what_the_429_says(headers, pause):
     permit.answered(429, headers)
     permit.release()
     assert b._pause_until - start == pytest.approx(pause)
-    assert b.rate == 5.0
 
 
 def test_a_late_429_with_a_longer_retry_after_lengthens_the_pause_without_slowing_again():
@@ -253,9 +267,7 @@ def test_a_late_429_with_a_longer_retry_after_lengthens_the_pause_without_slowin
 def test_the_rate_recovers_step_by_step_to_the_configured_one():
     b = budget(rate=10.0)
     t = clock_of(b)
-    p = b.acquire()
-    p.answered(429, {})
-    p.release()
+    throttle(b, CUT_AFTER)
     seen = [b.rate]
     for _ in range(5):
         t.advance(RECOVERY_SECONDS)
@@ -266,25 +278,30 @@ def test_the_rate_recovers_step_by_step_to_the_configured_one():
 def test_an_unlimited_budget_slows_to_half_the_observed_rate_then_is_unlimited_again():
     b = budget(concurrent=64)
     t = clock_of(b)
-    for _ in range(40):  # 40 requests in 2 s, and the one that draws the 429: 20.5 per second
+    for _ in range(40):  # 40 requests in 2 s: 20 per second
         starts(b, 1)
         t.advance(0.05)
-    p = b.acquire()
-    p.answered(429, {})
-    p.release()
-    assert b.rate == pytest.approx(41 / OBSERVE_SECONDS / 2)
+    throttle(b, CUT_AFTER)  # at 102 s (a pause of 1 s), at 103 s: 22 requests in the last 2 s
+    assert b.rate == pytest.approx(22 / OBSERVE_SECONDS / 2)
     t.advance(RECOVERY_SECONDS * 3)  # 1.25 ** 3 < 2: still limited
-    assert b.rate == pytest.approx(41 / OBSERVE_SECONDS / 2 * 1.25**3)
+    assert b.rate == pytest.approx(22 / OBSERVE_SECONDS / 2 * 1.25**3)
     t.advance(RECOVERY_SECONDS)
-    assert b.rate is None, "back to no limit once the rate that drew the 429 is reached again"
+    assert b.rate is None, "back to no limit once the rate that drew the 429s is reached again"
+
+
+def test_a_young_budget_observes_its_rate_since_its_first_request():
+    b = budget()
+    t = clock_of(b)
+    for _ in range(10):  # 10 requests in the first half second: 20 per second
+        starts(b, 1)
+        t.advance(0.05)
+    throttle(b, CUT_AFTER)  # at 100.5 s, then after the pause at 101.5 s: 12 requests in 1.5 s
+    assert b.rate == pytest.approx(12 / 1.5 / 2)
 
 
 def test_the_rate_never_drops_below_the_floor():
     b = budget(rate=0.3)
-    for _ in range(5):
-        p = b.acquire()
-        p.answered(429, {})
-        p.release()
+    throttle(b, 5)
     assert b.rate == MIN_RATE
 
 
