@@ -85,25 +85,6 @@ def test_each_target_of_a_file_has_its_own_budget(tmp_path):
     assert config.source.requests_per_second == 0.5
 
 
-@pytest.mark.parametrize(
-    ("setting", "value", "problem"),
-    [
-        ("TARGET_REQUESTS_PER_SECOND", "0", "more than 0 requests per second"),
-        ("TARGET_REQUESTS_PER_SECOND", "-3", "at least 0"),
-        ("TARGET_REQUESTS_PER_SECOND", "fast", "must be a number, got 'fast'"),
-        ("TARGET_REQUESTS_PER_SECOND", "nan", "at least 0"),
-        ("TARGET_CONCURRENT_REQUESTS", "0", "at least 1"),
-        ("TARGET_CONCURRENT_REQUESTS", "2.5", "whole number"),
-        ("SOURCE_REQUESTS_PER_SECOND", "0", "more than 0 requests per second"),
-        ("SOURCE_CONCURRENT_REQUESTS", "none", "whole number"),
-    ],
-)
-def test_bad_budget_values_name_the_setting(setting, value, problem):
-    with pytest.raises(ConfigError) as info:
-        load_config(dict(BASE, **{setting: value}))
-    assert any(p.startswith(setting) and problem in p for p in info.value.problems), info.value.problems
-
-
 def test_bad_budget_values_in_a_file_name_the_target_and_key(tmp_path):
     path = tmp_path / "sync.yaml"
     path.write_text(
