@@ -8,10 +8,11 @@ read after it was released: downloads come from the source, which has no limits 
 
 A 429 slows the whole registry, not the one request: every later permit waits for a shared
 pause (``Retry-After``, else a rate limit reset header, else 1 s, doubling while the 429s follow
-each other with no success in between). When it is not a stray one (``cut_after`` 429s among the
-last ``answers`` answers of its :class:`BudgetPolicy`), the rate in force is halved too (with none in force, the rate observed
-over the last ``observe_seconds``); after ``recovery_seconds`` without a cut the rate grows by
-``recovery_factor``, step by step, back to the configured one (or to no limit). A 429 answering a
+each other with no success in between). When it is not a stray one (``cut_after`` 429s among
+the last ``answers`` answers: :class:`BudgetPolicy`), the rate in force is halved too (with none
+in force, the rate observed over the last ``observe_seconds``); after ``recovery_seconds``
+without a cut the rate grows by ``recovery_factor``, step by step, back to the configured one
+(or to no limit). A 429 answering a
 request that was sent before the last slow-down does not slow again: eight threads throttled at
 once are one slow-down, not eight. An answer that says nothing is left
 (``RateLimit-Remaining: 0``) with a reset (or a window) of at most ``max_pause`` pauses the
@@ -169,7 +170,7 @@ class Budget:
         self._pause_until = 0.0
         self._epoch = 0  # slow-downs so far
         self._strikes = 0  # slow-downs since the last success
-        self._calm_since = 0.0  # the last slow-down, or the last recovery step
+        self._calm_since = 0.0  # the last cut of the rate, or the last recovery step
         self._recent: collections.deque[float] = collections.deque(maxlen=4096)  # grant times
         self._first: float | None = None  # the first grant
         self._answers: collections.deque[bool] = collections.deque(maxlen=policy.answers)  # was it a 429?
@@ -271,15 +272,6 @@ class Budget:
         finally:
             self._cond.acquire()
         return False
-
-    @contextlib.contextmanager
-    def permit(self, level: Priority | None = None) -> Iterator[Permit]:
-        """``with budget.permit() as p: response = send(); p.answered(status, headers)``."""
-        taken = self.acquire(level)
-        try:
-            yield taken
-        finally:
-            taken.release()
 
     def release(self, permit: Permit) -> None:
         with self._cond:
