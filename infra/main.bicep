@@ -37,10 +37,15 @@ param acrName string
 @maxLength(90)
 param acrResourceGroupName string
 
-@description('Flex Consumption: upper bound of instances.')
+// The request budget (docs/rate-limits.md): each instance (one Python worker process) sends at
+// most targetRequestsPerSecond to the target, so the fleet sends at most
+// maximumInstanceCount x targetRequestsPerSecond = 3 x 5 = 15 requests/s, Docker Hub's and
+// Alibaba's fleet budget (sync_core/config/registries.py). Raise one, lower the other
+// (tests/infra/test_infra.py checks the product).
+@description('Flex Consumption: upper bound of instances. Times targetRequestsPerSecond: what the whole app may send to the target (docs/rate-limits.md).')
 @minValue(1)
 @maxValue(1000)
-param maximumInstanceCount int = 10
+param maximumInstanceCount int = 3
 
 @description('Flex Consumption: memory per instance in MB.')
 @allowed([
@@ -155,10 +160,22 @@ param syncFullCheckHours string = '24'
 @description('SYNC_REFERRERS: referrers (signatures, SBOMs, attestations) mirrored with their images: all, none, or comma-separated artifact types.')
 param syncReferrers string = 'all'
 
-@description('SYNC_CONCURRENCY: parallel copies inside one worker invocation.')
+@description('SYNC_CONCURRENCY: parallel copies inside one worker invocation (host.json runs up to batchSize + newBatchThreshold = 3 invocations per instance; they share the instance\'s request budget).')
 @minValue(1)
 @maxValue(32)
 param syncConcurrency int = 4
+
+@description('TARGET_REQUESTS_PER_SECOND: requests per second one instance sends to the target, all its invocations together; the fleet sends maximumInstanceCount times this (default 3 x 5 = 15/s, Docker Hub\'s budget). A number such as 5 or 2.5; empty: the registry\'s default for one process (docs/rate-limits.md).')
+param targetRequestsPerSecond string = '5'
+
+@description('TARGET_CONCURRENT_REQUESTS: requests one instance has in flight at the target; empty: the registry\'s default.')
+param targetConcurrentRequests string = '8'
+
+@description('SOURCE_REQUESTS_PER_SECOND: requests per second one instance sends to the source; empty: no limit (429s still slow it down). For a Basic ACR (1,000 ReadOps/min for everyone reading it): at most 16 / maximumInstanceCount.')
+param sourceRequestsPerSecond string = ''
+
+@description('SOURCE_CONCURRENT_REQUESTS: requests one instance has in flight at the source; empty: no limit.')
+param sourceConcurrentRequests string = ''
 
 @description('SYNC_CONFIG: optional path (relative to the app root) of a YAML/JSON file with several targets.')
 param syncConfig string = ''
@@ -717,6 +734,22 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         {
           name: 'SYNC_CONCURRENCY'
           value: string(syncConcurrency)
+        }
+        {
+          name: 'TARGET_REQUESTS_PER_SECOND'
+          value: targetRequestsPerSecond
+        }
+        {
+          name: 'TARGET_CONCURRENT_REQUESTS'
+          value: targetConcurrentRequests
+        }
+        {
+          name: 'SOURCE_REQUESTS_PER_SECOND'
+          value: sourceRequestsPerSecond
+        }
+        {
+          name: 'SOURCE_CONCURRENT_REQUESTS'
+          value: sourceConcurrentRequests
         }
         {
           name: 'SYNC_CONFIG'

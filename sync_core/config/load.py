@@ -27,7 +27,7 @@ from sync_core.config.model import (
     TargetRules,
 )
 from sync_core.config.parsers import Problems, parse_target_name
-from sync_core.config.registries import default_path_depth
+from sync_core.config.registries import GENERIC_DEFAULTS, default_path_depth, default_request_limits
 from sync_core.config.settings import ENV_TARGET_KEYS, GLOBAL_BY_KEY, TARGET_BY_KEY, TARGET_SETTINGS, Setting
 from sync_core.errors import ConfigError
 
@@ -164,6 +164,8 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
         namespace=read("source_namespace"),
         repositories=read("source_repositories"),
         allow_empty=bool(read("source_allow_empty")),
+        requests_per_second=read("source_requests_per_second"),
+        concurrent_requests=read("source_concurrent_requests"),
         credentials=_credentials(
             _strip_prefix(settings, "source_"),
             lambda k: f"SOURCE_{k.upper()}",
@@ -288,6 +290,8 @@ def _target(
 
     registry = read("registry")
     depth = read("max_path_depth") if file_mode else None
+    budget = default_request_limits(registry) if registry else GENERIC_DEFAULTS
+    rate, concurrent = read("requests_per_second"), read("concurrent_requests")
     return TargetConfig(
         name=name,
         registry=registry or "",
@@ -303,6 +307,8 @@ def _target(
             platforms=read("platforms") if file_mode else None,
             drop_attestations=bool(read("drop_attestations")) if file_mode else False,
         ),
+        requests_per_second=budget.requests_per_second if rate is None else float(rate),
+        concurrent_requests=budget.concurrent_requests if concurrent is None else int(concurrent),
     )
 
 

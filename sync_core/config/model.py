@@ -87,6 +87,8 @@ class SourceConfig:
     repositories: tuple[str, ...] = ()
     credentials: CredentialSpec = CredentialSpec()
     allow_empty: bool = False
+    requests_per_second: float | None = None  # one process's request budget (None: no limit)
+    concurrent_requests: int | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ class TargetConfig:
     max_path_depth: int | None = None
     mappings: tuple[MappingRule, ...] = ()
     rules: TargetRules = TargetRules()  # what it must not receive, how its indexes may be narrowed
+    requests_per_second: float | None = None  # one process's request budget (None: no limit)
+    concurrent_requests: int | None = None
 
     @property
     def host(self) -> str:

@@ -357,3 +357,7 @@ schedule = matching(r"\S+(\s+\S+){5}", "must be a six-field CRON expression (sec
 parse_target_name = matching(
     r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "{value} must be letters, digits, '.', '_' or '-'"
 )
+
+
+#: A request rate: a number of requests per second above 0 (``0.5`` is one every 2 s).
+requests_per_second = number(exclusive=True)

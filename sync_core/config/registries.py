@@ -1,8 +1,9 @@
 """What is known about particular registries, by host: Docker Hub and Alibaba Cloud ACR.
 
 The rules that hold whatever the configuration says (a host's aliases, the path depth it accepts,
-what it refuses, where it can be reached from) live here, each with the documentation it comes
-from, so that loading, planning and ``check`` read one table.
+what it refuses, where it can be reached from) and the defaults the configuration may change
+(the request budget) live here, each with the documentation it comes from, so that loading,
+planning, the infrastructure tests and ``check`` read one table.
 """
 
 from __future__ import annotations
@@ -13,6 +14,45 @@ from urllib.parse import urlsplit
 
 DOCKER_HUB = "https://registry-1.docker.io"
 _HOST_ALIASES = {"https://docker.io": DOCKER_HUB, "https://index.docker.io": DOCKER_HUB}
+
+
+@dataclass(frozen=True)
+class RequestDefaults:
+    """A registry's request budget when the configuration does not set one (None: no limit).
+
+    ``requests_per_second`` and ``concurrent_requests`` are what one process sends (the CLI, or
+    one Functions instance); ``fleet_requests_per_second`` is what every process of a deployment
+    may send together: the infrastructure divides it by the instance count (docs/rate-limits.md).
+    """
+
+    requests_per_second: float | None
+    concurrent_requests: int | None
+    fleet_requests_per_second: float | None = None
+
+
+# Docker Hub. Documented (docs.docker.com, "Docker Hub usage and limits"): an abuse rate limit
+# on every request to Hub (web, API, pulls) per IPv4 address or IPv6 /64, "in the order of
+# thousands of requests per minute", answered with a bare 429 (no Retry-After, no RateLimit
+# headers); and a pull limit per 6 h or 1 h window (a manifest GET counts, a HEAD does not;
+# `ratelimit-limit: 100;w=21600` / `ratelimit-remaining` on manifest answers; unlimited for paid
+# plans), which no request rate avoids: pushing and HEAD checks do not count against it.
+# Conservative choices, not documented numbers: the whole fleet stays at 15 requests/s (900 a
+# minute, under the lowest reading of "thousands per minute", with room for anything else that
+# leaves from the same address); one process alone sends 10/s with 8 in flight.
+DOCKER_HUB_DEFAULTS = RequestDefaults(10.0, 8, 15.0)
+# Alibaba Cloud ACR. Alibaba documents QPS limits for its OpenAPI (the console API), none for the
+# registry (Distribution) API of the personal or the Enterprise Edition that we found; the
+# personal edition is a free shared service. Conservative choice, not a documented number: the
+# same budget as Docker Hub.
+ALIBABA_DEFAULTS = RequestDefaults(10.0, 8, 15.0)
+# Any other target: no rate limit, at most 32 requests in flight from one process (a choice:
+# half the threads a process plans with). A 429 still slows the whole registry down.
+GENERIC_DEFAULTS = RequestDefaults(None, 32)
+# The source has no budget unless SOURCE_REQUESTS_PER_SECOND / SOURCE_CONCURRENT_REQUESTS set one;
+# its 429s slow it down all the same. An Azure Container Registry's documented throttling is per
+# registry, whoever reads: ReadOps per minute, Basic 1,000, Standard 3,000, Premium 10,000 (a pull
+# is the manifest plus one per layer), answered with 429s, also on the token endpoint.
+
 
 # Where the rules come from.
 DOCKER_PUSH_DOC = "https://docs.docker.com/docker-hub/repos/manage/hub-images/push/"
@@ -46,6 +86,7 @@ class KnownRegistry:
     private_network_only: bool = False  # the endpoint answers only inside the provider's network
     refuses_attestations: bool = False  # buildx attestation manifests are refused ("unknown manifest class")
     rate_limit_probe: tuple[str, str] | None = None  # (repository, tag) whose HEAD shows the pull limit
+    requests: RequestDefaults = GENERIC_DEFAULTS  # its request budget unless the configuration sets one
     rules: tuple[Rule, ...] = ()
 
 
@@ -54,6 +95,7 @@ _DOCKER_HUB = KnownRegistry(
     path_depth=2,
     namespace_required=True,
     rate_limit_probe=("ratelimitpreview/test", "latest"),
+    requests=DOCKER_HUB_DEFAULTS,
     rules=(
         Rule(
             "repositories are <namespace>/<name>: two path levels; a one-level name is an official "
@@ -99,6 +141,7 @@ _ALIBABA_PERSONAL = KnownRegistry(
     namespace_required=True,
     refuses_attestations=True,
     rules=_ALIBABA_PERSONAL_RULES,
+    requests=ALIBABA_DEFAULTS,
 )
 _ALIBABA_INSTANCE = replace(
     _ALIBABA_PERSONAL,
@@ -116,6 +159,7 @@ _ALIBABA_ENTERPRISE = KnownRegistry(
     "Alibaba Cloud ACR Enterprise Edition",
     path_depth=2,
     namespace_required=True,
+    requests=ALIBABA_DEFAULTS,
     rules=(
         Rule("repositories are <namespace>/<name> (two path levels)", ALIBABA_EDITIONS_DOC),
         Rule(
@@ -173,3 +217,9 @@ def default_path_depth(registry: str) -> int | None:
     """The path levels ``registry`` accepts when the configuration does not say (None: no limit)."""
     known = known_registry(registry)
     return known.path_depth if known else None
+
+
+def default_request_limits(registry: str) -> RequestDefaults:
+    """The request budget of ``registry`` (a normalized URL) when the configuration sets none."""
+    known = known_registry(registry)
+    return known.requests if known else GENERIC_DEFAULTS

@@ -34,11 +34,13 @@ from sync_core.config.parsers import (
     regex,
     registry,
     repositories,
+    requests_per_second,
     schedule,
     semver,
     text,
     types,
 )
+from sync_core.config.registries import DOCKER_HUB_DEFAULTS, GENERIC_DEFAULTS
 
 # -- the declaration ------------------------------------------------------------------------------
 
@@ -288,6 +290,37 @@ SETTINGS: tuple[Setting, ...] = (
         number(integer=True, minimum=1, maximum=64),
         "repositories and tags processed in parallel (each copy also runs 4 blob transfers)",
         default=8,
+    ),
+    # the request budget (docs/rate-limits.md): per process, shared by all its threads
+    Setting(
+        "requests_per_second",
+        requests_per_second,
+        "requests per second one process sends to the target, all its threads together (a "
+        "fleet: the registry's budget divided by the instances; docs/rate-limits.md)",
+        scope=T,
+        default_text=f"{DOCKER_HUB_DEFAULTS.requests_per_second:g} for Docker Hub and Alibaba, "
+        "else unlimited",
+    ),
+    Setting(
+        "concurrent_requests",
+        number(integer=True, minimum=1, maximum=1024),
+        "requests one process has in flight at the target, all its threads together",
+        scope=T,
+        default_text=f"{DOCKER_HUB_DEFAULTS.concurrent_requests} for Docker Hub and Alibaba, "
+        f"else {GENERIC_DEFAULTS.concurrent_requests}",
+    ),
+    Setting(
+        "source_requests_per_second",
+        requests_per_second,
+        "requests per second one process sends to the source (an ACR: its ReadOps per minute / 60, "
+        "divided by the instances)",
+        default_text="unlimited",
+    ),
+    Setting(
+        "source_concurrent_requests",
+        number(integer=True, minimum=1, maximum=1024),
+        "requests one process has in flight at the source",
+        default_text="unlimited",
     ),
     Setting(
         "key_vault_url", https_url, "vault holding the credentials (the app's managed identity reads it)"

@@ -48,7 +48,7 @@ without writing.
 
 def configured_budget(target: TargetConfig) -> float | None:
     """The request budget configured for ``target``, in requests per second (None: none configured)."""
-    return None
+    return target.requests_per_second
 
 
 @dataclass

@@ -21,6 +21,7 @@ from sync_core.logs import InvocationPool
 from sync_core.plan.catalog import Fingerprint, make_source, source_actions
 from sync_core.plan.planner import Planner, plan_concurrency
 from sync_core.plan.work import Check, Reason, WorkItem, WorkKind, interleave
+from sync_core.registry.budget import Limits, Priority, priority
 from sync_core.registry.client import RegistryClient
 from sync_core.registry.names import ImageRef, is_fallback_tag
 from sync_core.report import metrics as metrics_
@@ -30,6 +31,15 @@ from sync_core.report.summary import Summary
 BLOB_CONCURRENCY = 4  # blob transfers per image copy (one pool for the process: x SYNC_CONCURRENCY)
 
 Progress = Callable[[Summary], None]
+
+#: Work that someone is waiting for (an event, a tag message, ``copy``): its requests go ahead of
+#: the timer's backfill in each registry's budget (``sync_core.registry.budget``).
+EVENT_REASONS = frozenset({Reason.PUSHED, Reason.QUEUED, Reason.REQUESTED})
+
+
+def work_priority(group: Iterable[WorkItem]) -> Priority:
+    """The budget priority of a copy: an event's if any of its items is one."""
+    return Priority.EVENT if any(w.reason in EVENT_REASONS for w in group) else Priority.BACKFILL
 
 
 class Syncer:
@@ -54,11 +64,15 @@ class Syncer:
         # Connections per host: every planning or copying thread and blob transfer may hold one
         # (a request beyond the pool opens a connection it then throws away: a round trip more).
         pool = max(plan_concurrency(config.concurrency), config.concurrency * (BLOB_CONCURRENCY + 1)) + 4
+        # One request budget per registry host for the whole process (every thread, every
+        # invocation); the source has limits only when configured, a 429 slows it all the same.
+        source = config.source
         self.source_client = RegistryClient(
-            config.source.registry,
-            self.secrets.credentials(config.source.credentials),
-            actions=source_actions(config.source),
+            source.registry,
+            self.secrets.credentials(source.credentials),
+            actions=source_actions(source),
             pool_size=pool,
+            limits=Limits(source.requests_per_second, source.concurrent_requests),
         )
         self.source = make_source(config.source, self.source_client)
         self.target_clients: dict[str, RegistryClient] = {}
@@ -69,6 +83,7 @@ class Syncer:
                 self.secrets.credentials(target.credentials),
                 actions="pull,push",
                 pool_size=pool,
+                limits=Limits(target.requests_per_second, target.concurrent_requests),
             )
             self.target_clients[target.name] = client
             self.destinations[target.name] = Destination(target.name, client)
@@ -104,8 +119,11 @@ class Syncer:
         check: Check | None = None,
         since: dt.datetime | None = None,
     ) -> list[WorkItem]:
-        """What each target lacks of ``repository`` (failures and skips go into ``summary``)."""
-        return self.planner.plan_repository(repository, self.recorder(summary), targets, check, since)
+        """What each target lacks of ``repository`` (failures and skips go into ``summary``).
+
+        A repository's diff is backfill: its requests wait behind an event's in the budgets."""
+        with priority(Priority.BACKFILL):
+            return self.planner.plan_repository(repository, self.recorder(summary), targets, check, since)
 
     def fingerprints(self, repositories: list[str]) -> dict[str, Fingerprint | BaseException | None]:
         """Each repository's fingerprint at the source (None: gone), or what stopped the reading.
@@ -121,12 +139,16 @@ class Syncer:
                 return exc
 
         workers = min(plan_concurrency(self.config.concurrency), max(1, len(repositories)))
-        with InvocationPool(workers, thread_name_prefix="fingerprint") as pool:
+        with priority(Priority.BACKFILL), InvocationPool(workers, thread_name_prefix="fingerprint") as pool:
             return dict(zip(repositories, pool.map(read, repositories), strict=True))
 
     # -- copying --------------------------------------------------------------------------
     def copy_group(self, group: list[WorkItem], recorder: Recorder) -> None:
         """One source image (or digest) to every target of ``group`` (one source read per blob)."""
+        with priority(work_priority(group)):
+            self._copy_group(group, recorder)
+
+    def _copy_group(self, group: list[WorkItem], recorder: Recorder) -> None:
         first = group[0]
         placements: list[Placement] = []
         slot: dict[tuple[str, str, str], int] = {}  # one placement per (target, repository, reference)
@@ -201,7 +223,8 @@ class Syncer:
         started = time.monotonic()
         summary = Summary(dry_run=dry_run)
         tick = (lambda: progress(summary)) if progress else None
-        work = self.planner.plan(self.recorder(summary), repositories, targets, tick, check)
+        with priority(Priority.BACKFILL):  # a whole catalog: behind any event work in the process
+            work = self.planner.plan(self.recorder(summary), repositories, targets, tick, check)
         if dry_run:
             summary.planned = work
         else:

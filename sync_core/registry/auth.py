@@ -229,7 +229,16 @@ class Authenticator:
         try:
             for attempt in range(MAX_401_ROUNDS):
                 sent = dict(headers or {})
-                authorization, token = self._authorization(scopes)
+                # The budget's permit first, the token second: a token chosen before a wait in
+                # the budget's line could expire in it (a token fetched now goes ahead).
+                budget = self.transport.budget
+                permit = budget.acquire() if budget is not None else None
+                try:
+                    authorization, token = self._authorization(scopes)
+                except BaseException:
+                    if permit is not None:
+                        permit.release()
+                    raise
                 if authorization:
                     sent["Authorization"] = authorization
                 response = self.transport.send(
@@ -240,6 +249,7 @@ class Authenticator:
                     stream=stream,
                     retry=replayable,
                     follow_redirects=follow_redirects,
+                    permit=permit,
                 )
                 if response.status_code != 401:
                     return response

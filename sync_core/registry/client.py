@@ -13,6 +13,7 @@ import requests
 
 from sync_core.errors import AuthError, InvalidContent, NotFound, ProtocolError, RegistryError
 from sync_core.registry.auth import ANONYMOUS, Authenticator, CredentialSource
+from sync_core.registry.budget import Budget, Limits, shared_budget
 from sync_core.registry.jsondoc import parse_json
 from sync_core.registry.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
 from sync_core.registry.names import (
@@ -68,6 +69,11 @@ class RegistryClient:
     ``actions`` are asked for on every repository scope: ``pull,push`` at a destination, so reads
     and writes share one token per repository; ``pull,metadata_read`` at an ACR source, so one
     token serves both the tag listing and the pulls.
+
+    ``limits``: the request budget of this process at this registry; the budget is the process's
+    one for this host (:func:`~sync_core.registry.budget.shared_budget`: every client of the host
+    shares it, under the strictest limits), slowed by 429s even without limits. ``budget`` gives
+    one instead; a ``transport`` given is used as it is, with the budget it has (or none).
     """
 
     def __init__(
@@ -79,11 +85,17 @@ class RegistryClient:
         transport: Transport | None = None,
         pool_size: int = 16,
         clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
+        budget: Budget | None = None,
     ):
         self.base_url = normalize_registry_url(url)
         self.host = urlsplit(self.base_url).netloc
         self.actions = actions
-        self.transport = transport or Transport(pool_size=pool_size)
+        if transport is None:
+            transport = Transport(
+                pool_size=pool_size, budget=budget or shared_budget(self.host, limits or Limits())
+            )
+        self.transport = transport
         self.auth = Authenticator(self.base_url, self.transport, credentials, clock=clock)
 
     def __repr__(self) -> str:

@@ -8,6 +8,13 @@ and so that a registry cannot point the app at an address inside its own network
 instance metadata endpoint, a private service): see :func:`address_kind` and
 :meth:`Transport._check_redirect`. Authentication is not done here:
 :class:`~sync_core.registry.auth.Authenticator` sends through a transport.
+
+With a :class:`~sync_core.registry.budget.Budget` (a registry client always has one), every
+request the transport starts for its registry, the token endpoint's included, waits for a permit,
+and every answer is shown to the budget: a 429 pauses and slows every thread's requests to that
+registry, so the retry of a throttled request waits for the budget instead of its own backoff. A
+redirect hop to another host (blob storage, a CDN) is not charged: that host's limits are not the
+registry's.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from sync_core.errors import (
     is_transient,
     transient_status,
 )
+from sync_core.registry.budget import Budget, Permit
 from sync_core.registry.retry import RetryLater, RetryPolicy, retry_after_seconds, retrying
 
 log = logging.getLogger(__name__)
@@ -150,8 +158,10 @@ class Transport:
         verify_tls: bool = True,
         allow_redirects_to: Iterable[str] = (),
         resolve: Resolver = resolve_host,
+        budget: Budget | None = None,
     ):
-        """``allow_redirects_to``: kinds of non-global address (:data:`ADDRESS_KINDS`) any
+        """``budget``: the registry's request budget (None: requests go as they come).
+        ``allow_redirects_to``: kinds of non-global address (:data:`ADDRESS_KINDS`) any
         registry may redirect to; by default a redirect may reach a non-global address only of a
         kind the registry's own address has (a registry on 127.0.0.1 may redirect to 127.0.0.1).
         ``resolve``: host name to addresses, for that check."""
@@ -170,6 +180,8 @@ class Transport:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
+        self.budget = budget
+        self._prepaid = threading.local()  # .permit: taken by the caller for the next request
         self._lock = threading.Lock()
         self.requests_sent = 0
         self.retries = 0
@@ -187,13 +199,34 @@ class Transport:
         stream: bool = False,
         retry: bool = True,
         follow_redirects: bool = False,
+        permit: Permit | None = None,
     ) -> requests.Response:
         """Send one request, retrying transient failures (only with a replayable body).
 
         Returns the final response whatever its status (a retryable status is returned too once
         the retries are exhausted, so the caller can report the registry's answer). Raises
-        :class:`RegistryError` when the host cannot be reached after all retries.
+        :class:`RegistryError` when the host cannot be reached after all retries. ``permit``: a
+        permit of the budget the caller already holds, used by the first try (and released).
         """
+        previous = getattr(self._prepaid, "permit", None)
+        self._prepaid.permit = permit
+        try:
+            return self._send(method, url, headers, data, stream, retry, follow_redirects)
+        finally:
+            if permit is not None:
+                permit.release()  # unused when the first try failed before sending: given back
+            self._prepaid.permit = previous
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        data: Body,
+        stream: bool,
+        retry: bool,
+        follow_redirects: bool,
+    ) -> requests.Response:
         policy = self.retry if retry else RetryPolicy(attempts=1)
         where = f"{method} {redact_url(url)}"
 
@@ -212,7 +245,9 @@ class Transport:
                 if not last:
                     hinted = None
                     if response.status_code == 429:
-                        hinted = retry_after_seconds(response.headers.get("Retry-After"))
+                        # a budget that saw it pauses every request to the registry: wait there
+                        budgeted = getattr(response, "budgeted", False)
+                        hinted = 0.0 if budgeted else retry_after_seconds(response.headers.get("Retry-After"))
                     response.close()
                     raise RetryLater(f"HTTP {response.status_code}", delay=hinted)
                 response.retries_exhausted = number > 0  # type: ignore[attr-defined]
@@ -223,6 +258,25 @@ class Transport:
     def _count_retry(self, error: BaseException, attempt: int, delay: float) -> None:
         with self._lock:
             self.retries += 1
+
+    def _send_charged(
+        self, method: str, url: str, headers: dict[str, str], data: Body, stream: bool, charged: bool
+    ) -> requests.Response:
+        """One exchange; ``charged``: under a permit of the budget, which then sees the answer."""
+        prepaid: Permit | None = getattr(self._prepaid, "permit", None)
+        self._prepaid.permit = None  # the first try's only
+        if self.budget is None or not charged:
+            if prepaid is not None:
+                prepaid.release()
+            return self._send_once(method, url, headers, data, stream)
+        permit = prepaid or self.budget.acquire()
+        try:
+            response = self._send_once(method, url, headers, data, stream)
+            permit.answered(response.status_code, response.headers)
+            response.budgeted = True  # type: ignore[attr-defined]
+            return response
+        finally:
+            permit.release()
 
     def _send_once(
         self, method: str, url: str, headers: dict[str, str], data: Body, stream: bool
@@ -243,7 +297,7 @@ class Transport:
         self, method: str, url: str, headers: dict[str, str], data: Body, stream: bool, follow_redirects: bool
     ) -> requests.Response:
         origin = url
-        response = self._send_once(method, url, headers, data, stream)
+        response = self._send_charged(method, url, headers, data, stream, True)
         hops = 0
         while (
             follow_redirects and response.status_code in REDIRECT_STATUSES and "Location" in response.headers
@@ -270,7 +324,8 @@ class Transport:
                 # credentials stay with the registry.
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target
-            response = self._send_once(method, url, headers, None, stream)
+            charged = same_origin(url, origin)  # a hop to storage is not the registry's request
+            response = self._send_charged(method, url, headers, None, stream, charged)
         return response
 
     def _check_redirect(self, method: str, origin: str, target: str) -> None:

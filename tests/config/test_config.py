@@ -186,6 +186,14 @@ def test_cli_help_names_every_environment_setting():
         ("KEY_VAULT_URL", "http://v.vault.azure.net", "https://"),
         ("SOURCE_NAMESPACE", "Not/Valid", "not a valid repository path"),
         ("TAG_MAX_AGE_DAYS", "inf", "at least 0"),
+        ("TARGET_REQUESTS_PER_SECOND", "0", "more than 0 requests per second"),
+        ("TARGET_REQUESTS_PER_SECOND", "-3", "at least 0"),
+        ("TARGET_REQUESTS_PER_SECOND", "fast", "must be a number, got 'fast'"),
+        ("TARGET_REQUESTS_PER_SECOND", "nan", "at least 0"),
+        ("TARGET_CONCURRENT_REQUESTS", "0", "at least 1"),
+        ("TARGET_CONCURRENT_REQUESTS", "2.5", "whole number"),
+        ("SOURCE_REQUESTS_PER_SECOND", "0", "more than 0 requests per second"),
+        ("SOURCE_CONCURRENT_REQUESTS", "none", "whole number"),
     ],
 )
 def test_each_parser_names_its_setting(setting, value, problem):

@@ -7,7 +7,8 @@ test), except :mod:`.recording`, which instruments it (not re-exported here). Mo
 * :mod:`.registry`, :mod:`.tokens`, :mod:`.images`, :mod:`.seed`: real registries, the token
   issuer, synthetic images and the independent client ``Pusher``, the standard catalog
 * :mod:`.acr` (an ACR stand-in), :mod:`.keyvault` (a Key Vault stub over TLS),
-  :mod:`.faultproxy` (a fault-injecting reverse proxy)
+  :mod:`.faultproxy` (a fault-injecting reverse proxy) and :mod:`.ratelimit` (the rate limit
+  it can play: a bare 429 beyond N requests a second)
 * :mod:`.scripted`: the one scripted HTTP server (``ScriptedServer``, ``Request``, ``Reply``)
   for answers a real registry never sends; :mod:`.fakeregistry`: an in-memory registry and a
   storage host built on it

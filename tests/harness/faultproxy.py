@@ -48,6 +48,11 @@ of them are in flight at once, then lets every one through; ``met`` says whether
 A request that waits ``timeout`` seconds in vain goes on, and so do all after it (``timed_out``):
 a client that never overlaps two such requests is slowed once, and its test fails on ``met``.
 
+A rate limit in front of the upstream: ``FaultProxy(url, limit=WindowLimit(15))`` answers a
+bare 429 (no ``Retry-After``, as Docker Hub's abuse limit does) to a request beyond the limit and
+puts the limit's headers (``RateLimit-Limit`` / ``RateLimit-Remaining``) on every answer; rules
+that fire take precedence, a request they fault does not count (:mod:`.ratelimit`).
+
 Every request is logged (``log``: ``RequestRecord`` copies in arrival order): method, path,
 status sent to the client (``None`` for a reset before the answer), fault, whether it was
 forwarded, the upstream's status, and an error text if the upstream or the client failed.
@@ -70,6 +75,7 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit, urlunsplit
 
+from .ratelimit import Limit
 from .servers import LoopbackHTTPServer
 
 __all__ = ["FAULT_KINDS", "FaultProxy", "FaultRule", "Rendezvous", "RequestRecord"]
@@ -233,6 +239,7 @@ class RequestRecord:
     error: str | None = None
     started: float = 0.0
     elapsed: float | None = None
+    answer_headers: dict[str, str] = field(default_factory=dict)  # added to the answer (the limit's)
 
 
 class _ClientGone(Exception):
@@ -332,7 +339,7 @@ class FaultProxy:
     upstream_timeout=30.0, client_timeout=30.0, listen_port=0)``
 
     ``rules``: ``FaultRule`` objects, kind names (``"reset"`` = ``FaultRule("reset")``) or dicts
-    of ``FaultRule`` arguments. ``rate``: probability that a request matching some random rule
+    of ``FaultRule`` arguments. ``limit``: a rate limit (``admit()`` -> allowed, headers). ``rate``: probability that a request matching some random rule
     is faulted (0 = only deterministic rules fire). ``rewrite``: extra ``{origin: origin}`` URL
     mappings applied to response headers (the upstream's origin -> ``url`` is always included).
     """
@@ -349,6 +356,7 @@ class FaultProxy:
         upstream_timeout: float = 30.0,
         client_timeout: float = 30.0,
         listen_port: int = 0,
+        limit: Limit | None = None,
     ) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or not parts.hostname:
@@ -367,6 +375,8 @@ class FaultProxy:
         self._rate = 0.0
         self.rate = rate
         self._rules: list[FaultRule] = [self._coerce_rule(r) for r in rules]
+        self.limit = limit
+        self._limited = FaultRule("throttle", name="rate-limit")  # what the limit answers beyond it
         self._log: list[RequestRecord] = []
         self._rendezvous: list[Rendezvous] = []
         self._conns: set[socket.socket] = set()
@@ -581,6 +591,12 @@ class FaultProxy:
         started = time.monotonic()
         with self._lock:
             rule, sub_seed = self._choose(method, path)
+            answer_headers: dict[str, str] = {}
+            if self.limit is not None and rule is None:
+                allowed, answer_headers = self.limit.admit()
+                if not allowed:
+                    rule = self._limited
+                    rule.fired += 1
             rec = RequestRecord(
                 seq=len(self._log),
                 method=method,
@@ -588,6 +604,7 @@ class FaultProxy:
                 started=time.time(),
                 fault=rule.kind if rule else None,
                 rule=rule.label if rule else None,
+                answer_headers=answer_headers,
             )
             self._log.append(rec)
             meeting = [r for r in self._rendezvous if r.matches(method, path)]
@@ -727,6 +744,7 @@ class FaultProxy:
         declared = resp.getheader("Content-Length")
         no_body = h.command == "HEAD" or status in (204, 304) or 100 <= status < 200
 
+        headers += list(rec.answer_headers.items())
         if no_body:
             h.send_response_only(status, resp.reason)
             for name, value in headers:
@@ -832,7 +850,7 @@ class FaultProxy:
         h.send_response_only(status)
         h.send_header("Content-Type", "application/json; charset=utf-8")
         h.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
+        for name, value in {**(headers or {}), **rec.answer_headers}.items():
             h.send_header(name, value)
         self._update(rec, status=status)
         h.end_headers()

@@ -21,7 +21,9 @@ from pycep import BicepParser
 
 from sync_core.config.load import load_config
 from sync_core.config.model import Compare
+from sync_core.config.registries import ALIBABA_DEFAULTS, DOCKER_HUB_DEFAULTS
 from sync_core.config.settings import APP_SETTINGS
+from sync_core.jobs.syncer import BLOB_CONCURRENCY
 from tests.harness.paths import ROOT
 from tests.harness.secret_values import looks_like_secret
 
@@ -377,6 +379,37 @@ def test_function_app_config(main: dict[str, Any], site: dict[str, Any], identit
     assert storage["value"].endswith("${" + container["name"] + "}")
 
 
+def test_the_fleet_stays_within_the_target_s_request_budget(
+    main: dict[str, Any], site: dict[str, Any], app_settings: dict[str, Any]
+) -> None:
+    """docs/rate-limits.md: each instance (one worker process) has its own budget, so the fleet
+    sends at most maximumInstanceCount x TARGET_REQUESTS_PER_SECOND; by default within the
+    strictest fleet budget of a known registry (Docker Hub, Alibaba: the default target may be
+    either)."""
+    host = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    instances = resolve(
+        main, site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["maximumInstanceCount"]
+    )
+    rate = float(resolve(main, app_settings["TARGET_REQUESTS_PER_SECOND"]))
+    concurrent = int(resolve(main, app_settings["TARGET_CONCURRENT_REQUESTS"]))
+    copies = resolve(main, app_settings["SYNC_CONCURRENCY"]["function"]["parameters"]["value_to_convert"])
+    known = (DOCKER_HUB_DEFAULTS, ALIBABA_DEFAULTS)
+    fleet_budget = min(d.fleet_requests_per_second for d in known if d.fleet_requests_per_second)
+    assert instances * rate <= fleet_budget, "the fleet would send more than the registry allows"
+    # one instance never goes beyond what one process may send alone
+    assert rate <= min(d.requests_per_second for d in known if d.requests_per_second)
+    assert concurrent <= min(d.concurrent_requests for d in known if d.concurrent_requests)
+    # invocations at once per instance: an event's tag message can run beside a repository
+    # message (and its requests go first in the budget)
+    messages = host["batchSize"] + host["newBatchThreshold"]
+    assert messages >= 2
+    # the budget, not the thread count, is what binds: an instance has more copies and blob
+    # transfers than requests it may have in flight
+    assert messages * copies * (1 + BLOB_CONCURRENCY) >= concurrent
+    # the source has no budget unless one is set (ACR's ReadOps limit is per registry)
+    assert resolve(main, app_settings["SOURCE_REQUESTS_PER_SECOND"]) == ""
+
+
 def test_no_basic_auth_publishing(main: dict[str, Any]) -> None:
     policies = of_type(main, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     assert sorted(body(p)["name"] for p in policies.values()) == ["ftp", "scm"]
@@ -566,6 +599,8 @@ def test_deployed_settings_are_a_valid_app_configuration(
     assert all(t.credentials.from_key_vault for t in config.targets)
     assert config.time_budget_seconds < 30 * 60, "below host.json functionTimeout"
     assert config.filters.keep_latest is None and config.filters.max_age_days is None, "no limit by default"
+    # the per-instance request budget the fleet arithmetic counts on (docs/rate-limits.md)
+    assert (config.targets[0].requests_per_second, config.targets[0].concurrent_requests) == (5.0, 8)
 
 
 def test_no_forbidden_settings(app_settings: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ import pytest
 
 from sync_core.config.load import load_config
 from sync_core.jobs.syncer import Syncer
+from sync_core.registry.budget import BudgetPolicy
 from sync_core.registry.retry import RetryPolicy
 from sync_core.report.summary import Summary
 from tests.harness import images
@@ -40,6 +41,9 @@ MIRROR = "mirror"
 #: Production attempt counts (Transport 5, Copier 4) with short waits, so the test runs fast.
 FAST_RETRY = RetryPolicy(attempts=5, backoff_base=0.05, backoff_cap=0.4, retry_after_cap=1.0)
 FAST_UPLOAD_RETRY = RetryPolicy(attempts=4, backoff_base=0.05, backoff_cap=0.4)
+#: The request budgets' reactions to 429s as in production (pause everyone, halve the rate when
+#: they keep coming, recover), with short waits: about 5 % of token requests here are 429s.
+FAST_BUDGET = BudgetPolicy(base_pause=0.05, max_pause=1.0, recovery_seconds=0.2)
 
 READ_KINDS = {"reset", "reset_mid_body", "truncate", "status", "throttle", "slow", "corrupt_body"}
 
@@ -171,9 +175,10 @@ class World:
     def syncer(self) -> Syncer:
         """A new Syncer (as a new timer run or CLI process would have), with short backoffs."""
         syncer = Syncer(load_config(self.env))
-        syncer.source_client.transport.retry = FAST_RETRY
-        for client in syncer.target_clients.values():
+        for client in (syncer.source_client, *syncer.target_clients.values()):
             client.transport.retry = FAST_RETRY
+            assert client.transport.budget is not None
+            client.transport.budget.policy = FAST_BUDGET
         syncer.copier.blobs.retry = FAST_UPLOAD_RETRY
         return syncer
 

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.harness.faultproxy import FAULT_KINDS, FaultProxy, FaultRule
+from tests.harness.ratelimit import WindowLimit
 
 
 def payload(n: int) -> bytes:
@@ -270,6 +271,33 @@ def test_throttle_with_and_without_retry_after(fp, upstream, session):
     assert session.get(f"{fp.url}/c", timeout=5).status_code == 200
     assert upstream.seen == [("GET", "/c")]
     assert fp.stats()["faults"] == {"throttle": 2}
+
+
+def test_a_rate_limit_answers_bare_429s_beyond_it_and_its_headers_on_every_answer(upstream, session):
+    now = [0.0]
+    limit = WindowLimit(3, clock=lambda: now[0])
+    upstream.seen.clear()
+    with FaultProxy(upstream.url, limit=limit) as proxy:
+        proxy.fail_next(1, "status", status=503)  # a rule that fires first: not counted
+        answers = [session.get(f"{proxy.url}/r/{i}", timeout=5) for i in range(6)]
+        now[0] = 1.0  # one second later the window has room again
+        answers.append(session.head(f"{proxy.url}/r/6", timeout=5))
+        log = proxy.log
+    assert [a.status_code for a in answers] == [503, 200, 200, 200, 429, 429, 200]
+    assert [a.headers.get("RateLimit-Remaining") for a in answers] == [
+        None,
+        "2;w=1",
+        "1;w=1",
+        "0;w=1",
+        "0;w=1",
+        "0;w=1",
+        "2;w=1",
+    ]
+    assert all(a.headers["RateLimit-Limit"] == "3;w=1" for a in answers[1:])
+    assert all("Retry-After" not in a.headers for a in answers)
+    assert answers[4].json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert [e.rule for e in log if e.status == 429] == ["rate-limit", "rate-limit"]
+    assert limit.refused == 2 and len(upstream.seen) == 4, "refused requests never reach the registry"
 
 
 def test_slow(fp, session):
