@@ -69,6 +69,7 @@ def work_message(work: WorkItem) -> str:
         work.tag,
         work.digest,
         pushed=work.pushed,
+        reason=work.reason,
     ).dumps()
 
 
@@ -112,7 +113,7 @@ def _process(
             WorkKind(message.kind.value),
             message.tag,
             message.digest,
-            Reason.QUEUED,
+            message.reason or Reason.QUEUED,
             syncer.recorder(summary),
             [target.name],
             message.pushed,

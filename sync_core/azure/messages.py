@@ -16,12 +16,15 @@ from typing import Any
 from sync_core.config.model import SyncConfig
 from sync_core.errors import InvalidContent
 from sync_core.plan.catalog import parse_time
+from sync_core.plan.work import Reason
 from sync_core.registry.jsondoc import parse_json
 from sync_core.registry.names import in_namespace, is_digest, is_repository, is_tag
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 48 * 1024  # Storage queue messages are at most 64 KiB (base64 adds a third)
-_FIELDS = frozenset({"v", "kind", "repository", "target", "tag", "digest", "check", "pushed", "repositories"})
+_FIELDS = frozenset(
+    {"v", "kind", "repository", "target", "tag", "digest", "check", "pushed", "reason", "repositories"}
+)
 _ENTRY_FIELDS = frozenset({"name", "check", "source", "since"})
 MAX_BATCH = 200  # repositories in one message (the timer sends at most BATCH_SIZE)
 MAX_SOURCE = 400  # characters of a fingerprint
@@ -67,6 +70,9 @@ class WorkMessage:
     full_check: bool = False  # a repository message: compare everything the target has
     pushed: dt.datetime | None = None  # when the source got it (the event's time): mirror lag
     batch: tuple[RepositoryWork, ...] = ()  # a repositories message (``repository``: the first)
+    # why the item is to be copied: an event's push, or what a repository's diff found (work left
+    # over by a time budget keeps it, and with it its place behind event work in the budgets)
+    reason: Reason | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", MessageKind(self.kind))
@@ -98,6 +104,8 @@ class WorkMessage:
             body["check"] = "full"
         if self.pushed is not None:
             body["pushed"] = self.pushed.isoformat()
+        if self.reason is not None:
+            body["reason"] = self.reason.value
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
 
@@ -146,7 +154,21 @@ def parse_message(text: str | bytes, config: SyncConfig) -> WorkMessage:
     when = parse_time(pushed)
     if pushed is not None and when is None:
         raise InvalidContent(f"message pushed {pushed!r} is not an ISO 8601 time")
-    return WorkMessage(kind, repository, target, tag, digest, check == "full", when)
+    reason = body.get("reason")
+    if reason is not None and (kind is MessageKind.REPOSITORY or reason not in {r.value for r in Reason}):
+        raise InvalidContent(
+            f"message reason {reason!r} is not one of {', '.join(r.value for r in Reason)} (work items only)"
+        )
+    return WorkMessage(
+        kind,
+        repository,
+        target,
+        tag,
+        digest,
+        check == "full",
+        when,
+        reason=Reason(reason) if reason else None,
+    )
 
 
 def _check_repository(name: object, what: str, config: SyncConfig) -> None:

@@ -17,11 +17,13 @@ event's copy ahead of them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
 import pytest
 
+from sync_core.azure import handlers, messages
 from sync_core.config.load import load_config
 from sync_core.config.registries import DOCKER_HUB_DEFAULTS
 from sync_core.jobs.syncer import Syncer, work_priority
@@ -161,3 +163,30 @@ def test_a_repository_diff_waits_as_backfill_and_an_event_s_copy_ahead_of_it(mir
 def test_a_copy_waits_at_the_priority_of_its_reasons(reasons, level):
     group = [WorkItem("t", "gs/app", "mirror/app", WorkKind.TAG, "1.0", None, reason) for reason in reasons]
     assert work_priority(group) is level
+
+
+def test_work_left_over_keeps_its_reason_through_the_queue_and_so_its_place_behind_events(
+    mirror, monkeypatch
+):
+    """A time budget re-enqueues what a repository's diff found as single messages: they keep the
+    diff's reason, so their copies still wait as backfill; an event's message keeps "pushed"."""
+    levels: list[Priority] = []
+    acquire = budget_module.Budget.acquire
+
+    def recording(self, level=None):
+        levels.append(budget_module.current_priority() if level is None else level)
+        return acquire(self, level)
+
+    monkeypatch.setattr(budget_module.Budget, "acquire", recording)
+    with Syncer(load_config(mirror.env)) as syncer:
+        work = syncer.plan_repository(REPOSITORIES[2], Summary())
+        left = [handlers.work_message(w) for w in work]  # as a time budget leaves them
+        assert {json.loads(m)["reason"] for m in left} == {"missing"}
+        levels.clear()
+        summary, _ = handlers.process_message(left[0], syncer)
+        assert summary.tags_copied == 1 and set(levels) == {Priority.BACKFILL}
+        (other,) = set(TAGS) - {json.loads(left[0])["tag"]}
+        pushed = messages.WorkMessage("tag", REPOSITORIES[2], "target", other, reason=Reason.PUSHED).dumps()
+        levels.clear()
+        summary, _ = handlers.process_message(pushed, syncer)
+        assert summary.tags_copied == 1 and set(levels) == {Priority.EVENT}
