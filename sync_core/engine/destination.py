@@ -45,8 +45,9 @@ class Learned:
     """What a target registry has shown about itself in this process (thread-safe).
 
     * chunked uploads: it refused a single-request upload once (then every upload is chunked);
-    * the referrers API: whether it serves it (None: not known yet), from its answer to a PUT of a
-      manifest with a ``subject`` (``OCI-Subject``) or from a probe of the referrers endpoint;
+    * the referrers API: whether it serves it (None: not known yet): a PUT of a manifest with a
+      ``subject`` answered without ``OCI-Subject`` says no; yes takes a probe of the referrers
+      endpoint (a header alone is not enough);
     * refused manifest types: media types it refused by kind (schema 1), not offered again.
     """
 
@@ -60,10 +61,14 @@ class Learned:
         self.chunked = True
 
     def answered_subject_push(self, subject: str, answered: str | None) -> None:
-        """A manifest with ``subject`` was pushed and the registry answered ``OCI-Subject: answered``."""
+        """A manifest with ``subject`` was pushed and the registry answered ``OCI-Subject: answered``.
+
+        No header: no referrers API (a registry that serves it must send one). The header alone
+        proves nothing (Amazon ECR sends it without serving the API): a probe decides then
+        (:meth:`has_referrers_api`)."""
         with self._lock:
-            if self.referrers_api is None:
-                self.referrers_api = answered == subject
+            if self.referrers_api is None and answered != subject:
+                self.referrers_api = False
 
     def has_referrers_api(self, probe: Callable[[], bool]) -> bool:
         """Whether it serves the referrers API; ``probe`` asks it, once per process, when no push told."""

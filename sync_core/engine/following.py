@@ -216,7 +216,14 @@ class Following:
             groups.setdefault((id(placement.destination), placement.repository, exact[0]), (placement, []))
         for listing in listings:
             placement = listing.placement
-            if placement.destination.learned.referrers_api:
+            destination = placement.destination
+            try:
+                if destination.learned.has_referrers_api(
+                    partial(_serves_api, destination.client, placement.repository, listing.subject)
+                ):
+                    continue  # the registry lists them itself
+            except Exception as exc:  # noqa: BLE001 - this referrer at this target
+                listing.result.fail(exc)
                 continue
             key = (id(placement.destination), placement.repository, listing.subject)
             groups.setdefault(key, (placement, []))[1].append(listing)

@@ -16,6 +16,7 @@ from collections import Counter
 
 import pytest
 import requests
+import yaml
 
 from sync_core.azure import handlers, messages
 from sync_core.cli import main as cli
@@ -31,6 +32,7 @@ from sync_core.registry.client import RegistryClient
 from tests.harness import images, oci_env, plain_and_api_env, plain_and_api_targets
 from tests.harness.acr import AcrStandIn
 from tests.harness.events import image_pushed
+from tests.harness.front import RegistryFront
 
 NS = "gs"
 SOURCE_USER = ("sync", "sync-pw-7Qe")
@@ -592,3 +594,20 @@ def test_an_event_for_a_referrer_of_an_image_not_mirrored_is_a_skip_with_its_rea
             ]
     for target in ("plain", "api"):
         assert referrers_at(world, target, "mirror/app", dropped.digest) == set()
+
+
+def test_a_target_that_sends_oci_subject_without_serving_the_api_still_gets_the_referrers_tag(
+    world, tmp_path
+):
+    """ECR answers a push of a manifest with a subject with OCI-Subject, yet serves no referrers
+    API: the header alone must not stop the referrers tag, or clients could not find them there."""
+    app, amd64, sig, sbom, sbom_sig, bundle = seed_signed_image(world)
+    with RegistryFront(world.plain, subject_header=True) as ecr_like:
+        config = tmp_path / "ecr.yaml"
+        config.write_text(yaml.safe_dump({"targets": plain_and_api_targets(ecr_like.url, world.api.url)[:1]}))
+        with Syncer(load_config(world.env(), str(config))) as syncer:
+            summary = syncer.run()
+    assert summary.ok, summary.failures
+    assert referrers_at(world, "plain", "mirror/app", app.digest) == {sig.digest, bundle.digest}
+    assert referrers_at(world, "plain", "mirror/app", amd64.digest) == {sbom.digest}
+    assert referrers_at(world, "plain", "mirror/app", sbom.digest) == {sbom_sig.digest}

@@ -31,6 +31,11 @@ error body the real registry documents or is reported to send:
     HEAD answer as ``ratelimit-limit: <limit>;w=<window>`` and ``ratelimit-remaining:
     <remaining>;w=<window>`` (https://docs.docker.com/docker-hub/usage/pulls/); nothing is counted.
 
+``subject_header``
+    Amazon ECR as reported: a manifest PUT carrying a ``subject`` is answered with
+    ``OCI-Subject: <subject digest>`` although the referrers API is not served (404 as from the
+    registry behind): the header alone does not say the API is there.
+
 ``refused`` counts the refusals by rule; ``requests`` (of the underlying :class:`ScriptedServer`)
 records everything.
 """
@@ -72,6 +77,16 @@ def forward(upstream_host: str, request: Request) -> Reply:
         conn.close()
 
 
+def _subject(body: bytes) -> str | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    subject = document.get("subject") if isinstance(document, dict) else None
+    digest = subject.get("digest") if isinstance(subject, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Reply:
     return Reply.json({"errors": [{"code": code, "message": message}]}, status, headers)
 
@@ -86,6 +101,7 @@ class RegistryFront:
         deny_tag_writes: bool = False,
         manifest_classes: frozenset[str] | None = None,
         rate_limit: tuple[int, int, int] | None = None,
+        subject_header: bool = False,
     ):
         self.registry = registry
         self.refuse_mounts = refuse_mounts
@@ -93,6 +109,7 @@ class RegistryFront:
         self.deny_tag_writes = deny_tag_writes
         self.manifest_classes = manifest_classes
         self.rate_limit = rate_limit
+        self.subject_header = subject_header
         self.refused: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self.server = ScriptedServer(self._handle)
@@ -139,6 +156,10 @@ class RegistryFront:
             if refusal is not None:
                 return refusal
         reply = forward(self.registry.host, request)
+        if self.subject_header and request.method == "PUT" and "/manifests/" in path and reply.status == 201:
+            subject = _subject(request.body)
+            if subject:
+                reply.headers["OCI-Subject"] = subject
         if self.rate_limit is not None and request.method in ("GET", "HEAD") and "/manifests/" in path:
             limit, remaining, window = self.rate_limit
             reply.headers["ratelimit-limit"] = f"{limit};w={window}"
