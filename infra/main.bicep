@@ -90,6 +90,11 @@ param syncSchedule string = '0 */15 * * * *'
 @maxLength(56)
 param syncQueueName string = 'sync-work'
 
+@description('SYNC_EVENT_QUEUE: the work queue of Event Grid events, taken by a worker function of its own (a push never waits behind the backfill of the timer).')
+@minLength(3)
+@maxLength(56)
+param syncEventQueueName string = 'sync-events'
+
 @description('SOURCE_REGISTRY: registry host; empty means the login server of acrName.')
 param sourceRegistry string = ''
 
@@ -253,6 +258,7 @@ var logAnalyticsName = '${namePrefix}-log-${suffix}'
 var appInsightsName = '${namePrefix}-appi-${suffix}'
 var deploymentContainerName = 'app-package-${take(suffix, 7)}'
 var poisonQueueName = '${syncQueueName}-poison'
+var eventPoisonQueueName = '${syncEventQueueName}-poison'
 
 // Built-in role definition ids.
 var roleStorageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
@@ -400,6 +406,17 @@ resource workQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-
 resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: poisonQueueName
+}
+
+// The events' work: its own queue, taken by its own function (sync_event_worker).
+resource eventQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: syncEventQueueName
+}
+
+resource eventPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: eventPoisonQueueName
 }
 
 resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
@@ -652,6 +669,10 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
           value: syncQueueName
         }
         {
+          name: 'SYNC_EVENT_QUEUE'
+          value: syncEventQueueName
+        }
+        {
           name: 'SOURCE_REGISTRY'
           value: empty(sourceRegistry) ? registry.properties.loginServer : sourceRegistry
         }
@@ -897,6 +918,8 @@ output KEY_VAULT_URI string = keyVault.properties.vaultUri
 output STORAGE_ACCOUNT_NAME string = storage.name
 output SYNC_QUEUE string = syncQueueName
 output SYNC_POISON_QUEUE string = poisonQueueName
+output SYNC_EVENT_QUEUE string = syncEventQueueName
+output SYNC_EVENT_POISON_QUEUE string = eventPoisonQueueName
 output SOURCE_REGISTRY_NAME string = acrName
 output SOURCE_REGISTRY_RESOURCE_GROUP string = sourceRegistryResourceGroup
 output SOURCE_NAMESPACE string = sourceNamespace

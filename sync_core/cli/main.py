@@ -145,7 +145,8 @@ AzureWebJobsStorage / AzureWebJobsStorage__accountName. An account URL or name s
 DefaultAzureCredential (az login); the identity needs Storage Queue Data Contributor.
 Connection strings hold keys: prefer the environment variable to the command line.
 
-The queue is SYNC_QUEUE (its poison queue is <SYNC_QUEUE>-poison). Messages are validated with
+The queue is SYNC_QUEUE (its poison queue is <SYNC_QUEUE>-poison), or with --queue events
+SYNC_EVENT_QUEUE (the events' work, <SYNC_EVENT_QUEUE>-poison). Messages are validated with
 the app's configuration (the same settings or SYNC_CONFIG file as the other commands), as the
 worker does: an invalid message is never replayed, drop it instead.
 
@@ -176,6 +177,12 @@ def _poison_parser(sub: Any) -> None:
             "--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)"
         )
         a.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+        a.add_argument(
+            "--queue",
+            choices=("work", "events"),
+            default="work",
+            help="the timer's work queue SYNC_QUEUE (default) or the events' SYNC_EVENT_QUEUE",
+        )
         where = a.add_mutually_exclusive_group()
         where.add_argument(
             "--connection-string", metavar="TEXT", help="storage connection string (Azurite, keys)"
@@ -248,7 +255,8 @@ def _poison(args: argparse.Namespace, config: Any, environ: dict[str, str] | Non
                 frozenset(args.target or ()),
                 getattr(args, "invalid", False),
             )
-        with PoisonQueue(access, config.queue, config) as queues:
+        queue = config.event_queue if args.queue == "events" else config.queue
+        with PoisonQueue(access, queue, config) as queues:
             if selector is None:
                 report = queues.listing(scan=args.all)
             elif args.poison_command == "replay":

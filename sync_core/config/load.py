@@ -219,11 +219,19 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
         concurrency=int(read("sync_concurrency")),
         key_vault_url=key_vault_url,
         queue=read("sync_queue"),
+        event_queue=read("sync_event_queue"),
         time_budget_seconds=float(read("sync_time_budget_seconds")),
         daily_check=bool(read("sync_daily_check")),
         mappings=read("mappings"),
     )
     read("sync_schedule")  # validated here; the Functions host is what reads it
+    if (
+        config.event_queue in (config.queue, f"{config.queue}-poison")
+        or config.queue == f"{config.event_queue}-poison"
+    ):
+        problems.add(
+            "SYNC_EVENT_QUEUE", f"{config.event_queue!r} must be a queue of its own, not SYNC_QUEUE's"
+        )
     if problems.items:
         raise ConfigError(list(dict.fromkeys(problems.items)))
     return config

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from sync_core.errors import ConfigError
 
 DEFAULT_QUEUE = "sync-work"
+DEFAULT_EVENT_QUEUE = "sync-events"
 
 
 class SourceKind(str, enum.Enum):
@@ -175,6 +176,7 @@ class SyncConfig:
     concurrency: int = 8
     key_vault_url: str | None = None
     queue: str = DEFAULT_QUEUE
+    event_queue: str = DEFAULT_EVENT_QUEUE
     time_budget_seconds: float = 1500.0
     daily_check: bool = True
     mappings: tuple[MappingRule, ...] = ()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync_core.config.model import (
+    DEFAULT_EVENT_QUEUE,
     DEFAULT_QUEUE,
     Compare,
     ReferrerPolicy,
@@ -333,7 +334,14 @@ SETTINGS: tuple[Setting, ...] = (
         "timer CRON (six fields), read by the Functions host",
         default="0 */15 * * * *",
     ),
-    Setting("sync_queue", queue_name, "work queue name", default=DEFAULT_QUEUE),
+    Setting("sync_queue", queue_name, "the timer's work queue", default=DEFAULT_QUEUE),
+    Setting(
+        "sync_event_queue",
+        queue_name,
+        "the work queue of Event Grid events (a worker function of its own: a push never waits behind "
+        "the timer's backfill)",
+        default=DEFAULT_EVENT_QUEUE,
+    ),
     Setting(
         "sync_time_budget_seconds",
         number(minimum=10),

@@ -45,9 +45,9 @@ def call(name: str, *args, context: Context | None = None):
     return functions()[name].get_user_function()(*args, context or Context())
 
 
-def test_three_functions_with_expected_bindings():
+def test_four_functions_with_expected_bindings():
     found = functions()
-    assert set(found) == {"sync_schedule", "on_image_pushed", "sync_worker"}
+    assert set(found) == {"sync_schedule", "on_image_pushed", "sync_worker", "sync_event_worker"}
     bindings = {
         name: {b["name"]: b for b in json.loads(f.get_function_json())["bindings"]}
         for name, f in found.items()
@@ -55,15 +55,22 @@ def test_three_functions_with_expected_bindings():
     timer = bindings["sync_schedule"]["timer"]
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "%SYNC_SCHEDULE%"
     assert bindings["on_image_pushed"]["event"]["type"] == "eventGridTrigger"
-    worker = bindings["sync_worker"]["msg"]
-    assert worker["type"] == "queueTrigger" and worker["queueName"] == "%SYNC_QUEUE%"
-    assert worker["connection"] == "AzureWebJobsStorage"
+    # the timer's work and the events' work: a queue and a function each, each re-enqueues on its own
+    queues = {"sync_schedule": "%SYNC_QUEUE%", "sync_worker": "%SYNC_QUEUE%"}
+    queues |= {"on_image_pushed": "%SYNC_EVENT_QUEUE%", "sync_event_worker": "%SYNC_EVENT_QUEUE%"}
+    for name in ("sync_worker", "sync_event_worker"):
+        worker = bindings[name]["msg"]
+        assert (worker["type"], worker["queueName"], worker["connection"]) == (
+            "queueTrigger",
+            queues[name],
+            "AzureWebJobsStorage",
+        )
     for name in found:
         out = bindings[name]["out"]
         assert (out["type"], out["direction"], out["queueName"], out["connection"]) == (
             "queue",
             "OUT",
-            "%SYNC_QUEUE%",
+            queues[name],
             "AzureWebJobsStorage",
         )
 

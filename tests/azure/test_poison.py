@@ -110,6 +110,21 @@ def run_cli(queues: Queues, capsys, *args: str, **env: str) -> tuple[int, str, s
 # ------------------------------------------------------------------------------------------
 
 
+def test_the_events_queue_has_its_own_poison_queue_and_the_tools_reach_it(azurite, queue_name, capsys):
+    work = Queues(azurite, queue_name)
+    events = Queues(azurite, f"{queue_name}-ev")  # SYNC_EVENT_QUEUE below
+    pushed = events.put(tag_message())
+    code, out, _ = run_cli(work, capsys, "list", "--json", "--queue", "events", SYNC_EVENT_QUEUE=events.name)
+    assert code == 0
+    listing = json.loads(out)
+    assert listing["poison_queue"] == f"{events.name}-poison" and [m["id"] for m in listing["messages"]] == [
+        pushed
+    ]
+    code, out, _ = run_cli(work, capsys, "replay", "--all", "--queue", "events", SYNC_EVENT_QUEUE=events.name)
+    assert code == 0 and events.poison_bodies() == [] and len(events.work_contents()) == 1
+    assert work.work_contents() == []  # back to the queue it came from, not the timer's
+
+
 def test_list_decodes_validates_and_explains(azurite, queue_name, capsys):
     q = Queues(azurite, queue_name)
     valid = q.put(repo_message())
@@ -449,8 +464,9 @@ def test_the_timer_logs_the_poison_depth(
         timer(TimerRequest(past_due=False), Collect(), Context())
     finally:
         runtime.reset()
-    (line,) = [r.getMessage() for r in caplog.records if "decision=poison_depth" in r.getMessage()]
-    assert f"queue={queue_name}-poison count=1" in line
+    lines = [r.getMessage() for r in caplog.records if "decision=poison_depth" in r.getMessage()]
+    assert len(lines) == 2  # the timer's work queue and the events' queue, each logged
+    assert any(f"queue={queue_name}-poison count=1" in line for line in lines), lines
 
 
 def test_cli_in_a_real_process(azurite, queue_name):

@@ -657,8 +657,9 @@ def test_work_and_poison_queues(main: dict[str, Any]) -> None:
         for q in of_type(main, "Microsoft.Storage/storageAccounts/queueServices/queues").values()
     ]
     resolved = sorted(str(resolve(main, q)) for q in queues)
-    assert resolved == ["${syncQueueName}-poison", "sync-work"]
+    assert resolved == ["${syncEventQueueName}-poison", "${syncQueueName}-poison", "sync-events", "sync-work"]
     assert resolve(main, "syncQueueName") == "sync-work"
+    assert resolve(main, "syncEventQueueName") == "sync-events"  # the events' work: a queue of its own
 
 
 def test_deployment_container_is_private(main: dict[str, Any]) -> None:

@@ -82,6 +82,7 @@ def app_settings(acr, target, azurite_tables, azurite_queues) -> dict[str, str]:
         "AzureWebJobsStorage": azurite_connection_string(azurite_queues, azurite_tables),
         "SYNC_SCHEDULE": "0 */15 * * * *",
         "SYNC_QUEUE": "sync-work",
+        "SYNC_EVENT_QUEUE": "sync-events",
         "SOURCE_REGISTRY": acr.url,
         "SOURCE_KIND": "acr",
         "SOURCE_NAMESPACE": NAMESPACE,

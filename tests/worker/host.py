@@ -134,7 +134,9 @@ def event_grid_input(event: dict) -> tuple[dict, dict]:
     return {"event": protos.TypedData(json=json.dumps(event, separators=(",", ":")))}, metadata
 
 
-def queue_input(body: str | bytes, *, message_id: str, dequeue_count: int = 1) -> tuple[dict, dict]:
+def queue_input(
+    body: str | bytes, *, message_id: str, dequeue_count: int = 1, function: str = "sync_worker"
+) -> tuple[dict, dict]:
     """A Storage queue message (text or binary) with the binding data the queue extension sends."""
     now = dt.datetime.now(dt.timezone.utc)
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
@@ -146,7 +148,7 @@ def queue_input(body: str | bytes, *, message_id: str, dequeue_count: int = 1) -
         "InsertionTime": typed(host_time(now - dt.timedelta(seconds=3)), json_string=True),
         "NextVisibleTime": typed(host_time(now + dt.timedelta(minutes=1)), json_string=True),
         "PopReceipt": typed("AgAAAAMAAAAAAAAAg7Df2Zqw3AE="),
-        "sys": typed(sys_metadata("sync_worker")),
+        "sys": typed(sys_metadata(function)),
     }
     return {"msg": typed(body)}, metadata
 

@@ -28,7 +28,14 @@ from tests.harness.paths import EVENTS
 from tests.worker.conftest import NAMESPACE, SEEDED, TARGET_NAMESPACE
 from tests.worker.host import ROOT, event_grid_input, ok, protos, queue_input, timer_input
 
-FUNCTIONS = {"sync_schedule", "on_image_pushed", "sync_worker"}
+FUNCTIONS = {"sync_schedule", "on_image_pushed", "sync_worker", "sync_event_worker"}
+#: the queue each function writes to: the timer's work, and the events' work apart
+QUEUES = {
+    "sync_schedule": "%SYNC_QUEUE%",
+    "sync_worker": "%SYNC_QUEUE%",
+    "on_image_pushed": "%SYNC_EVENT_QUEUE%",
+    "sync_event_worker": "%SYNC_EVENT_QUEUE%",
+}
 
 
 def sample(name: str) -> dict:
@@ -77,13 +84,15 @@ def test_worker_reports_every_function_with_its_bindings(worker):
     assert bindings["sync_schedule"]["timer"]["type"] == "timerTrigger"
     assert bindings["sync_schedule"]["timer"]["schedule"] == "%SYNC_SCHEDULE%"
     assert bindings["on_image_pushed"]["event"]["type"] == "eventGridTrigger"
-    assert bindings["sync_worker"]["msg"]["type"] == "queueTrigger"
+    for name in ("sync_worker", "sync_event_worker"):
+        msg = bindings[name]["msg"]
+        assert (msg["type"], msg["queueName"]) == ("queueTrigger", QUEUES[name]), name
     for name, by_name in bindings.items():
         out = by_name["out"]
         assert (out["type"], out["direction"], out["queueName"], out["connection"]) == (
             "queue",
             "OUT",
-            "%SYNC_QUEUE%",
+            QUEUES[name],
             "AzureWebJobsStorage",
         ), name
         meta = worker.functions[name]
@@ -215,11 +224,15 @@ def test_pushed_event_enqueues_a_tag_message_that_the_worker_copies(worker, acr,
         "target": "target",
         "tag": tag,
         "digest": SEEDED["giantswarm/example-app"][tag].digest,
+        "reason": "pushed",  # an event's work: ahead of the timer's backfill in the budgets
     }
-    # The host puts that message on the queue; sync_worker gets it back as text or bytes.
+    # The host puts that message on the events' queue; sync_event_worker gets it back as text or bytes.
     text = json.dumps({**message, "pushed": pushed}, separators=(",", ":"))
     payload = text.encode() if body is bytes else text
-    response = worker.invoke("sync_worker", *queue_input(payload, message_id=str(uuid.uuid4())))
+    response = worker.invoke(
+        "sync_event_worker",
+        *queue_input(payload, message_id=str(uuid.uuid4()), function="sync_event_worker"),
+    )
     assert queue_messages(worker, response) == []
     assert mirrored(acr, target, "giantswarm/example-app", tag)
 
@@ -260,7 +273,10 @@ def test_untagged_push_goes_to_the_worker_which_ignores_a_child_manifest(worker,
     assert (message["kind"], message["digest"]) == ("referrer", child.digest)
     acr.reset_log()
     mark = len(target.access_log())
-    response = worker.invoke("sync_worker", *queue_input(json.dumps(message), message_id=str(uuid.uuid4())))
+    response = worker.invoke(
+        "sync_event_worker",
+        *queue_input(json.dumps(message), message_id=str(uuid.uuid4()), function="sync_event_worker"),
+    )
     assert response.result.status == protos.StatusResult.Success
     assert queue_messages(worker, response) == []
     # authentication challenges aside: the target is asked once whether it holds the child, the
