@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sync_core.engine.destination import Placement
 from sync_core.engine.results import CopyResult
 from sync_core.engine.tree import ImageTree
-from sync_core.engine.uploads import Uploading
+from sync_core.engine.uploads import SMALL_BLOB, Uploading, Verification
 from sync_core.errors import AuthError, InvalidContent, NotFound, RegistryError, is_transient
 from sync_core.logs import InvocationPool
 from sync_core.registry.client import RegistryClient
@@ -94,10 +94,17 @@ class BlobPlacer(Uploading):
                         needs.setdefault(blob.digest, []).append((placement, result))
         surveys = self.pool.map(lambda d: self._survey(src_repo, blobs[d], needs[d]), needs)
         absent = dict(zip(needs, surveys, strict=True))
+        # a small blob a target lacks is read and verified now, before any blob is placed: a
+        # damaged one fails its targets before their first write, whatever the order of threads
+        small = [d for d in needs if blobs[d].size <= SMALL_BLOB and any(absent[d]) and _live(needs[d])]
+        verified = self.pool.map(lambda d: self._read_small(src_repo, blobs[d], needs[d]), small)
+        read = dict(zip(small, verified, strict=True))
         futures = [
-            self.pool.submit(self._place_blob, src_repo, blobs[digest], targets, absent[digest])
+            self.pool.submit(
+                self._place_blob, src_repo, blobs[digest], targets, absent[digest], read.get(digest)
+            )
             for digest, targets in needs.items()
-            if any(result.error is None for _, result in targets)
+            if _live(targets)
         ]
         wait(futures)
         for future in futures:
@@ -227,8 +234,23 @@ class BlobPlacer(Uploading):
                 f"the manifest says {blob.size}"
             )
 
-    def _place_blob(self, src_repo: str, blob: Descriptor, targets: Targets, absent: list[bool]) -> None:
-        """Make ``blob`` present at each target: known, mounted, found, or uploaded (one source read)."""
+    def _read_small(self, src_repo: str, blob: Descriptor, targets: Targets) -> bytes | None:
+        """``blob``'s bytes, verified (None: it could not be read; its targets have failed)."""
+        try:
+            refused = self.refusal(blob.digest)
+            if refused is not None:
+                raise refused
+            return self._verified(src_repo, blob, Verification(), keep=True)
+        except Exception as exc:  # noqa: BLE001 - the source's answer: every target's failure
+            for _, result in targets:
+                result.fail(exc)
+            return None
+
+    def _place_blob(
+        self, src_repo: str, blob: Descriptor, targets: Targets, absent: list[bool], data: bytes | None = None
+    ) -> None:
+        """Make ``blob`` present at each target: known, mounted, found, or uploaded (one source read;
+        ``data``: its bytes, read and verified already)."""
         uploads: list[tuple[Placement, CopyResult, str | None]] = []
         try:
             for (placement, result), looked in zip(targets, absent, strict=True):
@@ -242,7 +264,7 @@ class BlobPlacer(Uploading):
                 if settled is not None:
                     uploads.append((placement, result, settled.location))
             if uploads:
-                self._upload(src_repo, blob, uploads)
+                self._upload(src_repo, blob, uploads, data)
         finally:
             for placement, _, _ in uploads:
                 placement.destination.ledger.end_upload(blob.digest)
@@ -324,3 +346,8 @@ def _found(placement: Placement, blob: Descriptor, size: int) -> None:
     destination = placement.destination
     _check_size(blob, size if size >= 0 else None, f"{destination.host}/{placement.repository}")
     destination.ledger.record(placement.repository, blob.digest, size if size >= 0 else None)
+
+
+def _live(targets: Targets) -> bool:
+    """Some target still wants the blob (not every one has failed)."""
+    return any(result.error is None for _, result in targets)

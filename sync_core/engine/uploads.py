@@ -3,8 +3,9 @@
 The upload half of blob placement (:class:`Uploading`, a base of
 :class:`~sync_core.engine.blobs.BlobPlacer`):
 
-* a small blob (up to one read block) is read whole and verified before any upload session is
-  opened: a small blob whose bytes do not match its digest is never sent anywhere;
+* a small blob (up to one read block) is read whole and verified before any blob of the image is
+  placed (``BlobPlacer.place_all``): a small blob whose bytes do not match its digest is never
+  sent anywhere, and its image writes nothing;
 * a larger one is streamed into the uploads while it is hashed (``stream.VerifyingReader``: a
   mismatch is found before the last byte leaves, so no target completes it), one source read teed
   to every target that needs it, then retried target by target;
@@ -118,14 +119,16 @@ class Uploading:
                     del self._refused[old]
 
     # -- one blob to the targets that lack it ----------------------------------------------------
-    def _upload(self, src_repo: str, blob: Descriptor, uploads: Uploads) -> None:
-        """Upload ``blob`` to each target: one source read for all, then retries one by one."""
+    def _upload(self, src_repo: str, blob: Descriptor, uploads: Uploads, data: bytes | None = None) -> None:
+        """Upload ``blob`` to each target: one source read for all, then retries one by one
+        (``data``: a small blob's bytes, verified already)."""
         check = Verification()
         try:
             refused = self.refusal(blob.digest)
             if refused is not None:
                 raise refused
-            data = self._verified(src_repo, blob, check, keep=True) if blob.size <= SMALL_BLOB else None
+            if data is None and blob.size <= SMALL_BLOB:
+                data = self._verified(src_repo, blob, check, keep=True)
             alone = uploads
             if data is None and len(uploads) > 1:
                 alone = self._upload_together(src_repo, blob, uploads, check)

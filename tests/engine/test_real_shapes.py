@@ -167,13 +167,9 @@ def test_a_damaged_blob_is_read_again_without_uploading_refused_and_not_read_aga
             assert refusal.reason.startswith("refused: ") and damaged in refusal.reason, refusal
             assert blob_reads(src, damaged, read) == 2
             writes = dst.writes(mark)
-            # the image's other blobs may reach the target on the first run (a digest is only
-            # known once read); no upload session of the damaged one, none left open
-            assert not any(damaged.split(":")[1] in path for _, path, _ in writes), writes
-            posts, puts = [w for w in writes if w[0] == "POST"], [w for w in writes if w[0] == "PUT"]
-            assert len(posts) == len(puts) and all(status in (201, 202) for _, _, status in writes), writes
-            if run:
-                assert writes == []  # the second run writes nothing
+            # a small damaged blob is read and verified before any blob of the image is placed:
+            # no run writes anything, whatever the order of the threads
+            assert writes == [], writes
             # refused for the run: the same process does not read it again
             again = Summary()
             syncer.copy_image(ImageRef(f"{NS}/damaged", "1.0"), again)
