@@ -158,7 +158,7 @@ def test_a_damaged_blob_is_read_again_without_uploading_refused_and_not_read_aga
     (damaged,) = shape.damaged()
     src, dst = source("damaged"), fresh_registry(name="shapes-dst")
     env = oci_env(src, dst, repositories("damaged"))
-    for run in range(2):  # every run: read twice, then refused; never sent to the target
+    for _run in range(2):  # every run: read twice, then refused; never sent to the target
         mark, read = len(dst.access_log()), len(src.access_log())
         with Syncer(load_config(env)) as syncer:
             summary = syncer.run()
