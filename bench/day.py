@@ -24,8 +24,8 @@ Phases, on one catalog, one state and one clock:
                to a day by ``ticks / old_ticks``
 
 Every target request made while the worker handles a repository is put down to what that
-repository's work was: a full check, a copy (the work had something to copy; an event's work),
-or other (a look that found nothing to copy). Figures and goals: ``bench/day_report.py``.
+repository's work was: a full check, a copy (it copied a tag or a referrer; an event's work), or
+other (a look that copied nothing). Figures and goals: ``bench/day_report.py``.
 """
 
 from __future__ import annotations
@@ -151,11 +151,14 @@ class Replay:
             return plan(repository, summary, targets, check, since)
 
         def executing(work, summary, **kwargs):
-            if work and self.category == "other":
+            before = summary.tags_copied + summary.work.referrers_copied
+            left = execute(work, summary, **kwargs)
+            copied = summary.tags_copied + summary.work.referrers_copied > before
+            if copied and self.category == "other":
                 self.figures.units["other"] -= 1
                 self.figures.units["copy"] += 1
                 self.category = "copy"
-            return execute(work, summary, **kwargs)
+            return left
 
         self.syncer.plan_repository = planned
         self.syncer.execute = executing
@@ -197,6 +200,11 @@ class Replay:
             while pushes and pushes[0].when < when:
                 self.push(figures, pushes.pop(0), events)
             self.tick(figures, when)
+            if k % 24 == 0:
+                self.log(
+                    f"day: {figures.label}: tick {k} of {self.profile.ticks}, "
+                    f"{sum(figures.executions.values())} executions so far"
+                )
 
     def noop(self, figures: Figures) -> None:
         """A tick with nothing changed and no full check due: at least a tick after the last one
