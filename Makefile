@@ -46,7 +46,8 @@ clean:
 demo: system-deps venv
 	$(PY) scripts/demo.py
 
-# Benchmark against skopeo sync (not part of make test): ~22 minutes, results in bench/results/
-# and docs/benchmarks.md. BENCH_ARGS=--quick for the small version.
+# Benchmark against skopeo sync, and a day of the Azure app at fleet scale (not part of make
+# test): ~22 + ~63 minutes, results in bench/results/ and docs/benchmarks.md. BENCH_ARGS=--quick
+# for the small version; BENCH_ARGS="--scenarios day" for the day alone.
 bench: system-deps venv
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -294,27 +294,54 @@ def seed_wide(
     others are copies of its directory in the filesystem storage of the registry (the layout of
     distribution 2.8 names content only by digest, so a repository directory is relocatable).
     ``target_copies`` maps a target namespace to how many of the repositories to pre-populate
-    there, so that the sync is a no-op. Pushing 2,000 x 20 tags over HTTP would take minutes.
-    Returns the source repository names.
+    there (:func:`mirror_copies`), so that the sync is a no-op. Pushing 2,000 x 20 tags over HTTP
+    would take minutes. Returns the source repository names.
     """
     image = wide_image()
     names = [f"{namespace}/r{i:05d}" for i in range(repositories)]
     for t in range(tags):
         source_pusher.push(names[0], image, f"t{t:02d}")
-    src_root = _repositories_dir(source_storage)
-    template = src_root / names[0]
+    copy_repository(source_storage, names[0], source_storage, names[1:])
+    mirror_copies(source_storage, target_storage, names, target_copies)
+    return names
+
+
+def mirror_copies(
+    source_storage: Path, target_storage: Path, names: list[str], target_copies: dict[str, int]
+) -> None:
+    """Copies of the wide repositories ``names`` (seeded by :func:`seed_wide`) in another registry's
+    storage: the image's blobs, and ``<prefix>/<name without its namespace>`` for the first
+    ``count`` names of each ``{prefix: count}``."""
+    image = wide_image()
+    for digest in [image.digest, *(b.digest for b in image.blobs)]:
+        blob = _blob_dir(target_storage, digest)
+        if not blob.exists():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(_blob_dir(source_storage, digest), blob, copy_function=shutil.copyfile)
+    copies = [
+        f"{prefix}/{name.split('/', 1)[1]}"
+        for prefix, count in target_copies.items()
+        for name in names[:count]
+    ]
+    copy_repository(source_storage, names[0], target_storage, copies)
+
+
+def copy_repository(storage: Path, template: str, target_storage: Path, names: list[str]) -> None:
+    """Copies of repository ``template`` of ``storage`` named ``names`` in ``target_storage``
+    (existing ones are left alone); its blobs must be there already."""
+    root = _repositories_dir(storage) / template
     # The template's leaf directories and (small) link files, read once: faster than copytree.
     leaves: list[str] = []
     files: list[tuple[str, bytes]] = []
-    for path in sorted(template.rglob("*")):
-        rel = str(path.relative_to(template))
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
         if path.is_dir() and not any(path.iterdir()):
             leaves.append(rel)
         elif path.is_file():
             files.append((rel, path.read_bytes()))
 
-    def copy_to(root: Path, name: str) -> None:
-        destination = root / name
+    def copy_to(name: str) -> None:
+        destination = _repositories_dir(target_storage) / name
         if destination.exists():
             return
         for rel in leaves:
@@ -325,19 +352,7 @@ def seed_wide(
             target.write_bytes(data)
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: copy_to(src_root, n), names[1:]))
-        dst_root = _repositories_dir(target_storage)
-        for digest in [image.digest, *(b.digest for b in image.blobs)]:
-            blob = _blob_dir(target_storage, digest)
-            if not blob.exists():
-                blob.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(_blob_dir(source_storage, digest), blob, copy_function=shutil.copyfile)
-        jobs = []
-        for prefix, count in target_copies.items():
-            for name in names[:count]:
-                jobs.append(f"{prefix}/{name.split('/', 1)[1]}")
-        list(pool.map(lambda n: copy_to(dst_root, n), jobs))
-    return names
+        list(pool.map(copy_to, names))
 
 
 def check_tags(base_url: str, token: str | None, repo: str) -> list[str]:

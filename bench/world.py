@@ -47,6 +47,31 @@ class Mirror:
         return stats, self.issuer_proxy.stats()["requests"]
 
 
+def far_mirror(
+    stack: contextlib.ExitStack, name: str, delay_ms: float, bandwidth: float | None, lifetime: int = 900
+) -> Mirror:
+    """A mirror registry and its token realm, each behind a latency proxy, closed with ``stack``.
+
+    The realm its challenges name is the proxied issuer's, so every token fetch is counted (and
+    delayed) as a request to ``auth.docker.io`` would be; ``lifetime``: the tokens' seconds.
+    """
+    enter = stack.enter_context
+    issuer = enter(
+        TokenIssuer(users={MIRROR_USER: (MIRROR_PASS, EVERYTHING)}, service=name, lifetime=lifetime)
+    )
+    issuer_proxy = enter(LatencyProxy("127.0.0.1", issuer.port, delay_ms, bandwidth))
+    registry = enter(
+        Registry(
+            token_issuer=issuer,
+            name=name,
+            extra_config={"auth": {"token": {"realm": f"{issuer_proxy.url}/token"}}},
+        )
+    )
+    return Mirror(
+        issuer, issuer_proxy, registry, enter(LatencyProxy("127.0.0.1", registry.port, delay_ms, bandwidth))
+    )
+
+
 class World:
     def __init__(
         self,
@@ -77,32 +102,12 @@ class World:
         self.source = enter(Registry(token_issuer=self.source_issuer, name="bench-source"))
         self.source_proxy = enter(LatencyProxy("127.0.0.1", self.source.port, source_delay_ms))
         names = ["bench-mirror", *(f"bench-mirror-{i + 1}" for i in range(1, mirrors))]
-        self.mirrors = [self._mirror(name, delay_ms, bandwidth) for name in names]
+        self.mirrors = [far_mirror(self._stack, name, delay_ms, bandwidth) for name in names]
         self.mirror = self.mirrors[0].registry
         self.wide_source = self.wide_proxy = None
         if wide:
             self.wide_source = enter(Registry(token_issuer=self.source_issuer, name="bench-wide-source"))
             self.wide_proxy = enter(LatencyProxy("127.0.0.1", self.wide_source.port, source_delay_ms))
-
-    def _mirror(self, name: str, delay_ms: float, bandwidth: float | None) -> Mirror:
-        enter = self._stack.enter_context
-        issuer = enter(
-            TokenIssuer(users={MIRROR_USER: (MIRROR_PASS, EVERYTHING)}, service=name, lifetime=900)
-        )
-        issuer_proxy = enter(LatencyProxy("127.0.0.1", issuer.port, delay_ms, bandwidth))
-        registry = enter(
-            Registry(
-                token_issuer=issuer,
-                name=name,
-                extra_config={"auth": {"token": {"realm": f"{issuer_proxy.url}/token"}}},
-            )
-        )
-        return Mirror(
-            issuer,
-            issuer_proxy,
-            registry,
-            enter(LatencyProxy("127.0.0.1", registry.port, delay_ms, bandwidth)),
-        )
 
     def close(self) -> None:
         self._stack.close()

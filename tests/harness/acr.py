@@ -37,7 +37,11 @@ token up to 60 s after ``exp``; the ``/acr/v1`` endpoints here do not.
 Tag times: ``createdTime`` = first manifest PUT of (repo, tag) seen through the proxy,
 ``lastUpdateTime`` = latest; :meth:`AcrStandIn.set_tag_times` overrides them; tags never seen
 (pushed straight to the backend) get the time they were first listed. ``orderby`` sorts by
-``lastUpdateTime`` (ties by name).
+``lastUpdateTime`` (ties by name). Every time recorded (pushes, listings, deletions) is read
+from :attr:`AcrStandIn.clock`, so a test can replay a simulated day.
+
+Tags are read where the backend keeps them (its filesystem storage), as the backend itself
+reads them: a timer run asks for the metadata of every repository of a catalog of thousands.
 
 Request log: every request answered here is a :class:`LogEntry`; see :meth:`AcrStandIn.count`
 and the shortcuts (``manifest_gets`` ...). :meth:`AcrStandIn.fail_next` injects errors (e.g. 429
@@ -56,6 +60,7 @@ import fnmatch
 import hashlib
 import http.client
 import json
+import os
 import re
 import secrets
 import threading
@@ -63,6 +68,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import NamedTuple
 
 import jwt
@@ -212,10 +218,6 @@ def from_ticks(ticks: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc) + dt.timedelta(microseconds=frac // 10)
 
 
-def _now_ticks() -> int:
-    return time.time_ns() // 100
-
-
 def _validate_scope_map(user: str, scope_map: ScopeMap) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for glob, actions in scope_map.items():
@@ -246,8 +248,9 @@ class AcrStandIn:
     :attr:`grant_wildcard_requests`. ``backend_config``: more ``docker-registry`` configuration for
     the backend (e.g. ``{"compatibility": {"schema1": {"enabled": True}}}`` to hold schema 1, or
     ``registry.FOREIGN_URLS_ALLOWED``). :attr:`clock`: the stand-in's time (``time.time``), from
-    which the tokens it issues get their ``exp`` and against which ``/acr/v1`` checks it; set it
-    ahead to expire the tokens a client holds without waiting.
+    which the tokens it issues get their ``exp`` and against which ``/acr/v1`` checks it, and at
+    which pushes, first listings and deletions are recorded; set it ahead to expire the tokens a
+    client holds without waiting, or to a simulated clock shared with the client.
     """
 
     def __init__(
@@ -439,11 +442,15 @@ class AcrStandIn:
         with self._lock:
             (self._unreadable.discard if enabled else self._unreadable.add)((repo, tag))
 
+    def _now_ticks(self) -> int:
+        """:attr:`clock` in 100 ns ticks: the time pushes, listings and deletions are recorded at."""
+        return round(self.clock() * 10_000_000)
+
     def _record_manifest(
         self, repo: str, raw: bytes, media_type: str, digest: str | None = None
     ) -> StoredManifest:
         digest = digest or "sha256:" + hashlib.sha256(raw).hexdigest()  # schema 1: the registry's digest
-        now = _now_ticks()
+        now = self._now_ticks()
         with self._lock:
             known = self._manifests.setdefault(repo, {})
             old = known.get(digest)
@@ -452,7 +459,7 @@ class AcrStandIn:
         return stored
 
     def _record_push(self, repo: str, tag: str) -> None:
-        now = _now_ticks()
+        now = self._now_ticks()
         with self._lock:
             rec = self._tag_times.get((repo, tag))
             if rec is None:
@@ -461,7 +468,7 @@ class AcrStandIn:
                 rec[1] = max(now, rec[1] + 1)
 
     def _times_for(self, repo: str, tags: Iterable[str]) -> dict[str, tuple[int, int]]:
-        now = _now_ticks()
+        now = self._now_ticks()
         out: dict[str, tuple[int, int]] = {}
         with self._lock:
             for tag in tags:
@@ -689,26 +696,27 @@ class AcrStandIn:
         assert r is not None
         return r
 
+    def _tags_dir(self, repo: str) -> Path:
+        return self.backend.storage_dir / "docker/registry/v2/repositories" / repo / "_manifests/tags"
+
     def _backend_tags(self, repo: str) -> list[str] | None:
-        """All tags of ``repo`` on the backend, ``None`` if the repository is unknown."""
-        r = self._backend_get("GET", f"/v2/{repo}/tags/list", f"repository:{repo}:pull")
-        if r.status_code == 404:
+        """All tags of ``repo`` on the backend, ``None`` if the repository is unknown.
+
+        Read where the backend keeps them, as it does to answer ``/v2/<repo>/tags/list`` (a
+        directory per tag under ``_manifests/tags``; no such directory: ``NAME_UNKNOWN``): the
+        metadata endpoints read them once or twice per request, and a timer run asks for every
+        repository of a catalog of thousands.
+        """
+        try:
+            return sorted(entry.name for entry in os.scandir(self._tags_dir(repo)) if entry.is_dir())
+        except FileNotFoundError:
             return None
-        r.raise_for_status()
-        return list(r.json().get("tags") or [])
 
     def _backend_digest(self, repo: str, tag: str) -> str | None:
         """The digest ``repo:tag`` points at, read where the backend keeps it (its filesystem
         storage: the tag's ``current/link``, exactly what the backend reads to answer); a HEAD
         when that file is not there. Listings of 1,500 tags need that many lookups per page."""
-        link = (
-            self.backend.storage_dir
-            / "docker/registry/v2/repositories"
-            / repo
-            / "_manifests/tags"
-            / tag
-            / "current/link"
-        )
+        link = self._tags_dir(repo) / tag / "current/link"
         try:
             digest = link.read_text().strip()
         except OSError:
@@ -1255,7 +1263,7 @@ class AcrStandIn:
             if kind == "manifest" and h.command == "DELETE" and resp.status == 202 and repo and ref:
                 with self._lock:
                     self._manifests.get(repo, {}).pop(ref, None)
-                    self._deleted_at[repo] = _now_ticks()
+                    self._deleted_at[repo] = self._now_ticks()
             h.send_response(resp.status, resp.reason)
             for key, value in extra.items():
                 h.send_header(key, value)

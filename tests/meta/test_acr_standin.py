@@ -213,6 +213,35 @@ def test_orderby_after_set_tag_times(acr):
     assert names[0] == "c"
 
 
+def test_push_times_follow_the_standin_clock(token_issuer):
+    """A simulated day: pushes, and the repository's attributes, carry the stand-in's clock, not
+    the machine's; its tokens are valid by that clock too."""
+    with AcrStandIn(users=USERS, issuer=token_issuer) as acr:
+        morning = dt.datetime(2031, 5, 4, 12, 0, tzinfo=dt.timezone.utc)
+        evening = morning + dt.timedelta(hours=7, microseconds=250)
+        image = images.oci_image("acr-clock", (64,))
+        acr.clock = morning.timestamp
+        acr.pusher().push("team/clock", image, "1.0")
+        acr.clock = evening.timestamp
+        signature = images.signature("acr-clock-sig", image)
+        acr.pusher().push("team/clock", signature)  # a referrer, by digest, seven hours later
+        headers = bearer(acr, ROOT, "repository:team/clock:metadata_read")
+
+        (tag,) = get_tags(acr, headers, "team/clock").json()["tags"]
+        assert (tag["createdTime"], tag["lastUpdateTime"]) == ("2031-05-04T12:00:00.0000000Z",) * 2
+        listed = requests.get(f"{acr.url}/acr/v1/team/clock/_manifests", headers=headers, timeout=10)
+        assert {m["digest"]: m["lastUpdateTime"] for m in listed.json()["manifests"]} == {
+            image.digest: "2031-05-04T12:00:00.0000000Z",
+            signature.digest: "2031-05-04T19:00:00.0002500Z",
+        }
+        attributes = requests.get(f"{acr.url}/acr/v1/team/clock", headers=headers, timeout=10).json()
+        assert (attributes["createdTime"], attributes["lastUpdateTime"]) == (
+            "2031-05-04T12:00:00.0000000Z",
+            "2031-05-04T19:00:00.0002500Z",
+        )
+        assert (attributes["manifestCount"], attributes["tagCount"]) == (2, 1)
+
+
 def test_tags_challenge_without_token(acr):
     r = get_tags(acr, {}, "team/app")
     assert r.status_code == 401
