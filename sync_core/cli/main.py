@@ -50,17 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=summary,
-            description=description,
-            epilog=CONFIG_HELP,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.add_argument(
-            "--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)"
-        )
-        p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+        p = subcommand(sub, name, summary, description, CONFIG_HELP, "the summary")
         p.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable)")
         return p
 
@@ -155,6 +145,22 @@ exit codes: 0 done, 1 a storage operation failed (what is left stays in the pois
 """
 
 
+def subcommand(
+    sub: Any, name: str, summary: str, description: str, epilog: str, printed: str
+) -> argparse.ArgumentParser:
+    """A command (or poison action) with the options every one takes: --config and --json."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)")
+    p.add_argument("--json", action="store_true", help=f"print {printed} as JSON on stdout")
+    return p
+
+
 def _poison_parser(sub: Any) -> None:
     p = sub.add_parser(
         "poison",
@@ -166,17 +172,7 @@ def _poison_parser(sub: Any) -> None:
     actions = p.add_subparsers(dest="poison_command", required=True, metavar="ACTION")
 
     def action(name: str, summary: str) -> argparse.ArgumentParser:
-        a: argparse.ArgumentParser = actions.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog=POISON_HELP,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        a.add_argument(
-            "--config", metavar="FILE", help="YAML or JSON configuration file (overrides SYNC_CONFIG)"
-        )
-        a.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+        a = subcommand(actions, name, summary, summary, POISON_HELP, "the result")
         a.add_argument(
             "--queue",
             choices=("work", "events"),
