@@ -421,7 +421,7 @@ def test_pause_hint_prefers_retry_after_then_the_reset():
 
 def test_a_429_to_one_client_pauses_the_next_request_of_another_client_of_the_host():
     t = FakeTime()
-    b = Budget("shared", Limits(), clock=t.clock, sleep=t.sleep)
+    b = Budget("one-host", Limits(), clock=t.clock, sleep=t.sleep)
     with ScriptedServer(sequence(Reply(429, {"Retry-After": "5"}), Reply(200), Reply(200))) as srv:
         first = Transport(budget=b, sleep=Waits())
         second = Transport(budget=b, sleep=Waits())
@@ -434,7 +434,7 @@ def test_a_429_to_one_client_pauses_the_next_request_of_another_client_of_the_ho
 
 def test_a_throttled_request_is_retried_after_the_budget_s_pause_not_its_own_backoff():
     t = FakeTime()
-    b = Budget("shared", Limits(), clock=t.clock, sleep=t.sleep)
+    b = Budget("one-host", Limits(), clock=t.clock, sleep=t.sleep)
     waits = Waits()
     with ScriptedServer(sequence(Reply(429), Reply(429), Reply(200, body=b"ok"))) as srv:
         transport = Transport(budget=b, sleep=waits)
